@@ -1,0 +1,26 @@
+"""flashrnn_compile: a torch.compile backend for recurrent networks.
+
+    model = torch.compile(model, backend="flashrnn")
+
+finds every recurrence in the graph Dynamo captures (nn.LSTM/GRU/RNN modules, loops over cells,
+hand-written cells), replaces it by one call of the core op `torch.ops.flashrnn.recurrence_fwd`
+with a kernel plan from the ConstrINT planner, and hands the rest to Inductor.
+"""
+
+from . import ops  # noqa: F401  (registers torch.ops.flashrnn.*)
+from .backend import flashrnn_backend
+from .cells import CELLS, get_cell
+from .context import reset_stats, stats
+from .ops import recurrence
+from .planner import Plan, plan
+
+__all__ = [
+    "CELLS",
+    "Plan",
+    "flashrnn_backend",
+    "get_cell",
+    "plan",
+    "recurrence",
+    "reset_stats",
+    "stats",
+]

@@ -1,0 +1,105 @@
+"""The reference implementation of the core op, in PyTorch ops, for any device.
+
+It is the semantics every kernel must reproduce, and the fallback where no kernel applies.
+Half-precision inputs are computed in float32 and rounded once at the end, as the kernels do
+(fp32 accumulation and fp32 states).
+
+Layouts (time positions, not processing order: with reverse=True step T-1 runs first):
+    gx        [T, B, NH, G, DH]   input pre-activations (x W^T + input bias)
+    R         [NH, G, DH, DH]     recurrent weights, R[n, g, out, in]
+    b         [NH, G, DH]         recurrent bias
+    s0        [S, B, NH, DH]      initial states
+    h         [T, B, NH, DH]      output h at every time position
+    sT        [S, B, NH, DH]      states after the last processed step
+    states_in [T, S, B, NH, DH]   states entering the step at each time position (saved)
+    rhb       [T, B, NH, G, DH]   R h + b at each time position (saved)
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from .cells import get_cell
+
+Tensor = torch.Tensor
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _time_order(T: int, reverse: bool):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def recurrent_matmul(h: Tensor, R: Tensor, b: Tensor) -> Tensor:
+    """R h + b per head and gate: h [B, NH, DH], R [NH, G, DH, DH], b [NH, G, DH] -> [B, NH, G, DH]."""
+    return torch.einsum("bnj,ngij->bngi", h, R) + b
+
+
+def forward(
+    gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, cell: str, reverse: bool, save: bool
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    spec = get_cell(cell)
+    T, B, NH, G, DH = gx.shape
+    S = spec.num_states
+    cdt = _compute_dtype(gx.dtype)
+    gx_c, R_c, b_c = gx.to(cdt), R.to(cdt), b.to(cdt)
+    states = tuple(s0.to(cdt).unbind(0))  # S x [B, NH, DH]
+    h = gx.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
+    if save:
+        states_in = gx.new_empty(T, S, B, NH, DH, dtype=cdt)  # [T, S, B, NH, DH]
+        rhb_all = gx.new_empty(T, B, NH, G, DH, dtype=cdt)  # [T, B, NH, G, DH]
+    else:
+        states_in = gx.new_empty(0, dtype=cdt)
+        rhb_all = gx.new_empty(0, dtype=cdt)
+    for t in _time_order(T, reverse):
+        rhb = recurrent_matmul(states[0], R_c, b_c)  # [B, NH, G, DH]
+        if save:
+            states_in[t] = torch.stack(states)
+            rhb_all[t] = rhb
+        states = spec.step(gx_c[t], rhb, states)
+        h[t] = states[0]
+    sT = torch.stack(states).to(gx.dtype)  # [S, B, NH, DH]
+    return h, sT, states_in, rhb_all
+
+
+def backward(
+    dh: Tensor,
+    dsT: Tensor,
+    gx: Tensor,
+    R: Tensor,
+    states_in: Tensor,
+    rhb: Tensor,
+    cell: str,
+    reverse: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dgx [T,B,NH,G,DH], dR [NH,G,DH,DH], db [NH,G,DH], ds0 [S,B,NH,DH]).
+
+    Per step: the cell's pointwise backward (autograd of its reference step) and dh += R^T d(rhb).
+    dR and db are reduced once over all steps after the loop.
+    """
+    spec = get_cell(cell)
+    T, B, NH, G, DH = gx.shape
+    cdt = states_in.dtype if states_in.numel() else _compute_dtype(gx.dtype)
+    R_c = R.to(cdt)
+    ds = dsT.to(cdt).clone()  # [S, B, NH, DH]
+    dgx = torch.empty(T, B, NH, G, DH, dtype=cdt, device=gx.device)
+    drhb = torch.empty(T, B, NH, G, DH, dtype=cdt, device=gx.device)
+    dh_c = dh.to(cdt)
+    for t in reversed(list(_time_order(T, reverse))):
+        ds[0] += dh_c[t]
+        # the cell's pointwise backward: vjp of its reference step (works below autograd,
+        # where the op runs)
+        _, step_vjp = torch.func.vjp(
+            spec.step, gx[t].to(cdt), rhb[t], tuple(states_in[t].unbind(0))
+        )
+        dgx[t], drhb[t], ds_in = step_vjp(tuple(ds.unbind(0)))
+        ds = torch.stack(ds_in)
+        ds[0] += torch.einsum("bngi,ngij->bnj", drhb[t], R_c)
+    h_in = states_in[:, 0]  # [T, B, NH, DH]
+    dR = torch.einsum("tbngi,tbnj->ngij", drhb, h_in)
+    db = drhb.sum(dim=(0, 1))
+    return dgx.to(gx.dtype), dR.to(R.dtype), db.to(R.dtype), ds.to(gx.dtype)

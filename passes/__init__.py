@@ -1,0 +1,7 @@
+"""FX passes over the Dynamo (torch-level) graph, run in the order of `PASSES`.
+
+Each pass is a function `(gm, ctx) -> gm` in a file of its own. It records every rewrite and every
+refusal, with the reason, in `ctx` (a `flashrnn_compile.context.PassContext`).
+"""
+
+PASSES = []
