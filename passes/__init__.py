@@ -4,4 +4,7 @@ Each pass is a function `(gm, ctx) -> gm` in a file of its own. It records every
 refusal, with the reason, in `ctx` (a `flashrnn_compile.context.PassContext`).
 """
 
-PASSES = []
+from .reroll import reroll_pass
+from .rnn_module import rnn_module_pass
+
+PASSES = [rnn_module_pass, reroll_pass]
