@@ -17,7 +17,7 @@ Layouts (time positions, not processing order: with reverse=True step T-1 runs f
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -40,12 +40,21 @@ def recurrent_matmul(h: Tensor, R: Tensor, b: Tensor) -> Tensor:
 
 
 def forward(
-    gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, cell: str, reverse: bool, save: bool
+    gx: Tensor,
+    R: Tensor,
+    b: Tensor,
+    s0: Tensor,
+    cell: str,
+    reverse: bool,
+    save: bool,
+    compute_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """compute_dtype: None computes half types in float32 (as the kernels do); the tests pass the
+    input dtype itself to measure what plain PyTorch ops in that dtype get wrong."""
     spec = get_cell(cell)
     T, B, NH, G, DH = gx.shape
     S = spec.num_states
-    cdt = _compute_dtype(gx.dtype)
+    cdt = compute_dtype or _compute_dtype(gx.dtype)
     gx_c, R_c, b_c = gx.to(cdt), R.to(cdt), b.to(cdt)
     states = tuple(s0.to(cdt).unbind(0))  # S x [B, NH, DH]
     h = gx.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
