@@ -10,7 +10,7 @@ with a kernel plan from the ConstrINT planner, and hands the rest to Inductor.
 from . import ops  # noqa: F401  (registers torch.ops.flashrnn.*)
 from .backend import flashrnn_backend
 from .cells import CELLS, get_cell
-from .context import reset_stats, stats
+from .context import reports, reset_stats, stats
 from .ops import recurrence
 from .planner import Plan, plan
 
@@ -21,6 +21,7 @@ __all__ = [
     "get_cell",
     "plan",
     "recurrence",
+    "reports",
     "reset_stats",
     "stats",
 ]

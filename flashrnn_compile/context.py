@@ -112,12 +112,15 @@ class PassContext:
 
 _LOCK = threading.Lock()
 _STATS: Dict[str, Any] = {}
+_REPORTS: List[Dict[str, Any]] = []  # the reports of the graphs compiled since the last reset
+_MAX_REPORTS = 256
 
 
 def reset_stats() -> None:
     with _LOCK:
         _STATS.clear()
         _STATS.update({"rewritten": 0, "by_source": {s: 0 for s in SOURCES}, "rejected": 0})
+        _REPORTS.clear()
 
 
 def stats() -> Dict[str, Any]:
@@ -136,6 +139,15 @@ def count(ctx: PassContext) -> None:
         for r in ctx.rewrites:
             _STATS["by_source"][r.source] += 1
         _STATS["rejected"] += len(ctx.refusals)
+        if len(_REPORTS) < _MAX_REPORTS:
+            _REPORTS.append(ctx.report())
+
+
+def reports() -> List[Dict[str, Any]]:
+    """The report ({"rewrites": [...], "refusals": [...]}) of each graph compiled since the last
+    reset_stats(), oldest first (at most the first 256)."""
+    with _LOCK:
+        return list(_REPORTS)
 
 
 reset_stats()

@@ -1,0 +1,223 @@
+"""Graph building for the rnn_module pass: the glue around the core op for one nn.RNNBase call.
+
+Given a parsed `torch.lstm` / `torch.gru` / `torch.rnn_tanh` / `torch.rnn_relu` call (`RnnCall`),
+`emit_rnn` inserts, before the original node, per layer l and direction d:
+
+    gx    = linear(x_l, W_ih, b_ih).unflatten(-1, (1, G, H))    # [T, B, NH=1, G, DH=H], one GEMM
+    R     = W_hh.view(1, G, H, H)                               # [NH, G, DH, DH], a view, no copy
+    b     = b_hh.view(1, G, H)   (zeros when bias=False)        # [NH, G, DH]
+    s0    = stack(h0[l*D+d], c0[l*D+d]).unsqueeze(2)            # [S, B, NH, DH]
+    h, sT = flashrnn.recurrence_fwd(gx, R, b, s0, cell, reverse=(d == 1), plan, save)
+    x_l+1 = dropout(cat(h_fwd, h_bwd, -1), p, train)            # [T, B, D*H], not after the last layer
+
+and then output = x_L (transposed back when batch_first), h_n = stack(sT[0]) [L*D, B, H],
+c_n = stack(sT[1]) [L*D, B, H].
+
+LSTM with proj_size P (h_t = W_hr (o * tanh c_t) is fed back) runs on the unprojected state u_t:
+R u = (W_hh W_hr) u is one square [G*H, H] recurrence, the user's projected h0 enters through the
+first processed step's pre-activation (gx[first] += W_hh h0, with u0 = 0), and output / h_n are
+W_hr u. Same math as eager; only the rounding order differs.
+
+Every emitted node gets an example value (fake propagation in the graph's fake mode), so the
+graph stays well-formed for later passes and the result's metadata can be checked against the
+node it replaces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+
+from ._common import emit_recurrence, example_value
+
+Node = torch.fx.Node
+
+
+@dataclasses.dataclass
+class LayerWeights:
+    w_ih: Node  # [G*H, I]
+    w_hh: Node  # [G*H, H] (or [G*H, P] with proj_size)
+    b_ih: Optional[Node]  # [G*H]
+    b_hh: Optional[Node]  # [G*H]
+    w_hr: Optional[Node]  # [P, H] with proj_size, else None
+
+
+@dataclasses.dataclass
+class RnnCall:
+    """One nn.RNNBase call as Dynamo recorded it (input overload, not PackedSequence)."""
+
+    node: Node
+    cell: str  # registry name: lstm | gru | elman_tanh | elman_relu
+    x: Node  # [T, B, I] or [B, T, I] (batch_first)
+    h0: Node  # [L*D, B, H] (or [L*D, B, P] with proj_size)
+    c0: Optional[Node]  # [L*D, B, H], lstm only
+    weights: List[LayerWeights]  # L*D entries, layer-major, reverse direction after forward
+    layers: int
+    directions: int
+    hidden: int  # H
+    proj: int  # P, 0 without projection
+    dropout: float
+    train: bool
+    batch_first: bool
+    gates: int  # G
+    dtype: torch.dtype  # the dtype the recurrence computes in (the node's output dtype)
+    out_dtypes: Tuple[torch.dtype, ...]  # dtype of each output of the node
+
+
+class _Builder:
+    """Inserts call_function nodes before `anchor`, propagating fake example values."""
+
+    def __init__(self, graph: torch.fx.Graph, anchor: Node, fake_mode, device_type: str):
+        self.graph, self.anchor, self.fake_mode = graph, anchor, fake_mode
+        self.device_type = device_type
+        self.created: List[Node] = []
+        self.meta = {k: anchor.meta[k] for k in ("stack_trace", "nn_module_stack") if k in anchor.meta}
+
+    def __call__(self, target, *args, **kwargs) -> Node:
+        with self.graph.inserting_before(self.anchor):
+            node = self.graph.call_function(target, tuple(args), kwargs)
+        self.created.append(node)
+        node.meta.update(self.meta)
+        fake_args = torch.fx.node.map_arg((args, kwargs), lambda n: n.meta.get("example_value"))
+        # autocast is switched off in the emitted region (see emit_rnn), so propagate likewise
+        with self.fake_mode, torch.autocast(self.device_type, enabled=False):
+            node.meta["example_value"] = target(*fake_args[0], **fake_args[1])
+        return node
+
+    def remove_all(self) -> None:
+        for node in reversed(self.created):
+            self.graph.erase_node(node)
+        self.created.clear()
+
+
+def _cast(bld: _Builder, node: Optional[Node], dtype: torch.dtype) -> Optional[Node]:
+    """`node.to(dtype)` only where the dtype differs (autocast regions, mixed inputs)."""
+    if node is None:
+        return None
+    value = example_value(node)
+    if value is None or value.dtype == dtype:
+        return node
+    return bld(torch.Tensor.to, node, dtype)
+
+
+def _initial_states(bld: _Builder, call: RnnCall, h0: Node, c0: Optional[Node], k: int) -> Node:
+    """s0 [S, B, NH=1, DH] of the k-th (layer, direction); the h part of a projected LSTM is zero."""
+    h = bld(operator.getitem, h0, k)  # [B, H] (or [B, P])
+    if call.proj:
+        c = bld(operator.getitem, c0, k)  # [B, H]
+        h = bld(torch.zeros_like, c)  # [B, H]: u0 = 0, W_hh h0 enters through gx
+    states = [h] if c0 is None else [h, bld(operator.getitem, c0, k)]
+    s0 = bld(torch.stack, states, 0)  # [S, B, H]
+    return bld(torch.Tensor.unsqueeze, s0, 2)  # [S, B, 1, H]
+
+
+def _add_first_step(bld: _Builder, gx: Node, extra: Node, reverse: bool) -> Node:
+    """gx [T, B, G*H] with extra [B, G*H] added at the first processed time position."""
+    extra = bld(torch.Tensor.unsqueeze, extra, 0)  # [1, B, G*H]
+    if reverse:
+        rest = bld(operator.getitem, gx, slice(None, -1))  # [T-1, B, G*H]
+        last = bld(operator.getitem, gx, slice(-1, None))  # [1, B, G*H]
+        return bld(torch.cat, [rest, bld(operator.add, last, extra)], 0)
+    first = bld(operator.getitem, gx, slice(None, 1))  # [1, B, G*H]
+    rest = bld(operator.getitem, gx, slice(1, None))  # [T-1, B, G*H]
+    return bld(torch.cat, [bld(operator.add, first, extra), rest], 0)
+
+
+def emit_rnn(
+    graph: torch.fx.Graph,
+    call: RnnCall,
+    *,
+    fake_mode,
+    device_type: str,
+    plan: str,
+    save: bool,
+    disable_autocast: bool,
+) -> Tuple[Tuple[Node, ...], _Builder]:
+    """Emit the rewrite of `call`; returns the nodes replacing the node's outputs
+    ((output, h_n) or (output, h_n, c_n)) and the builder (to undo it)."""
+    bld = _Builder(graph, call.node, fake_mode, device_type)
+    G, H, D, dt = call.gates, call.hidden, call.directions, call.dtype
+    ac = bld(torch.amp.autocast_mode._enter_autocast, device_type, None, False, None) if disable_autocast else None
+    x = _cast(bld, call.x, dt)
+    if call.batch_first:
+        x = bld(torch.Tensor.transpose, x, 0, 1)  # [T, B, I]
+    h0 = _cast(bld, call.h0, dt)  # [L*D, B, H]
+    c0 = _cast(bld, call.c0, dt)  # [L*D, B, H]
+    h_last: List[Node] = []  # L*D x [B, NH, DH] (unprojected with proj_size)
+    c_last: List[Node] = []
+    w_hrs: List[Node] = []  # L*D x [P, H], with proj_size
+    for layer in range(call.layers):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            w = call.weights[k]
+            w_ih, w_hh = _cast(bld, w.w_ih, dt), _cast(bld, w.w_hh, dt)
+            b_ih, b_hh = _cast(bld, w.b_ih, dt), _cast(bld, w.b_hh, dt)
+            w_hr = _cast(bld, w.w_hr, dt)
+            if w_hr is not None:
+                w_hrs.append(w_hr)
+            gx = bld(F.linear, x, w_ih, b_ih)  # [T, B, G*H]
+            if w_hr is not None:
+                h0_k = bld(operator.getitem, h0, k)  # [B, P]
+                gx = _add_first_step(bld, gx, bld(F.linear, h0_k, w_hh), reverse=d == 1)
+                w_hh = bld(torch.matmul, w_hh, w_hr)  # [G*H, H] = W_hh W_hr
+            gx = bld(torch.unflatten, gx, -1, (1, G, H))  # [T, B, NH, G, DH]
+            R = bld(torch.Tensor.view, w_hh, 1, G, H, H)  # [NH, G, DH, DH]
+            if b_hh is None:
+                b = bld(torch.zeros, 1, G, H, dtype=dt, device=example_value(w.w_hh).device)
+            else:
+                b = bld(torch.Tensor.view, b_hh, 1, G, H)  # [NH, G, DH]
+            s0 = _initial_states(bld, call, h0, c0, k)  # [S, B, NH, DH]
+            with graph.inserting_before(call.node):
+                h, sT = emit_recurrence(
+                    graph, gx, R, b, s0, cell=call.cell, reverse=d == 1, plan=plan, save=save
+                )
+            for n in (h.args[0], h, sT):
+                bld.created.append(n)
+                n.meta.update(bld.meta)
+            _fake_op(bld, h.args[0], h, sT)
+            h = bld(torch.flatten, h, -2)  # [T, B, H]
+            if w_hr is not None:
+                h = bld(F.linear, h, w_hr)  # [T, B, P]
+            outs.append(h)
+            h_last.append(bld(operator.getitem, sT, 0))  # [B, NH, H]
+            if c0 is not None:
+                c_last.append(bld(operator.getitem, sT, 1))  # [B, NH, H]
+        x = outs[0] if D == 1 else bld(torch.cat, outs, -1)  # [T, B, D*H]
+        if layer < call.layers - 1 and call.train and call.dropout > 0:
+            x = bld(F.dropout, x, call.dropout, True)
+    if call.batch_first:
+        x = bld(torch.Tensor.transpose, x, 0, 1)  # [B, T, D*H]
+    h_n = bld(torch.flatten, bld(torch.stack, h_last, 0), -2)  # [L*D, B, H]
+    if call.proj:
+        h_n = _project_h_n(bld, h_n, w_hrs)  # [L*D, B, P]
+    results = [x, h_n]
+    if c0 is not None:
+        results.append(bld(torch.flatten, bld(torch.stack, c_last, 0), -2))  # [L*D, B, H]
+    results = [_cast(bld, r, want) for r, want in zip(results, call.out_dtypes)]
+    if ac is not None:
+        bld(torch.amp.autocast_mode._exit_autocast, ac)
+    return tuple(results), bld
+
+
+def _project_h_n(bld: _Builder, h_n: Node, w_hrs: Sequence[Node]) -> Node:
+    """h_n [L*D, B, H] -> [L*D, B, P], each entry through its own W_hr [P, H]."""
+    rows = []
+    for k, w_hr in enumerate(w_hrs):
+        u = bld(operator.getitem, h_n, k)  # [B, H]
+        rows.append(bld(F.linear, u, w_hr))  # [B, P]
+    return bld(torch.stack, rows, 0)  # [L*D, B, P]
+
+
+def _fake_op(bld: _Builder, call_node: Node, h: Node, sT: Node) -> None:
+    """Example values of the core-op call and its two getitems."""
+    args = torch.fx.node.map_arg(call_node.args, lambda n: n.meta.get("example_value"))
+    with bld.fake_mode:
+        out = call_node.target(*args)
+    call_node.meta["example_value"] = out
+    h.meta["example_value"], sT.meta["example_value"] = out[0], out[1]
