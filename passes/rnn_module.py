@@ -1,5 +1,232 @@
-"""Rewrite torch.lstm / torch.gru / torch.rnn_tanh / torch.rnn_relu nodes (nn.LSTM/GRU/RNN)."""
+"""Rewrite nn.LSTM / nn.GRU / nn.RNN calls into the core op (one call per layer and direction).
+
+Matched (what Dynamo records for an nn.RNNBase module with `allow_rnn`; all args positional):
+
+    out = torch.lstm(x, (h0, c0), [W_ih, W_hh, b_ih, b_hh, (W_hr), ...], has_biases,
+                     num_layers, dropout, train, bidirectional, batch_first)
+    out = torch.gru | torch.rnn_tanh | torch.rnn_relu(x, h0, [...], <same flags>)
+    output, h_n(, c_n) = out[0], out[1](, out[2])
+
+Produced (see `_rnn_glue` for the exact glue): per layer and direction one input GEMM over all
+steps, W_hh / b_hh as views R [1, G, H, H] / b [1, G, H], one
+`flashrnn.recurrence_fwd(gx [T, B, 1, G, H], R, b, s0 [S, B, 1, H], cell, reverse, plan, save)`,
+and cat / dropout / stack / transpose around them, so that the graph's outputs have exactly the
+shapes and dtypes of the original node's outputs.
+
+Left as written, with the reason recorded in ctx (one refusal per node):
+    PackedSequence input (the `batch_sizes` overload): the core op has no lengths argument;
+    flags that are not constants; an unexpected weight list; missing example values;
+    outputs used other than through getitem; a rewrite whose result metadata does not match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Optional, Union
+
+import torch
+import torch.fx
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+from flashrnn_compile.cells import get_cell
+from flashrnn_compile.context import Rewrite, choose_plan, user_code
+
+from ._common import example_value
+from ._rnn_glue import LayerWeights, RnnCall, emit_rnn
+
+Node = torch.fx.Node
+SOURCE = "module"
 
 
-def rnn_module_pass(gm, ctx):
+@dataclasses.dataclass(frozen=True)
+class RnnOp:
+    cell: str  # cell registry name
+    hx_pair: bool  # hx is (h0, c0)
+    projections: bool  # may carry W_hr (proj_size)
+
+
+RNN_OPS = {
+    torch.lstm: RnnOp("lstm", hx_pair=True, projections=True),
+    torch.gru: RnnOp("gru", hx_pair=False, projections=False),
+    torch.rnn_tanh: RnnOp("elman_tanh", hx_pair=False, projections=False),
+    torch.rnn_relu: RnnOp("elman_relu", hx_pair=False, projections=False),
+}
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _hint(size) -> int:
+    """A concrete value of a (possibly symbolic) size without adding a guard."""
+    if isinstance(size, torch.SymInt):
+        hint = size.node.hint
+        return int(hint) if hint is not None else -1
+    return int(size)
+
+
+def _parse(node: Node, op: RnnOp) -> Union[RnnCall, str]:
+    """The call's pieces, or the reason it cannot be rewritten."""
+    args = node.args
+    if node.kwargs or len(args) != 9:
+        return f"unexpected signature: {len(args)} positional args, kwargs {sorted(node.kwargs)}"
+    if not isinstance(args[3], bool):
+        return (
+            "PackedSequence input (batch_sizes overload): the core op has no lengths argument, "
+            "so variable-length sequences stay on PyTorch's kernel"
+        )
+    x, hx, params, has_biases, layers, dropout, train, bidirectional, batch_first = args
+    flags = dict(has_biases=has_biases, train=train, bidirectional=bidirectional, batch_first=batch_first)
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            return f"{name} is not a constant bool (got {type(value).__name__})"
+    if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
+        return f"num_layers is not a constant int >= 1 (got {layers!r})"
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+        return f"dropout is not a constant in [0, 1] (got {dropout!r})"
+    if op.hx_pair:
+        if not (isinstance(hx, (list, tuple)) and len(hx) == 2):
+            return f"hx is not a pair (h0, c0) (got {type(hx).__name__})"
+        h0, c0 = hx
+    else:
+        h0, c0 = hx, None
+    if not isinstance(params, (list, tuple)) or not all(isinstance(p, Node) for p in params):
+        return "the weight list is not a list of graph values"
+    D = 2 if bidirectional else 1
+    base = 4 if has_biases else 2
+    per, rest = divmod(len(params), layers * D)
+    proj = rest == 0 and per == base + 1 and op.projections
+    if rest or per not in (base, base + 1) or (per == base + 1 and not proj):
+        return f"unexpected weight list: {len(params)} tensors for {layers} layer(s) x {D} direction(s)"
+    weights = []
+    for k in range(layers * D):
+        w = params[k * per : (k + 1) * per]
+        weights.append(
+            LayerWeights(
+                w_ih=w[0],
+                w_hh=w[1],
+                b_ih=w[2] if has_biases else None,
+                b_hh=w[3] if has_biases else None,
+                w_hr=w[-1] if proj else None,
+            )
+        )
+    values = [example_value(n) for n in (x, h0, c0, *params) if n is not None]
+    outs = node.meta.get("example_value")
+    if any(v is None for v in values) or not isinstance(outs, (tuple, list)):
+        return "missing example values (fake tensors) on the call's inputs or outputs"
+    if not all(isinstance(v, torch.Tensor) for v in outs):
+        return "the call's outputs are not all tensors"
+    xv = example_value(x)
+    if xv.dim() != 3:
+        return f"input: expected 3 dims [T, B, I] at this point, got {xv.dim()}"
+    dtype = outs[0].dtype
+    if dtype not in _DTYPES or any(v.dtype not in _DTYPES for v in values):
+        return f"dtype {dtype} (or an input's dtype) is not a floating type the core op takes"
+    if len({v.device for v in values}) != 1:
+        return f"tensors on several devices {sorted({str(v.device) for v in values})}"
+    spec = get_cell(op.cell)
+    G = spec.num_gates
+    w_hh = example_value(weights[0].w_hh)
+    H, rem = divmod(w_hh.shape[0], G)
+    if rem:
+        return f"W_hh has {w_hh.shape[0]} rows, not a multiple of {G} gates"
+    return RnnCall(
+        node=node,
+        cell=op.cell,
+        x=x,
+        h0=h0,
+        c0=c0,
+        weights=weights,
+        layers=layers,
+        directions=D,
+        hidden=H,
+        proj=example_value(weights[0].w_hr).shape[0] if proj else 0,
+        dropout=float(dropout),
+        train=train,
+        batch_first=batch_first,
+        gates=G,
+        dtype=dtype,
+        out_dtypes=tuple(v.dtype for v in outs),
+    )
+
+
+def _autocast_around(gm: torch.fx.GraphModule, node: Node, device_type: str) -> bool:
+    """Whether autocast may be on where `node` runs: inside an autocast region of the graph, or
+    around the whole compiled call (Dynamo guards on the ambient autocast state)."""
+    if torch.is_autocast_enabled(device_type):
+        return True
+    depth = 0
+    for n in gm.graph.nodes:
+        if n is node:
+            return depth > 0
+        if n.target is torch.amp.autocast_mode._enter_autocast:
+            depth += 1
+        elif n.target is torch.amp.autocast_mode._exit_autocast:
+            depth -= 1
+    return False
+
+
+def _same_meta(new: Optional[torch.Tensor], old: torch.Tensor) -> bool:
+    if new is None or new.dtype != old.dtype or new.dim() != old.dim():
+        return False
+    return all(statically_known_true(a == b) for a, b in zip(new.shape, old.shape))
+
+
+def _rewrite(gm: torch.fx.GraphModule, node: Node, op: RnnOp, ctx) -> Optional[str]:
+    """Rewrite one node; returns the reason when it is left as written."""
+    users = list(node.users)
+    if not all(u.target is operator.getitem and isinstance(u.args[1], int) for u in users):
+        return "the call's result is used other than through out[i]"
+    call = _parse(node, op)
+    if isinstance(call, str):
+        return call
+    xv = example_value(call.x)
+    device = xv.device
+    T, B = (xv.shape[1], xv.shape[0]) if call.batch_first else (xv.shape[0], xv.shape[1])
+    outs = node.meta["example_value"]
+    plan = choose_plan(ctx, call.cell, _hint(B), 1, call.hidden, call.dtype, device)
+    save = any(v.requires_grad for v in outs)  # inference graphs keep no states
+    results, bld = emit_rnn(
+        gm.graph,
+        call,
+        fake_mode=xv.fake_mode,
+        device_type=device.type,
+        plan=plan.op_arg(),
+        save=save,
+        disable_autocast=_autocast_around(gm, node, device.type),
+    )
+    bad = [i for i, (r, o) in enumerate(zip(results, outs)) if not _same_meta(example_value(r), o)]
+    if bad or len(results) != len(outs):
+        bld.remove_all()
+        return f"internal: the rewrite's output(s) {bad} differ in shape or dtype from the call's"
+    for u in users:
+        u.replace_all_uses_with(results[u.args[1]])
+        gm.graph.erase_node(u)
+    gm.graph.erase_node(node)
+    ctx.rewrote(
+        Rewrite(
+            source=SOURCE,
+            cell=call.cell,
+            layers=call.layers,
+            directions=call.directions,
+            steps=_hint(T),
+            batch=_hint(B),
+            heads=1,
+            head_dim=call.hidden,
+            dtype=str(call.dtype).replace("torch.", ""),
+            plan=plan.as_dict(),
+            user_code=user_code([node]),
+        )
+    )
+    return None
+
+
+def rnn_module_pass(gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
+    """Rewrite every torch.lstm / gru / rnn_tanh / rnn_relu node it can prove equivalent."""
+    for node in list(gm.graph.nodes):
+        op = RNN_OPS.get(node.target) if node.op == "call_function" else None
+        if op is None:
+            continue
+        reason = _rewrite(gm, node, op, ctx)
+        if reason is not None:
+            ctx.refused(SOURCE, f"{node.target.__name__}: {reason}", [node])
     return gm
