@@ -11,11 +11,14 @@ from . import ops  # noqa: F401  (registers torch.ops.flashrnn.*)
 from .backend import flashrnn_backend
 from .cells import CELLS, get_cell
 from .context import reports, reset_stats, stats
+from .explain import Explanation, explain
 from .ops import recurrence
 from .planner import Plan, plan
 
 __all__ = [
     "CELLS",
+    "Explanation",
+    "explain",
     "Plan",
     "flashrnn_backend",
     "get_cell",

@@ -7,6 +7,7 @@ refusal with `ctx.refused(...)`; together they are the dump and the `stats()` co
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import threading
 from typing import Any, Dict, List, Optional, Sequence
@@ -69,6 +70,9 @@ class Refusal:
     user_code: List[str]
 
 
+# TORCH_LOGS="+flashrnn_compile" shows the passes' decisions (torch._logging takes module names)
+log = logging.getLogger("flashrnn_compile")
+
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
@@ -95,11 +99,19 @@ class PassContext:
         if rewrite.source not in SOURCES:
             raise ValueError(f"source: expected one of {SOURCES}, got {rewrite.source!r}")
         self.rewrites.append(rewrite)
+        log.debug(
+            "rewrote %s %s (layers=%d, directions=%d, T=%d, B=%d, %dx%d, %s) -> plan %s: %s [%s]",
+            rewrite.source, rewrite.cell, rewrite.layers, rewrite.directions, rewrite.steps,
+            rewrite.batch, rewrite.heads, rewrite.head_dim, rewrite.dtype, rewrite.plan.get("family"),
+            rewrite.plan.get("reason"), ", ".join(rewrite.user_code),
+        )
 
     def refused(self, source: str, reason: str, nodes: Sequence[torch.fx.Node] = ()) -> None:
         if source not in SOURCES:
             raise ValueError(f"source: expected one of {SOURCES}, got {source!r}")
-        self.refusals.append(Refusal(source, reason, user_code(nodes)))
+        refusal = Refusal(source, reason, user_code(nodes))
+        self.refusals.append(refusal)
+        log.debug("left %s as written: %s [%s]", source, reason, ", ".join(refusal.user_code))
 
     def report(self) -> Dict[str, Any]:
         return {
