@@ -1,0 +1,102 @@
+// Shared by forward.cu and backward.cu: dtype traits, dispatch, small utility kernels.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "../common/cells.cuh"
+#include "alternating.h"
+#include "gemm.h"
+
+namespace flashrnn {
+namespace alternating {
+
+template <typename T>
+struct Traits;
+template <>
+struct Traits<float> {
+  static constexpr DType dtype = DType::kFloat32;
+  __device__ static float load(float x) { return x; }
+  __device__ static float store(float x) { return x; }
+};
+template <>
+struct Traits<__nv_bfloat16> {
+  static constexpr DType dtype = DType::kBFloat16;
+  __device__ static float load(__nv_bfloat16 x) { return __bfloat162float(x); }
+  __device__ static __nv_bfloat16 store(float x) { return __float2bfloat16_rn(x); }
+};
+template <>
+struct Traits<__half> {
+  static constexpr DType dtype = DType::kFloat16;
+  __device__ static float load(__half x) { return __half2float(x); }
+  __device__ static __half store(float x) { return __float2half_rn(x); }
+};
+
+constexpr int kThreads = 256;
+
+inline int blocks_for(long long n) {
+  long long blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<int>(blocks < 1 ? 1 : (blocks > 65535 ? 65535 : blocks));
+}
+
+#define FLASHRNN_GRID_STRIDE(i, n) \
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
+
+inline std::string last_error(const char* where) {
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return std::string(where) + ": " + cudaGetErrorString(err);
+  return "";
+}
+
+// out[i] = (To) in[i] for n elements
+template <typename To, typename From>
+__global__ void convert_kernel(To* out, const From* in, long long n);
+
+template <typename T>
+__device__ __forceinline__ float to_float(T x) { return Traits<T>::load(x); }
+template <>
+__device__ __forceinline__ float to_float<float>(float x) { return x; }
+
+template <typename To>
+__device__ __forceinline__ To from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+
+template <typename To, typename From>
+__global__ void convert_kernel(To* out, const From* in, long long n) {
+  FLASHRNN_GRID_STRIDE(i, n) { out[i] = from_float<To>(to_float<From>(in[i])); }
+}
+
+template <typename To, typename From>
+std::string convert(To* out, const From* in, long long n, cudaStream_t stream) {
+  if (n <= 0) return "";
+  convert_kernel<To, From><<<blocks_for(n), kThreads, 0, stream>>>(out, in, n);
+  return last_error("convert_kernel");
+}
+
+// Dispatch a functor name and a DType to `Run<Cell, T>::run(args...)`.
+template <template <typename, typename> class Run, typename Args>
+std::string dispatch(const std::string& functor, DType dtype, const Args& args, cudaStream_t stream) {
+#define FLASHRNN_DISPATCH_CELL(Cell)                                                   \
+  if (functor == #Cell) {                                                              \
+    switch (dtype) {                                                                   \
+      case DType::kFloat32: return Run<Cell, float>::run(args, stream);        \
+      case DType::kBFloat16: return Run<Cell, __nv_bfloat16>::run(args, stream); \
+      case DType::kFloat16: return Run<Cell, __half>::run(args, stream);       \
+    }                                                                                  \
+    return "unknown dtype";                                                            \
+  }
+  FLASHRNN_FOR_EACH_CELL(FLASHRNN_DISPATCH_CELL)
+#undef FLASHRNN_DISPATCH_CELL
+  return "functor: no CUDA cell named '" + functor + "' in csrc/common/cells.cuh";
+}
+
+}  // namespace alternating
+}  // namespace flashrnn

@@ -1,0 +1,118 @@
+// Alternating forward: per step one cuBLAS GEMM (R h over the heads) and one pointwise kernel.
+//
+//   rh  [B, NH, G, DH] fp32 = R[n] @ h_prev[b, n]          (GEMM, fp32 accumulation)
+//   rhb = rh + b; states = Cell::forward(gx[t], rhb, states) (pointwise, writes h[t],
+//                                                              states_in[t] and rhb[t] with save)
+// h_prev is h[t_prev] in the input dtype (s0[0] for the first step): the GEMM reads the output.
+#include "common.cuh"
+
+namespace flashrnn {
+namespace alternating {
+
+template <typename T>
+struct StepForward {
+  int B, NH, DH;
+  const T* gx_t;       // [B, NH, G, DH]
+  float* rh;           // [B, NH, G, DH]  R h in, R h + b out (rhb[t] when saving)
+  const T* bias;       // [NH, G, DH]
+  float* state;        // [S, B, NH, DH]  in place
+  float* states_in_t;  // [S, B, NH, DH]  or nullptr
+  T* h_t;              // [B, NH, DH]
+  T* sT;               // [S, B, NH, DH]  last step only, else nullptr
+};
+
+template <typename Cell, typename T>
+__global__ void step_forward_kernel(StepForward<T> p) {
+  constexpr int G = Cell::G, S = Cell::S;
+  const long long BND = (long long)p.B * p.NH * p.DH;
+  FLASHRNN_GRID_STRIDE(idx, BND) {
+    const int d = static_cast<int>(idx % p.DH);
+    const long long bn = idx / p.DH;
+    const int n = static_cast<int>(bn % p.NH);
+    const long long gbase = bn * G * p.DH + d;
+    float gx[G], rhb[G], s[S], s_new[S];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      gx[g] = Traits<T>::load(p.gx_t[gbase + (long long)g * p.DH]);
+      rhb[g] = p.rh[gbase + (long long)g * p.DH] + Traits<T>::load(p.bias[((long long)n * G + g) * p.DH + d]);
+    }
+#pragma unroll
+    for (int k = 0; k < S; ++k) s[k] = p.state[k * BND + idx];
+    Cell::forward(gx, rhb, s, s_new);
+    if (p.states_in_t != nullptr) {
+#pragma unroll
+      for (int k = 0; k < S; ++k) p.states_in_t[k * BND + idx] = s[k];
+#pragma unroll
+      for (int g = 0; g < G; ++g) p.rh[gbase + (long long)g * p.DH] = rhb[g];
+    }
+#pragma unroll
+    for (int k = 0; k < S; ++k) p.state[k * BND + idx] = s_new[k];
+    p.h_t[idx] = Traits<T>::store(s_new[0]);
+    if (p.sT != nullptr) {
+#pragma unroll
+      for (int k = 0; k < S; ++k) p.sT[k * BND + idx] = Traits<T>::store(s_new[k]);
+    }
+  }
+}
+
+template <typename Cell, typename T>
+struct RunForward {
+  static std::string run(const ForwardArgs& a, cudaStream_t stream) {
+    constexpr int G = Cell::G, S = Cell::S;
+    const int T_ = a.shape.T, B = a.shape.B, NH = a.shape.NH, DH = a.shape.DH;
+    const long long BND = (long long)B * NH * DH;
+    const T* gx = static_cast<const T*>(a.gx);
+    const T* R = static_cast<const T*>(a.R);
+    const T* s0 = static_cast<const T*>(a.s0);
+    T* h = static_cast<T*>(a.h);
+    std::string err;
+    if (T_ == 0 || BND == 0) {  // nothing to run: sT = s0
+      if (S * BND > 0) cudaMemcpyAsync(a.sT, a.s0, S * BND * sizeof(T), cudaMemcpyDeviceToDevice, stream);
+      return last_error("forward (empty)");
+    }
+    if (!(err = convert(a.state_ws, s0, S * BND, stream)).empty()) return err;
+    const long long step_gx = BND * G;  // elements of gx / rhb per time step
+    for (int p = 0; p < T_; ++p) {
+      const int t = a.reverse ? T_ - 1 - p : p;
+      const T* h_prev = p == 0 ? s0 : h + (long long)(a.reverse ? t + 1 : t - 1) * BND;
+      float* rh = a.rhb != nullptr ? a.rhb + t * step_gx : a.rh_ws;
+      // rh[b, n, gi] = sum_j R[n, gi, j] h_prev[b, n, j]; column-major per head n:
+      // C [G*DH, B] (ldc NH*G*DH) = R[n]^T-view [G*DH, DH] x h_prev [DH, B] (ldb NH*DH)
+      Gemm gemm{true, false, G * DH, B, DH,
+                R, DH, (long long)G * DH * DH,
+                h_prev, NH * DH, (long long)DH,
+                0.0f, rh, true, NH * G * DH, (long long)G * DH,
+                NH, Traits<T>::dtype};
+      if (!(err = run_gemm(gemm, stream)).empty()) return err;
+      StepForward<T> sp{B, NH, DH, gx + t * step_gx, rh, static_cast<const T*>(a.b), a.state_ws,
+                        a.states_in != nullptr ? a.states_in + (long long)t * S * BND : nullptr,
+                        h + t * BND, p == T_ - 1 ? static_cast<T*>(a.sT) : nullptr};
+      step_forward_kernel<Cell, T><<<blocks_for(BND), kThreads, 0, stream>>>(sp);
+      if (!(err = last_error("step_forward_kernel")).empty()) return err;
+    }
+    return "";
+  }
+};
+
+std::string forward(const std::string& functor, const ForwardArgs& args, cudaStream_t stream) {
+  return dispatch<RunForward>(functor, args.dtype, args, stream);
+}
+
+int num_gates(const std::string& functor) {
+#define FLASHRNN_GATES(Cell) \
+  if (functor == #Cell) return Cell::G;
+  FLASHRNN_FOR_EACH_CELL(FLASHRNN_GATES)
+#undef FLASHRNN_GATES
+  return -1;
+}
+
+int num_states(const std::string& functor) {
+#define FLASHRNN_STATES(Cell) \
+  if (functor == #Cell) return Cell::S;
+  FLASHRNN_FOR_EACH_CELL(FLASHRNN_STATES)
+#undef FLASHRNN_STATES
+  return -1;
+}
+
+}  // namespace alternating
+}  // namespace flashrnn
