@@ -34,9 +34,21 @@ def _time_order(T: int, reverse: bool):
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def recurrent_matmul(h: Tensor, R: Tensor, b: Tensor) -> Tensor:
-    """R h + b per head and gate: h [B, NH, DH], R [NH, G, DH, DH], b [NH, G, DH] -> [B, NH, G, DH]."""
-    return torch.einsum("bnj,ngij->bngi", h, R) + b
+def recurrent_matmul(h: Tensor, R_t: Tensor, b_row: Tensor) -> Tensor:
+    """R h + b per head and gate, as one batched GEMM over heads.
+
+    h [B, NH, DH], R_t [NH, DH(in), G*DH(out)] and b_row [NH, 1, G*DH] from `gemm_operands`
+    -> rhb [B, NH, G, DH] (a view).
+    """
+    B, NH, DH = h.shape
+    rhb = torch.baddbmm(b_row, h.transpose(0, 1), R_t)  # [NH, B, G*DH]
+    return rhb.view(NH, B, -1, DH).transpose(0, 1)
+
+
+def gemm_operands(R: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
+    """R [NH, G, DH, DH], b [NH, G, DH] -> R_t [NH, DH(in), G*DH(out)], b_row [NH, 1, G*DH]."""
+    NH, G, DH, _ = R.shape
+    return R.permute(0, 3, 1, 2).reshape(NH, DH, G * DH), b.reshape(NH, 1, G * DH)
 
 
 def forward(
@@ -55,7 +67,8 @@ def forward(
     T, B, NH, G, DH = gx.shape
     S = spec.num_states
     cdt = compute_dtype or _compute_dtype(gx.dtype)
-    gx_c, R_c, b_c = gx.to(cdt), R.to(cdt), b.to(cdt)
+    gx_c = gx.to(cdt)
+    R_t, b_row = gemm_operands(R.to(cdt), b.to(cdt))
     states = tuple(s0.to(cdt).unbind(0))  # S x [B, NH, DH]
     h = gx.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
     if save:
@@ -65,7 +78,7 @@ def forward(
         states_in = gx.new_empty(0, dtype=cdt)
         rhb_all = gx.new_empty(0, dtype=cdt)
     for t in _time_order(T, reverse):
-        rhb = recurrent_matmul(states[0], R_c, b_c)  # [B, NH, G, DH]
+        rhb = recurrent_matmul(states[0], R_t, b_row)  # [B, NH, G, DH]
         if save:
             states_in[t] = torch.stack(states)
             rhb_all[t] = rhb
