@@ -1,0 +1,45 @@
+"""Why a problem has no solution: a minimal set of constraints that cannot hold together.
+
+Deletion filter: start from every constraint; drop each one in turn (the last declared first) and keep it dropped when the
+rest is still infeasible. What remains is irreducible: removing any one of them makes the others
+satisfiable (within the variables' domains). Each is reported in words (its message, params
+filled in) with the condition as written.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+from .problem import Constraint, Problem
+from .solver import NodeLimit, solve
+
+
+def conflict(problem: Problem, node_limit: int = 5000) -> List[Constraint]:
+    """An infeasible subset of the constraints; [] when the problem is feasible.
+
+    A constraint is dropped only when the rest is *proven* infeasible; a trial that reaches
+    `node_limit` keeps it, so the answer is always a conflict, and irreducible unless a trial
+    ran out of nodes.
+    """
+    empty = [n for n, d in zip(problem.names, problem.domains) if d is None]
+    if empty:
+        return []
+    keep = list(range(len(problem.constraints)))
+    if solve(problem, optimize=False, active=keep).status != "infeasible":
+        return []
+    for ci in reversed(keep):  # later (derived) constraints go first; earlier limits stay
+        trial = [c for c in keep if c != ci]
+        try:
+            if solve(problem, optimize=False, active=trial, node_limit=node_limit).status == "infeasible":
+                keep = trial
+        except NodeLimit:
+            pass
+    return [problem.constraints[i] for i in keep]
+
+
+def explain(problem: Problem) -> List[str]:
+    """Sentences saying why nothing is feasible ([] when something is)."""
+    empty = [n for n, d in zip(problem.names, problem.domains) if d is None]
+    if empty:
+        return [f"the declared domain of {n} is empty" for n in empty]
+    return [c.describe() for c in conflict(problem)]
