@@ -81,7 +81,7 @@ def _runs(codes: Sequence[int], period: int) -> List[Tuple[int, int]]:
     return runs
 
 
-def find_regions(codes: Sequence[int], max_periods: int = 6) -> List[Region]:
+def find_regions(codes: Sequence[int], nodes: Sequence[Node], max_periods: int = 6) -> List[Region]:
     """Candidate runs, best (most nodes covered, then smallest period) first; codes < 0 never match."""
     last: Dict[int, int] = {}
     gaps: collections.Counter = collections.Counter()
@@ -91,13 +91,78 @@ def find_regions(codes: Sequence[int], max_periods: int = 6) -> List[Region]:
         if c in last:
             gaps[i - last[c]] += 1
         last[c] = i
-    candidates = [p for p, cnt in gaps.most_common(max_periods) if cnt >= 1]
+    # score every gap by how many positions repeat after it (vectorised), keep the best few
+    code_t = torch.tensor(list(codes), dtype=torch.int64)
+    valid = code_t >= 0
+    scored = []
+    for p in gaps:
+        if p >= len(codes):
+            continue
+        same = (code_t[:-p] == code_t[p:]) & valid[:-p]
+        scored.append((-int(same.sum()), p))
+    candidates = [p for _, p in sorted(scored)[:max_periods]]
     regions = []
     for p in candidates:
         for a, b in _runs(codes, p):
-            regions.append(Region(a, p, (b - a) // p))
+            regions.append(best_phase(nodes, a, b, p))
+    regions = [r for r in regions if r.count >= 2]
     regions.sort(key=lambda r: (-(r.count * r.period), r.period, r.start))
     return regions
+
+
+def best_phase(nodes: Sequence[Node], a: int, b: int, period: int) -> Region:
+    """Where the loop body starts inside the periodic run [a, b): the phase that carries the
+    fewest numbers from one window to the next (the states), then one whose first node reads
+    nothing from the window before (the top of the loop body), then the most windows."""
+    index = {nodes[i]: i for i in range(a, b)}
+    first = a + period if b - a >= 3 * period else a
+    crossing = [0] * (period + 1)  # difference array over phases 0..P-1
+    always = 0
+    for iu in range(first, first + period):
+        consumers = [index[u] for u in nodes[iu].users if u in index and index[u] > iu]
+        if not consumers:
+            continue
+        iv = max(consumers)
+        d = iv - iu
+        w = _numel(nodes[iu])
+        if d >= period:
+            always += w
+            continue
+        r = (iv - a) % period  # phases j = r, r-1, ..., r-d+1 (mod P) put a boundary in (iu, iv]
+        lo = r - d + 1
+        if lo >= 0:
+            crossing[lo] += w
+            crossing[r + 1] -= w
+        else:
+            crossing[0] += w
+            crossing[r + 1] -= w
+            crossing[period + lo] += w
+            crossing[period] -= w
+    best, acc = None, 0
+    for j in range(period):
+        acc += crossing[j]
+        top = first + ((j - (first - a)) % period)  # a window start in the sampled period
+        reads_before = 0
+        if top + period < b:
+            head = nodes[top + period]
+            reads_before = int(any(top <= index.get(x, -1) < top + period for x in head.all_input_nodes))
+        key = (acc + always, reads_before, -((b - a - j) // period), j)
+        if best is None or key < best[0]:
+            best = (key, j)
+    j = best[1]
+    return Region(a + j, period, (b - a - j) // period)
+
+
+def _numel(node: Node) -> int:
+    v = node.meta.get("example_value")
+    vals = v if isinstance(v, (tuple, list)) else [v]
+    total = 0
+    for x in vals:
+        try:
+            total += int(x.numel()) if isinstance(x, torch.Tensor) else 1
+        except Exception:  # noqa: BLE001  (symbolic sizes: count the value once)
+            total += 1
+    return total
 
 
 # ---- verification and classification ------------------------------------------------------

@@ -56,7 +56,7 @@ def reroll_pass(gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
         for i, n in enumerate(nodes):
             codes.append(-1 - i if n in tried else ids.setdefault(label(n), len(ids)))
         found = False
-        for region in find_regions(codes):
+        for region in find_regions(codes, nodes):
             region_nodes = nodes[region.start: region.start + region.period * region.count]
             tried.update(region_nodes)
             win = verify(nodes, region)
