@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.fx
@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from ._common import emit_recurrence, example_value
 
 Node = torch.fx.Node
+REWRITTEN = "flashrnn_rewritten"  # node.meta key on every emitted node: which pass emitted it
 
 
 @dataclasses.dataclass
@@ -61,7 +62,7 @@ class RnnCall:
     directions: int
     hidden: int  # H
     proj: int  # P, 0 without projection
-    dropout: float
+    dropout: Union[float, Node]  # a graph value when Dynamo made the attribute symbolic
     train: bool
     batch_first: bool
     gates: int  # G
@@ -77,16 +78,23 @@ class _Builder:
         self.device_type = device_type
         self.created: List[Node] = []
         self.meta = {k: anchor.meta[k] for k in ("stack_trace", "nn_module_stack") if k in anchor.meta}
+        self.meta[REWRITTEN] = "module"  # later passes leave these nodes alone
 
     def __call__(self, target, *args, **kwargs) -> Node:
+        """target: a function (call_function) or a Tensor method name (call_method)."""
         with self.graph.inserting_before(self.anchor):
-            node = self.graph.call_function(target, tuple(args), kwargs)
+            if isinstance(target, str):
+                node = self.graph.call_method(target, tuple(args), kwargs)
+            else:
+                node = self.graph.call_function(target, tuple(args), kwargs)
         self.created.append(node)
         node.meta.update(self.meta)
         fake_args = torch.fx.node.map_arg((args, kwargs), lambda n: n.meta.get("example_value"))
         # autocast is switched off in the emitted region (see emit_rnn), so propagate likewise
         with self.fake_mode, torch.autocast(self.device_type, enabled=False):
-            node.meta["example_value"] = target(*fake_args[0], **fake_args[1])
+            fn = getattr(fake_args[0][0], target) if isinstance(target, str) else target
+            rest = fake_args[0][1:] if isinstance(target, str) else fake_args[0]
+            node.meta["example_value"] = fn(*rest, **fake_args[1])
         return node
 
     def remove_all(self) -> None:
@@ -102,7 +110,7 @@ def _cast(bld: _Builder, node: Optional[Node], dtype: torch.dtype) -> Optional[N
     value = example_value(node)
     if value is None or value.dtype == dtype:
         return node
-    return bld(torch.Tensor.to, node, dtype)
+    return bld("to", node, dtype)
 
 
 def _initial_states(bld: _Builder, call: RnnCall, h0: Node, c0: Optional[Node], k: int) -> Node:
@@ -113,12 +121,12 @@ def _initial_states(bld: _Builder, call: RnnCall, h0: Node, c0: Optional[Node], 
         h = bld(torch.zeros_like, c)  # [B, H]: u0 = 0, W_hh h0 enters through gx
     states = [h] if c0 is None else [h, bld(operator.getitem, c0, k)]
     s0 = bld(torch.stack, states, 0)  # [S, B, H]
-    return bld(torch.Tensor.unsqueeze, s0, 2)  # [S, B, 1, H]
+    return bld("unsqueeze", s0, 2)  # [S, B, 1, H]
 
 
 def _add_first_step(bld: _Builder, gx: Node, extra: Node, reverse: bool) -> Node:
     """gx [T, B, G*H] with extra [B, G*H] added at the first processed time position."""
-    extra = bld(torch.Tensor.unsqueeze, extra, 0)  # [1, B, G*H]
+    extra = bld("unsqueeze", extra, 0)  # [1, B, G*H]
     if reverse:
         rest = bld(operator.getitem, gx, slice(None, -1))  # [T-1, B, G*H]
         last = bld(operator.getitem, gx, slice(-1, None))  # [1, B, G*H]
@@ -145,7 +153,7 @@ def emit_rnn(
     ac = bld(torch.amp.autocast_mode._enter_autocast, device_type, None, False, None) if disable_autocast else None
     x = _cast(bld, call.x, dt)
     if call.batch_first:
-        x = bld(torch.Tensor.transpose, x, 0, 1)  # [T, B, I]
+        x = bld("transpose", x, 0, 1)  # [T, B, I]
     h0 = _cast(bld, call.h0, dt)  # [L*D, B, H]
     c0 = _cast(bld, call.c0, dt)  # [L*D, B, H]
     h_last: List[Node] = []  # L*D x [B, NH, DH] (unprojected with proj_size)
@@ -167,11 +175,11 @@ def emit_rnn(
                 gx = _add_first_step(bld, gx, bld(F.linear, h0_k, w_hh), reverse=d == 1)
                 w_hh = bld(torch.matmul, w_hh, w_hr)  # [G*H, H] = W_hh W_hr
             gx = bld(torch.unflatten, gx, -1, (1, G, H))  # [T, B, NH, G, DH]
-            R = bld(torch.Tensor.view, w_hh, 1, G, H, H)  # [NH, G, DH, DH]
+            R = bld("view", w_hh, 1, G, H, H)  # [NH, G, DH, DH]
             if b_hh is None:
                 b = bld(torch.zeros, 1, G, H, dtype=dt, device=example_value(w.w_hh).device)
             else:
-                b = bld(torch.Tensor.view, b_hh, 1, G, H)  # [NH, G, DH]
+                b = bld("view", b_hh, 1, G, H)  # [NH, G, DH]
             s0 = _initial_states(bld, call, h0, c0, k)  # [S, B, NH, DH]
             with graph.inserting_before(call.node):
                 h, sT = emit_recurrence(
@@ -189,10 +197,10 @@ def emit_rnn(
             if c0 is not None:
                 c_last.append(bld(operator.getitem, sT, 1))  # [B, NH, H]
         x = outs[0] if D == 1 else bld(torch.cat, outs, -1)  # [T, B, D*H]
-        if layer < call.layers - 1 and call.train and call.dropout > 0:
+        if layer < call.layers - 1 and call.train and (isinstance(call.dropout, Node) or call.dropout > 0):
             x = bld(F.dropout, x, call.dropout, True)
     if call.batch_first:
-        x = bld(torch.Tensor.transpose, x, 0, 1)  # [B, T, D*H]
+        x = bld("transpose", x, 0, 1)  # [B, T, D*H]
     h_n = bld(torch.flatten, bld(torch.stack, h_last, 0), -2)  # [L*D, B, H]
     if call.proj:
         h_n = _project_h_n(bld, h_n, w_hrs)  # [L*D, B, P]

@@ -81,7 +81,12 @@ def _parse(node: Node, op: RnnOp) -> Union[RnnCall, str]:
             return f"{name} is not a constant bool (got {type(value).__name__})"
     if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
         return f"num_layers is not a constant int >= 1 (got {layers!r})"
-    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+    if isinstance(dropout, Node):
+        # Dynamo makes a float attribute symbolic once it has seen two values of it; the value
+        # only matters in training with layers after the first
+        if not isinstance(dropout.meta.get("example_value"), (float, torch.SymFloat)):
+            return f"dropout is a graph value that is not a float ({dropout.format_node()})"
+    elif not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
         return f"dropout is not a constant in [0, 1] (got {dropout!r})"
     if op.hx_pair:
         if not (isinstance(hx, (list, tuple)) and len(hx) == 2):
@@ -140,7 +145,7 @@ def _parse(node: Node, op: RnnOp) -> Union[RnnCall, str]:
         directions=D,
         hidden=H,
         proj=example_value(weights[0].w_hr).shape[0] if proj else 0,
-        dropout=float(dropout),
+        dropout=dropout if isinstance(dropout, Node) else float(dropout),
         train=train,
         batch_first=batch_first,
         gates=G,
