@@ -300,24 +300,33 @@ def _emit(an: Analysis, t: Template, cell: str, units: List[Unit], nh: int, H: i
         idx = torch.cat([tx.idx.flatten() for tx in x_terms])
         gx = _columns(an, x2, idx, x_width)  # [T, B, G*H]
     else:
-        w = c(torch.cat, [an.rows(tx, x_width) for tx in x_terms], 0)  # [G*H, I]
+        w = _stacked_rows(an, x_terms, x_width)  # [G*H, I]
         gx = c(torch.matmul, x2, c(torch.t, w))  # [T, B, G*H]
     consts = [u.x.const for u in units]
     if any(k is not None for k in consts):
-        zero = lambda: c(torch.zeros, H, dtype=an.dtype, device=an.device)  # noqa: E731
-        gx = c(torch.add, gx, c(torch.cat, [zero() if k is None else an.rows(k, None) for k in consts], 0))
+        if all(k is not None for k in consts):
+            gx = c(torch.add, gx, _stacked_rows(an, consts, None))
+        else:
+            zero = lambda: c(torch.zeros, H, dtype=an.dtype, device=an.device)  # noqa: E731
+            gx = c(torch.add, gx, c(torch.cat, [zero() if k is None else an.rows(k, None) for k in consts], 0))
     gx = c(torch.unflatten, gx, 2, (G, nh, dh))  # [T, B, G, NH, DH]
     gx = c(torch.Tensor.contiguous, c(torch.permute, gx, (0, 1, 3, 2, 4)))  # [T, B, NH, G, DH]
-    Rs, bs = [], []
-    for u in units:
-        m = c(torch.reshape, an.rows(u.h.terms["h"], H), (nh, dh, nh, dh))  # [NH, DH, NH, DH]
-        m = c(torch.permute, c(torch.diagonal, m, 0, 0, 2), (2, 0, 1))  # [NH, DH, DH]
-        Rs.append(m)
-        k = u.h.const if u.h_const else None
-        bs.append(c(torch.zeros, nh, dh, dtype=an.dtype, device=an.device) if k is None
-                  else c(torch.reshape, an.rows(k, None), (nh, dh)))
-    R = c(torch.Tensor.contiguous, c(torch.stack, Rs, 1))  # [NH, G, DH, DH]
-    b = c(torch.stack, bs, 1)  # [NH, G, DH]
+    h_terms = [u.h.terms["h"] for u in units]
+    if nh == 1:
+        R = c(torch.reshape, _stacked_rows(an, h_terms, H), (1, G, H, H))  # [NH, G, DH, DH]
+    else:
+        Rs = []
+        for th in h_terms:
+            m = c(torch.reshape, an.rows(th, H), (nh, dh, nh, dh))  # [NH, DH, NH, DH]
+            Rs.append(c(torch.permute, c(torch.diagonal, m, 0, 0, 2), (2, 0, 1)))  # [NH, DH, DH]
+        R = c(torch.Tensor.contiguous, c(torch.stack, Rs, 1))  # [NH, G, DH, DH]
+    b_consts = [u.h.const if u.h_const else None for u in units]
+    if all(k is None for k in b_consts):
+        b = c(torch.zeros, nh, G, dh, dtype=an.dtype, device=an.device)  # [NH, G, DH]
+    else:
+        bs = [c(torch.zeros, nh, dh, dtype=an.dtype, device=an.device) if k is None
+              else c(torch.reshape, an.rows(k, None), (nh, dh)) for k in b_consts]
+        b = c(torch.stack, bs, 1)  # [NH, G, DH]
     an.ext.output((gx, R, b))
     an.ext.eliminate_dead_code()
     leaf_nodes = {p: n for p, n in zip([n for n in t.gm.graph.nodes if n.op == "placeholder"], t.inputs)}
@@ -326,6 +335,16 @@ def _emit(an: Analysis, t: Template, cell: str, units: List[Unit], nh: int, H: i
     leaf_inputs = [t.inputs[t.n_states + 1 + k] for k in range(len(step_ph))]
     del leaf_nodes
     return Derived(cell, nh, dh, h_slot, order, an.ext, leaf_inputs)
+
+
+def _stacked_rows(an: Analysis, terms: List[Term], width) -> Node:
+    """The rows of several terms one after the other: [sum numel(idx), width] (or [sum])."""
+    bases = {id(t.base) for t in terms}
+    if len(bases) == 1 and terms[0].base is not None:
+        idx = torch.cat([t.idx.flatten() for t in terms])
+        if _affine._identity(idx, terms[0].rows):
+            return terms[0].base
+    return an.call(torch.cat, [an.rows(t, width) for t in terms], 0)
 
 
 def _columns(an: Analysis, x2: Node, idx: torch.Tensor, width: int) -> Node:

@@ -203,14 +203,14 @@ def _rewrite(graph, win: Windows, core: List[int], source: str, ctx) -> bool:
             finals[states[slot]] = graph.call_function(
                 torch.reshape, (graph.call_function(torch.select, (sT, 0, k)), shape))
 
-    last = win.windows[-1]
-    for q in states:
-        last[q].replace_all_uses_with(finals[q], delete_user_cb=lambda u: u not in core_all)
     hs = [w[h_pos] for w in win.windows]
     by_time = [None] * K
     for k, h in enumerate(hs):
         by_time[time_of[k]] = h
     _replace_stacks(graph, hs, by_time, h_user, core_all)
+    last = win.windows[-1]
+    for q in states:
+        last[q].replace_all_uses_with(finals[q], delete_user_cb=lambda u: u not in core_all)
     for k, h in enumerate(hs[:-1]):
         if any(u not in core_all for u in h.users):
             with graph.inserting_after(h_user):
