@@ -79,15 +79,17 @@ void forward(const at::Tensor& gx_, const at::Tensor& R_, const at::Tensor& b_, 
                 "flashrnn_alternating: states_in, rhb: expected both [T, S, B, NH, DH] / [T, B, NH, G, DH] "
                 "(save) or both empty");
   }
+  const int64_t KS = flashrnn::alternating::gemm_splits(dtype);
   auto f32 = gx.options().dtype(at::kFloat);
-  at::Tensor state_ws = at::empty({S, B, NH, DH}, f32);                       // [S, B, NH, DH]
-  at::Tensor rh_ws = save ? at::empty({0}, f32) : at::empty({B, NH, G, DH}, f32);  // [B, NH, G, DH]
+  at::Tensor state_ws = at::empty({S, B, NH, DH}, f32);            // [S, B, NH, DH]
+  at::Tensor hsplit_ws = at::empty({KS * B, NH, DH}, gx.options());  // [KS*B, NH, DH]
+  at::Tensor rh_ws = at::empty({KS * B, NH, G, DH}, f32);          // [KS*B, NH, G, DH]
   flashrnn::alternating::ForwardArgs args{
       {static_cast<int>(T), static_cast<int>(B), static_cast<int>(NH), static_cast<int>(DH)},
       dtype, reverse,
       gx.data_ptr(), R.data_ptr(), b.data_ptr(), s0.data_ptr(), h.data_ptr(), sT.data_ptr(),
       save ? states_in.data_ptr<float>() : nullptr, save ? rhb.data_ptr<float>() : nullptr,
-      state_ws.data_ptr<float>(), save ? nullptr : rh_ws.data_ptr<float>()};
+      state_ws.data_ptr<float>(), hsplit_ws.data_ptr(), rh_ws.data_ptr<float>()};
   const std::string err =
       flashrnn::alternating::forward(functor, args, c10::cuda::getCurrentCUDAStream(dev.index()).stream());
   TORCH_CHECK(err.empty(), "flashrnn_alternating.forward (", functor, "): ", err);
@@ -119,18 +121,25 @@ void backward(const at::Tensor& dh_, const at::Tensor& dsT_, const at::Tensor& g
   check(dR, "dR", {NH, G, DH, DH}, st, dev);
   check(db, "db", {NH, G, DH}, st, dev);
   check(ds0, "ds0", {S, B, NH, DH}, st, dev);
-  auto f32 = gx.options().dtype(at::kFloat);
-  at::Tensor ds_ws = at::empty({S, B, NH, DH}, f32);        // [S, B, NH, DH]
-  at::Tensor db_ws = at::empty({NH, G, DH}, f32);           // [NH, G, DH]
-  at::Tensor drhb_ws = at::empty({T, B, NH, G, DH}, gx.options());  // [T, B, NH, G, DH]
-  at::Tensor hin_ws = at::empty({T, B, NH, DH}, gx.options());      // [T, B, NH, DH]
+  const int64_t KS = flashrnn::alternating::gemm_splits(dtype);
+  const bool f64 = flashrnn::alternating::dR_dtype(dtype) == DType::kFloat64;
+  auto f32 = gx.options().dtype(at::kFloat), f64o = gx.options().dtype(at::kDouble);
+  auto dto = f64 ? f64o : gx.options();
+  at::Tensor ds_ws = at::empty({S, B, NH, DH}, f32);                     // [S, B, NH, DH]
+  at::Tensor db_ws = at::empty({B, NH, G, DH}, f64o);                    // [B, NH, G, DH]
+  at::Tensor dsplit_ws = at::empty({B, NH, KS, G, DH}, gx.options());    // [B, NH, KS, G, DH]
+  at::Tensor R2_ws = at::empty({KS == 2 ? NH : 0, KS, G, DH, DH}, gx.options());  // [NH, KS, G, DH, DH]
+  at::Tensor drhb_ws = at::empty({T, B, NH, G, DH}, dto);                // [T, B, NH, G, DH]
+  at::Tensor hin_ws = at::empty({T, B, NH, DH}, dto);                    // [T, B, NH, DH]
+  at::Tensor dR64_ws = at::empty({f64 ? NH : 0, G, DH, DH}, f64o);       // [NH, G, DH, DH]
   flashrnn::alternating::BackwardArgs args{
       {static_cast<int>(T), static_cast<int>(B), static_cast<int>(NH), static_cast<int>(DH)},
       dtype, reverse,
       dh.data_ptr(), dsT.data_ptr(), gx.data_ptr(), R.data_ptr(),
       T > 0 ? states_in.data_ptr<float>() : nullptr, T > 0 ? rhb.data_ptr<float>() : nullptr,
       dgx.data_ptr(), dR.data_ptr(), db.data_ptr(), ds0.data_ptr(),
-      ds_ws.data_ptr<float>(), db_ws.data_ptr<float>(), drhb_ws.data_ptr(), hin_ws.data_ptr()};
+      ds_ws.data_ptr<float>(), db_ws.data_ptr<double>(), dsplit_ws.data_ptr(), R2_ws.data_ptr(),
+      drhb_ws.data_ptr(), hin_ws.data_ptr(), dR64_ws.data_ptr<double>()};
   const std::string err =
       flashrnn::alternating::backward(functor, args, c10::cuda::getCurrentCUDAStream(dev.index()).stream());
   TORCH_CHECK(err.empty(), "flashrnn_alternating.backward (", functor, "): ", err);

@@ -72,6 +72,7 @@ LIBRARIES: Dict[str, LibrarySpec] = {
             "alternating/forward.cu",
             "alternating/backward.cu",
             "alternating/gemm.cpp",
+            "alternating/graph_cache.cpp",
             "bindings.cpp",
         ),
         depends=("alternating/*.h", "alternating/*.cuh", "common/*.cuh", "common/*.h"),

@@ -19,7 +19,17 @@
 namespace flashrnn {
 namespace alternating {
 
-enum class DType { kFloat32, kBFloat16, kFloat16 };
+// Input dtypes; kFloat64 only names the dR GEMM's operands for float32 inputs (see below).
+enum class DType { kFloat32, kBFloat16, kFloat16, kFloat64 };
+
+// Accuracy (fp32 arithmetic everywhere, half-precision tensor-core GEMMs):
+// - half inputs: GEMM operands that are fp32 values (h for R h, d(rhb) for R^T d(rhb)) are split
+//   into hi + lo halves, so each per-step product is exact to ~2^-22 instead of one rounding;
+//   `gemm_splits(dtype)` is 2 for half types, 1 for float32.
+// - dR: one GEMM over all T*B rows after the loop, operands in `dR_dtype(dtype)` (the input dtype
+//   for half types; float64 for float32 inputs, so the long sum loses nothing); db in float64.
+int gemm_splits(DType dtype);
+DType dR_dtype(DType dtype);
 
 struct Shape {
   int T, B, NH, DH;
@@ -38,7 +48,8 @@ struct ForwardArgs {
   float* states_in;  // [T, S, B, NH, DH] (out) or nullptr: save=false
   float* rhb;        // [T, B, NH, G, DH] (out) or nullptr: save=false
   float* state_ws;   // [S, B, NH, DH] workspace
-  float* rh_ws;      // [B, NH, G, DH] workspace (used when rhb is nullptr)
+  void* hsplit_ws;   // [KS*B, NH, DH] dtype workspace, KS = gemm_splits(dtype)
+  float* rh_ws;      // [KS*B, NH, G, DH] workspace
 };
 
 struct BackwardArgs {
@@ -56,9 +67,12 @@ struct BackwardArgs {
   void* db;                // [NH, G, DH]       dtype (out)
   void* ds0;               // [S, B, NH, DH]    dtype (out)
   float* ds_ws;            // [S, B, NH, DH] workspace
-  float* db_ws;            // [NH, G, DH] workspace
-  void* drhb_ws;           // [T, B, NH, G, DH] dtype workspace
-  void* hin_ws;            // [T, B, NH, DH]    dtype workspace
+  double* db_ws;           // [B, NH, G, DH] workspace
+  void* dsplit_ws;         // [B, NH, KS, G, DH] dtype workspace
+  void* R2_ws;             // [NH, KS, G, DH, DH] dtype workspace (KS = 2 only, else unused)
+  void* drhb_ws;           // [T, B, NH, G, DH] dR_dtype workspace
+  void* hin_ws;            // [T, B, NH, DH]    dR_dtype workspace
+  double* dR64_ws;         // [NH, G, DH, DH] workspace (float32 inputs only, else unused)
 };
 
 // Gates and states of the cell whose functor is named `functor` ("LstmCell", ...); -1 if unknown.

@@ -1,17 +1,21 @@
 // Alternating backward: per step (reverse processing order) one pointwise kernel and one cuBLAS
 // GEMM for dh; dR and db once after the loop.
 //
-//   pointwise: ds_new = ds (+ dh[t] on h); (dgx[t], drhb[t], ds) = Cell::backward(...)
-//              db_ws += drhb[t] (fp32 atomics over B); hin[t] = states_in[t, 0] (GEMM dtype)
-//   GEMM:      ds[0] += R^T drhb[t]                       (beta = 1, fp32 accumulation)
-//   after:     dR[n] = sum_(t,b) drhb[t,b,n]^T hin[t,b,n] (one GEMM, K = T*B); db = db_ws
+//   pointwise: ds_new = ds (+ dh[t] on h); (dgx[t], drhb, ds) = Cell::backward(...)
+//              dsplit = drhb split in KS parts (GEMM operand); drhb[t], hin[t] = states_in[t, 0]
+//              kept in DT for dR; db_ws[b] += drhb (float64, one owner per element: no atomics)
+//   GEMM:      ds[0] += [R R]^T [d_hi; d_lo]  (K = KS*G*DH, beta = 1, fp32 accumulation)
+//   after:     dR[n] = sum_(t,b) drhb[t,b,n]^T hin[t,b,n] (one GEMM, K = T*B, operands DT);
+//              db = sum_b db_ws[b]
 #include "common.cuh"
+#include "graph_cache.h"
 
 namespace flashrnn {
 namespace alternating {
 
 template <typename T>
 struct StepBackward {
+  using DT = typename Acc<T>::DT;
   int B, NH, DH;
   const T* dh_t;           // [B, NH, DH]
   const T* gx_t;           // [B, NH, G, DH]
@@ -19,19 +23,20 @@ struct StepBackward {
   const float* states_t;   // [S, B, NH, DH]
   float* ds;               // [S, B, NH, DH]  in place: ds_new in, ds_in out
   T* dgx_t;                // [B, NH, G, DH]
-  T* drhb_t;               // [B, NH, G, DH]
-  float* db;               // [NH, G, DH]     accumulated
-  T* hin_t;                // [B, NH, DH]
+  T* dsplit;               // [B, NH, KS, G, DH]
+  DT* drhb_t;              // [B, NH, G, DH]
+  double* db;              // [B, NH, G, DH]  accumulated over t
+  DT* hin_t;               // [B, NH, DH]
 };
 
 template <typename Cell, typename T>
 __global__ void step_backward_kernel(StepBackward<T> p) {
-  constexpr int G = Cell::G, S = Cell::S;
+  constexpr int G = Cell::G, S = Cell::S, KS = Acc<T>::KS;
+  using DT = typename Acc<T>::DT;
   const long long BND = (long long)p.B * p.NH * p.DH;
   FLASHRNN_GRID_STRIDE(idx, BND) {
     const int d = static_cast<int>(idx % p.DH);
     const long long bn = idx / p.DH;
-    const int n = static_cast<int>(bn % p.NH);
     const long long gbase = bn * G * p.DH + d;
     float gx[G], rhb[G], s[S], ds_new[S], dgx[G], drhb[G], ds[S];
 #pragma unroll
@@ -46,37 +51,77 @@ __global__ void step_backward_kernel(StepBackward<T> p) {
     }
     ds_new[0] += Traits<T>::load(p.dh_t[idx]);
     Cell::backward(gx, rhb, s, ds_new, dgx, drhb, ds);
+    const long long sbase = bn * KS * G * p.DH + d;  // [B, NH, KS, G, DH]
 #pragma unroll
     for (int g = 0; g < G; ++g) {
-      p.dgx_t[gbase + (long long)g * p.DH] = Traits<T>::store(dgx[g]);
-      p.drhb_t[gbase + (long long)g * p.DH] = Traits<T>::store(drhb[g]);
-      atomicAdd(p.db + ((long long)n * G + g) * p.DH + d, drhb[g]);
+      const long long o = gbase + (long long)g * p.DH;
+      p.dgx_t[o] = Traits<T>::store(dgx[g]);
+      p.drhb_t[o] = from_float<DT>(drhb[g]);
+      p.db[o] += static_cast<double>(drhb[g]);
+      split_store<T, KS>(p.dsplit + sbase + (long long)g * p.DH, (long long)G * p.DH, drhb[g]);
     }
 #pragma unroll
     for (int k = 0; k < S; ++k) p.ds[k * BND + idx] = ds[k];
-    p.hin_t[idx] = Traits<T>::store(s[0]);
+    p.hin_t[idx] = from_float<DT>(s[0]);
   }
+}
+
+// db[c] = sum_b db_ws[b, c] for c < NH*G*DH
+template <typename T>
+__global__ void reduce_db_kernel(T* db, const double* db_ws, int B, long long n) {
+  FLASHRNN_GRID_STRIDE(c, n) {
+    double acc = 0.0;
+    for (int b = 0; b < B; ++b) acc += db_ws[b * n + c];
+    db[c] = from_float<T>(static_cast<float>(acc));
+  }
+}
+
+// out[i] = (T) in[i] from float64
+template <typename T>
+__global__ void from_double_kernel(T* out, const double* in, long long n) {
+  FLASHRNN_GRID_STRIDE(i, n) { out[i] = from_float<T>(static_cast<float>(in[i])); }
 }
 
 template <typename Cell, typename T>
 struct RunBackward {
+  // T >= kGraphMinSteps: through the CUDA graph cache (graph_cache.h), else launched directly
   static std::string run(const BackwardArgs& a, cudaStream_t stream) {
-    constexpr int G = Cell::G, S = Cell::S;
+    if (a.shape.T < kGraphMinSteps) return launch(a, stream);
+    KeyBuilder key;
+    key << "backward" << Cell::G << Cell::S << static_cast<int>(a.dtype) << a.reverse << a.shape.T << a.shape.B
+        << a.shape.NH << a.shape.DH << a.dh << a.dsT << a.gx << a.R << a.states_in << a.rhb << a.dgx << a.dR
+        << a.db << a.ds0 << a.ds_ws << a.db_ws << a.dsplit_ws << a.R2_ws << a.drhb_ws << a.hin_ws << a.dR64_ws
+        << typeid(Cell).name();
+    return run_cached(key.str(), stream, [&a](cudaStream_t s) { return launch(a, s); });
+  }
+
+  static std::string launch(const BackwardArgs& a, cudaStream_t stream) {
+    constexpr int G = Cell::G, S = Cell::S, KS = Acc<T>::KS;
+    using DT = typename Acc<T>::DT;
     const int T_ = a.shape.T, B = a.shape.B, NH = a.shape.NH, DH = a.shape.DH;
     const long long BND = (long long)B * NH * DH;
     const long long step_gx = BND * G;
-    const T* R = static_cast<const T*>(a.R);
-    T* drhb = static_cast<T*>(a.drhb_ws);
-    T* hin = static_cast<T*>(a.hin_ws);
+    const long long GDD = (long long)G * DH * DH;
+    const long long nb = (long long)NH * G * DH;
+    DT* drhb = static_cast<DT*>(a.drhb_ws);
+    DT* hin = static_cast<DT*>(a.hin_ws);
+    T* dsplit = static_cast<T*>(a.dsplit_ws);
     std::string err;
     if (!(err = convert(a.ds_ws, static_cast<const T*>(a.dsT), S * BND, stream)).empty()) return err;
-    const long long nb = (long long)NH * G * DH;
-    cudaMemsetAsync(a.db_ws, 0, nb * sizeof(float), stream);
     if (T_ == 0 || BND == 0) {  // no step ran: dR = 0, db = 0, ds0 = dsT
       cudaMemsetAsync(a.dR, 0, nb * DH * sizeof(T), stream);
-      if (!(err = convert(static_cast<T*>(a.db), a.db_ws, nb, stream)).empty()) return err;
+      cudaMemsetAsync(a.db, 0, nb * sizeof(T), stream);
       if (!(err = convert(static_cast<T*>(a.ds0), a.ds_ws, S * BND, stream)).empty()) return err;
       return last_error("backward (empty)");
+    }
+    cudaMemsetAsync(a.db_ws, 0, (long long)B * nb * sizeof(double), stream);
+    const void* RR = a.R;  // [NH, KS, G, DH, DH]: R repeated KS times per head
+    if (KS == 2) {
+      cudaMemcpy2DAsync(a.R2_ws, 2 * GDD * sizeof(T), a.R, GDD * sizeof(T), GDD * sizeof(T), NH,
+                        cudaMemcpyDeviceToDevice, stream);
+      cudaMemcpy2DAsync(static_cast<T*>(a.R2_ws) + GDD, 2 * GDD * sizeof(T), a.R, GDD * sizeof(T),
+                        GDD * sizeof(T), NH, cudaMemcpyDeviceToDevice, stream);
+      RR = a.R2_ws;
     }
     for (int p = T_ - 1; p >= 0; --p) {
       const int t = a.reverse ? T_ - 1 - p : p;
@@ -87,29 +132,36 @@ struct RunBackward {
                          a.states_in + (long long)t * S * BND,
                          a.ds_ws,
                          static_cast<T*>(a.dgx) + t * step_gx,
+                         dsplit,
                          drhb + t * step_gx,
                          a.db_ws,
                          hin + t * BND};
       step_backward_kernel<Cell, T><<<blocks_for(BND), kThreads, 0, stream>>>(sp);
       if (!(err = last_error("step_backward_kernel")).empty()) return err;
-      // ds[0][b, n, j] += sum_gi R[n, gi, j] drhb[t][b, n, gi]; column-major per head n:
-      // C [DH, B] (ldc NH*DH) += R[n]-view [DH, G*DH] x drhb[t] [G*DH, B] (ldb NH*G*DH)
-      Gemm gemm{false, false, DH, B, G * DH,
-                R, DH, (long long)G * DH * DH,
-                drhb + t * step_gx, NH * G * DH, (long long)G * DH,
+      // ds[0][b, n, j] += sum_(k, gi) RR[n, k, gi, j] dsplit[b, n, k, gi]; column-major per head n:
+      // C [DH, B] (ldc NH*DH) += RR[n]-view [DH, KS*G*DH] x dsplit [KS*G*DH, B] (ldb NH*KS*G*DH)
+      Gemm gemm{false, false, DH, B, KS * G * DH,
+                RR, DH, KS * GDD,
+                dsplit, NH * KS * G * DH, (long long)KS * G * DH,
                 1.0f, a.ds_ws, true, NH * DH, (long long)DH,
                 NH, Traits<T>::dtype};
       if (!(err = run_gemm(gemm, stream)).empty()) return err;
     }
     // dR[n, gi, j] = sum_r drhb[r, n, gi] hin[r, n, j], r = (t, b); column-major per head n:
     // C [DH, G*DH] (ldc DH) = hin [DH, T*B] (lda NH*DH) x drhb^T [T*B, G*DH] (ldb NH*G*DH)
+    const bool f64 = Traits<DT>::dtype == DType::kFloat64;
     Gemm dR{false, true, DH, G * DH, T_ * B,
             hin, NH * DH, (long long)DH,
             drhb, NH * G * DH, (long long)G * DH,
-            0.0f, a.dR, false, DH, (long long)G * DH * DH,
-            NH, Traits<T>::dtype};
+            0.0f, f64 ? static_cast<void*>(a.dR64_ws) : a.dR, false, DH, GDD,
+            NH, Traits<DT>::dtype};
     if (!(err = run_gemm(dR, stream)).empty()) return err;
-    if (!(err = convert(static_cast<T*>(a.db), a.db_ws, nb, stream)).empty()) return err;
+    if (f64) {
+      from_double_kernel<T><<<blocks_for(nb * DH), kThreads, 0, stream>>>(static_cast<T*>(a.dR), a.dR64_ws, nb * DH);
+      if (!(err = last_error("from_double_kernel")).empty()) return err;
+    }
+    reduce_db_kernel<T><<<blocks_for(nb), kThreads, 0, stream>>>(static_cast<T*>(a.db), a.db_ws, B, nb);
+    if (!(err = last_error("reduce_db_kernel")).empty()) return err;
     return convert(static_cast<T*>(a.ds0), a.ds_ws, S * BND, stream);
   }
 };

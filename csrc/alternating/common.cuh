@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <string>
+#include <typeinfo>
 
 #include "../common/cells.cuh"
 #include "alternating.h"
@@ -29,6 +30,12 @@ struct Traits<__nv_bfloat16> {
   __device__ static __nv_bfloat16 store(float x) { return __float2bfloat16_rn(x); }
 };
 template <>
+struct Traits<double> {
+  static constexpr DType dtype = DType::kFloat64;
+  __device__ static float load(double x) { return static_cast<float>(x); }
+  __device__ static double store(float x) { return x; }
+};
+template <>
 struct Traits<__half> {
   static constexpr DType dtype = DType::kFloat16;
   __device__ static float load(__half x) { return __half2float(x); }
@@ -36,6 +43,7 @@ struct Traits<__half> {
 };
 
 constexpr int kThreads = 256;
+constexpr int kGraphMinSteps = 4;  // shorter loops launch directly
 
 inline int blocks_for(long long n) {
   long long blocks = (n + kThreads - 1) / kThreads;
@@ -60,10 +68,32 @@ __device__ __forceinline__ float to_float(T x) { return Traits<T>::load(x); }
 template <>
 __device__ __forceinline__ float to_float<float>(float x) { return x; }
 
+// Operand types: KS splits of GEMM operands, DT for the dR GEMM (float64 for float32 inputs).
+template <typename T>
+struct Acc {
+  static constexpr int KS = 2;
+  using DT = T;
+};
+template <>
+struct Acc<float> {
+  static constexpr int KS = 1;
+  using DT = double;
+};
+
+// x ~ hi + lo with hi = (T) x, lo = (T) (x - hi): the two-term split of an fp32 value
+template <typename T, int KS>
+__device__ __forceinline__ void split_store(T* out, long long lo_offset, float x) {
+  const T hi = Traits<T>::store(x);
+  out[0] = hi;
+  if (KS == 2) out[lo_offset] = Traits<T>::store(x - Traits<T>::load(hi));
+}
+
 template <typename To>
 __device__ __forceinline__ To from_float(float x);
 template <>
 __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ double from_float<double>(float x) { return x; }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 template <>
@@ -90,6 +120,7 @@ std::string dispatch(const std::string& functor, DType dtype, const Args& args, 
       case DType::kFloat32: return Run<Cell, float>::run(args, stream);        \
       case DType::kBFloat16: return Run<Cell, __nv_bfloat16>::run(args, stream); \
       case DType::kFloat16: return Run<Cell, __half>::run(args, stream);       \
+      default: break;                                                                  \
     }                                                                                  \
     return "unknown dtype";                                                            \
   }

@@ -1,10 +1,12 @@
 // Alternating forward: per step one cuBLAS GEMM (R h over the heads) and one pointwise kernel.
 //
-//   rh  [B, NH, G, DH] fp32 = R[n] @ h_prev[b, n]          (GEMM, fp32 accumulation)
-//   rhb = rh + b; states = Cell::forward(gx[t], rhb, states) (pointwise, writes h[t],
-//                                                              states_in[t] and rhb[t] with save)
-// h_prev is h[t_prev] in the input dtype (s0[0] for the first step): the GEMM reads the output.
+//   rh  [KS*B, NH, G, DH] fp32 = R[n] @ hsplit[:, n]           (GEMM, fp32 accumulation)
+//   rhb = sum of the KS rows + b; states = Cell::forward(gx[t], rhb, states)
+//                                    (pointwise: writes h[t], hsplit, states_in[t], rhb[t])
+// hsplit [KS*B, NH, DH] holds h in the input dtype, as hi and lo halves for half types (KS = 2),
+// so that R h is as exact as an fp32 product; float32 uses h itself (KS = 1).
 #include "common.cuh"
+#include "graph_cache.h"
 
 namespace flashrnn {
 namespace alternating {
@@ -13,17 +15,19 @@ template <typename T>
 struct StepForward {
   int B, NH, DH;
   const T* gx_t;       // [B, NH, G, DH]
-  float* rh;           // [B, NH, G, DH]  R h in, R h + b out (rhb[t] when saving)
+  const float* rh;     // [KS*B, NH, G, DH]  R hsplit
   const T* bias;       // [NH, G, DH]
   float* state;        // [S, B, NH, DH]  in place
   float* states_in_t;  // [S, B, NH, DH]  or nullptr
+  float* rhb_t;        // [B, NH, G, DH]  or nullptr
+  T* hsplit;           // [KS*B, NH, DH]  next step's GEMM operand
   T* h_t;              // [B, NH, DH]
   T* sT;               // [S, B, NH, DH]  last step only, else nullptr
 };
 
 template <typename Cell, typename T>
 __global__ void step_forward_kernel(StepForward<T> p) {
-  constexpr int G = Cell::G, S = Cell::S;
+  constexpr int G = Cell::G, S = Cell::S, KS = Acc<T>::KS;
   const long long BND = (long long)p.B * p.NH * p.DH;
   FLASHRNN_GRID_STRIDE(idx, BND) {
     const int d = static_cast<int>(idx % p.DH);
@@ -34,7 +38,10 @@ __global__ void step_forward_kernel(StepForward<T> p) {
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       gx[g] = Traits<T>::load(p.gx_t[gbase + (long long)g * p.DH]);
-      rhb[g] = p.rh[gbase + (long long)g * p.DH] + Traits<T>::load(p.bias[((long long)n * G + g) * p.DH + d]);
+      float acc = Traits<T>::load(p.bias[((long long)n * G + g) * p.DH + d]);
+#pragma unroll
+      for (int k = KS - 1; k >= 0; --k) acc += p.rh[k * BND * G + gbase + (long long)g * p.DH];
+      rhb[g] = acc;
     }
 #pragma unroll
     for (int k = 0; k < S; ++k) s[k] = p.state[k * BND + idx];
@@ -43,10 +50,11 @@ __global__ void step_forward_kernel(StepForward<T> p) {
 #pragma unroll
       for (int k = 0; k < S; ++k) p.states_in_t[k * BND + idx] = s[k];
 #pragma unroll
-      for (int g = 0; g < G; ++g) p.rh[gbase + (long long)g * p.DH] = rhb[g];
+      for (int g = 0; g < G; ++g) p.rhb_t[gbase + (long long)g * p.DH] = rhb[g];
     }
 #pragma unroll
     for (int k = 0; k < S; ++k) p.state[k * BND + idx] = s_new[k];
+    split_store<T, KS>(p.hsplit + idx, BND, s_new[0]);
     p.h_t[idx] = Traits<T>::store(s_new[0]);
     if (p.sT != nullptr) {
 #pragma unroll
@@ -57,36 +65,48 @@ __global__ void step_forward_kernel(StepForward<T> p) {
 
 template <typename Cell, typename T>
 struct RunForward {
+  // T >= kGraphMinSteps: through the CUDA graph cache (graph_cache.h), else launched directly
   static std::string run(const ForwardArgs& a, cudaStream_t stream) {
-    constexpr int G = Cell::G, S = Cell::S;
+    if (a.shape.T < kGraphMinSteps) return launch(a, stream);
+    KeyBuilder key;
+    key << "forward" << Cell::G << Cell::S << static_cast<int>(a.dtype) << a.reverse << a.shape.T << a.shape.B
+        << a.shape.NH << a.shape.DH << a.gx << a.R << a.b << a.s0 << a.h << a.sT << a.states_in << a.rhb
+        << a.state_ws << a.hsplit_ws << a.rh_ws << typeid(Cell).name();
+    return run_cached(key.str(), stream, [&a](cudaStream_t s) { return launch(a, s); });
+  }
+
+  static std::string launch(const ForwardArgs& a, cudaStream_t stream) {
+    constexpr int G = Cell::G, S = Cell::S, KS = Acc<T>::KS;
     const int T_ = a.shape.T, B = a.shape.B, NH = a.shape.NH, DH = a.shape.DH;
     const long long BND = (long long)B * NH * DH;
     const T* gx = static_cast<const T*>(a.gx);
-    const T* R = static_cast<const T*>(a.R);
     const T* s0 = static_cast<const T*>(a.s0);
-    T* h = static_cast<T*>(a.h);
+    T* hsplit = static_cast<T*>(a.hsplit_ws);
     std::string err;
     if (T_ == 0 || BND == 0) {  // nothing to run: sT = s0
       if (S * BND > 0) cudaMemcpyAsync(a.sT, a.s0, S * BND * sizeof(T), cudaMemcpyDeviceToDevice, stream);
       return last_error("forward (empty)");
     }
     if (!(err = convert(a.state_ws, s0, S * BND, stream)).empty()) return err;
+    cudaMemcpyAsync(hsplit, s0, BND * sizeof(T), cudaMemcpyDeviceToDevice, stream);  // hi = h0
+    if (KS == 2) cudaMemsetAsync(hsplit + BND, 0, BND * sizeof(T), stream);         // lo = 0
     const long long step_gx = BND * G;  // elements of gx / rhb per time step
     for (int p = 0; p < T_; ++p) {
       const int t = a.reverse ? T_ - 1 - p : p;
-      const T* h_prev = p == 0 ? s0 : h + (long long)(a.reverse ? t + 1 : t - 1) * BND;
-      float* rh = a.rhb != nullptr ? a.rhb + t * step_gx : a.rh_ws;
-      // rh[b, n, gi] = sum_j R[n, gi, j] h_prev[b, n, j]; column-major per head n:
-      // C [G*DH, B] (ldc NH*G*DH) = R[n]^T-view [G*DH, DH] x h_prev [DH, B] (ldb NH*DH)
-      Gemm gemm{true, false, G * DH, B, DH,
-                R, DH, (long long)G * DH * DH,
-                h_prev, NH * DH, (long long)DH,
-                0.0f, rh, true, NH * G * DH, (long long)G * DH,
+      // rh[r, n, gi] = sum_j R[n, gi, j] hsplit[r, n, j], r < KS*B; column-major per head n:
+      // C [G*DH, KS*B] (ldc NH*G*DH) = R[n]^T-view [G*DH, DH] x hsplit [DH, KS*B] (ldb NH*DH)
+      Gemm gemm{true, false, G * DH, KS * B, DH,
+                a.R, DH, (long long)G * DH * DH,
+                hsplit, NH * DH, (long long)DH,
+                0.0f, a.rh_ws, true, NH * G * DH, (long long)G * DH,
                 NH, Traits<T>::dtype};
       if (!(err = run_gemm(gemm, stream)).empty()) return err;
-      StepForward<T> sp{B, NH, DH, gx + t * step_gx, rh, static_cast<const T*>(a.b), a.state_ws,
-                        a.states_in != nullptr ? a.states_in + (long long)t * S * BND : nullptr,
-                        h + t * BND, p == T_ - 1 ? static_cast<T*>(a.sT) : nullptr};
+      const bool save = a.states_in != nullptr;
+      StepForward<T> sp{B, NH, DH, gx + t * step_gx, a.rh_ws, static_cast<const T*>(a.b), a.state_ws,
+                        save ? a.states_in + (long long)t * S * BND : nullptr,
+                        save ? a.rhb + t * step_gx : nullptr,
+                        hsplit, static_cast<T*>(a.h) + t * BND,
+                        p == T_ - 1 ? static_cast<T*>(a.sT) : nullptr};
       step_forward_kernel<Cell, T><<<blocks_for(BND), kThreads, 0, stream>>>(sp);
       if (!(err = last_error("step_forward_kernel")).empty()) return err;
     }

@@ -2,8 +2,8 @@
 // .cu files compile with nvcc alone (CI); gemm.cpp makes the cuBLAS call.
 //
 // Column-major, strided-batched over the heads: C_i = op(A_i) op(B_i) + beta C_i, i < batch.
-// A and B are in the input dtype, C in float32 (c_fp32) or the input dtype; products accumulate in
-// float32 (for float32 inputs without TF32).
+// A and B are in `dtype`, C in float32 (c_fp32) or `dtype`; products accumulate in float32 (for
+// float32 without TF32), or in float64 for kFloat64.
 #pragma once
 
 #include <cuda_runtime_api.h>

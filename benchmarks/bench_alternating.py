@@ -1,0 +1,121 @@
+"""Time the alternating kernels (and cuDNN side by side) on the current GPU; print a table.
+
+    python benchmarks/bench_alternating.py [--out results.json] [--reps 20]
+
+Times are medians of CUDA-event timings after warm-up, on random inputs. Our kernels take the
+input pre-activations gx (x W^T is outside the core op, as in FlashRNN); cuDNN's times include
+its input projection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+import torch
+
+from flashrnn_compile import runtime
+from flashrnn_compile.cells import get_cell
+from flashrnn_compile.ops import recurrence
+
+PLAN = runtime.plan_json("alternating")
+DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+CONFIGS = [  # cell, NH, DH, dtype, B, T
+    ("lstm", 1, 768, "bf16", 16, 1024),
+    ("lstm", 12, 64, "bf16", 16, 1024),
+    ("gru", 1, 768, "bf16", 16, 1024),
+    ("lstm", 1, 768, "fp16", 16, 1024),
+    ("lstm", 1, 768, "fp32", 16, 1024),
+    ("slstm", 12, 64, "bf16", 16, 1024),
+]
+
+
+def timeit(fn, reps: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def ours(cell, NH, DH, dtype, B, T, reps):
+    spec = get_cell(cell)
+    G, S = spec.num_gates, spec.num_states
+    dev = "cuda"
+    gx = torch.randn(T, B, NH, G, DH, device=dev, dtype=dtype)  # [T, B, NH, G, DH]
+    R = (torch.randn(NH, G, DH, DH, device=dev) / DH**0.5).to(dtype)  # [NH, G, DH, DH]
+    b = 0.1 * torch.randn(NH, G, DH, device=dev, dtype=dtype)  # [NH, G, DH]
+    s0 = 0.5 * torch.randn(S, B, NH, DH, device=dev, dtype=dtype)  # [S, B, NH, DH]
+    if cell == "slstm":
+        s0[2] = 1.0 + s0[2].abs()
+    dh = torch.randn(T, B, NH, DH, device=dev, dtype=dtype)
+    fwd = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, PLAN, False)  # noqa: E731
+    fwd_save = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, PLAN, True)  # noqa: E731
+    leaves = [t.detach().requires_grad_(True) for t in (gx, R, b, s0)]
+
+    def fwd_bwd():
+        h, _ = recurrence(*leaves, cell=cell, plan=PLAN)
+        torch.autograd.grad(h, leaves, dh)
+
+    return {"forward_ms": timeit(fwd, reps), "forward_save_ms": timeit(fwd_save, reps),
+            "fwd_bwd_ms": timeit(fwd_bwd, reps)}
+
+
+def cudnn(cell, H, dtype, B, T, reps):
+    mod = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](H, H).to("cuda", dtype)
+    x = torch.randn(T, B, H, device="cuda", dtype=dtype, requires_grad=True)
+    dy = torch.randn(T, B, H, device="cuda", dtype=dtype)
+
+    def fwd():
+        with torch.no_grad():
+            mod(x)
+
+    def fwd_bwd():
+        y, _ = mod(x)
+        y.backward(dy)
+
+    return {"forward_ms": timeit(fwd, reps), "fwd_bwd_ms": timeit(fwd_bwd, reps)}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=None)
+    p.add_argument("--reps", type=int, default=15)
+    args = p.parse_args()
+    rows = []
+    for cell, NH, DH, dt, B, T in CONFIGS:
+        for graphs in ("1", "0"):
+            os.environ["FLASHRNN_ALT_GRAPHS"] = graphs  # CUDA graph replay of the step loop, or not
+            r = ours(cell, NH, DH, DT[dt], B, T, args.reps)
+            system = "ours alt" + (" +graphs" if graphs == "1" else " direct")
+            rows.append(dict(system=system, cell=cell, heads=f"{NH}x{DH}", dtype=dt, B=B, T=T, **r))
+        os.environ["FLASHRNN_ALT_GRAPHS"] = "1"
+        if NH == 1 and cell in ("lstm", "gru") and dt != "fp32":
+            c = cudnn(cell, DH, DT[dt], B, T, args.reps)
+            rows.append(dict(system="cuDNN nn." + cell.upper(), cell=cell, heads=f"1x{DH}", dtype=dt, B=B, T=T,
+                             forward_save_ms=None, **c))
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "rows": rows}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    print(f"\n{result['device']}, torch {result['torch']}; median ms over {args.reps} runs")
+    print(f"{'system':<18} {'cell':<6} {'NHxDH':<7} {'dtype':<5} {'B':>3} {'T':>5} {'fwd':>8} {'fwd+save':>9} {'fwd+bwd':>8}")
+    for r in rows:
+        fs = "-" if r["forward_save_ms"] is None else f"{r['forward_save_ms']:.2f}"
+        print(f"{r['system']:<18} {r['cell']:<6} {r['heads']:<7} {r['dtype']:<5} {r['B']:>3} {r['T']:>5} "
+              f"{r['forward_ms']:>8.2f} {fs:>9} {r['fwd_bwd_ms']:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""The alternating CUDA kernels against the float64 reference, within 2x PyTorch's own error.
+
+For every case: fresh random inputs, outputs poisoned with NaN before each kernel run, and for each
+of float32, bfloat16, float16
+
+    err(ours)  = rel_err(kernel result,                             float64 reference)
+    err(torch) = rel_err(reference computed natively in that dtype, float64 reference)
+
+for h, sT and the gradients of gx, R, b, s0 (through the core op's autograd, i.e. our backward
+kernel), each required to satisfy err(ours) <= 2 err(torch).
+
+Matrix: every cell x {1x768, 12x64, 3x5, 7x33} x B in {1, 3, 16} x T in {1, 17} x both directions;
+T = 1024 on every cell with (1x768, B=16, forward), (12x64, B=16, reverse), (7x33, B=3, forward),
+(3x5, B=1, reverse). FLASHRNN_GPU_LONG=full runs T = 1024 on the whole matrix.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import warnings
+import zlib
+
+import pytest
+import torch
+
+from flashrnn_compile import reference, runtime
+from flashrnn_compile.cells import CELLS
+from flashrnn_compile.kernels import alternating
+from flashrnn_compile.ops import recurrence
+from flashrnn_compile.testing import rel_err, within
+
+from .conftest import make_inputs
+
+PLAN = runtime.plan_json("alternating")
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+SHAPES = ((1, 768), (12, 64), (3, 5), (7, 33))  # (NH, DH)
+NAMES = ("h", "sT", "dgx", "dR", "db", "ds0")
+
+
+_LONG = {(1, 768, 16, False), (12, 64, 16, True), (7, 33, 3, False), (3, 5, 1, True)}
+
+
+def _cases():
+    full = os.environ.get("FLASHRNN_GPU_LONG") == "full"
+    for cell, (NH, DH), B, reverse in itertools.product(CELLS, SHAPES, (1, 3, 16), (False, True)):
+        for T in (1, 17):
+            yield cell, NH, DH, B, T, reverse
+        if full or (NH, DH, B, reverse) in _LONG:
+            yield cell, NH, DH, B, 1024, reverse
+
+
+CASES = list(_cases())
+
+
+def _run(fn, inputs, dh, dsT):
+    """Outputs (h, sT) and gradients (dgx, dR, db, ds0) of fn(gx, R, b, s0) -> (h, sT)."""
+    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
+    h, sT = fn(*inputs)
+    loss = (h.to(dh.dtype) * dh).sum() + (sT.to(dsT.dtype) * dsT).sum()
+    grads = torch.autograd.grad(loss, inputs)
+    return (h.detach(), sT.detach()) + tuple(grads)
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setattr(alternating, "POISON", True)
+
+
+def test_kernels_are_built_and_used():
+    assert alternating.unavailable(torch.device("cuda")) is None
+    assert runtime.implementation(PLAN, torch.device("cuda")).family == "alternating"
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,T,reverse", CASES,
+                         ids=[f"{c}-{nh}x{dh}-B{b}-T{t}-{'rev' if r else 'fwd'}" for c, nh, dh, b, t, r in CASES])
+def test_matches_float64_reference(cell, NH, DH, B, T, reverse):
+    seed = zlib.crc32(f"{cell}-{NH}-{DH}-{B}-{T}-{reverse}".encode())
+    gx, R, b, s0, dh, dsT = make_inputs(cell, T, B, NH, DH, seed)
+    ref = _run(lambda *a: reference.forward(*a, cell, reverse, False)[:2], (gx, R, b, s0), dh, dsT)
+    failures = []
+    for dtype in DTYPES:
+        low = [t.to(dtype) for t in (gx, R, b, s0)]
+        dh_d, dsT_d = dh.to(dtype), dsT.to(dtype)
+        native = _run(lambda *a: reference.forward(*a, cell, reverse, False, compute_dtype=dtype)[:2],
+                      low, dh_d, dsT_d)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a fallback to the reference fails here
+            ours = _run(lambda *a: recurrence(*a, cell=cell, reverse=reverse, plan=PLAN), low, dh_d, dsT_d)
+        for name, o, n, r in zip(NAMES, ours, native, ref):
+            assert o.dtype == dtype and o.shape == r.shape, (name, o.dtype, o.shape)
+            e_ours, e_torch = rel_err(o, r), rel_err(n, r)
+            if not within(e_ours, e_torch):
+                failures.append(f"{dtype} {name}: ours {e_ours:.3g} > 2 x torch {e_torch:.3g}")
+    assert not failures, "; ".join(failures)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_save_false_matches_save_true(cell):
+    gx, R, b, s0, _, _ = make_inputs(cell, 9, 3, 2, 16, seed=7)
+    gx, R, b, s0 = (t.float() for t in (gx, R, b, s0))
+    h1, s1, si, rh = torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, PLAN, True)
+    h2, s2, si2, rh2 = torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, PLAN, False)
+    assert torch.equal(h1, h2) and torch.equal(s1, s2)
+    assert si2.numel() == 0 and rh2.numel() == 0
+    _, _, si_ref, rh_ref = reference.forward(gx.double(), R.double(), b.double(), s0.double(), cell, False, True)
+    assert rel_err(si, si_ref) < 1e-5 and rel_err(rh, rh_ref) < 1e-5
+
+
+def test_noncontiguous_inputs():
+    gx, R, b, s0, _, _ = make_inputs("gru", 5, 4, 2, 8, seed=3)
+    gx = gx.float().transpose(0, 1).contiguous().transpose(0, 1)  # [T, B, ...] view, not contiguous
+    assert not gx.is_contiguous()
+    R, b, s0 = R.float(), b.float(), s0.float()
+    h, sT = recurrence(gx, R, b, s0, cell="gru", plan=PLAN)
+    h_ref, sT_ref = recurrence(gx, R, b, s0, cell="gru")
+    assert rel_err(h, h_ref) < 1e-5 and rel_err(sT, sT_ref) < 1e-5
+
+
+def test_float64_runs_the_reference():
+    gx, R, b, s0, _, _ = make_inputs("lstm", 4, 2, 1, 8, seed=5)
+    with pytest.warns(RuntimeWarning, match="float64"):
+        alternating._WARNED_F64 = False
+        h, sT = recurrence(gx, R, b, s0, cell="lstm", plan=PLAN)
+    h_ref, sT_ref = recurrence(gx, R, b, s0, cell="lstm")
+    assert torch.equal(h, h_ref) and torch.equal(sT, sT_ref)
+
+
+def test_empty_sequence():
+    gx, R, b, s0, _, _ = make_inputs("lstm", 0, 2, 1, 8, seed=1)
+    gx, R, b, s0 = (t.float().requires_grad_(True) for t in (gx, R, b, s0))
+    h, sT = recurrence(gx, R, b, s0, cell="lstm", plan=PLAN)
+    assert h.shape == (0, 2, 1, 8) and torch.equal(sT, s0)
+    (sT.sum()).backward()
+    assert torch.equal(s0.grad, torch.ones_like(s0)) and torch.count_nonzero(R.grad) == 0
+
+
+def test_bad_functor_is_a_clear_error():
+    gx, R, b, s0, _, _ = make_inputs("lstm", 2, 1, 1, 4, seed=2)
+    gx, R, b, s0 = (t.float() for t in (gx, R, b, s0))
+    h = gx.new_empty(2, 1, 1, 4)
+    with pytest.raises(RuntimeError, match="functor"):
+        torch.ops.flashrnn_alternating.forward(gx, R, b, s0, "NoSuchCell", False, h, s0.clone(),
+                                               gx.new_empty(0), gx.new_empty(0))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_graph_replay_equals_direct_launch(cell, monkeypatch):
+    """Same buffers twice (the second call replays the cached CUDA graph) with new input values in
+    between: results equal, bit for bit, a direct launch on those values."""
+    gx, R, b, s0, _, _ = make_inputs(cell, 33, 5, 3, 16, seed=9)
+    gx, R, b, s0 = (t.to(torch.bfloat16) for t in (gx, R, b, s0))
+    T, B, NH, G, DH = gx.shape
+    S = s0.shape[0]
+    f32 = dict(dtype=torch.float32, device="cuda")
+    outs = [gx.new_empty(T, B, NH, DH), gx.new_empty(S, B, NH, DH), torch.empty(T, S, B, NH, DH, **f32),
+            torch.empty(T, B, NH, G, DH, **f32)]
+    functor = CELLS[cell].functor
+    monkeypatch.setenv("FLASHRNN_ALT_GRAPHS", "1")
+    torch.ops.flashrnn_alternating.forward(gx, R, b, s0, functor, True, *outs)  # captured
+    gx.copy_(torch.randn_like(gx))
+    R.mul_(0.5)
+    for t in outs:
+        t.fill_(float("nan"))
+    torch.ops.flashrnn_alternating.forward(gx, R, b, s0, functor, True, *outs)  # replayed
+    replayed = [t.clone() for t in outs]
+    monkeypatch.setenv("FLASHRNN_ALT_GRAPHS", "0")
+    direct = [torch.full_like(t, float("nan")) for t in outs]
+    torch.ops.flashrnn_alternating.forward(gx, R, b, s0, functor, True, *direct)
+    for r, d in zip(replayed, direct):
+        assert torch.equal(r, d)
