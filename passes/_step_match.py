@@ -24,7 +24,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import networkx as nx
 import torch
 import torch.fx
-from torch.utils._pytree import tree_flatten
 
 from .canonicalize import INDEXING
 
@@ -159,7 +158,8 @@ def _numel(node: Node) -> int:
     total = 0
     for x in vals:
         try:
-            total += int(x.numel()) if isinstance(x, torch.Tensor) else 1
+            n = x.numel() if isinstance(x, torch.Tensor) else 1
+            total += int(n.node.hint if isinstance(n, torch.SymInt) else n)  # no guard on sizes
         except Exception:  # noqa: BLE001  (symbolic sizes: count the value once)
             total += 1
     return total
@@ -185,8 +185,23 @@ class Windows:
     varying_consts: Dict[int, List[Any]]  # position -> per-window argument leaves (index ints)
 
 
+def _flatten(a, out: List[Any]) -> None:
+    if isinstance(a, (list, tuple)):
+        for x in a:
+            _flatten(x, out)
+    elif isinstance(a, dict):
+        for x in a.values():
+            _flatten(x, out)
+    else:
+        out.append(a)
+
+
 def _leaves(node: Node) -> List[Any]:
-    return tree_flatten((node.args, node.kwargs))[0]
+    """The argument leaves of `node` (args then kwargs), like pytree but ~10x faster."""
+    out: List[Any] = []
+    _flatten(node.args, out)
+    _flatten(node.kwargs, out)
+    return out
 
 
 def verify(nodes: Sequence[Node], region: Region) -> Optional[Windows]:

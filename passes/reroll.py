@@ -48,14 +48,14 @@ _LINEAR_OPS = _affine._MATMUL | _affine._LINEAR | {torch.addmm, torch.einsum} | 
 
 def reroll_pass(gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
     graph = gm.graph
-    tried: set = set()
+    tried: set = {n for n in graph.nodes if "flashrnn_rewritten" in n.meta}  # emitted by an earlier pass
     changed = False
     for _ in range(MAX_REGIONS):
         nodes = [n for n in graph.nodes if n.op in ("call_function", "call_method")]
         codes, ids = [], {}
         for i, n in enumerate(nodes):
             codes.append(-1 - i if n in tried else ids.setdefault(label(n), len(ids)))
-        found = False
+        found = rewrote = False
         for region in find_regions(codes, nodes):
             region_nodes = nodes[region.start: region.start + region.period * region.count]
             tried.update(region_nodes)
@@ -64,14 +64,14 @@ def reroll_pass(gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
                 continue
             found = True
             for comp in components(win):
-                changed |= _reroll(graph, win, comp, ctx)
+                rewrote |= _reroll(graph, win, comp, ctx)
             break
+        if rewrote:
+            graph.eliminate_dead_code()
+            changed = True
         if not found:
             break
-        if changed:
-            graph.eliminate_dead_code()
     if changed:
-        graph.eliminate_dead_code()
         graph.lint()
         gm.recompile()
     return gm
