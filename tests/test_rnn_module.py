@@ -439,3 +439,151 @@ def test_several_modules_one_graph():
     assert not any(t in RNN_TARGETS for t in targets)
     assert targets.count(RECURRENCE) == 2 + 2 + 1
     assert targets.count(torch._C._nn.linear) >= 2 and torch.relu in targets and torch.tanh in targets
+
+
+# ---- recompiles when T and B change -------------------------------------------------------------
+
+
+def _count_graphs(mod, backend, shapes, hx):
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return backend(gm, example_inputs)
+
+    compiled = torch.compile(mod, backend=counting)
+    outs = []
+    for T, B in shapes:
+        args = detach_like(make_inputs(mod, T, B, hx=hx, seed=T * 100 + B))
+        out = flat_outputs(compiled(*args))
+        loss_of(out).backward()
+        outs.append((out, [t.grad for t in leaves(args)]))
+    return len(graphs), outs
+
+
+@pytest.mark.parametrize("kind,hx", [("lstm", False), ("gru", True)])
+def test_recompiles_t_and_b(kind, hx):
+    """Changing T and B compiles no more graphs than eager nn.LSTM / nn.GRU under torch.compile
+    (counted with a counting backend around Dynamo's eager backend and around ours).
+
+    Both specialise T: Dynamo's fake run of torch.lstm (ATen's composite, a loop over T) guards on
+    it before any backend sees the graph; B becomes symbolic at the second shape in both."""
+    torch.manual_seed(0)
+    mod = make_rnn(kind, bidirectional=True, batch_first=True)
+    shapes = [(5, 2), (7, 3), (7, 4), (6, 5)]
+    n_eager, want = _count_graphs(mod, lambda gm, ex: gm.forward, shapes, hx)
+    reset_stats()
+    n_ours, got = _count_graphs(
+        mod, lambda gm, ex: flashrnn_backend(gm, ex, options={"inner": "aot_eager"}), shapes, hx
+    )
+    assert n_ours <= n_eager, (n_ours, n_eager)
+    assert module_counts() == (n_ours, 0)
+    for (o_c, g_c), (o_e, g_e) in zip(got, want):
+        for a, b in zip(o_c + g_c, o_e + g_e):
+            assert_close(a, b, "output or input gradient")
+
+
+# ---- the rewritten graph ------------------------------------------------------------------------
+
+
+class TestGolden(expecttest.TestCase):
+    def test_golden_lstm_2_layers_bidirectional(self):
+        """The graph after the pass for nn.LSTM(3, 4, num_layers=2, bidirectional=True)."""
+        torch.manual_seed(0)
+        mod = make_rnn("lstm", I=3, H=4, num_layers=2, bidirectional=True)
+        graphs = []
+
+        def capture(gm, example_inputs):
+            ctx = PassContext(BackendOptions(inner="eager", plan="reference"))
+            gm = rnn_module_pass(gm, ctx)
+            gm.recompile()
+            graphs.append(gm)
+            return gm.forward
+
+        torch.compile(mod, backend=capture)(torch.randn(5, 2, 3))
+        code = "\n".join(line.rstrip() for line in graphs[0].code.strip().splitlines())
+        self.assertExpectedInline(code, """\
+def forward(self, L_fn_parameters_weight_ih_l0_ : torch.nn.parameter.Parameter, L_fn_parameters_weight_hh_l0_ : torch.nn.parameter.Parameter, L_fn_parameters_bias_ih_l0_ : torch.nn.parameter.Parameter, L_fn_parameters_bias_hh_l0_ : torch.nn.parameter.Parameter, L_fn_parameters_weight_ih_l0_reverse_ : torch.nn.parameter.Parameter, L_fn_parameters_weight_hh_l0_reverse_ : torch.nn.parameter.Parameter, L_fn_parameters_bias_ih_l0_reverse_ : torch.nn.parameter.Parameter, L_fn_parameters_bias_hh_l0_reverse_ : torch.nn.parameter.Parameter, L_fn_parameters_weight_ih_l1_ : torch.nn.parameter.Parameter, L_fn_parameters_weight_hh_l1_ : torch.nn.parameter.Parameter, L_fn_parameters_bias_ih_l1_ : torch.nn.parameter.Parameter, L_fn_parameters_bias_hh_l1_ : torch.nn.parameter.Parameter, L_fn_parameters_weight_ih_l1_reverse_ : torch.nn.parameter.Parameter, L_fn_parameters_weight_hh_l1_reverse_ : torch.nn.parameter.Parameter, L_fn_parameters_bias_ih_l1_reverse_ : torch.nn.parameter.Parameter, L_fn_parameters_bias_hh_l1_reverse_ : torch.nn.parameter.Parameter, L_args_0_ : torch.Tensor):
+    l_fn_parameters_weight_ih_l0_ = L_fn_parameters_weight_ih_l0_
+    l_fn_parameters_weight_hh_l0_ = L_fn_parameters_weight_hh_l0_
+    l_fn_parameters_bias_ih_l0_ = L_fn_parameters_bias_ih_l0_
+    l_fn_parameters_bias_hh_l0_ = L_fn_parameters_bias_hh_l0_
+    l_fn_parameters_weight_ih_l0_reverse_ = L_fn_parameters_weight_ih_l0_reverse_
+    l_fn_parameters_weight_hh_l0_reverse_ = L_fn_parameters_weight_hh_l0_reverse_
+    l_fn_parameters_bias_ih_l0_reverse_ = L_fn_parameters_bias_ih_l0_reverse_
+    l_fn_parameters_bias_hh_l0_reverse_ = L_fn_parameters_bias_hh_l0_reverse_
+    l_fn_parameters_weight_ih_l1_ = L_fn_parameters_weight_ih_l1_
+    l_fn_parameters_weight_hh_l1_ = L_fn_parameters_weight_hh_l1_
+    l_fn_parameters_bias_ih_l1_ = L_fn_parameters_bias_ih_l1_
+    l_fn_parameters_bias_hh_l1_ = L_fn_parameters_bias_hh_l1_
+    l_fn_parameters_weight_ih_l1_reverse_ = L_fn_parameters_weight_ih_l1_reverse_
+    l_fn_parameters_weight_hh_l1_reverse_ = L_fn_parameters_weight_hh_l1_reverse_
+    l_fn_parameters_bias_ih_l1_reverse_ = L_fn_parameters_bias_ih_l1_reverse_
+    l_fn_parameters_bias_hh_l1_reverse_ = L_fn_parameters_bias_hh_l1_reverse_
+    l_args_0_ = L_args_0_
+    h_zeros = torch.zeros(4, 2, 4, dtype = torch.float32, device = device(type='cpu'))
+    c_zeros = torch.zeros(4, 2, 4, dtype = torch.float32, device = device(type='cpu'))
+    linear = torch._C._nn.linear(l_args_0_, l_fn_parameters_weight_ih_l0_, l_fn_parameters_bias_ih_l0_);  l_fn_parameters_weight_ih_l0_ = l_fn_parameters_bias_ih_l0_ = None
+    unflatten = torch.unflatten(linear, -1, (1, 4, 4));  linear = None
+    view = l_fn_parameters_weight_hh_l0_.view(1, 4, 4, 4);  l_fn_parameters_weight_hh_l0_ = None
+    view_1 = l_fn_parameters_bias_hh_l0_.view(1, 4, 4);  l_fn_parameters_bias_hh_l0_ = None
+    getitem_3 = h_zeros[0]
+    getitem_4 = c_zeros[0]
+    stack = torch.stack([getitem_3, getitem_4], 0);  getitem_3 = getitem_4 = None
+    unsqueeze = stack.unsqueeze(2);  stack = None
+    recurrence_fwd_default = torch.ops.flashrnn.recurrence_fwd.default(unflatten, view, view_1, unsqueeze, 'lstm', False, '{"family": "reference", "params": {}}', True);  unflatten = view = view_1 = unsqueeze = None
+    getitem_5 = recurrence_fwd_default[0]
+    getitem_6 = recurrence_fwd_default[1];  recurrence_fwd_default = None
+    flatten = torch.flatten(getitem_5, -2);  getitem_5 = None
+    getitem_7 = getitem_6[0]
+    getitem_8 = getitem_6[1];  getitem_6 = None
+    linear_1 = torch._C._nn.linear(l_args_0_, l_fn_parameters_weight_ih_l0_reverse_, l_fn_parameters_bias_ih_l0_reverse_);  l_args_0_ = l_fn_parameters_weight_ih_l0_reverse_ = l_fn_parameters_bias_ih_l0_reverse_ = None
+    unflatten_1 = torch.unflatten(linear_1, -1, (1, 4, 4));  linear_1 = None
+    view_2 = l_fn_parameters_weight_hh_l0_reverse_.view(1, 4, 4, 4);  l_fn_parameters_weight_hh_l0_reverse_ = None
+    view_3 = l_fn_parameters_bias_hh_l0_reverse_.view(1, 4, 4);  l_fn_parameters_bias_hh_l0_reverse_ = None
+    getitem_9 = h_zeros[1]
+    getitem_10 = c_zeros[1]
+    stack_1 = torch.stack([getitem_9, getitem_10], 0);  getitem_9 = getitem_10 = None
+    unsqueeze_1 = stack_1.unsqueeze(2);  stack_1 = None
+    recurrence_fwd_default_1 = torch.ops.flashrnn.recurrence_fwd.default(unflatten_1, view_2, view_3, unsqueeze_1, 'lstm', True, '{"family": "reference", "params": {}}', True);  unflatten_1 = view_2 = view_3 = unsqueeze_1 = None
+    getitem_11 = recurrence_fwd_default_1[0]
+    getitem_12 = recurrence_fwd_default_1[1];  recurrence_fwd_default_1 = None
+    flatten_1 = torch.flatten(getitem_11, -2);  getitem_11 = None
+    getitem_13 = getitem_12[0]
+    getitem_14 = getitem_12[1];  getitem_12 = None
+    cat = torch.cat([flatten, flatten_1], -1);  flatten = flatten_1 = None
+    linear_2 = torch._C._nn.linear(cat, l_fn_parameters_weight_ih_l1_, l_fn_parameters_bias_ih_l1_);  l_fn_parameters_weight_ih_l1_ = l_fn_parameters_bias_ih_l1_ = None
+    unflatten_2 = torch.unflatten(linear_2, -1, (1, 4, 4));  linear_2 = None
+    view_4 = l_fn_parameters_weight_hh_l1_.view(1, 4, 4, 4);  l_fn_parameters_weight_hh_l1_ = None
+    view_5 = l_fn_parameters_bias_hh_l1_.view(1, 4, 4);  l_fn_parameters_bias_hh_l1_ = None
+    getitem_15 = h_zeros[2]
+    getitem_16 = c_zeros[2]
+    stack_2 = torch.stack([getitem_15, getitem_16], 0);  getitem_15 = getitem_16 = None
+    unsqueeze_2 = stack_2.unsqueeze(2);  stack_2 = None
+    recurrence_fwd_default_2 = torch.ops.flashrnn.recurrence_fwd.default(unflatten_2, view_4, view_5, unsqueeze_2, 'lstm', False, '{"family": "reference", "params": {}}', True);  unflatten_2 = view_4 = view_5 = unsqueeze_2 = None
+    getitem_17 = recurrence_fwd_default_2[0]
+    getitem_18 = recurrence_fwd_default_2[1];  recurrence_fwd_default_2 = None
+    flatten_2 = torch.flatten(getitem_17, -2);  getitem_17 = None
+    getitem_19 = getitem_18[0]
+    getitem_20 = getitem_18[1];  getitem_18 = None
+    linear_3 = torch._C._nn.linear(cat, l_fn_parameters_weight_ih_l1_reverse_, l_fn_parameters_bias_ih_l1_reverse_);  cat = l_fn_parameters_weight_ih_l1_reverse_ = l_fn_parameters_bias_ih_l1_reverse_ = None
+    unflatten_3 = torch.unflatten(linear_3, -1, (1, 4, 4));  linear_3 = None
+    view_6 = l_fn_parameters_weight_hh_l1_reverse_.view(1, 4, 4, 4);  l_fn_parameters_weight_hh_l1_reverse_ = None
+    view_7 = l_fn_parameters_bias_hh_l1_reverse_.view(1, 4, 4);  l_fn_parameters_bias_hh_l1_reverse_ = None
+    getitem_21 = h_zeros[3];  h_zeros = None
+    getitem_22 = c_zeros[3];  c_zeros = None
+    stack_3 = torch.stack([getitem_21, getitem_22], 0);  getitem_21 = getitem_22 = None
+    unsqueeze_3 = stack_3.unsqueeze(2);  stack_3 = None
+    recurrence_fwd_default_3 = torch.ops.flashrnn.recurrence_fwd.default(unflatten_3, view_6, view_7, unsqueeze_3, 'lstm', True, '{"family": "reference", "params": {}}', True);  unflatten_3 = view_6 = view_7 = unsqueeze_3 = None
+    getitem_23 = recurrence_fwd_default_3[0]
+    getitem_24 = recurrence_fwd_default_3[1];  recurrence_fwd_default_3 = None
+    flatten_3 = torch.flatten(getitem_23, -2);  getitem_23 = None
+    getitem_25 = getitem_24[0]
+    getitem_26 = getitem_24[1];  getitem_24 = None
+    cat_1 = torch.cat([flatten_2, flatten_3], -1);  flatten_2 = flatten_3 = None
+    stack_4 = torch.stack([getitem_7, getitem_13, getitem_19, getitem_25], 0);  getitem_7 = getitem_13 = getitem_19 = getitem_25 = None
+    flatten_4 = torch.flatten(stack_4, -2);  stack_4 = None
+    stack_5 = torch.stack([getitem_8, getitem_14, getitem_20, getitem_26], 0);  getitem_8 = getitem_14 = getitem_20 = getitem_26 = None
+    flatten_5 = torch.flatten(stack_5, -2);  stack_5 = None
+    return (cat_1, flatten_4, flatten_5)""")
