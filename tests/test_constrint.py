@@ -129,11 +129,17 @@ def _rand_model(rng):
     for n in names:
         if rng.random() < 0.5:
             lo = rng.randint(-4, 3)
-            lines.append(f"var {n} in {lo} .. {lo + rng.randint(0, 8)}" + rng.choice(["", " prefer high"]))
+            width = rng.randint(17, 30) if n == "A" and rng.random() < 0.3 else rng.randint(0, 8)  # > 16: bisected
+            lines.append(f"var {n} in {lo} .. {lo + width}" + rng.choice(["", " prefer high"]))
         else:
             vals = sorted(rng.sample(range(-5, 13), rng.randint(1, 5)))
             lines.append(f"var {n} in {{{', '.join(map(str, vals))}}}")
-    for _ in range(rng.randint(1, 4)):
+    lets = []
+    for k in range(rng.randint(0, 2)):  # shared subexpressions (the models of csrc/ are built of lets)
+        lines.append(f"let L{k} = {_rand_expr(rng, list(names) + lets, 2)}")
+        lets.append(f"L{k}")
+    names = list(names) + lets
+    for _ in range(rng.randint(1, 5)):
         form = rng.random()
         lhs = _rand_expr(rng, names, 2)
         if form < 0.15:
@@ -145,12 +151,12 @@ def _rand_model(rng):
             lines.append(f"require {lhs} {op} {_rand_expr(rng, names, 1)}")
     objective = []
     for _ in range(rng.randint(1, 2)):
-        e = _rand_expr(rng, names, 2)
+        e = _rand_expr(rng, VARS[:nvars], 2)
         while "/" in e or "%" in e or "ceil" in e:  # an objective must be defined where the constraints hold
-            e = _rand_expr(rng, names, 2)
+            e = _rand_expr(rng, VARS[:nvars], 2)
         objective.append(e)
     lines.append("minimize " + ", ".join(objective))
-    return "\n".join(lines), names
+    return "\n".join(lines), [n for n in names if not n.startswith("L")]
 
 
 def _brute(model, params, names):
@@ -169,7 +175,7 @@ def _brute(model, params, names):
 def test_solver_agrees_with_brute_force_on_random_problems():
     rng = random.Random(20241125)
     seen = {"optimal": 0, "infeasible": 0}
-    for trial in range(300):
+    for trial in range(400):
         text, names = _rand_model(rng)
         model = parse(text, f"random{trial}")
         params = {"P": rng.randint(-2, 5)}

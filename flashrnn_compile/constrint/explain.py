@@ -14,12 +14,12 @@ from .problem import Constraint, Problem
 from .solver import NodeLimit, solve
 
 
-def conflict(problem: Problem, node_limit: int = 5000) -> List[Constraint]:
+def conflict(problem: Problem, node_limit: int = 300, budget: int = 3000) -> List[Constraint]:
     """An infeasible subset of the constraints; [] when the problem is feasible.
 
-    A constraint is dropped only when the rest is *proven* infeasible; a trial that reaches
-    `node_limit` keeps it, so the answer is always a conflict, and irreducible unless a trial
-    ran out of nodes.
+    A constraint is dropped only when the rest is *proven* infeasible. A trial that needs more
+    than `node_limit` search nodes, or any trial once `budget` nodes have been spent in all,
+    keeps its constraint: the answer is always a conflict, and irreducible unless a limit was hit.
     """
     empty = [n for n, d in zip(problem.names, problem.domains) if d is None]
     if empty:
@@ -27,13 +27,20 @@ def conflict(problem: Problem, node_limit: int = 5000) -> List[Constraint]:
     keep = list(range(len(problem.constraints)))
     if solve(problem, optimize=False, active=keep).status != "infeasible":
         return []
+    spent = 0
     for ci in reversed(keep):  # later (derived) constraints go first; earlier limits stay
+        if spent >= budget:
+            break
         trial = [c for c in keep if c != ci]
+        limit = min(node_limit, budget - spent)
         try:
-            if solve(problem, optimize=False, active=trial, node_limit=node_limit).status == "infeasible":
-                keep = trial
+            r = solve(problem, optimize=False, active=trial, node_limit=limit)
         except NodeLimit:
-            pass
+            spent += limit
+            continue
+        spent += r.nodes
+        if r.status == "infeasible":
+            keep = trial
     return [problem.constraints[i] for i in keep]
 
 

@@ -201,7 +201,7 @@ def _narrow_div(ea: Expr, eb: Expr, a, b, iv, box, memo) -> bool:
     lo = min(iv[0] * b[0], iv[0] * b[1])
     hi = max((iv[1] + 1) * b[0] - 1, (iv[1] + 1) * b[1] - 1)
     na = _meet(a, (lo, hi))
-    if na is None or not ea.narrow(na, box, memo):
+    if na is None or (na != a and not ea.narrow(na, box, memo)):
         return False
     a = na
     if a[0] >= 0:  # b <= a.hi // iv.lo when iv.lo >= 1;  b > a.lo / (iv.hi + 1) when iv.hi >= 0
@@ -211,7 +211,7 @@ def _narrow_div(ea: Expr, eb: Expr, a, b, iv, box, memo) -> bool:
         if iv[1] >= 0:
             blo = max(blo, a[0] // (iv[1] + 1) + 1)
         nb = _meet(b, (blo, bhi))
-        return nb is not None and eb.narrow(nb, box, memo)
+        return nb is not None and (nb == b or eb.narrow(nb, box, memo))
     return True
 
 
@@ -264,18 +264,18 @@ class Bin(Expr):
         op = self.op
         if op == "+":  # a in iv - b, b in iv - a
             na = _meet(a, (iv[0] - b[1], iv[1] - b[0]))
-            if na is None or not self.a.narrow(na, box, memo):
+            if na is None or (na != a and not self.a.narrow(na, box, memo)):
                 return False
             a = memo.get(id(self.a), na)
             nb = _meet(b, (iv[0] - a[1], iv[1] - a[0]))
-            return nb is not None and self.b.narrow(nb, box, memo)
+            return nb is not None and (nb == b or self.b.narrow(nb, box, memo))
         if op == "-":  # a in iv + b, b in a - iv
             na = _meet(a, (iv[0] + b[0], iv[1] + b[1]))
-            if na is None or not self.a.narrow(na, box, memo):
+            if na is None or (na != a and not self.a.narrow(na, box, memo)):
                 return False
             a = memo.get(id(self.a), na)
             nb = _meet(b, (a[0] - iv[1], a[1] - iv[0]))
-            return nb is not None and self.b.narrow(nb, box, memo)
+            return nb is not None and (nb == b or self.b.narrow(nb, box, memo))
         if op == "*":  # a in iv / b where b keeps one sign (and the same for b)
             for child, other in ((self.a, self.b), (self.b, self.a)):
                 o = memo.get(id(other)) or _cached(other, memo, box)
@@ -286,7 +286,7 @@ class Bin(Expr):
                     hi = max(iv[0] // o[0], iv[0] // o[1], iv[1] // o[0], iv[1] // o[1])
                     cur = memo.get(id(child)) or _cached(child, memo, box)
                     n = _meet(cur, (lo, hi))
-                    if n is None or not child.narrow(n, box, memo):
+                    if n is None or (n != cur and not child.narrow(n, box, memo)):
                         return False
             return True
         if op == "/" and b[0] > 0:
@@ -308,7 +308,7 @@ _CALLS: Dict[str, Tuple[int, Callable]] = {
 
 
 class Call(Expr):
-    __slots__ = ("fn", "args", "_vars")
+    __slots__ = ("fn", "args", "_vars", "_neg")
 
     def __init__(self, fn: str, args: Sequence[Expr]):
         if fn not in _CALLS:
@@ -321,6 +321,8 @@ class Call(Expr):
         for a in self.args:
             vs = vs | a.variables()
         self._vars = vs
+        # ceil(a, b) narrows through -a; a node that lives as long as this one (memo keys are ids)
+        self._neg = Neg(self.args[0]) if fn == "ceil" else None
 
     def value(self, x):
         return _CALLS[self.fn][1](*(a.value(x) for a in self.args))
@@ -345,19 +347,19 @@ class Call(Expr):
             for a in self.args:
                 cur = memo.get(id(a)) or _cached(a, memo, box)
                 n = _meet(cur, (iv[0], cur[1]))
-                if n is None or not a.narrow(n, box, memo):
+                if n is None or (n != cur and not a.narrow(n, box, memo)):
                     return False
             return True
         if self.fn == "max":  # every argument <= iv.hi
             for a in self.args:
                 cur = memo.get(id(a)) or _cached(a, memo, box)
                 n = _meet(cur, (cur[0], iv[1]))
-                if n is None or not a.narrow(n, box, memo):
+                if n is None or (n != cur and not a.narrow(n, box, memo)):
                     return False
             return True
         a, b = (memo.get(id(x)) or _cached(x, memo, box) for x in self.args)
         if b[0] > 0:  # ceil(a, b) = -((-a) // b): narrow -a // b in -iv
-            return _narrow_div(Neg(self.args[0]), self.args[1], (-a[1], -a[0]), b, (-iv[1], -iv[0]), box, memo)
+            return _narrow_div(self._neg, self.args[1], (-a[1], -a[0]), b, (-iv[1], -iv[0]), box, memo)
         return True
 
     def variables(self):
@@ -428,9 +430,14 @@ def _ceil_iv(a, b):
     return None if q is None else (-q[1], -q[0])
 
 
-def bounds_source(e: Expr, fname: str) -> str:
-    """Source of `def fname(box)`: the bounds of every node of `e` -> {id(node): (lo, hi)}, or
-    None when some subexpression has no value in the box (then neither has e)."""
+WIDE = (-(1 << 62), 1 << 62)
+
+
+def bounds_source(roots: Sequence[Expr], fname: str) -> str:
+    """Source of `def fname(box)`: the bounds of every node below `roots` -> {id(node): (lo, hi)}.
+
+    Shared nodes are computed once. A node with no value in the box (a divisor that can only be
+    0) gets the widest interval: sound (a superset), and exact evaluation rejects it later."""
     lines: List[str] = []
     names: Dict[int, str] = {}
 
@@ -467,29 +474,26 @@ def bounds_source(e: Expr, fname: str) -> str:
                 lines.append(f"{L}, {H} = {al} // {c}, {ah} // {c}")
             else:
                 fn = "_div" if n.op == "/" else "_mod"
-                lines.append(f"_r = {fn}(({al}, {ah}), ({bl}, {bh}))")
-                lines.append("if _r is None: return None")
-                lines.append(f"{L}, {H} = _r")
+                lines.append(f"{L}, {H} = {fn}(({al}, {ah}), ({bl}, {bh})) or _WIDE")
         else:
             args = [emit(a) for a in n.args]
             if n.fn in ("min", "max"):
                 lines.append(f"{L}, {H} = {n.fn}({', '.join(a[0] for a in args)}), {n.fn}({', '.join(a[1] for a in args)})")
             else:
                 (al, ah), (bl, bh) = args
-                lines.append(f"_r = _ceil_iv(({al}, {ah}), ({bl}, {bh}))")
-                lines.append("if _r is None: return None")
-                lines.append(f"{L}, {H} = _r")
+                lines.append(f"{L}, {H} = _ceil_iv(({al}, {ah}), ({bl}, {bh})) or _WIDE")
         names[key] = k
         return L, H
 
-    emit(e)
-    body = "\n".join("    " + ln for ln in lines)
+    for e in roots:
+        emit(e)
+    body = "\n".join("    " + ln for ln in lines) or "    pass"
     items = ", ".join(f"{key}: (l{k}, h{k})" for key, k in names.items())
     return f"def {fname}(box):\n{body}\n    return {{{items}}}\n"
 
 
 def compile_functions(sources: Dict[str, str]) -> Dict[str, Callable]:
     """Compile generated functions (value_source, bounds_source) in one go."""
-    scope = {"_fd": floordiv, "_md": mod, "_cd": ceildiv, "_div": _div, "_mod": _mod, "_ceil_iv": _ceil_iv}
+    scope = {"_fd": floordiv, "_md": mod, "_cd": ceildiv, "_div": _div, "_mod": _mod, "_ceil_iv": _ceil_iv, "_WIDE": WIDE}
     exec(compile("".join(sources.values()), "<constrint>", "exec"), scope)
     return {name: scope[name] for name in sources}

@@ -74,8 +74,12 @@ class Constraint:
     where: str
     vars: frozenset
 
-    _f: Optional[Callable] = None  # exact value of expr (generated)
-    bounds: Optional[Callable] = None  # box -> {id(node): (lo, hi)} or None (generated)
+    _f: Optional[Callable] = None  # exact value of expr (generated on first use)
+
+    by_value: bool = False  # intervals say little about it: %, != or membership (filter values exactly)
+
+    def __post_init__(self):
+        self.by_value = self.op in ("!=", "in") or "%" in repr(self.expr)
 
     @property
     def expr(self) -> Expr:
@@ -83,6 +87,8 @@ class Constraint:
 
     def holds(self, x: Sequence[int]) -> bool:
         """Exact truth at a full assignment (undefined values make it false)."""
+        if self._f is None:
+            self._f = compile_functions({"f": value_source(self.expr, "f")})["f"]
         try:
             if self.op == "in":
                 return self._f(x) in self.values
@@ -106,7 +112,7 @@ class Problem:
     docs: List[str]
     constraints: List[Constraint]
     objective: List[Expr]
-    objective_bounds: List[Callable]  # box -> {id(node): (lo, hi)} or None (generated)
+    bounds: Callable  # box -> {id(node): (lo, hi)} for every node of every constraint and objective
     objective_text: List[str]
     reports: Dict[str, Expr]
     params: Dict[str, int]
@@ -199,16 +205,7 @@ def instantiate(model: Model, params: Dict[str, int]) -> Problem:
             vs = diff.variables()
         constraints.append(Constraint(q.op, diff, lhs, values, fill(q.message), q.text, q.where, vs))
     objective = [fold(r.expr(e)) for e, _ in model.objective]
-    sources = {}
-    for k, c in enumerate(constraints):
-        sources[f"v{k}"] = value_source(c.expr, f"v{k}")
-        sources[f"b{k}"] = bounds_source(c.expr, f"b{k}")
-    for k, o in enumerate(objective):
-        sources[f"o{k}"] = bounds_source(o, f"o{k}")
-    fns = compile_functions(sources)
-    for k, c in enumerate(constraints):
-        c._f, c.bounds = fns[f"v{k}"], fns[f"b{k}"]
-    objective_bounds = [fns[f"o{k}"] for k in range(len(objective))]
+    all_bounds = compile_functions({"b": bounds_source([c.expr for c in constraints] + objective, "b")})["b"]
     reports = {n: r.name(n) for n in model.reports}
     return Problem(
         names=[v.name for v in model.vars],
@@ -217,7 +214,7 @@ def instantiate(model: Model, params: Dict[str, int]) -> Problem:
         docs=[v.doc for v in model.vars],
         constraints=constraints,
         objective=objective,
-        objective_bounds=objective_bounds,
+        bounds=all_bounds,
         objective_text=[t for _, t in model.objective],
         reports=reports,
         params=params,

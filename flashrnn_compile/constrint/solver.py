@@ -1,8 +1,9 @@
 """Propagation to a fixed point plus branch-and-bound search.
 
 Propagation (per constraint, queued until nothing changes):
-  * a constraint with one unfixed variable of at most `FILTER_LIMIT` values is filtered value by
-    value with exact evaluation (this is what enforces divisibility, membership and !=);
+  * a constraint with one unfixed variable of few values (`FILTER_LIMIT` for %, != and
+    membership, `ENUMERATE_LIMIT` otherwise) is filtered value by value with exact evaluation
+    (this is what enforces divisibility, membership and !=);
   * otherwise HC4 revise: interval bounds bottom-up, then the comparison's interval top-down,
     shrinking the bounds of the variables (`expr.Expr.narrow`).
 Search: the unfixed variable with the fewest values; small domains are enumerated in the
@@ -44,12 +45,12 @@ class _Search:
         self.optimize = optimize and bool(problem.objective)
         self.node_limit = node_limit
         self.nodes = 0
+        self.memo = None
         self.best: Optional[Tuple[Tuple[int, ...], List[int]]] = None
         self.watch: List[List[int]] = [[] for _ in problem.names]
         for ci, c in enumerate(self.cons):
             for v in c.vars:
                 self.watch[v].append(ci)
-        self.obj_bounds = problem.objective_bounds
         self.obj_vars = frozenset().union(*(o.variables() for o in problem.objective)) if problem.objective else frozenset()
 
     # -- propagation ---------------------------------------------------------------------------
@@ -59,6 +60,7 @@ class _Search:
         if new is not doms[i]:
             doms[i] = new
             box[i] = (new.lo, new.hi)
+            self.memo = None
             for cj in self.watch[i]:
                 if not queued[cj]:
                     queued[cj] = True
@@ -68,8 +70,14 @@ class _Search:
                 queue.append(-1)
         return True
 
+    def _memo(self, box):
+        if self.memo is None:
+            self.memo = self.p.bounds(box)
+        return self.memo
+
     def propagate(self, doms: List[Domain]) -> bool:
         box = [(d.lo, d.hi) for d in doms]
+        self.memo = None  # node bounds of the current box (recomputed after any change)
         queue = list(range(len(self.cons)))
         queued = [True] * len(self.cons) + [False]
         if self.best is not None:
@@ -80,8 +88,8 @@ class _Search:
             queued[ci] = False
             if ci == -1:  # the objective bound
                 o = self.p.objective[0]
-                memo = self.obj_bounds[0](box)
-                iv = None if memo is None else (memo.get(id(o)) or o.bounds(box, memo))
+                memo = self._memo(box)
+                iv = memo.get(id(o)) or o.bounds(box, memo)
                 bound = self.best[0][0]
                 if iv is None or iv[0] > bound:
                     return False
@@ -95,7 +103,7 @@ class _Search:
                 continue
             c = self.cons[ci]
             free = [i for i in c.vars if doms[i].size > 1]
-            if len(free) == 1 and doms[free[0]].size <= FILTER_LIMIT:
+            if len(free) == 1 and doms[free[0]].size <= (FILTER_LIMIT if c.by_value else ENUMERATE_LIMIT):
                 i = free[0]
                 x = [d.lo for d in doms]
                 keep = []
@@ -114,9 +122,7 @@ class _Search:
                 e, target = c.lhs, (c.values[0], c.values[-1])
             else:
                 e, target = c.diff, TARGET[c.op]
-            memo = c.bounds(box)
-            if memo is None:
-                return False
+            memo = self._memo(box)
             iv = memo.get(id(e)) or e.bounds(box, memo)
             if iv is None or iv[1] < target[0] or iv[0] > target[1]:
                 return False
@@ -136,9 +142,9 @@ class _Search:
         if self.best is None:
             return False
         box = [(d.lo, d.hi) for d in doms]
-        for o, fb, b in zip(self.p.objective, self.obj_bounds, self.best[0]):
-            memo = fb(box)
-            iv = None if memo is None else (memo.get(id(o)) or o.bounds(box, memo))
+        memo = self.p.bounds(box)
+        for o, b in zip(self.p.objective, self.best[0]):
+            iv = memo.get(id(o)) or o.bounds(box, memo)
             if iv is None or iv[0] > b:
                 return True
             if iv[0] < b or iv[1] > b:
