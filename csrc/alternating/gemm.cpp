@@ -20,28 +20,35 @@ cudaDataType_t cuda_type(DType dtype) {
   return CUDA_R_32F;
 }
 
+struct Handle {
+  cublasHandle_t handle = nullptr;
+  void* workspace = nullptr;
+};
+
+constexpr size_t kWorkspace = size_t(32) << 20;
+
 std::string handle_for(cudaStream_t stream, cublasHandle_t* out) {
-  thread_local std::unordered_map<int, cublasHandle_t> handles;  // device -> handle
+  thread_local std::unordered_map<int, Handle> handles;  // device -> handle
   int device = 0;
   cudaError_t cerr = cudaGetDevice(&device);
   if (cerr != cudaSuccess) return std::string("cudaGetDevice: ") + cudaGetErrorString(cerr);
-  auto it = handles.find(device);
-  if (it == handles.end()) {
-    cublasHandle_t handle = nullptr;
-    cublasStatus_t st = cublasCreate(&handle);
-    if (st != CUBLAS_STATUS_SUCCESS) return std::string("cublasCreate: ") + cublasGetStatusString(st);
-    // a workspace of our own, so cuBLAS never allocates while a CUDA graph is being captured
-    constexpr size_t kWorkspace = size_t(32) << 20;
-    void* workspace = nullptr;
-    cudaError_t werr = cudaMalloc(&workspace, kWorkspace);
-    if (werr != cudaSuccess) return std::string("cudaMalloc (cuBLAS workspace): ") + cudaGetErrorString(werr);
-    st = cublasSetWorkspace(handle, workspace, kWorkspace);
-    if (st != CUBLAS_STATUS_SUCCESS) return std::string("cublasSetWorkspace: ") + cublasGetStatusString(st);
-    it = handles.emplace(device, handle).first;
+  Handle& h = handles[device];
+  if (h.handle == nullptr) {
+    cublasStatus_t st = cublasCreate(&h.handle);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+      h.handle = nullptr;
+      return std::string("cublasCreate: ") + cublasGetStatusString(st);
+    }
+    // a workspace of our own, so cuBLAS never allocates (as while a CUDA graph is captured)
+    cerr = cudaMalloc(&h.workspace, kWorkspace);
+    if (cerr != cudaSuccess) return std::string("cudaMalloc (cuBLAS workspace): ") + cudaGetErrorString(cerr);
   }
-  cublasStatus_t st = cublasSetStream(it->second, stream);
+  cublasStatus_t st = cublasSetStream(h.handle, stream);
   if (st != CUBLAS_STATUS_SUCCESS) return std::string("cublasSetStream: ") + cublasGetStatusString(st);
-  *out = it->second;
+  // cublasSetStream resets the workspace to cuBLAS's default pool: set ours again
+  st = cublasSetWorkspace(h.handle, h.workspace, kWorkspace);
+  if (st != CUBLAS_STATUS_SUCCESS) return std::string("cublasSetWorkspace: ") + cublasGetStatusString(st);
+  *out = h.handle;
   return "";
 }
 
