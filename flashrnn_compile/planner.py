@@ -284,7 +284,8 @@ def _load(path: str, key: Dict[str, Any]) -> Optional[Plan]:
                 return None
         elif params:
             return None
-        return Plan(family, params, reason, obj.get("details") or {})
+        details = obj.get("details")
+        return Plan(family, params, reason, details if isinstance(details, dict) else {})
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
