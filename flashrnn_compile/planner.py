@@ -27,7 +27,7 @@ import os
 import tempfile
 import warnings
 from importlib import resources
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import constrint, hardware, runtime
 from .cells import get_cell
@@ -177,18 +177,24 @@ def _families(families) -> Optional[Tuple[str, ...]]:
 # ---- the choice ----------------------------------------------------------------------------------
 
 
-def _describe(r: FamilyResult) -> str:
-    v, rep = r.values, r.report
-    if r.family == "alternating":
-        return (f"alternating: a GEMM and a pointwise launch per step (floor {rep['STEP_NS']} ns/step); "
-                f"pointwise {v['PW_THREADS']} threads x {v['VEC']}-wide")
-    split = {"fused_block": "R of each head in one block",
-             "fused_cluster": f"R of each head split over a cluster of {v.get('CLUSTER_SIZE')} blocks",
-             "fused_grid": f"R of each head split over {v.get('GRID_SPLIT')} blocks of a cooperative grid"}[r.family]
-    in_regs = rep["R_BYTES"] - rep["R_SMEM"]
-    return (f"{r.family}: {split}; sync floor {rep['SYNC_NS']} ns/step x {rep['WAVES']} wave(s); "
-            f"{rep['BLOCKS']} blocks of {rep['THREADS']} threads, {rep['REGS']} registers/thread, "
-            f"{rep['SMEM']} B shared memory; {in_regs} of {rep['R_BYTES']} B of R per block in registers")
+def _fused(split: Callable[[Dict[str, int]], str]) -> Callable[[FamilyResult], str]:
+    def describe(r: FamilyResult) -> str:
+        rep = r.report
+        in_regs = rep["R_BYTES"] - rep["R_SMEM"]
+        return (f"{r.family}: {split(r.values)}; sync floor {rep['SYNC_NS']} ns/step x {rep['WAVES']} wave(s); "
+                f"{rep['BLOCKS']} blocks of {rep['THREADS']} threads, {rep['REGS']} registers/thread, "
+                f"{rep['SMEM']} B shared memory; {in_regs} of {rep['R_BYTES']} B of R per block in registers")
+    return describe
+
+
+# one sentence per family about its solution (values: the template parameters; report: the lets)
+DESCRIBE: Dict[str, Callable[[FamilyResult], str]] = {
+    "fused_block": _fused(lambda v: "R of each head in one block"),
+    "fused_cluster": _fused(lambda v: f"R of each head split over a cluster of {v['CLUSTER_SIZE']} blocks"),
+    "fused_grid": _fused(lambda v: f"R of each head split over {v['GRID_SPLIT']} blocks of a cooperative grid"),
+    "alternating": lambda r: (f"alternating: a GEMM and a pointwise launch per step (floor {r.report['STEP_NS']} "
+                              f"ns/step); pointwise {r.values['PW_THREADS']} threads x {r.values['VEC']}-wide"),
+}
 
 
 def _solve_in_order(spec, gpu, fams: Sequence[str]) -> Dict[str, FamilyResult]:
@@ -220,7 +226,9 @@ def _others(results: Dict[str, FamilyResult], pick: Optional[FamilyResult]) -> L
         elif r.below is not None:
             text = f"cannot beat {r.below} ns/step"
         else:
-            text = "impossible: " + "; ".join(r.why_not())
+            why = r.why_not()
+            text = ("impossible, since this cannot hold: " if len(why) == 1 else
+                    "impossible, since these cannot hold together: ") + "; ".join(why)
         groups.setdefault(text, []).append(f)
     return [f"{' and '.join(fs)}: {text}" for text, fs in groups.items()]
 
@@ -249,7 +257,7 @@ def choose(spec: Dict[str, Any], gpu: hardware.GPU, families: Optional[Tuple[str
                    if r.values is not None else {"below": r.below}) for f, r in results.items()}
     if pick is None:
         return Plan("reference", {}, "no CUDA kernel family is feasible: " + "; ".join(notes), details)
-    return Plan(pick.family, dict(pick.values), "; ".join([_describe(pick)] + notes), details)
+    return Plan(pick.family, dict(pick.values), "; ".join([DESCRIBE[pick.family](pick)] + notes), details)
 
 
 # ---- cache ---------------------------------------------------------------------------------------
@@ -337,3 +345,4 @@ def plan(cell, batch, heads, head_dim, dtype, gpu=None, *, families: Optional[Se
         _store(path, key, cached)
     _MEMORY[digest] = cached
     return cached
+

@@ -217,3 +217,24 @@ def test_large_ranges_are_bisected_not_enumerated():
     r = solve(instantiate(model, {}))
     assert r.values == {"X": 123456789 // 5, "Y": 5}
     assert r.nodes < 500
+
+
+def test_constrint_needs_no_torch():
+    """The solver is loaded as a package of its own with `import torch` made to fail."""
+    import os
+    import subprocess
+    import sys
+
+    folder = os.path.dirname(constrint.__file__)
+    code = (
+        "import sys, importlib.util\n"
+        "sys.modules['torch'] = None\n"  # any 'import torch' now raises ImportError
+        f"spec = importlib.util.spec_from_file_location('constrint', {os.path.join(folder, '__init__.py')!r},"
+        f" submodule_search_locations=[{folder!r}])\n"
+        "m = importlib.util.module_from_spec(spec); sys.modules['constrint'] = m; spec.loader.exec_module(m)\n"
+        "p = m.instantiate(m.parse('var X in 0 .. 9\\nrequire X * X <= 50\\nminimize -X'), {})\n"
+        "print(m.solve(p).values)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "{'X': 7}"

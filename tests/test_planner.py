@@ -60,13 +60,13 @@ def test_fused_block_for_12_heads_of_64_and_why_not_the_others():
 def test_dense_768_splits_r_over_a_cluster_and_says_why_one_block_is_not_enough():
     p = lstm(16, 1, 768)
     assert p.family == "fused_cluster" and 2 <= p.params["CLUSTER_SIZE"] <= 16
-    assert "fused_block: impossible: R of one head (4718592 B) fits in the registers and shared memory" in p.reason
+    assert "fused_block: impossible, since this cannot hold: R of one head (4718592 B) fits in the registers and shared memory" in p.reason
 
 
 def test_float32_shifts_the_dense_768_lstm_from_a_cluster_to_the_grid():
     bf16, fp32 = lstm(16, 1, 768), lstm(16, 1, 768, torch.float32)
     assert (bf16.family, fp32.family) == ("fused_cluster", "fused_grid")
-    assert "fused_cluster: impossible: R of one head (9437184 B)" in fp32.reason
+    assert "fused_cluster: impossible, since this cannot hold: R of one head (9437184 B)" in fp32.reason
 
 
 def test_large_batches_shift_the_choice():
@@ -83,7 +83,7 @@ def test_large_batches_shift_the_choice():
 def test_a100_has_no_clusters_and_says_so():
     p = lstm(16, 1, 768, gpu="a100-80gb")
     assert p.family == "fused_grid"
-    assert "fused_cluster: impossible: a thread-block cluster of this size is supported (this GPU: at most 0" in p.reason
+    assert "fused_cluster: impossible, since this cannot hold: a thread-block cluster of this size is supported (this GPU: at most 0" in p.reason
 
 
 def test_no_cuda_gives_the_reference(monkeypatch):
