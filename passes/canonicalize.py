@@ -94,10 +94,10 @@ def hoist_invariants(graph: torch.fx.Graph) -> int:
     seen: Dict[Any, Node] = {}
     moved = 0
     for node in nodes:
-        if node.op in ("placeholder", "get_attr", "output") or not _movable(node):
+        if node.op in ("placeholder", "get_attr", "output"):
             continue
         inputs = node.all_input_nodes
-        if not all(a in weights for a in inputs):
+        if not all(a in weights for a in inputs) or not _movable(node):
             continue
         key = _key(node)
         if key in seen:
@@ -148,7 +148,6 @@ def complete_getitems(graph: torch.fx.Graph) -> None:
 def canonicalize_pass(gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
     complete_getitems(gm.graph)
     hoist_invariants(gm.graph)
-    gm.graph.lint()
     return gm
 
 

@@ -66,9 +66,7 @@ def reroll_pass(gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
             for comp in components(win):
                 rewrote |= _reroll(graph, win, comp, ctx)
             break
-        if rewrote:
-            graph.eliminate_dead_code()
-            changed = True
+        changed |= rewrote
         if not found:
             break
     if changed:
@@ -140,6 +138,9 @@ def _rewrite(graph, win: Windows, core: List[int], source: str, ctx) -> bool:
     if not isomorphic_windows(win, core):
         raise Refused("the loop bodies are not isomorphic")
     K = len(win.windows)
+    impure = [win.windows[1][p].name for p in core if win.windows[1][p].is_impure()]
+    if impure:
+        raise Refused(f"the step has side effects ({', '.join(impure)})")
     states = state_positions(win, core)
     missing = [q for q in states if q not in win.init]
     if missing:
@@ -216,6 +217,7 @@ def _rewrite(graph, win: Windows, core: List[int], source: str, ctx) -> bool:
             with graph.inserting_after(h_user):
                 sel = graph.call_function(torch.select, (h_user, 0, time_of[k]))
             h.replace_all_uses_with(sel, delete_user_cb=lambda u: u not in core_all)
+    _erase_dead([w[p] for w in reversed(win.windows) for p in reversed(core)] + list(reversed(xs)))
     _sort_after(graph)
     ctx.rewrote(Rewrite(
         source=source, cell=derived.cell, layers=1, directions=1, steps=K, batch=B, heads=NH,
@@ -264,6 +266,23 @@ def _replace_stacks(graph, hs: List[Node], by_time: List[Node], h_user: Node, co
                 d = dim % rank
                 y = graph.call_function(torch.flatten, (graph.call_function(torch.movedim, (y, 0, d)), d, d + 1))
         u.replace_all_uses_with(y)
+        graph.erase_node(u)
+
+
+def _erase_dead(candidates: List[Node]) -> None:
+    """Erase the rerolled steps (and what only they used); `candidates` latest first."""
+    work = candidates[::-1]  # pop() takes the latest
+    seen = set()
+    while work:
+        n = work.pop()
+        if n in seen or n.users or n.op not in ("call_function", "call_method"):
+            continue
+        seen.add(n)
+        inputs = n.all_input_nodes
+        n.graph.erase_node(n)
+        for a in inputs:
+            if not a.users and a.op in ("call_function", "call_method") and not a.is_impure():
+                work.append(a)
 
 
 def _sort_after(graph: torch.fx.Graph) -> None:
