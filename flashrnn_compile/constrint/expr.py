@@ -13,6 +13,7 @@ shrinks the intervals of the variables below it, never removing a value that cou
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 Interval = Optional[Tuple[int, int]]
@@ -40,8 +41,19 @@ def ceildiv(a: int, b: int) -> int:
     return -((-a) // b)
 
 
+_UIDS = itertools.count()
+
+
 class Expr:
-    __slots__ = ()
+    """A node. `uid` keys the interval memos: unique for the life of the process (an id() could
+    be reused by a node created later and read a stale interval)."""
+
+    __slots__ = ("uid",)
+
+    def __new__(cls, *args, **kwargs):
+        node = object.__new__(cls)
+        node.uid = next(_UIDS)
+        return node
 
     def value(self, x: Sequence[int]) -> int:  # exact value; x[i] is the value of Var(i)
         raise NotImplementedError
@@ -66,15 +78,15 @@ def _meet(a: Interval, b: Interval) -> Interval:
 
 def _enter(node, iv, memo):
     """Record that `node` must lie in iv (meet with what is known); None when empty."""
-    cur = memo.get(id(node))
+    cur = memo.get(node.uid)
     n = iv if cur is None else _meet(cur, iv)
     if n is not None:
-        memo[id(node)] = n
+        memo[node.uid] = n
     return n
 
 
 def _cached(node: Expr, memo, box) -> Interval:
-    key = id(node)
+    key = node.uid
     if key not in memo:
         memo[key] = node.bounds(box, memo)
     return memo[key]
@@ -119,7 +131,7 @@ class Var(Expr):
         if m is None:
             return False
         box[self.i] = m
-        memo[id(self)] = m
+        memo[self.uid] = m
         return True
 
     def variables(self):
@@ -266,25 +278,25 @@ class Bin(Expr):
             na = _meet(a, (iv[0] - b[1], iv[1] - b[0]))
             if na is None or (na != a and not self.a.narrow(na, box, memo)):
                 return False
-            a = memo.get(id(self.a), na)
+            a = memo.get(self.a.uid, na)
             nb = _meet(b, (iv[0] - a[1], iv[1] - a[0]))
             return nb is not None and (nb == b or self.b.narrow(nb, box, memo))
         if op == "-":  # a in iv + b, b in a - iv
             na = _meet(a, (iv[0] + b[0], iv[1] + b[1]))
             if na is None or (na != a and not self.a.narrow(na, box, memo)):
                 return False
-            a = memo.get(id(self.a), na)
+            a = memo.get(self.a.uid, na)
             nb = _meet(b, (a[0] - iv[1], a[1] - iv[0]))
             return nb is not None and (nb == b or self.b.narrow(nb, box, memo))
         if op == "*":  # a in iv / b where b keeps one sign (and the same for b)
             for child, other in ((self.a, self.b), (self.b, self.a)):
-                o = memo.get(id(other)) or _cached(other, memo, box)
+                o = memo.get(other.uid) or _cached(other, memo, box)
                 if o is None:
                     return False
                 if o[0] > 0 or o[1] < 0:
                     lo = min(-((-iv[0]) // o[0]), -((-iv[0]) // o[1]), -((-iv[1]) // o[0]), -((-iv[1]) // o[1]))
                     hi = max(iv[0] // o[0], iv[0] // o[1], iv[1] // o[0], iv[1] // o[1])
-                    cur = memo.get(id(child)) or _cached(child, memo, box)
+                    cur = memo.get(child.uid) or _cached(child, memo, box)
                     n = _meet(cur, (lo, hi))
                     if n is None or (n != cur and not child.narrow(n, box, memo)):
                         return False
@@ -345,19 +357,19 @@ class Call(Expr):
             return False
         if self.fn == "min":  # every argument >= iv.lo
             for a in self.args:
-                cur = memo.get(id(a)) or _cached(a, memo, box)
+                cur = memo.get(a.uid) or _cached(a, memo, box)
                 n = _meet(cur, (iv[0], cur[1]))
                 if n is None or (n != cur and not a.narrow(n, box, memo)):
                     return False
             return True
         if self.fn == "max":  # every argument <= iv.hi
             for a in self.args:
-                cur = memo.get(id(a)) or _cached(a, memo, box)
+                cur = memo.get(a.uid) or _cached(a, memo, box)
                 n = _meet(cur, (cur[0], iv[1]))
                 if n is None or (n != cur and not a.narrow(n, box, memo)):
                     return False
             return True
-        a, b = (memo.get(id(x)) or _cached(x, memo, box) for x in self.args)
+        a, b = (memo.get(x.uid) or _cached(x, memo, box) for x in self.args)
         if b[0] > 0:  # ceil(a, b) = -((-a) // b): narrow -a // b in -iv
             return _narrow_div(self._neg, self.args[1], (-a[1], -a[0]), b, (-iv[1], -iv[0]), box, memo)
         return True
@@ -396,7 +408,7 @@ def value_source(e: Expr, fname: str) -> str:
     names: Dict[int, str] = {}
 
     def emit(n: Expr) -> str:
-        key = id(n)
+        key = n.uid
         if key in names:
             return names[key]
         if isinstance(n, Const):
@@ -434,7 +446,7 @@ WIDE = (-(1 << 62), 1 << 62)
 
 
 def bounds_source(roots: Sequence[Expr], fname: str) -> str:
-    """Source of `def fname(box)`: the bounds of every node below `roots` -> {id(node): (lo, hi)}.
+    """Source of `def fname(box)`: the bounds of every node below `roots` -> {node.uid: (lo, hi)}.
 
     Shared nodes are computed once. A node with no value in the box (a divisor that can only be
     0) gets the widest interval: sound (a superset), and exact evaluation rejects it later."""
@@ -442,7 +454,7 @@ def bounds_source(roots: Sequence[Expr], fname: str) -> str:
     names: Dict[int, str] = {}
 
     def emit(n: Expr) -> Tuple[str, str]:
-        key = id(n)
+        key = n.uid
         if key in names:
             k = names[key]
             return f"l{k}", f"h{k}"

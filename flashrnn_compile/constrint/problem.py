@@ -112,7 +112,7 @@ class Problem:
     docs: List[str]
     constraints: List[Constraint]
     objective: List[Expr]
-    bounds: Callable  # box -> {id(node): (lo, hi)} for every node of every constraint and objective
+    bounds: Callable  # box -> {node.uid: (lo, hi)} for every node of every constraint and objective
     objective_text: List[str]
     reports: Dict[str, Expr]
     params: Dict[str, int]

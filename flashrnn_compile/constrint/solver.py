@@ -89,7 +89,7 @@ class _Search:
             if ci == -1:  # the objective bound
                 o = self.p.objective[0]
                 memo = self._memo(box)
-                iv = memo.get(id(o)) or o.bounds(box, memo)
+                iv = memo.get(o.uid) or o.bounds(box, memo)
                 bound = self.best[0][0]
                 if iv is None or iv[0] > bound:
                     return False
@@ -123,7 +123,7 @@ class _Search:
             else:
                 e, target = c.diff, TARGET[c.op]
             memo = self._memo(box)
-            iv = memo.get(id(e)) or e.bounds(box, memo)
+            iv = memo.get(e.uid) or e.bounds(box, memo)
             if iv is None or iv[1] < target[0] or iv[0] > target[1]:
                 return False
             if c.op == "!=" or (target[0] <= iv[0] and iv[1] <= target[1]):
@@ -144,7 +144,7 @@ class _Search:
         box = [(d.lo, d.hi) for d in doms]
         memo = self.p.bounds(box)
         for o, b in zip(self.p.objective, self.best[0]):
-            iv = memo.get(id(o)) or o.bounds(box, memo)
+            iv = memo.get(o.uid) or o.bounds(box, memo)
             if iv is None or iv[0] > b:
                 return True
             if iv[0] < b or iv[1] > b:
