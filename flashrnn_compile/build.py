@@ -72,7 +72,6 @@ LIBRARIES: Dict[str, LibrarySpec] = {
             "alternating/forward.cu",
             "alternating/backward.cu",
             "alternating/gemm.cpp",
-            "alternating/graph_cache.cpp",
             "bindings.cpp",
         ),
         depends=("alternating/*.h", "alternating/*.cuh", "common/*.cuh", "common/*.h"),

@@ -8,7 +8,6 @@
 //   after:     dR[n] = sum_(t,b) drhb[t,b,n]^T hin[t,b,n] (one GEMM, K = T*B, operands DT);
 //              db = sum_b db_ws[b]
 #include "common.cuh"
-#include "graph_cache.h"
 
 namespace flashrnn {
 namespace alternating {
@@ -84,18 +83,7 @@ __global__ void from_double_kernel(T* out, const double* in, long long n) {
 
 template <typename Cell, typename T>
 struct RunBackward {
-  // T >= kGraphMinSteps: through the CUDA graph cache (graph_cache.h), else launched directly
   static std::string run(const BackwardArgs& a, cudaStream_t stream) {
-    if (a.shape.T < kGraphMinSteps) return launch(a, stream);
-    KeyBuilder key;
-    key << "backward" << Cell::G << Cell::S << static_cast<int>(a.dtype) << a.reverse << a.shape.T << a.shape.B
-        << a.shape.NH << a.shape.DH << a.dh << a.dsT << a.gx << a.R << a.states_in << a.rhb << a.dgx << a.dR
-        << a.db << a.ds0 << a.ds_ws << a.db_ws << a.dsplit_ws << a.R2_ws << a.drhb_ws << a.hin_ws << a.dR64_ws
-        << typeid(Cell).name();
-    return run_cached(key.str(), stream, [&a](cudaStream_t s) { return launch(a, s); });
-  }
-
-  static std::string launch(const BackwardArgs& a, cudaStream_t stream) {
     constexpr int G = Cell::G, S = Cell::S, KS = Acc<T>::KS;
     using DT = typename Acc<T>::DT;
     const int T_ = a.shape.T, B = a.shape.B, NH = a.shape.NH, DH = a.shape.DH;

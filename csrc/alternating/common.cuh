@@ -6,7 +6,6 @@
 #include <cuda_runtime.h>
 
 #include <string>
-#include <typeinfo>
 
 #include "../common/cells.cuh"
 #include "alternating.h"
@@ -43,7 +42,6 @@ struct Traits<__half> {
 };
 
 constexpr int kThreads = 256;
-constexpr int kGraphMinSteps = 4;  // shorter loops launch directly
 
 inline int blocks_for(long long n) {
   long long blocks = (n + kThreads - 1) / kThreads;

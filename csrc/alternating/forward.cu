@@ -6,7 +6,6 @@
 // hsplit [KS*B, NH, DH] holds h in the input dtype, as hi and lo halves for half types (KS = 2),
 // so that R h is as exact as an fp32 product; float32 uses h itself (KS = 1).
 #include "common.cuh"
-#include "graph_cache.h"
 
 namespace flashrnn {
 namespace alternating {
@@ -65,17 +64,7 @@ __global__ void step_forward_kernel(StepForward<T> p) {
 
 template <typename Cell, typename T>
 struct RunForward {
-  // T >= kGraphMinSteps: through the CUDA graph cache (graph_cache.h), else launched directly
   static std::string run(const ForwardArgs& a, cudaStream_t stream) {
-    if (a.shape.T < kGraphMinSteps) return launch(a, stream);
-    KeyBuilder key;
-    key << "forward" << Cell::G << Cell::S << static_cast<int>(a.dtype) << a.reverse << a.shape.T << a.shape.B
-        << a.shape.NH << a.shape.DH << a.gx << a.R << a.b << a.s0 << a.h << a.sT << a.states_in << a.rhb
-        << a.state_ws << a.hsplit_ws << a.rh_ws << typeid(Cell).name();
-    return run_cached(key.str(), stream, [&a](cudaStream_t s) { return launch(a, s); });
-  }
-
-  static std::string launch(const ForwardArgs& a, cudaStream_t stream) {
     constexpr int G = Cell::G, S = Cell::S, KS = Acc<T>::KS;
     const int T_ = a.shape.T, B = a.shape.B, NH = a.shape.NH, DH = a.shape.DH;
     const long long BND = (long long)B * NH * DH;
