@@ -123,6 +123,7 @@ class FamilyResult:
     report: Dict[str, int]
     below: Optional[int]  # solved for STEP_NS < below (None: unbounded)
     problem: constrint.Problem
+    gave_up: str = ""  # the search limit was reached before any plan
 
     def why_not(self) -> List[str]:
         """When infeasible (unbounded): the constraints that cannot hold together, in words."""
@@ -134,7 +135,10 @@ def solve_family(family: str, spec: Dict[str, Any], gpu: hardware.GPU, *, below:
     model = kernel_model(family)
     params = model_params(family, spec, gpu)
     problem = constrint.instantiate(model, params)
-    result = constrint.solve(problem, below=below)
+    try:
+        result = constrint.solve(problem, below=below)
+    except constrint.NodeLimit as e:  # no plan found within the search limit: treated as none
+        return FamilyResult(family, None, None, {}, below, problem, gave_up=str(e))
     if result.values is None:
         return FamilyResult(family, None, None, {}, below, problem)
     broken = constrint.violations(model, params, result.values)
@@ -223,6 +227,8 @@ def _others(results: Dict[str, FamilyResult], pick: Optional[FamilyResult]) -> L
             continue
         if r.values is not None:
             text = f"costs more ({r.report['STEP_NS']} ns/step)"
+        elif r.gave_up:
+            text = f"not planned ({r.gave_up})"
         elif r.below is not None:
             text = f"cannot beat {r.below} ns/step"
         else:

@@ -280,3 +280,10 @@ def test_bounds_and_narrowing_never_lose_a_point():
             assert all(l <= xi <= h for xi, (l, h) in zip(x, narrowed)), (text, box, target, x, narrowed)
         checked += len(inside)
     assert checked > 1000
+
+
+def test_node_limit_is_reported_not_hidden():
+    model = parse("var X in 0 .. 1000000\nvar Y in 0 .. 1000000\nrequire X * X - 2 * Y * Y == 1\nrequire X > 1")
+    problem = instantiate(model, {})
+    with pytest.raises(constrint.NodeLimit):
+        solve(problem, node_limit=50)

@@ -15,13 +15,14 @@ from .check import objective, violations
 from .explain import conflict, explain
 from .lang import Model, ModelError, parse
 from .problem import Constraint, Domain, Problem, instantiate
-from .solver import Result, solve
+from .solver import NodeLimit, Result, solve
 
 __all__ = [
     "Constraint",
     "Domain",
     "Model",
     "ModelError",
+    "NodeLimit",
     "Problem",
     "Result",
     "conflict",

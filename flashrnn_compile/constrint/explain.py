@@ -8,14 +8,15 @@ filled in) with the condition as written.
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 from .problem import Constraint, Problem
 from .solver import NodeLimit, solve
 
 
-def conflict(problem: Problem, node_limit: int = 300, budget: int = 3000) -> List[Constraint]:
-    """An infeasible subset of the constraints; [] when the problem is feasible.
+def conflict(problem: Problem, node_limit: int = 300, budget: int = 3000) -> Optional[List[Constraint]]:
+    """An infeasible subset of the constraints; [] when the problem is feasible, None when the
+    search limit was reached before either was shown.
 
     A constraint is dropped only when the rest is *proven* infeasible. A trial that needs more
     than `node_limit` search nodes, or any trial once `budget` nodes have been spent in all,
@@ -25,8 +26,11 @@ def conflict(problem: Problem, node_limit: int = 300, budget: int = 3000) -> Lis
     if empty:
         return []
     keep = list(range(len(problem.constraints)))
-    if solve(problem, optimize=False, active=keep).status != "infeasible":
-        return []
+    try:
+        if solve(problem, optimize=False, active=keep, node_limit=50 * budget).status != "infeasible":
+            return []
+    except NodeLimit:
+        return None
     spent = 0
     for ci in reversed(keep):  # later (derived) constraints go first; earlier limits stay
         if spent >= budget:
@@ -49,4 +53,7 @@ def explain(problem: Problem) -> List[str]:
     empty = [n for n, d in zip(problem.names, problem.domains) if d is None]
     if empty:
         return [f"the declared domain of {n} is empty" for n in empty]
-    return [c.describe() for c in conflict(problem)]
+    found = conflict(problem)
+    if found is None:
+        return ["no conflict was found within the search limit"]
+    return [c.describe() for c in found]
