@@ -326,11 +326,26 @@ _LOADED: Dict[str, Path] = {}
 _LOAD_LOCK = threading.Lock()
 
 
+def aot_library(lib: str = "alternating") -> Optional[Path]:
+    """The library setup.py built ahead of time next to this package (FLASHRNN_BUILD_AOT=1), if
+    any, and if it was built for this torch version (recorded beside it by `aot_extension`)."""
+    spec = get_library(lib)
+    pkg = Path(__file__).resolve().parent
+    stamp = pkg / f"{spec.name}.torch_version"
+    for path in sorted(pkg.glob(f"{spec.name}*.so")):
+        if stamp.is_file() and stamp.read_text().strip() == torch.__version__:
+            return path
+    return None
+
+
 def load(lib: str = "alternating") -> Path:
-    """Build if needed and load the library into this process (once); returns its path."""
+    """Load the library into this process (once): the ahead-of-time build if it matches this
+    torch, else the cached JIT build (built first if needed); returns its path."""
     with _LOAD_LOCK:
         if lib not in _LOADED:
-            path = ensure_built(lib)
+            path = aot_library(lib)
+            if path is None:
+                path = ensure_built(lib)
             torch.ops.load_library(str(path))
             _LOADED[lib] = path
         return _LOADED[lib]
@@ -343,6 +358,8 @@ def aot_extension(lib: str = "alternating", archs: Sequence[str] = DEFAULT_ARCHS
     spec = get_library(lib)
     root = csrc_dir()
     includes, ldflags = _cublas_flags()
+    # the torch version the library is built against, for `aot_library`
+    (Path(__file__).resolve().parent / f"{spec.name}.torch_version").write_text(torch.__version__)
     return cpp_extension.CUDAExtension(
         name=f"flashrnn_compile.{spec.name}",
         sources=[str(root / s) for s in spec.sources],

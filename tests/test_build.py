@@ -129,9 +129,10 @@ def test_lock_excludes_other_holders(tmp_path):
         with pytest.raises(TimeoutError, match="held by another process"):
             with build.file_lock(lock, timeout=0.1):
                 pass
-        code = f"import sys; sys.path[:0] = {sys.path!r}\nfrom pathlib import Path\nfrom flashrnn_compile import build\n" \
-               f"try:\n    build.file_lock(Path({str(lock)!r}), timeout=0.1).__enter__()\nexcept TimeoutError:\n    sys.exit(3)\n"
-        assert subprocess.run([sys.executable, "-c", code]).returncode == 3  # another process waits too
+        code = ("import fcntl, os, sys\n"
+                f"fd = os.open({str(lock)!r}, os.O_RDWR)\n"
+                "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)\n")
+        assert subprocess.run([sys.executable, "-c", code]).returncode == 3  # another process is excluded
     with build.file_lock(lock, timeout=0.1):  # released
         pass
 
@@ -164,10 +165,9 @@ def test_unavailable_reasons(monkeypatch):
         assert "not available" in alternating.unavailable(torch.device("cuda"))
 
 
-def test_print_key_cli(cache):
-    out = subprocess.run([sys.executable, "-m", "flashrnn_compile.build", "--arch", "9.0", "--print-key"],
-                         capture_output=True, text=True, check=True, env=dict(os.environ))
-    info = json.loads(out.stdout)
+def test_print_key_cli(cache, capsys):
+    assert build.main(["--arch", "9.0", "--print-key"]) == 0  # python -m flashrnn_compile.build --print-key
+    info = json.loads(capsys.readouterr().out)
     assert info["key"] == build.cache_key("alternating", ["9.0"]) and info["valid"] is False
 
 
@@ -183,3 +183,25 @@ def test_cpu_falls_back_to_reference_with_one_warning(monkeypatch):
     assert len(msgs) == 1 and "'alternating'" in msgs[0] and "reference" in msgs[0]
     h_ref, s_ref = recurrence(gx, R, b, cell="lstm")
     assert torch.equal(h1, h_ref) and torch.equal(s1, s_ref) and torch.equal(h2, h_ref)
+
+
+def test_load_prefers_a_matching_aot_build(cache, monkeypatch, tmp_path):
+    pkg = Path(build.__file__).resolve().parent
+    so = pkg / "flashrnn_alternating.cpython-test.so"
+    stamp = pkg / "flashrnn_alternating.torch_version"
+    assert not so.exists() and not stamp.exists()
+    loaded, calls = [], []
+    monkeypatch.setattr(torch.ops, "load_library", loaded.append)
+    monkeypatch.setattr(build, "_LOADED", {})
+    real_ensure = build.ensure_built
+    monkeypatch.setattr(build, "ensure_built", lambda lib: real_ensure(lib, ["9.0"], builder=fake_builder(calls)))
+    try:
+        so.write_bytes(b"aot")
+        stamp.write_text("0.0.0-another-torch")  # built for another torch: the JIT build is used
+        assert build.load() != so and len(calls) == 1
+        monkeypatch.setattr(build, "_LOADED", {})
+        stamp.write_text(torch.__version__)
+        assert build.load() == so and loaded[-1] == str(so) and len(calls) == 1
+    finally:
+        so.unlink(missing_ok=True)
+        stamp.unlink(missing_ok=True)
