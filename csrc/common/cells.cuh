@@ -4,32 +4,33 @@
 //
 // Every functor has
 //   static constexpr int G, S;                     gates, states (states[0] is h)
-//   __device__ static void forward(gx[G], rhb[G], s[S], s_new[S])
-//   __device__ static void backward(gx[G], rhb[G], s[S], ds_new[S], dgx[G], drhb[G], ds[S])
+//   __host__ __device__ static void forward(gx[G], rhb[G], s[S], s_new[S])
+//   __host__ __device__ static void backward(gx[G], rhb[G], s[S], ds_new[S], dgx[G], drhb[G], ds[S])
 // where, for one (batch, head, dh) element,
 //   gx   = pre-activations from the input for each gate      (a slice of gx  [T, B, NH, G, DH])
 //   rhb  = R h + b for each gate                              (a slice of rhb [T, B, NH, G, DH])
 //   s    = states entering the step, s_new the states after it (slices of   [S, B, NH, DH])
 //   ds_new = dL/ds_new; backward gives dL/dgx, dL/drhb and the pointwise part of dL/ds (the
 //   part through R h is the caller's GEMM, so ds[0] carries only direct uses of h).
-// All arithmetic is float32 (fp32 states and accumulation for every input dtype).
+// All arithmetic is float32 (fp32 states and accumulation for every input dtype). The functors
+// also compile for the host, where tests/test_cells_cuh.py checks them against cells.py on CPU.
 #pragma once
 
 #include <math.h>
 
 namespace flashrnn {
 
-__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+__host__ __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)), stable for any x (as torch's logsigmoid)
-__device__ __forceinline__ float logsigmoidf(float x) {
+__host__ __device__ __forceinline__ float logsigmoidf(float x) {
   return fminf(x, 0.0f) - log1pf(expf(-fabsf(x)));
 }
 
 // lstm: gates (i, f, g, o), states (h, c)
 struct LstmCell {
   static constexpr int G = 4, S = 2;
-  __device__ static void forward(const float* gx, const float* rhb, const float* s, float* s_new) {
+  __host__ __device__ static void forward(const float* gx, const float* rhb, const float* s, float* s_new) {
     const float i = sigmoidf(gx[0] + rhb[0]);
     const float f = sigmoidf(gx[1] + rhb[1]);
     const float g = tanhf(gx[2] + rhb[2]);
@@ -38,7 +39,7 @@ struct LstmCell {
     s_new[0] = o * tanhf(c);
     s_new[1] = c;
   }
-  __device__ static void backward(const float* gx, const float* rhb, const float* s,
+  __host__ __device__ static void backward(const float* gx, const float* rhb, const float* s,
                                   const float* ds_new, float* dgx, float* drhb, float* ds) {
     const float i = sigmoidf(gx[0] + rhb[0]);
     const float f = sigmoidf(gx[1] + rhb[1]);
@@ -60,13 +61,13 @@ struct LstmCell {
 // gru: gates (r, z, n), state (h); n = tanh(gx_n + r * (R_n h + b_n)), h' = (1 - z) n + z h
 struct GruCell {
   static constexpr int G = 3, S = 1;
-  __device__ static void forward(const float* gx, const float* rhb, const float* s, float* s_new) {
+  __host__ __device__ static void forward(const float* gx, const float* rhb, const float* s, float* s_new) {
     const float r = sigmoidf(gx[0] + rhb[0]);
     const float z = sigmoidf(gx[1] + rhb[1]);
     const float n = tanhf(gx[2] + r * rhb[2]);
     s_new[0] = (1.0f - z) * n + z * s[0];
   }
-  __device__ static void backward(const float* gx, const float* rhb, const float* s,
+  __host__ __device__ static void backward(const float* gx, const float* rhb, const float* s,
                                   const float* ds_new, float* dgx, float* drhb, float* ds) {
     const float r = sigmoidf(gx[0] + rhb[0]);
     const float z = sigmoidf(gx[1] + rhb[1]);
@@ -88,10 +89,10 @@ struct GruCell {
 // elman_tanh: gate (a,), state (h); h' = tanh(a)
 struct ElmanTanhCell {
   static constexpr int G = 1, S = 1;
-  __device__ static void forward(const float* gx, const float* rhb, const float*, float* s_new) {
+  __host__ __device__ static void forward(const float* gx, const float* rhb, const float*, float* s_new) {
     s_new[0] = tanhf(gx[0] + rhb[0]);
   }
-  __device__ static void backward(const float* gx, const float* rhb, const float*,
+  __host__ __device__ static void backward(const float* gx, const float* rhb, const float*,
                                   const float* ds_new, float* dgx, float* drhb, float* ds) {
     const float h = tanhf(gx[0] + rhb[0]);
     dgx[0] = drhb[0] = ds_new[0] * (1.0f - h * h);
@@ -102,10 +103,10 @@ struct ElmanTanhCell {
 // elman_relu: gate (a,), state (h); h' = relu(a)
 struct ElmanReluCell {
   static constexpr int G = 1, S = 1;
-  __device__ static void forward(const float* gx, const float* rhb, const float*, float* s_new) {
+  __host__ __device__ static void forward(const float* gx, const float* rhb, const float*, float* s_new) {
     s_new[0] = fmaxf(gx[0] + rhb[0], 0.0f);
   }
-  __device__ static void backward(const float* gx, const float* rhb, const float*,
+  __host__ __device__ static void backward(const float* gx, const float* rhb, const float*,
                                   const float* ds_new, float* dgx, float* drhb, float* ds) {
     dgx[0] = drhb[0] = (gx[0] + rhb[0]) > 0.0f ? ds_new[0] : 0.0f;
     ds[0] = 0.0f;
@@ -118,7 +119,7 @@ struct ElmanReluCell {
 //   c' = f' c + i' tanh(z), n' = f' n + i', h' = sigmoid(o) c' / n'
 struct SlstmCell {
   static constexpr int G = 4, S = 4;
-  __device__ static void forward(const float* gx, const float* rhb, const float* s, float* s_new) {
+  __host__ __device__ static void forward(const float* gx, const float* rhb, const float* s, float* s_new) {
     const float i_raw = gx[0] + rhb[0];
     const float a = s[3] + logsigmoidf(gx[1] + rhb[1]);
     const float m = fmaxf(i_raw, a);
@@ -131,7 +132,7 @@ struct SlstmCell {
     s_new[2] = n;
     s_new[3] = m;
   }
-  __device__ static void backward(const float* gx, const float* rhb, const float* s,
+  __host__ __device__ static void backward(const float* gx, const float* rhb, const float* s,
                                   const float* ds_new, float* dgx, float* drhb, float* ds) {
     const float i_raw = gx[0] + rhb[0];
     const float f_raw = gx[1] + rhb[1];
