@@ -205,7 +205,17 @@ def _leaves(node: Node) -> List[Any]:
 
 
 def verify(nodes: Sequence[Node], region: Region) -> Optional[Windows]:
-    """Check the windows of `region` position by position; None if fewer than 2 agree."""
+    """Check the windows of `region` position by position; None if fewer than 2 agree.
+
+    A first window that differs (the first iteration reads a constant initial state, say) is
+    left out: the loop is then rerolled from its second iteration on."""
+    win = _verify(nodes, region)
+    if win is None and region.count >= 3:
+        win = _verify(nodes, Region(region.start + region.period, region.period, region.count - 1))
+    return win
+
+
+def _verify(nodes: Sequence[Node], region: Region) -> Optional[Windows]:
     P = region.period
     windows = [list(nodes[region.start + k * P: region.start + (k + 1) * P]) for k in range(region.count)]
     where: Dict[Node, Tuple[int, int]] = {}

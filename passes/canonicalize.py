@@ -23,6 +23,8 @@ graph.
 
 from __future__ import annotations
 
+import gc
+
 import operator
 from typing import Any, Callable, Dict, List, Sequence
 
@@ -51,6 +53,10 @@ def _movable(node: Node) -> bool:
         return False
     if node.kwargs.get("generator") is not None:
         return False
+    value = node.meta.get("example_value")
+    values = value if isinstance(value, (tuple, list)) else [value]
+    if not values or not all(isinstance(v, torch.Tensor) for v in values):
+        return False  # only tensor computations move (never grad-mode or autocast switches)
     try:
         return not node.is_impure()
     except Exception:  # noqa: BLE001  (is_impure can fail on exotic targets: then do not move)
@@ -86,18 +92,18 @@ def hoist_invariants(graph: torch.fx.Graph) -> int:
     not: the first step's `h0 @ U.T` must stay in the first loop body.
     """
     nodes = list(graph.nodes)
-    placeholders = [n for n in nodes if n.op in ("placeholder", "get_attr")]
-    anchor = placeholders[-1] if placeholders else None
-    if anchor is None:
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    if not placeholders:
         return 0
+    anchor = placeholders[-1]
     weights = {n for n in placeholders if _is_weight(n)}
     seen: Dict[Any, Node] = {}
     moved = 0
     for node in nodes:
-        if node.op in ("placeholder", "get_attr", "output"):
+        if node.op in ("placeholder", "output"):
             continue
         inputs = node.all_input_nodes
-        if not all(a in weights for a in inputs) or not _movable(node):
+        if node.op != "get_attr" and (not all(a in weights for a in inputs) or not _movable(node)):
             continue
         key = _key(node)
         if key in seen:
@@ -105,7 +111,7 @@ def hoist_invariants(graph: torch.fx.Graph) -> int:
             graph.erase_node(node)
             continue
         seen[key] = node
-        if inputs:
+        if inputs or node.op == "get_attr":
             weights.add(node)
         anchor.append(node)
         anchor = node
@@ -146,8 +152,14 @@ def complete_getitems(graph: torch.fx.Graph) -> None:
 
 
 def canonicalize_pass(gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
-    complete_getitems(gm.graph)
-    hoist_invariants(gm.graph)
+    enabled = gc.isenabled()
+    gc.disable()  # no cycles are made here; GC passes over a large graph only cost time
+    try:
+        complete_getitems(gm.graph)
+        hoist_invariants(gm.graph)
+    finally:
+        if enabled:
+            gc.enable()
     return gm
 
 

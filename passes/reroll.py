@@ -24,6 +24,8 @@ on random float64 inputs (e.g. the reset-before GRU `tanh(W x + R (r * h))`).
 
 from __future__ import annotations
 
+import gc
+
 import operator
 from typing import Dict, List, Optional, Sequence
 
@@ -47,6 +49,16 @@ _LINEAR_OPS = _affine._MATMUL | _affine._LINEAR | {torch.addmm, torch.einsum} | 
 
 
 def reroll_pass(gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
+    enabled = gc.isenabled()
+    gc.disable()  # tens of thousands of nodes: cyclic GC passes would dominate the run time
+    try:
+        return _reroll_all(gm, ctx)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _reroll_all(gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
     graph = gm.graph
     tried: set = {n for n in graph.nodes if "flashrnn_rewritten" in n.meta}  # emitted by an earlier pass
     changed = False
