@@ -36,6 +36,8 @@ def unavailable(device: torch.device) -> Optional[str]:
         return f"the alternating kernels need a CUDA device, got {device.type!r}"
     if torch.version.cuda is None or not torch.cuda.is_available():
         return "CUDA is not available to torch"
+    if "alternating" in build._LOADED:  # built and loaded: the common case, checked per call
+        return None
     if "alternating" in _BUILD_FAILURE:
         return _BUILD_FAILURE["alternating"]
     if build.find_nvcc() is None:
