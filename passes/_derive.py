@@ -232,6 +232,16 @@ def _matches(new: Sequence[torch.Tensor], want: Sequence[torch.Tensor], order) -
 
 
 def derive(t: Template, dtype: torch.dtype, device) -> Derived:
+    """The cell, gate order, heads and extraction graph of the step; Refused if none is proved."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny float64 ops: thread start-up and barriers cost more than math
+    try:
+        return _derive(t, dtype, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _derive(t: Template, dtype: torch.dtype, device) -> Derived:
     S = t.n_states
     x_shape = _shape(t.inputs[S])
     x_width = math.prod(x_shape[1:])
