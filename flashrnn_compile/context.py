@@ -184,6 +184,15 @@ def choose_plan(
         return planner.Plan("reference", {}, "forced by options['plan'] = 'reference'")
     if device.type != "cuda":
         return planner.Plan("reference", {}, f"tensors on {device.type}: no CUDA kernel applies")
-    families = _FORCED_FAMILIES.get(ctx.options.plan)
+    from . import runtime
+
+    implemented = runtime.implemented_families()
+    forced = _FORCED_FAMILIES.get(ctx.options.plan)
+    families = tuple(f for f in (forced or runtime.FAMILIES) if f in implemented) or implemented
     gpu = device.index if device.index is not None else torch.cuda.current_device()
-    return planner.plan(cell, batch, heads, head_dim, dtype, gpu=gpu, families=families)
+    chosen = planner.plan(cell, batch, heads, head_dim, dtype, gpu=gpu, families=families)
+    if chosen.family not in implemented:
+        return planner.Plan(
+            "reference", {}, f"the planner chose {chosen.family} ({chosen.reason}), which this build has no kernel for"
+        )
+    return chosen

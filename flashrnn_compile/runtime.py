@@ -98,6 +98,12 @@ def _load_extensions() -> None:
         importlib.import_module(name)
 
 
+def implemented_families() -> Tuple[str, ...]:
+    """The families with an implementation in this build (the CUDA ones once their package loads)."""
+    _load_extensions()
+    return tuple(f for f in FAMILIES if f in _IMPLEMENTATIONS)
+
+
 def implementation(plan: str, device: torch.device) -> Implementation:
     family = parse_plan(plan).family
     if family != "reference" and family not in _IMPLEMENTATIONS:

@@ -202,3 +202,23 @@ def test_backend_callable_directly():
     fn = flashrnn_backend(gm, [torch.randn(1, 2)], options={"inner": "eager"})
     x = torch.randn(1, 2)
     torch.testing.assert_close(fn(x), gm(x))
+
+
+def test_choose_plan_only_picks_families_this_build_has(monkeypatch):
+    """On CUDA the planner is asked only for implemented families; a pick without a kernel
+    becomes the reference with the reason."""
+    from flashrnn_compile import planner, runtime
+
+    asked = []
+
+    def fake_plan(cell, batch, heads, head_dim, dtype, gpu=None, *, families=None):
+        asked.append(families)
+        return planner.Plan("fused_cluster", {"CLUSTER": 8}, "splits R over a cluster")
+
+    monkeypatch.setattr(runtime, "implemented_families", lambda: ("alternating", "reference"))
+    monkeypatch.setattr(planner, "plan", fake_plan)
+    plan = context.choose_plan(PassContext(BackendOptions()), "lstm", 16, 1, 768, torch.bfloat16, "cuda:0")
+    assert asked == [("alternating", "reference")]
+    assert plan.family == "reference" and "fused_cluster" in plan.reason
+    context.choose_plan(PassContext(BackendOptions(plan="alternating")), "lstm", 16, 1, 768, torch.bfloat16, "cuda:0")
+    assert asked[-1] == ("alternating",)
