@@ -1,7 +1,9 @@
 """Why a problem has no solution: a minimal set of constraints that cannot hold together.
 
-Deletion filter: start from every constraint; drop each one in turn (the last declared first) and keep it dropped when the
-rest is still infeasible. What remains is irreducible: removing any one of them makes the others
+First the cheap cases: constraints without variables that hold are set aside, and a single
+constraint that cannot hold on its own (within the domains) is the answer. Otherwise the deletion
+filter: drop each remaining constraint in turn (the last declared first) and keep it dropped when
+the rest is still infeasible. What remains is irreducible: removing any one of them makes the others
 satisfiable (within the variables' domains). Each is reported in words (its message, params
 filled in) with the condition as written.
 """
@@ -31,6 +33,14 @@ def conflict(problem: Problem, node_limit: int = 300, budget: int = 3000) -> Opt
             return []
     except NodeLimit:
         return None
+    # a constraint without variables that holds is in no minimal conflict
+    keep = [ci for ci in keep if problem.constraints[ci].vars or not problem.constraints[ci].holds(())]
+    for ci in keep:  # one constraint that cannot hold on its own is the simplest answer
+        try:
+            if solve(problem, optimize=False, active=[ci], node_limit=50).status == "infeasible":
+                return [problem.constraints[ci]]
+        except NodeLimit:
+            pass
     spent = 0
     for ci in reversed(keep):  # later (derived) constraints go first; earlier limits stay
         if spent >= budget:
