@@ -381,24 +381,31 @@ class Call(Expr):
         return f"{self.fn}({', '.join(map(repr, self.args))})"
 
 
-def fold(e: Expr) -> Expr:
-    """Constant-fold a tree (subtrees without variables become Const; undefined ones stay)."""
+def fold(e: Expr, memo: Optional[Dict[int, Expr]] = None) -> Expr:
+    """Constant-fold a tree (subtrees without variables become Const; undefined ones stay).
+    `memo` (uid -> folded node) lets shared subtrees be folded once."""
     if isinstance(e, (Const, Var)):
         return e
+    memo = {} if memo is None else memo
+    done = memo.get(e.uid)
+    if done is not None:
+        return done
     if isinstance(e, Neg):
-        a = fold(e.a)
-        return Const(-a.v) if isinstance(a, Const) else (e if a is e.a else Neg(a))
-    if isinstance(e, Bin):
-        a, b = fold(e.a), fold(e.b)
-        n = e if (a is e.a and b is e.b) else Bin(e.op, a, b)
+        a = fold(e.a, memo)
+        n = Const(-a.v) if isinstance(a, Const) else (e if a is e.a else Neg(a))
     else:
-        args = [fold(a) for a in e.args]
-        n = e if all(x is y for x, y in zip(args, e.args)) else Call(e.fn, args)
-    if not n.variables():
-        try:
-            return Const(n.value(()))
-        except Undefined:
-            return n
+        if isinstance(e, Bin):
+            a, b = fold(e.a, memo), fold(e.b, memo)
+            n = e if (a is e.a and b is e.b) else Bin(e.op, a, b)
+        else:
+            args = [fold(a, memo) for a in e.args]
+            n = e if all(x is y for x, y in zip(args, e.args)) else Call(e.fn, args)
+        if not n.variables():
+            try:
+                n = Const(n.value(()))
+            except Undefined:
+                pass
+    memo[e.uid] = memo[n.uid] = n
     return n
 
 

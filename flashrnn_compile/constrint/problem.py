@@ -74,7 +74,8 @@ class Constraint:
     where: str
     vars: frozenset
 
-    _f: Optional[Callable] = None  # exact value of expr (generated on first use)
+    _f: Optional[Callable] = None  # exact value of expr (generated once it is used often)
+    _calls: int = 0
 
     by_value: bool = False  # intervals say little about it: %, != or membership (filter values exactly)
 
@@ -87,12 +88,18 @@ class Constraint:
 
     def holds(self, x: Sequence[int]) -> bool:
         """Exact truth at a full assignment (undefined values make it false)."""
-        if self._f is None:
+        if self._f is None:  # walk the tree the first times; generate code once it is used a lot
+            self._calls += 1
+            if self._calls <= 16:
+                return self._check(self.expr.value, x)
             self._f = compile_functions({"f": value_source(self.expr, "f")})["f"]
+        return self._check(self._f, x)
+
+    def _check(self, f, x: Sequence[int]) -> bool:
         try:
             if self.op == "in":
-                return self._f(x) in self.values
-            d = self._f(x)
+                return f(x) in self.values
+            d = f(x)
         except Undefined:
             return False
         if self.op == "!=":
@@ -126,6 +133,7 @@ class _Resolver:
         self.vars = [Var(i, v.name) for i, v in enumerate(model.vars)]
         self.lets: Dict[str, Expr] = {}
         self.active: set = set()
+        self.folded: Dict[int, Expr] = {}  # uid -> folded node (shared subtrees folded once)
 
     def name(self, n: str) -> Expr:
         if n in self.params:
@@ -138,7 +146,7 @@ class _Resolver:
             if n in self.active:
                 raise ModelError(f"{self.model.name}: let {n} depends on itself")
             self.active.add(n)
-            self.lets[n] = fold(self.expr(self.model.lets[n]))
+            self.lets[n] = fold(self.expr(self.model.lets[n]), self.folded)
             self.active.discard(n)
             return self.lets[n]
         raise ModelError(f"{self.model.name}: unknown name {n!r}")
@@ -156,7 +164,7 @@ class _Resolver:
         return Call(e[1], [self.expr(a) for a in e[2]])
 
     def const(self, e: RawExpr, what: str) -> int:
-        x = fold(self.expr(e))
+        x = fold(self.expr(e), self.folded)
         if not isinstance(x, Const):
             raise ModelError(f"{what}: expected a value fixed by the params, got {x!r}")
         return x.v
@@ -195,16 +203,16 @@ def instantiate(model: Model, params: Dict[str, int]) -> Problem:
             domains.append(Domain(lo, hi) if lo <= hi else None)
     constraints = []
     for q in model.requires:
-        lhs = fold(r.expr(q.lhs))
+        lhs = fold(r.expr(q.lhs), r.folded)
         if q.op == "in":
             values = tuple(sorted({r.const(e, f"{q.where}: the set after 'in'") for e in q.rhs}))
             diff, vs = None, lhs.variables()
         else:
             values = ()
-            diff = fold(Bin("-", lhs, r.expr(q.rhs)))
+            diff = fold(Bin("-", lhs, r.expr(q.rhs)), r.folded)
             vs = diff.variables()
         constraints.append(Constraint(q.op, diff, lhs, values, fill(q.message), q.text, q.where, vs))
-    objective = [fold(r.expr(e)) for e, _ in model.objective]
+    objective = [fold(r.expr(e), r.folded) for e, _ in model.objective]
     all_bounds = compile_functions({"b": bounds_source([c.expr for c in constraints] + objective, "b")})["b"]
     reports = {n: r.name(n) for n in model.reports}
     return Problem(
