@@ -70,7 +70,7 @@ class RnnCall:
     out_dtypes: Tuple[torch.dtype, ...]  # dtype of each output of the node
 
 
-class _Builder:
+class Builder:
     """Inserts call_function nodes before `anchor`, propagating fake example values."""
 
     def __init__(self, graph: torch.fx.Graph, anchor: Node, fake_mode, device_type: str):
@@ -103,7 +103,7 @@ class _Builder:
         self.created.clear()
 
 
-def _cast(bld: _Builder, node: Optional[Node], dtype: torch.dtype) -> Optional[Node]:
+def _cast(bld: Builder, node: Optional[Node], dtype: torch.dtype) -> Optional[Node]:
     """`node.to(dtype)` only where the dtype differs (autocast regions, mixed inputs)."""
     if node is None:
         return None
@@ -113,7 +113,7 @@ def _cast(bld: _Builder, node: Optional[Node], dtype: torch.dtype) -> Optional[N
     return bld("to", node, dtype)
 
 
-def _initial_states(bld: _Builder, call: RnnCall, h0: Node, c0: Optional[Node], k: int) -> Node:
+def _initial_states(bld: Builder, call: RnnCall, h0: Node, c0: Optional[Node], k: int) -> Node:
     """s0 [S, B, NH=1, DH] of the k-th (layer, direction); the h part of a projected LSTM is zero."""
     h = bld(operator.getitem, h0, k)  # [B, H] (or [B, P])
     if call.proj:
@@ -124,7 +124,7 @@ def _initial_states(bld: _Builder, call: RnnCall, h0: Node, c0: Optional[Node], 
     return bld("unsqueeze", s0, 2)  # [S, B, 1, H]
 
 
-def _add_first_step(bld: _Builder, gx: Node, extra: Node, reverse: bool) -> Node:
+def _add_first_step(bld: Builder, gx: Node, extra: Node, reverse: bool) -> Node:
     """gx [T, B, G*H] with extra [B, G*H] added at the first processed time position."""
     extra = bld("unsqueeze", extra, 0)  # [1, B, G*H]
     if reverse:
@@ -136,19 +136,10 @@ def _add_first_step(bld: _Builder, gx: Node, extra: Node, reverse: bool) -> Node
     return bld(torch.cat, [bld(operator.add, first, extra), rest], 0)
 
 
-def emit_rnn(
-    graph: torch.fx.Graph,
-    call: RnnCall,
-    *,
-    fake_mode,
-    device_type: str,
-    plan: str,
-    save: bool,
-    disable_autocast: bool,
-) -> Tuple[Tuple[Node, ...], _Builder]:
-    """Emit the rewrite of `call`; returns the nodes replacing the node's outputs
-    ((output, h_n) or (output, h_n, c_n)) and the builder (to undo it)."""
-    bld = _Builder(graph, call.node, fake_mode, device_type)
+def emit_rnn(bld: Builder, call: RnnCall, *, plan: str, save: bool, disable_autocast: bool) -> Tuple[Node, ...]:
+    """Emit the rewrite of `call` before it; returns the nodes replacing the node's outputs
+    ((output, h_n) or (output, h_n, c_n)). `bld.remove_all()` undoes it."""
+    graph, device_type = bld.graph, bld.device_type
     G, H, D, dt = call.gates, call.hidden, call.directions, call.dtype
     ac = bld(torch.amp.autocast_mode._enter_autocast, device_type, None, False, None) if disable_autocast else None
     x = _cast(bld, call.x, dt)
@@ -210,10 +201,10 @@ def emit_rnn(
     results = [_cast(bld, r, want) for r, want in zip(results, call.out_dtypes)]
     if ac is not None:
         bld(torch.amp.autocast_mode._exit_autocast, ac)
-    return tuple(results), bld
+    return tuple(results)
 
 
-def _project_h_n(bld: _Builder, h_n: Node, w_hrs: Sequence[Node]) -> Node:
+def _project_h_n(bld: Builder, h_n: Node, w_hrs: Sequence[Node]) -> Node:
     """h_n [L*D, B, H] -> [L*D, B, P], each entry through its own W_hr [P, H]."""
     rows = []
     for k, w_hr in enumerate(w_hrs):
@@ -222,7 +213,7 @@ def _project_h_n(bld: _Builder, h_n: Node, w_hrs: Sequence[Node]) -> Node:
     return bld(torch.stack, rows, 0)  # [L*D, B, P]
 
 
-def _fake_op(bld: _Builder, call_node: Node, h: Node, sT: Node) -> None:
+def _fake_op(bld: Builder, call_node: Node, h: Node, sT: Node) -> None:
     """Example values of the core-op call and its two getitems."""
     args = torch.fx.node.map_arg(call_node.args, lambda n: n.meta.get("example_value"))
     with bld.fake_mode:

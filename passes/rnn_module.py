@@ -33,7 +33,7 @@ from flashrnn_compile.cells import get_cell
 from flashrnn_compile.context import Rewrite, choose_plan, user_code
 
 from ._common import example_value
-from ._rnn_glue import LayerWeights, RnnCall, emit_rnn
+from ._rnn_glue import Builder, LayerWeights, RnnCall, emit_rnn
 
 Node = torch.fx.Node
 SOURCE = "module"
@@ -190,15 +190,17 @@ def _rewrite(gm: torch.fx.GraphModule, node: Node, op: RnnOp, ctx) -> Optional[s
     outs = node.meta["example_value"]
     plan = choose_plan(ctx, call.cell, _hint(B), 1, call.hidden, call.dtype, device)
     save = any(v.requires_grad for v in outs)  # inference graphs keep no states
-    results, bld = emit_rnn(
-        gm.graph,
-        call,
-        fake_mode=xv.fake_mode,
-        device_type=device.type,
-        plan=plan.op_arg(),
-        save=save,
-        disable_autocast=_autocast_around(gm, node, device.type),
-    )
+    fake_mode = getattr(xv, "fake_mode", None)
+    if fake_mode is None:
+        return "the example values are not fake tensors (no fake mode to check the rewrite in)"
+    bld = Builder(gm.graph, node, fake_mode, device.type)
+    try:
+        results = emit_rnn(
+            bld, call, plan=plan.op_arg(), save=save, disable_autocast=_autocast_around(gm, node, device.type)
+        )
+    except Exception as e:  # noqa: BLE001  (the graph goes back to what the user wrote)
+        bld.remove_all()
+        return f"internal: building the rewrite failed ({type(e).__name__}: {e})"
     bad = [i for i, (r, o) in enumerate(zip(results, outs)) if not _same_meta(example_value(r), o)]
     if bad or len(results) != len(outs):
         bld.remove_all()

@@ -376,6 +376,50 @@ def test_packed_sequence_node_refused():
     assert len(ctx.refusals) == 1 and "PackedSequence" in ctx.refusals[0].reason
 
 
+def test_no_example_values_refused():
+    """A call without Dynamo's example values cannot be checked: left as written, reason recorded."""
+    g = torch.fx.Graph()
+    x, h0 = g.placeholder("x"), g.placeholder("h0")
+    ws = [g.placeholder(f"w{i}") for i in range(4)]
+    call = g.call_function(torch.gru, (x, h0, ws, True, 1, 0.0, True, False, False))
+    g.output(tuple(g.call_function(operator.getitem, (call, i)) for i in range(2)))
+    gm = torch.fx.GraphModule({}, g)
+    before = gm.code
+    ctx = PassContext(BackendOptions(inner="eager"))
+    gm = rnn_module_pass(gm, ctx)
+    assert gm.code == before and not ctx.rewrites
+    assert len(ctx.refusals) == 1 and "example values" in ctx.refusals[0].reason
+
+
+def _captured_graph(fn, *args):
+    graphs = []
+
+    def capture(gm, example_inputs):
+        gm = rnn_module_pass(gm, PassContext(BackendOptions(inner="eager")))
+        gm.recompile()
+        graphs.append(gm)
+        return gm.forward
+
+    torch.compile(fn, backend=capture)(*args)
+    return graphs[0]
+
+
+def test_inference_keeps_no_states():
+    """save=True only where the call's outputs need grad: no_grad graphs keep no states."""
+    torch.manual_seed(0)
+    mod = make_rnn("lstm", num_layers=2)
+    x = torch.randn(4, 2, 3)
+
+    def infer(x):
+        with torch.no_grad():
+            return mod(x)[0]
+
+    for fn, want in ((infer, False), (lambda x: mod(x)[0], True)):
+        torch._dynamo.reset()
+        calls = [n for n in _captured_graph(fn, x).graph.nodes if n.target is RECURRENCE]
+        assert len(calls) == 2 and all(n.args[-1] is want for n in calls)
+
+
 def test_packed_sequence_end_to_end():
     """Dynamo does not trace pack_padded_sequence: the module runs as eager, exact results."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
