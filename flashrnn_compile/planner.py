@@ -242,7 +242,7 @@ def _others(results: Dict[str, FamilyResult], pick: Optional[FamilyResult]) -> L
 def choose(spec: Dict[str, Any], gpu: hardware.GPU, families: Optional[Tuple[str, ...]]) -> Plan:
     """Solve the families and pick one (no caching)."""
     if families is not None and "reference" in families and len(families) == 1:
-        return Plan("reference", {}, "forced: families = ('reference',)")
+        return Plan("reference", {}, "the only family allowed is 'reference' (families = ('reference',))")
     wanted = FAMILIES if families is None else tuple(f for f in FAMILIES if f in families)
     results = _solve_in_order(spec, gpu, wanted)
     pick = _best(results)

@@ -120,6 +120,11 @@ def test_impossible_forced_families_fall_back_with_the_reason():
     p = lstm(16, 1, 768, gpu="a100-80gb", families=("fused_cluster",))
     assert p.family == "fused_grid" and "at most 0 blocks per cluster" in p.reason
     assert lstm(16, 12, 64, families=("reference",)).family == "reference"
+    # what choose_plan asks for when this build has only the alternating kernels
+    p = lstm(16, 1, 768, families=("alternating", "reference"))
+    assert p.family == "alternating" and "restricted to ['alternating', 'reference']" in p.reason
+    p = lstm(16, 1, 768, torch.float64, families=("alternating", "reference"))
+    assert p.family == "reference" and "the CUDA kernels take bfloat16, float16 or float32" in p.reason
 
 
 # ---- every plan passes the independent checker -------------------------------------------------------
