@@ -133,7 +133,7 @@ def test_impossible_forced_families_fall_back_with_the_reason():
 def test_every_returned_plan_passes_the_checker():
     checked = 0
     for gpu in hardware.PRESETS:
-        for cell in ("lstm", "gru", "elman_tanh", "slstm"):
+        for cell in ("lstm", "gru", "slstm"):
             for dtype in ("bfloat16", "float32"):
                 for batch, heads, head_dim in ((1, 4, 32), (16, 12, 64), (64, 2, 256), (16, 1, 768), (300, 1, 1024)):
                     p = flashrnn_compile.plan(cell, batch, heads, head_dim, dtype, gpu=gpu)
@@ -144,7 +144,7 @@ def test_every_returned_plan_passes_the_checker():
                         assert constrint.violations(model, params, p.params) == [], (spec, gpu, p)
                         checked += 1
                     assert runtime.parse_plan(p.op_arg()).family == p.family
-    assert checked > 150
+    assert checked > 110
 
 
 def test_template_parameters_are_documented_in_the_kernel_models():
