@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .expr import Undefined
 from .lang import ModelError
-from .problem import INF, TARGET, Domain, Problem
+from .problem import TARGET, Domain, Problem
 
 FILTER_LIMIT = 64
 ENUMERATE_LIMIT = 16
