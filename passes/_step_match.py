@@ -25,7 +25,7 @@ import networkx as nx
 import torch
 import torch.fx
 
-from .canonicalize import INDEXING
+from .canonicalize import INDEXING, _is_weight as is_weight
 
 Node = torch.fx.Node
 
@@ -36,24 +36,38 @@ def _name(target) -> str:
     return target if isinstance(target, str) else getattr(target, "__qualname__", repr(target))
 
 
-def _abstract(a, indexing: bool):
+def _abstract(a, indexing: bool, named):
     if isinstance(a, Node):
-        return "N"
+        return a.name if a in named else "N"
     if isinstance(a, (list, tuple)):
-        return tuple(_abstract(x, indexing) for x in a)
+        return tuple(_abstract(x, indexing, named) for x in a)
     if isinstance(a, slice):
-        return ("slice", _abstract(a.start, indexing), _abstract(a.stop, indexing), a.step)
+        return ("slice", _abstract(a.start, indexing, named), _abstract(a.stop, indexing, named), a.step)
     if indexing and isinstance(a, int) and not isinstance(a, bool):
         return "i"
     if isinstance(a, dict):
-        return tuple(sorted((k, _abstract(v, indexing)) for k, v in a.items()))
+        return tuple(sorted((k, _abstract(v, indexing, named)) for k, v in a.items()))
     return repr(a)
 
 
-def label(node: Node) -> Tuple:
-    """One spelling per op for period finding; index ints are abstracted (they carry t)."""
+def label(node: Node, named=frozenset()) -> Tuple:
+    """One spelling per op for period finding; index ints are abstracted (they carry t).
+    Arguments in `named` (weights) are told apart by name, the others are all alike."""
     indexing = node.target in _INDEX_TARGETS
-    return (node.op, _name(node.target), _abstract(node.args, indexing), _abstract(node.kwargs, indexing))
+    return (node.op, _name(node.target), _abstract(node.args, indexing, named),
+            _abstract(node.kwargs, indexing, named))
+
+
+def weight_nodes(graph: torch.fx.Graph) -> set:
+    """Parameters, get_attr, and what is computed from them alone (W.T, b_ih + b_hh)."""
+    named = set()
+    for n in graph.nodes:
+        if is_weight(n) or (
+            n.op in ("call_function", "call_method") and n.all_input_nodes
+            and all(a in named for a in n.all_input_nodes)
+        ):
+            named.add(n)
+    return named
 
 
 @dataclasses.dataclass

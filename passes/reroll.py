@@ -39,7 +39,7 @@ from ._common import emit_recurrence, example_value
 from ._derive import Refused, build_template, derive
 from ._step_match import (
     Windows, components, core_positions, find_regions, isomorphic_windows, label, state_positions,
-    time_slice, verify,
+    time_slice, verify, weight_nodes,
 )
 from .canonicalize import CELL_OPS, contains_cell_op
 
@@ -59,28 +59,35 @@ def reroll_pass(gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
 
 
 def _reroll_all(gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
+    """Two sweeps: weights told apart by name (two recurrences in one loop body, e.g. both
+    directions, have different weights), then alike (finds and refuses loops whose weights
+    change from step to step)."""
     graph = gm.graph
-    tried: set = {n for n in graph.nodes if "flashrnn_rewritten" in n.meta}  # emitted by an earlier pass
+    done: set = set()  # nodes of loop bodies already rerolled or refused
     changed = False
-    for _ in range(MAX_REGIONS):
-        nodes = [n for n in graph.nodes if n.op in ("call_function", "call_method")]
-        codes, ids = [], {}
-        for i, n in enumerate(nodes):
-            codes.append(-1 - i if n in tried else ids.setdefault(label(n), len(ids)))
-        found = rewrote = False
-        for region in find_regions(codes, nodes):
-            region_nodes = nodes[region.start: region.start + region.period * region.count]
-            tried.update(region_nodes)
-            win = verify(nodes, region)
-            if win is None:
-                continue
-            found = True
-            for comp in components(win):
-                rewrote |= _reroll(graph, win, comp, ctx)
-            break
-        changed |= rewrote
-        if not found:
-            break
+    for by_name in (True, False):
+        tried: set = set()
+        for _ in range(MAX_REGIONS):
+            named = weight_nodes(graph) if by_name else frozenset()
+            nodes = [n for n in graph.nodes if n.op in ("call_function", "call_method")]
+            codes, ids = [], {}
+            for i, n in enumerate(nodes):
+                skip = n in tried or n in done
+                codes.append(-1 - i if skip else ids.setdefault(label(n, named), len(ids)))
+            found = False
+            for region in find_regions(codes, nodes):
+                region_nodes = nodes[region.start: region.start + region.period * region.count]
+                tried.update(region_nodes)
+                win = verify(nodes, region)
+                if win is None:
+                    continue
+                found = True
+                done.update(n for w in win.windows for n in w)
+                for comp in components(win):
+                    changed |= _reroll(graph, win, comp, ctx)
+                break
+            if not found:
+                break
     if changed:
         graph.lint()
         gm.recompile()

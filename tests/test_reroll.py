@@ -46,6 +46,8 @@ def _inputs(name, gen):
         "WeightsPerStep": lambda: (r(*TBI),),
         "CellStateCollected": lambda: (r(*TBI),),
         "DataDependentLoop": lambda: (r(*TBI),),
+        "BidirectionalElmanHand": lambda: (r(*TBI),),
+        "AttentionInLoop": lambda: (r(*TBI), r(G.B, 4, G.I)),
     }[name]()
 
 
@@ -70,6 +72,8 @@ GALLERY = {
     "WeightsPerStep": (_stats(rejected=1), None),
     "CellStateCollected": (_stats(rejected=1), None),
     "DataDependentLoop": (_stats(), None),
+    "BidirectionalElmanHand": (_stats(handwritten=2), "elman_tanh"),
+    "AttentionInLoop": (_stats(rejected=1), None),
 }
 
 HEADS = {"MultiHeadLSTMEinsum": G.NH, "MultiHeadGRUBmm": G.NH}
@@ -131,10 +135,9 @@ def test_gallery(name, monkeypatch):
     got = run_and_compare(model, args)
     assert got == expected
     if cell is not None:
-        assert [r.cell for r in rewrites] == [cell]
-        assert rewrites[0].steps == G.T
-        assert rewrites[0].heads == HEADS.get(name, 1)
-        assert rewrites[0].batch == G.B
+        assert [r.cell for r in rewrites] == [cell] * expected["rewritten"]
+        for r in rewrites:
+            assert (r.steps, r.heads, r.batch) == (G.T, HEADS.get(name, 1), G.B)
 
 
 def test_reroll_removes_the_unrolled_steps():

@@ -358,3 +358,38 @@ class DataDependentLoop(nn.Module):
             if h.sum() > 0:
                 h = h * 0.5
         return h
+
+
+class BidirectionalElmanHand(nn.Module):
+    """Both directions in one loop body: two independent recurrences (two rewrites)."""
+
+    def __init__(self):
+        super().__init__()
+        self.Wf, self.Uf, self.Wb, self.Ub = _p(H, I), _p(H, H), _p(H, I), _p(H, H)
+
+    def forward(self, x):  # x [T, B, I]
+        steps = x.shape[0]
+        hf = hb = torch.zeros(x.shape[1], H)
+        fwd, bwd = [None] * steps, [None] * steps
+        for t in range(steps):
+            hf = torch.tanh(x[t] @ self.Wf.T + hf @ self.Uf.T)
+            hb = torch.tanh(x[steps - 1 - t] @ self.Wb.T + hb @ self.Ub.T)
+            fwd[t], bwd[steps - 1 - t] = hf, hb
+        return torch.cat([torch.stack(fwd), torch.stack(bwd)], -1)
+
+
+class AttentionInLoop(nn.Module):
+    """The step input is built from attention over memory with the state as query."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = nn.GRUCell(2 * I, I)
+        self.q = _p(I, I)
+
+    def forward(self, x, memory):  # x [T, B, I], memory [B, M, I]
+        h = torch.zeros(x.shape[1], I)
+        for t in range(x.shape[0]):
+            scores = torch.einsum("bi,bmi->bm", h @ self.q, memory).softmax(-1)
+            context = torch.einsum("bm,bmi->bi", scores, memory)
+            h = self.cell(torch.cat([x[t], context], -1), h)
+        return h
