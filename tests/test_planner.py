@@ -63,6 +63,12 @@ def test_dense_768_splits_r_over_a_cluster_and_says_why_one_block_is_not_enough(
     assert "fused_block: impossible, since this cannot hold: R of one head (4718592 B) fits in the registers and shared memory" in p.reason
 
 
+def test_dense_768_gru_and_slstm_use_a_cluster_too():
+    for cell in ("gru", "slstm"):
+        p = flashrnn_compile.plan(cell, 16, 1, 768, torch.bfloat16, gpu="h100-sxm")
+        assert p.family == "fused_cluster", (cell, p.reason)
+
+
 def test_float32_shifts_the_dense_768_lstm_from_a_cluster_to_the_grid():
     bf16, fp32 = lstm(16, 1, 768), lstm(16, 1, 768, torch.float32)
     assert (bf16.family, fp32.family) == ("fused_cluster", "fused_grid")
