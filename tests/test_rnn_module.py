@@ -176,7 +176,13 @@ def test_matrix_aot_eager(case):
     assert s == (1, 0), s
 
 
-INDUCTOR_CASES = [MATRIX[1], MATRIX[5], MATRIX[10]]
+# a representative handful (Inductor on CPU compiles slowly): both directions, batch_first,
+# given states, bias off, two layers, proj_size
+INDUCTOR_CASES = [
+    ("lstm", dict(bidirectional=True, batch_first=True), 5, 2, True, False),
+    ("gru", dict(num_layers=2, bias=False), 4, 2, True, False),
+    ("lstm", dict(proj_size=3), 5, 2, True, False),
+]
 
 
 @pytest.mark.slow
@@ -198,7 +204,7 @@ def test_matrix_inductor(case):
 def test_dropout_train_exact(p):
     """p = 0 and p = 1 make eager's dropout deterministic: equal results, gradients, SGD steps."""
     torch.manual_seed(0)
-    mod = make_rnn("lstm", num_layers=3, dropout=p, bidirectional=True)
+    mod = make_rnn("lstm", num_layers=2, dropout=p, bidirectional=True)
     assert mod.training
     s = train_side_by_side(mod, lambda step: make_inputs(mod, 4, 2, hx=True, seed=step), "aot_eager")
     assert s == (1, 0), s
@@ -515,7 +521,7 @@ def test_recompiles_t_and_b(kind, hx):
     it before any backend sees the graph; B becomes symbolic at the second shape in both."""
     torch.manual_seed(0)
     mod = make_rnn(kind, bidirectional=True, batch_first=True)
-    shapes = [(5, 2), (7, 3), (7, 4), (6, 5)]
+    shapes = [(5, 2), (7, 3), (7, 4)]
     n_eager, want = _count_graphs(mod, lambda gm, ex: gm.forward, shapes, hx)
     reset_stats()
     n_ours, got = _count_graphs(
