@@ -134,6 +134,7 @@ def main() -> None:
         return
     configs = [(n, b, 16 if args.quick else T) for n, b, T in CONFIGS]
     rows = []
+    load_start = os.getloadavg()
     for name, backend, T in configs:
         with tempfile.TemporaryDirectory() as cache:
             env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, TORCHINDUCTOR_FX_GRAPH_CACHE="0",
@@ -152,6 +153,7 @@ def main() -> None:
         "command": "python benchmarks/compile_time_reroll.py" + (" --quick" if args.quick else ""),
         "machine": _machine(), "model": {"B": B, "I": I, "H": H, "cell": "hand-written LSTM, fwd+bwd"},
         "rows": rows,
+        "load_average_1min": {"start": load_start[0], "end": os.getloadavg()[0]},
     }
     if args.quick:
         return
@@ -163,7 +165,11 @@ def main() -> None:
         "",
         f"Command: `{result['command']}`  ",
         f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch {result['machine']['torch']}  ",
-        f"Model: B={B}, I={I}, H={H}, forward + backward; each row a fresh process with an empty Inductor cache.",
+        f"Model: B={B}, I={I}, H={H}, forward + backward; each row a fresh process with an empty Inductor cache.  ",
+        f"Load average (1 min) at start / end: {result['load_average_1min']['start']:.1f} / "
+        f"{result['load_average_1min']['end']:.1f} (the machine is shared; absolute times vary with load).  ",
+        "Compile = first call - steady call. Steady call of the flashrnn rows runs the PyTorch reference of the "
+        "core op (CPU has no kernel), a Python loop over T in forward and backward.",
         "",
         "| backend | T | first call (s) | steady call (s) | compile (s) | flashrnn passes (s) | Dynamo nodes | rel. err vs eager |",
         "|---|---|---|---|---|---|---|---|",
