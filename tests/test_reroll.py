@@ -191,3 +191,34 @@ def test_inductor_small():
     torch.manual_seed(0)
     got = run_and_compare(G.GRUHand(), _inputs("GRUHand", torch.Generator().manual_seed(1)), inner="inductor")
     assert got == _stats(handwritten=1)
+
+
+@pytest.mark.parametrize("name", ["LSTMFused", "GRUHand"])
+def test_low_precision_within_twice_pytorch_error(name):
+    """bfloat16: error against float64 <= 2x the error of eager PyTorch in bfloat16, for the
+    outputs and every gradient (inputs and weights)."""
+    import copy
+
+    from flashrnn_compile.testing import rel_err, within
+
+    torch._dynamo.reset()
+    reset_stats()
+    torch.manual_seed(0)
+    model = getattr(G, name)()
+    (x,) = _inputs(name, torch.Generator().manual_seed(1))
+    def run(m, dtype, compile_it):
+        m = copy.deepcopy(m).to(dtype)
+        xi = x.to(dtype).requires_grad_(True)
+        f = torch.compile(m, backend="flashrnn", options={"inner": "aot_eager"}) if compile_it else m
+        outs = _flat(f(xi))
+        g = torch.Generator().manual_seed(3)
+        loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs)
+        grads = torch.autograd.grad(loss, [xi] + list(m.parameters()))
+        return outs + list(grads)
+
+    ref = run(model, torch.float64, False)
+    pytorch = run(model, torch.bfloat16, False)
+    ours = run(model, torch.bfloat16, True)
+    assert stats()["rewritten"] == 1
+    for r, p, o in zip(ref, pytorch, ours):
+        assert within(rel_err(o, r), rel_err(p, r)), (rel_err(o, r), rel_err(p, r))
