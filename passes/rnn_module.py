@@ -171,9 +171,15 @@ def _autocast_around(gm: torch.fx.GraphModule, node: Node, device_type: str) -> 
 
 
 def _same_meta(new: Optional[torch.Tensor], old: torch.Tensor) -> bool:
+    """Same dtype, shape and layout (strides of dims longer than 1), provably for every size."""
     if new is None or new.dtype != old.dtype or new.dim() != old.dim():
         return False
-    return all(statically_known_true(a == b) for a, b in zip(new.shape, old.shape))
+    if not all(statically_known_true(a == b) for a, b in zip(new.shape, old.shape)):
+        return False
+    return all(
+        statically_known_true(size == 1) or statically_known_true(a == b)
+        for size, a, b in zip(old.shape, new.stride(), old.stride())
+    )
 
 
 def _rewrite(gm: torch.fx.GraphModule, node: Node, op: RnnOp, ctx) -> Optional[str]:
