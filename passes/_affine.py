@@ -168,10 +168,7 @@ class Analysis:
             return Inv(self.ext.node_copy(node, lambda a: self.env[a].node))
         if any(v is OPAQUE for v in values):
             return self._opaque(node)
-        try:
-            out = self._affine(node)
-        except _NotAffine:
-            out = None
+        out = self._affine(node)
         return self._opaque(node) if out is None else out
 
     def _opaque(self, node: Node):
@@ -404,7 +401,3 @@ class Analysis:
             c = self.call(torch.einsum, ",".join([lv_nb] + others) + "->" + out_nb, dense, *other_nodes)
             const = self._dense_term(self.call(torch.reshape, c, (n_out,)), n_out, out_feat)
         return Aff(tuple(out_shape), new_bax, terms, const)
-
-
-class _NotAffine(Exception):
-    pass

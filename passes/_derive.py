@@ -339,11 +339,8 @@ def _emit(an: Analysis, t: Template, cell: str, units: List[Unit], nh: int, H: i
         b = c(torch.stack, bs, 1)  # [NH, G, DH]
     an.ext.output((gx, R, b))
     an.ext.eliminate_dead_code()
-    leaf_nodes = {p: n for p, n in zip([n for n in t.gm.graph.nodes if n.op == "placeholder"], t.inputs)}
-    step_ph = list(an.leaves)
-    # an.leaves maps the analysed copy's placeholders to ext placeholders, in placeholder order
-    leaf_inputs = [t.inputs[t.n_states + 1 + k] for k in range(len(step_ph))]
-    del leaf_nodes
+    # the ext placeholders after x_all are the step's leaves, in the template's order
+    leaf_inputs = [t.inputs[t.n_states + 1 + k] for k in range(len(an.leaves))]
     return Derived(cell, nh, dh, h_slot, order, an.ext, leaf_inputs)
 
 

@@ -36,6 +36,7 @@ from flashrnn_compile.context import Rewrite, choose_plan, user_code
 
 from . import _affine
 from ._common import emit_recurrence, example_value
+from ._rnn_glue import REWRITTEN
 from ._derive import Refused, build_template, derive
 from ._step_match import (
     Windows, components, core_positions, find_regions, isomorphic_windows, label, state_positions,
@@ -72,7 +73,7 @@ def _reroll_all(gm: torch.fx.GraphModule, ctx) -> torch.fx.GraphModule:
             nodes = [n for n in graph.nodes if n.op in ("call_function", "call_method")]
             codes, ids = [], {}
             for i, n in enumerate(nodes):
-                skip = n in tried or n in done
+                skip = n in tried or n in done or REWRITTEN in n.meta
                 codes.append(-1 - i if skip else ids.setdefault(label(n, named), len(ids)))
             found = False
             for region in find_regions(codes, nodes):
@@ -102,8 +103,13 @@ def _reroll(graph: torch.fx.Graph, win: Windows, comp: List[int], ctx) -> bool:
         return False  # a repeated pattern without a matmul on the state: not an RNN
     source = "cell_loop" if contains_cell_op(first) else "handwritten"
     seen = [n for w in win.windows[:2] for n in (w[p] for p in core)]
+    before = set(graph.nodes)
     try:
-        return _rewrite(graph, win, core, source, ctx)
+        ok = _rewrite(graph, win, core, source, ctx)
+        for n in graph.nodes:
+            if n not in before:
+                n.meta[REWRITTEN] = source  # later sweeps and passes leave these nodes alone
+        return ok
     except Refused as e:
         ctx.refused(source, str(e), seen)
         return False
@@ -266,7 +272,7 @@ def _state_dependent(win: Windows, core: List[int], states: List[int]) -> List[i
 def _replace_stacks(graph, hs: List[Node], by_time: List[Node], h_user: Node, core_all) -> None:
     """torch.stack/cat of all h_t (in time order or its reverse) -> a view of h_user."""
     users = {u for h in hs for u in h.users if u not in core_all}
-    rank = h_user.meta.get("_rank") or (len(example_value(hs[0]).shape))
+    rank = len(example_value(hs[0]).shape)
     for u in users:
         if u.target not in (torch.stack, torch.cat) or not u.args or not isinstance(u.args[0], (list, tuple)):
             continue
