@@ -70,8 +70,11 @@ class RnnCall:
     out_dtypes: Tuple[torch.dtype, ...]  # dtype of each output of the node
 
 
+_CONTEXT_MARKERS = (torch.amp.autocast_mode._enter_autocast, torch.amp.autocast_mode._exit_autocast)
+
+
 class Builder:
-    """Inserts call_function nodes before `anchor`, propagating fake example values."""
+    """Inserts nodes before `anchor`, propagating fake example values (`created` lists them)."""
 
     def __init__(self, graph: torch.fx.Graph, anchor: Node, fake_mode, device_type: str):
         self.graph, self.anchor, self.fake_mode = graph, anchor, fake_mode
@@ -89,6 +92,8 @@ class Builder:
                 node = self.graph.call_function(target, tuple(args), kwargs)
         self.created.append(node)
         node.meta.update(self.meta)
+        if target in _CONTEXT_MARKERS:  # entering autocast here would change this process's state
+            return node
         fake_args = torch.fx.node.map_arg((args, kwargs), lambda n: n.meta.get("example_value"))
         # autocast is switched off in the emitted region (see emit_rnn), so propagate likewise
         with self.fake_mode, torch.autocast(self.device_type, enabled=False):
