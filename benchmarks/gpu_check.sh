@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # On a CUDA machine, from anywhere: a cold build of the kernels (fresh cache), a second process
-# reusing it, tests/gpu/, compute-sanitizer memcheck on a small case, and the benchmark; a summary
-# table last. Logs go to $OUT (default: a temp dir). Usage: bash benchmarks/gpu_check.sh
+# reusing it, tests/gpu/, compute-sanitizer memcheck on a small case, and the benchmark; then the
+# fused_block family: a cold build of one new configuration, the prebuilt ones (build/fused_cache,
+# from benchmarks/prebuild_fused.py, if carried), memcheck + racecheck on a small fused case, and
+# bench_fused_block (fused_block vs alternating vs cuDNN); a summary table last.
+# Logs go to $OUT (default: a temp dir). Usage: bash benchmarks/gpu_check.sh
+# Env: TESTS (pytest paths, default tests/gpu), SKIP_ALTERNATING=1 (no alternating build, bench or
+# tests: only the fused_block steps).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
@@ -14,28 +19,64 @@ CARD="$("$PY" -c 'import torch; print(torch.cuda.get_device_name())')"
 export TORCH_EXTENSIONS_DIR="$(mktemp -d)"   # a cold cache: the first build is timed
 secs() { "$PY" -c "import time; print(f'{time.time() - $1:.1f}')"; }
 
+SKIP_ALT="${SKIP_ALTERNATING:-0}"
+TESTS="${TESTS:-tests/gpu}"
+# fused_block variants built ahead (same sources: same cache keys) go into the fresh cache
+if [ -d build/fused_cache/flashrnn_compile/variants ]; then
+  mkdir -p "$TORCH_EXTENSIONS_DIR/flashrnn_compile"
+  cp -r build/fused_cache/flashrnn_compile/variants "$TORCH_EXTENSIONS_DIR/flashrnn_compile/"
+fi
+t=$(date +%s.%N)
+timeout 120 "$PY" -c "
+from flashrnn_compile import build
+build.ensure_variant('fused/fused_block.cu', dict(FRNN_CELL='LstmCell', FRNN_DTYPE=1, FRNN_DH=64, FRNN_WARPS=8, FRNN_BATCH_TILE=16, FRNN_R_REG_TILES=1))
+" >"$OUT/fused_build.log" 2>&1; fb_rc=$?
+fb_cold=$(secs "$t")
+build_rc=0; warm_rc=0; cold=0; warm=0
+if [ "$SKIP_ALT" != 1 ]; then
 t=$(date +%s.%N); timeout 300 "$PY" -m flashrnn_compile.build >"$OUT/build.log" 2>&1; build_rc=$?
 cold=$(secs "$t")
 t=$(date +%s.%N); timeout 120 "$PY" -m flashrnn_compile.build >>"$OUT/build.log" 2>&1; warm_rc=$?
 warm=$(secs "$t")
 tail -n 3 "$OUT/build.log"
+fi
 [ $build_rc -ne 0 ] && { echo "BUILD FAILED"; tail -n 60 "$OUT/build.log"; ls "$TORCH_EXTENSIONS_DIR"/flashrnn_compile; cat "$TORCH_EXTENSIONS_DIR"/flashrnn_compile/*failed.log 2>/dev/null | grep -iE "error|undefined" | head -30; }
 
 t=$(date +%s.%N)
-timeout "${PYTEST_TIMEOUT:-360}" "$PY" -m pytest -q -p no:cacheprovider -rf --tb=line --durations=5 tests/gpu >"$OUT/pytest.log" 2>&1
+timeout "${PYTEST_TIMEOUT:-360}" "$PY" -m pytest -q -p no:cacheprovider -rf --tb=line --durations=5 $TESTS >"$OUT/pytest.log" 2>&1
 pytest_rc=$?
 ptime=$(secs "$t")
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -40
 tail -n 12 "$OUT/pytest.log"
 
+mc_rc=skipped; mtime=0
+if [ "$SKIP_ALT" != 1 ]; then
 t=$(date +%s.%N)
 timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tests/gpu/memcheck_small.py >"$OUT/memcheck.log" 2>&1
 mc_rc=$?
 mtime=$(secs "$t")
 tail -n 4 "$OUT/memcheck.log"
+fi
 
+bench_rc=skipped
+if [ "$SKIP_ALT" != 1 ]; then
 timeout 240 "$PY" benchmarks/bench_alternating.py --out "$OUT/bench.json" >"$OUT/bench.log" 2>&1
 bench_rc=$?
+fi
+
+t=$(date +%s.%N)
+timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tests/gpu/memcheck_fused.py >"$OUT/fused_memcheck.log" 2>&1
+fmc_rc=$?
+fmtime=$(secs "$t")
+tail -n 3 "$OUT/fused_memcheck.log"
+t=$(date +%s.%N)
+timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tests/gpu/memcheck_fused.py >"$OUT/fused_racecheck.log" 2>&1
+frc_rc=$?
+frtime=$(secs "$t")
+tail -n 3 "$OUT/fused_racecheck.log"
+ALT_FLAG=""; [ "$SKIP_ALT" = 1 ] && ALT_FLAG="--no-alternating"
+timeout 300 "$PY" benchmarks/bench_fused_block.py $ALT_FLAG --out "$OUT/fused_bench.json" >"$OUT/fused_bench.log" 2>&1
+fbench_rc=$?
 
 {
   echo "## gpu_check on $CARD"
@@ -46,10 +87,16 @@ bench_rc=$?
   echo "| second process, cached | exit $warm_rc, ${warm} s |"
   echo "| pytest tests/gpu | exit $pytest_rc, ${ptime} s: $(tail -n 1 "$OUT/pytest.log") |"
   echo "| compute-sanitizer memcheck (small case) | exit $mc_rc, ${mtime} s: $(grep -o 'ERROR SUMMARY.*' "$OUT/memcheck.log" | tail -n 1) |"
-  echo "| benchmark | exit $bench_rc |"
+  echo "| benchmark (alternating) | exit $bench_rc |"
+  echo "| fused_block: cold build of one new configuration | exit $fb_rc, ${fb_cold} s (incl. Python + torch import) |"
+  echo "| fused_block: compute-sanitizer memcheck (small case) | exit $fmc_rc, ${fmtime} s: $(grep -o 'ERROR SUMMARY.*' "$OUT/fused_memcheck.log" | tail -n 1) |"
+  echo "| fused_block: compute-sanitizer racecheck (small case) | exit $frc_rc, ${frtime} s: $(grep -o 'ERROR SUMMARY.*' "$OUT/fused_racecheck.log" | tail -n 1) |"
+  echo "| fused_block benchmark | exit $fbench_rc |"
   echo
   echo '```'
-  tail -n 12 "$OUT/bench.log"
+  [ -f "$OUT/bench.log" ] && tail -n 12 "$OUT/bench.log"
+  grep FAILED "$OUT/fused_bench.log" | head -5
+  tail -n 18 "$OUT/fused_bench.log"
   echo '```'
 } >"$OUT/summary.md"
 cat "$OUT/summary.md"

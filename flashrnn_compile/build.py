@@ -369,6 +369,74 @@ def aot_extension(lib: str = "alternating", archs: Sequence[str] = DEFAULT_ARCHS
     )
 
 
+# --- per-configuration variants (fused_block): one small library per set of -D defines -------
+# A variant is a plain CUDA shared library (no torch headers, C entry points called through
+# ctypes), so a new configuration compiles in seconds; it is cached like the libraries above
+# (key = sources, defines, archs, flags; lock, temporary directory, atomic rename).
+
+# -cudart shared: the library uses the CUDA runtime torch has already loaded (same soname)
+VARIANT_FLAGS = ("-std=c++17", "-O3", "-shared", "-Xcompiler", "-fPIC", "-cudart", "shared")
+VARIANT_DEPENDS = ("fused/*.cu", "fused/*.cuh", "common/*.cuh", "common/*.h")
+
+
+def variant_key(source: str, defines: Dict[str, object], archs: Optional[Sequence[str]] = None) -> str:
+    root = csrc_dir()
+    files = set()
+    for pattern in VARIANT_DEPENDS + (source,):
+        files.update(Path(p) for p in glob.glob(str(root / pattern)))
+    material = {
+        "source": source,
+        "files": {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(files)},
+        "defines": {str(k): str(v) for k, v in sorted(defines.items())},
+        "archs": list(arch_list(archs)),
+        "flags": list(VARIANT_FLAGS),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def ensure_variant(source: str, defines: Dict[str, object], archs: Optional[Sequence[str]] = None) -> Path:
+    """Path of the cached library of `source` (relative to csrc/) built with `defines`, building
+    and publishing it first if needed (BuildError with nvcc's output if it fails)."""
+    chosen = arch_list(archs)
+    key = variant_key(source, defines, chosen)
+    stem = Path(source).stem
+    entry = cache_root() / "variants" / f"{stem}-{key}"
+    lib_name = f"{stem}.so"
+    if entry_valid(entry, key):
+        return entry / lib_name
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(entry.parent / f"{entry.name}.lock"):
+        if entry_valid(entry, key):
+            return entry / lib_name
+        if entry.exists():
+            shutil.rmtree(entry)
+        nvcc = find_nvcc()
+        if nvcc is None:
+            raise BuildError("nvcc not found (install the CUDA toolkit or set CUDA_HOME)")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.tmp-", dir=entry.parent))
+        try:
+            rpath = os.path.join(os.path.dirname(os.path.dirname(nvcc)), "lib64")
+            cmd = [nvcc, *VARIANT_FLAGS, f"-Xlinker=-rpath={rpath}", f"-I{csrc_dir()}", *gencode_flags(chosen),
+                   *[f"-D{k}={v}" for k, v in sorted(defines.items())],
+                   str(csrc_dir() / source), "-o", str(tmp / lib_name)]
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if proc.returncode != 0 or not (tmp / lib_name).is_file():
+                tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
+                raise BuildError(f"building {source} with {defines} failed (exit {proc.returncode}):\n{tail}")
+            manifest = {"key": key, "library": lib_name, "sha256": _sha256(tmp / lib_name),
+                        "defines": {str(k): str(v) for k, v in defines.items()}, "archs": list(chosen),
+                        "built": time.time()}
+            with open(tmp / MANIFEST, "w") as f:
+                json.dump(manifest, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, entry)  # atomic publish
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return entry / lib_name
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flashrnn_compile.build", description=__doc__.split("\n")[0])
     parser.add_argument("--lib", default="alternating", choices=sorted(LIBRARIES))

@@ -1,0 +1,60 @@
+"""Build (into the variant cache) every fused_block configuration that tests/gpu/test_fused_block.py
+and benchmarks/bench_fused_block.py will ask the planner for, for one GPU preset, in parallel;
+so a device run only loads them. Usage:
+
+    python benchmarks/prebuild_fused.py [--gpu h100-sxm] [--arch 9.0] [--jobs 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from flashrnn_compile import build, planner  # noqa: E402
+from flashrnn_compile.kernels import fused_block  # noqa: E402
+
+
+def shapes():
+    from bench_fused_block import CONFIGS
+    from bench_alternating import DT
+    from tests.gpu.test_fused_block import PLAN_SHAPES
+
+    out = set(PLAN_SHAPES)
+    out |= {(c, B, NH, DH, DT[d]) for c, NH, DH, d, B, _ in CONFIGS}
+    for cell in ("lstm", "gru", "elman_tanh", "elman_relu", "slstm"):  # tests/gpu/memcheck_fused.py
+        for d in (torch.float32, torch.bfloat16):
+            out.add((cell, 3, 2, 16, d))
+    return sorted(out, key=str)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--gpu", default="h100-sxm")
+    p.add_argument("--arch", default="9.0")
+    p.add_argument("--jobs", type=int, default=8)
+    args = p.parse_args()
+    configs = {}
+    for cell, B, NH, DH, dtype in shapes():
+        chosen = planner.plan(cell, B, NH, DH, dtype, gpu=args.gpu, families=("fused_block",))
+        if chosen.family != "fused_block":
+            print(f"no fused_block plan for {cell} B{B} {NH}x{DH} {dtype}: {chosen.reason}")
+            continue
+        defs = fused_block.defines(cell, dtype, DH, chosen.params)
+        configs[repr(sorted(defs.items()))] = defs
+    start = time.time()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        paths = list(pool.map(lambda d: build.ensure_variant(fused_block.SOURCE, d, [args.arch]), configs.values()))
+    print(f"{len(paths)} configurations ready in {time.time() - start:.1f} s under {build.cache_root() / 'variants'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""The fused_block family from Python: one persistent block per (head, batch tile) for all steps.
+
+    forward(gx [T,B,NH,G,DH], R [NH,G,DH,DH], b [NH,G,DH], s0 [S,B,NH,DH], cell, reverse, params,
+            save) -> (h [T,B,NH,DH], sT [S,B,NH,DH], states_in [T,S,B,NH,DH], rhb [T,B,NH,G,DH])
+    backward(dh, dsT, gx, R, states_in, rhb, cell, reverse, params) -> (dgx, dR, db, ds0)
+
+params are the planner's fused_block variables {WARPS, BATCH_TILE, R_REG_TILES} (empty: ask the
+planner for this device). Each configuration (cell, dtype, DH, WARPS, BATCH_TILE, R_REG_TILES) is
+its own small CUDA library (csrc/fused/fused_block.cu built with -D defines by
+`build.ensure_variant`, cached), called through ctypes on the current stream. dR and db are one
+GEMM / sum over the d(rhb) the backward kernel writes (float32; float64 for float32 inputs).
+
+A configuration the kernel cannot take (DH not a multiple of 16, warps that do not divide the row
+tiles, ...) raises ValueError naming the parameter; one whose shared memory exceeds the device's
+runs the alternating family instead, with one warning. float64 runs the reference (one warning).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import warnings
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from .. import build, reference
+from ..cells import get_cell
+
+Tensor = torch.Tensor
+
+POISON = os.environ.get("FLASHRNN_POISON", "") not in ("", "0")
+SOURCE = "fused/fused_block.cu"
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+_LIBS: Dict[str, ctypes.CDLL] = {}
+_BUILD_FAILURE: Dict[str, str] = {}
+_WARNED: set = set()
+
+
+def unavailable(device: torch.device) -> Optional[str]:
+    """None when the kernels can run on `device`, else why not."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"the fused_block kernels need a CUDA device, got {device.type!r}"
+    if torch.version.cuda is None or not torch.cuda.is_available():
+        return "CUDA is not available to torch"
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        return "the fused_block kernels need compute capability 8.0 or newer (bf16 mma.sync)"
+    if build.find_nvcc() is None:
+        return "nvcc not found (install the CUDA toolkit or set CUDA_HOME), cannot build the kernels"
+    return None
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]:
+    """The -D defines of one configuration; ValueError naming the parameter it cannot take."""
+    spec = get_cell(cell)
+    if dtype not in DTYPE_CODES:
+        raise ValueError(f"fused_block: dtype: expected float32, bfloat16 or float16, got {dtype}")
+    missing = [k for k in ("WARPS", "BATCH_TILE", "R_REG_TILES") if k not in params]
+    if missing:
+        raise ValueError(f"fused_block: params: expected WARPS, BATCH_TILE and R_REG_TILES, missing {missing}")
+    warps, bt, rreg = (int(params[k]) for k in ("WARPS", "BATCH_TILE", "R_REG_TILES"))
+    G = spec.num_gates
+    if DH % 16 != 0:
+        raise ValueError(f"fused_block: head dim DH={DH}: expected a multiple of 16 (the MMA tile)")
+    if not 1 <= warps <= 32:
+        raise ValueError(f"fused_block: WARPS={warps}: expected 1 .. 32")
+    if bt % 8 != 0 or not 8 <= bt <= 256:
+        raise ValueError(f"fused_block: BATCH_TILE={bt}: expected a multiple of 8 in 8 .. 256")
+    if rreg < 0:
+        raise ValueError(f"fused_block: R_REG_TILES={rreg}: expected >= 0")
+    for M, K, what in ((G * DH, DH, "forward"), (DH, G * DH, "backward")):
+        wm = _gcd(warps, M // 16)
+        if (K // 16) % (warps // wm) != 0:
+            raise ValueError(f"fused_block: WARPS={warps}: the {what} GEMM ({M} x {K}) needs the warps "
+                             f"not sharing row tiles ({warps // wm}) to divide its {K // 16} k-tiles")
+    return {"FRNN_CELL": spec.functor, "FRNN_DTYPE": DTYPE_CODES[dtype], "FRNN_DH": DH,
+            "FRNN_WARPS": warps, "FRNN_BATCH_TILE": bt, "FRNN_R_REG_TILES": rreg}
+
+
+def library(defs: Dict[str, object]) -> ctypes.CDLL:
+    """The loaded library of one configuration (built first if needed)."""
+    key = repr(sorted(defs.items()))
+    lib = _LIBS.get(key)
+    if lib is None:
+        lib = ctypes.CDLL(str(build.ensure_variant(SOURCE, defs)))
+        p, i = ctypes.c_void_p, ctypes.c_int
+        lib.frnn_forward.argtypes = [i, i, i, i] + [p] * 9
+        lib.frnn_forward.restype = i
+        lib.frnn_backward.argtypes = [i, i, i, i] + [p] * 10
+        lib.frnn_backward.restype = i
+        lib.frnn_config.argtypes = [p]
+        lib.frnn_error.restype = ctypes.c_char_p
+        _LIBS[key] = lib
+    return lib
+
+
+def smem_bytes(lib: ctypes.CDLL) -> Tuple[int, int]:
+    out = (ctypes.c_int * 9)()
+    lib.frnn_config(out)
+    return out[7], out[8]
+
+
+def _params(cell: str, gx: Tensor, params) -> Dict[str, object]:
+    if params:
+        return dict(params)
+    from .. import planner  # empty params: the planner's fused_block choice for this device
+
+    T, B, NH, G, DH = gx.shape
+    chosen = planner.plan(cell, B, NH, DH, gx.dtype, gpu=gx.device.index or 0, families=("fused_block",))
+    if chosen.family != "fused_block":
+        raise ValueError(f"fused_block: no fused_block configuration for this shape: {chosen.reason}")
+    return dict(chosen.params)
+
+
+def _fallback(what: str, reason: str) -> None:
+    if (what, reason) not in _WARNED:
+        _WARNED.add((what, reason))
+        warnings.warn(f"flashrnn: fused_block: {reason}; running {what}", RuntimeWarning, stacklevel=3)
+
+
+def _resolve(cell: str, gx: Tensor, params):
+    """(library, None) or (None, reason to use the alternating family)."""
+    defs = defines(cell, gx.dtype, gx.shape[4], _params(cell, gx, params))
+    lib = library(defs)
+    need = max(smem_bytes(lib))
+    have = torch.cuda.get_device_properties(gx.device).shared_memory_per_block_optin
+    if need > have:
+        return None, f"configuration {defs} needs {need} B of shared memory per block, the device has {have}"
+    return lib, None
+
+
+def _poison(*tensors: Tensor) -> None:
+    if POISON:
+        for t in tensors:
+            t.fill_(float("nan"))
+
+
+def _ptr(t: Optional[Tensor]):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _stream(device) -> ctypes.c_void_p:
+    return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
+
+
+def forward(gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, cell: str, reverse: bool, params,
+            save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    if gx.dtype == torch.float64:
+        _fallback("the reference", "no float64 path")
+        return reference.forward(gx, R, b, s0, cell, reverse, save)
+    lib, reason = _resolve(cell, gx, params)
+    if lib is None:
+        from . import alternating
+
+        _fallback("the alternating kernels", reason)
+        return alternating.forward(gx, R, b, s0, cell, reverse, params, save)
+    gx, R, b, s0 = (t.contiguous() for t in (gx, R, b, s0))
+    T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
+    S = s0.shape[0]
+    h = gx.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
+    sT = gx.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
+    f32 = dict(dtype=torch.float32, device=gx.device)
+    states_in = torch.empty((T, S, B, NH, DH) if save else (0,), **f32)  # [T, S, B, NH, DH]
+    rhb = torch.empty((T, B, NH, G, DH) if save else (0,), **f32)  # [T, B, NH, G, DH]
+    _poison(h, sT, states_in, rhb)
+    if B == 0 or NH == 0:
+        return h, sT, states_in, rhb
+    with torch.cuda.device(gx.device):
+        rc = lib.frnn_forward(T, B, NH, int(reverse), _ptr(gx), _ptr(R), _ptr(b), _ptr(s0), _ptr(h), _ptr(sT),
+                              _ptr(states_in) if save else None, _ptr(rhb) if save else None, _stream(gx.device))
+    if rc != 0:
+        raise RuntimeError(f"flashrnn fused_block forward ({cell}): {lib.frnn_error().decode()}")
+    return h, sT, states_in, rhb
+
+
+def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, rhb: Tensor, cell: str,
+             reverse: bool, params) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    if gx.dtype == torch.float64:
+        _fallback("the reference", "no float64 path")
+        return reference.backward(dh, dsT, gx, R, states_in, rhb, cell, reverse)
+    lib, reason = _resolve(cell, gx, params)
+    if lib is None:
+        from . import alternating
+
+        _fallback("the alternating kernels", reason)
+        return alternating.backward(dh, dsT, gx, R, states_in, rhb, cell, reverse, params)
+    T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
+    S = dsT.shape[0]
+    if T > 0 and (states_in.shape != (T, S, B, NH, DH) or rhb.shape != (T, B, NH, G, DH)):
+        raise ValueError(f"fused_block backward: states_in {tuple(states_in.shape)} / rhb {tuple(rhb.shape)}: "
+                         f"expected [T, S, B, NH, DH] = {(T, S, B, NH, DH)} / [T, B, NH, G, DH] (saved by forward)")
+    dh, dsT, gx, R = (t.to(gx.dtype).contiguous() for t in (dh, dsT, gx, R))
+    states_in, rhb = states_in.float().contiguous(), rhb.float().contiguous()
+    dgx = torch.empty(T, B, NH, G, DH, dtype=gx.dtype, device=gx.device)  # [T, B, NH, G, DH]
+    drhb = torch.empty(T, B, NH, G, DH, dtype=torch.float32, device=gx.device)  # [T, B, NH, G, DH]
+    ds0 = torch.empty(S, B, NH, DH, dtype=gx.dtype, device=gx.device)  # [S, B, NH, DH]
+    _poison(dgx, drhb, ds0)
+    if B > 0 and NH > 0:
+        with torch.cuda.device(gx.device):
+            rc = lib.frnn_backward(T, B, NH, int(reverse), _ptr(dh), _ptr(dsT), _ptr(gx), _ptr(R), _ptr(states_in),
+                                   _ptr(rhb), _ptr(dgx), _ptr(drhb), _ptr(ds0), _stream(gx.device))
+        if rc != 0:
+            raise RuntimeError(f"flashrnn fused_block backward ({cell}): {lib.frnn_error().decode()}")
+    # dR [NH, G, DH, DH] = sum over (t, b) of d(rhb) h_in^T; db [NH, G, DH] = sum of d(rhb)
+    acc = torch.float64 if gx.dtype == torch.float32 else torch.float32
+    if T == 0:
+        return dgx, torch.zeros_like(R), torch.zeros(NH, G, DH, dtype=R.dtype, device=R.device), ds0
+    d2 = drhb.to(acc).reshape(T * B, NH, G * DH).permute(1, 2, 0)  # [NH, G*DH, T*B]
+    h_in = states_in[:, 0].to(acc).reshape(T * B, NH, DH).permute(1, 0, 2)  # [NH, T*B, DH]
+    dR = torch.bmm(d2, h_in).reshape(NH, G, DH, DH).to(R.dtype)  # [NH, G, DH, DH]
+    db = drhb.to(acc).sum(dim=(0, 1)).to(R.dtype)  # [NH, G, DH]
+    return dgx, dR, db, ds0

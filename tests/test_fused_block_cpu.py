@@ -1,0 +1,80 @@
+"""fused_block on CPU: configuration checks (a configuration the kernel cannot take is a clear
+error), the per-configuration build (its -D defines reach the library: `frnn_config` reports
+them back), the variant cache, and the fallback to the reference off CUDA."""
+
+from __future__ import annotations
+
+import ctypes
+import warnings
+
+import pytest
+import torch
+
+from flashrnn_compile import build, runtime
+from flashrnn_compile.kernels import fused_block
+from flashrnn_compile.ops import recurrence
+
+P = {"WARPS": 4, "BATCH_TILE": 8, "R_REG_TILES": 2}
+
+
+def test_defines_of_a_plan():
+    d = fused_block.defines("gru", torch.bfloat16, 32, P)
+    assert d == {"FRNN_CELL": "GruCell", "FRNN_DTYPE": 1, "FRNN_DH": 32, "FRNN_WARPS": 4,
+                 "FRNN_BATCH_TILE": 8, "FRNN_R_REG_TILES": 2}
+
+
+@pytest.mark.parametrize("cell,dtype,DH,params,match", [
+    ("lstm", torch.bfloat16, 24, P, "DH=24"),
+    ("lstm", torch.float64, 32, P, "dtype"),
+    ("lstm", torch.bfloat16, 32, {**P, "BATCH_TILE": 12}, "BATCH_TILE=12"),
+    ("lstm", torch.bfloat16, 32, {**P, "WARPS": 0}, "WARPS=0"),
+    ("lstm", torch.bfloat16, 32, {"WARPS": 4}, "missing"),
+    # gru 16: forward 3 row tiles, 1 k-tile; 2 warps cannot split either
+    ("gru", torch.bfloat16, 16, {**P, "WARPS": 2}, "k-tiles"),
+])
+def test_configurations_the_kernel_cannot_take_are_clear_errors(cell, dtype, DH, params, match):
+    with pytest.raises(ValueError, match=match):
+        fused_block.defines(cell, dtype, DH, params)
+
+
+def test_planner_configurations_are_accepted():
+    from flashrnn_compile import planner
+
+    for cell in ("lstm", "gru", "elman_tanh", "slstm"):
+        for NH, DH, B in ((12, 64, 16), (24, 32, 3), (5, 48, 1), (6, 128, 256)):
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                chosen = planner.plan(cell, B, NH, DH, dtype, gpu="h100-sxm", families=("fused_block",))
+                assert chosen.family == "fused_block", chosen.reason
+                fused_block.defines(cell, dtype, DH, chosen.params)  # raises if the kernel cannot take it
+
+
+def test_unavailable_off_cuda():
+    assert "CUDA device" in fused_block.unavailable(torch.device("cpu"))
+
+
+def test_cpu_plan_falls_back_to_reference():
+    gx = torch.randn(3, 2, 1, 4, 16)  # [T, B, NH, G, DH]
+    R, b, s0 = torch.randn(1, 4, 16, 16) * 0.1, torch.zeros(1, 4, 16), torch.zeros(2, 2, 1, 16)
+    plan = runtime.plan_json("fused_block", P)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        h, sT = recurrence(gx, R, b, s0, cell="lstm", plan=plan)
+    h_ref, sT_ref = recurrence(gx, R, b, s0, cell="lstm")
+    assert torch.equal(h, h_ref) and torch.equal(sT, sT_ref)
+    assert any("fused_block" in str(w.message) for w in caught)
+
+
+@pytest.mark.skipif(build.find_nvcc() is None, reason="needs nvcc to build a variant")
+def test_variant_build_carries_its_defines_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    defs = fused_block.defines("elman_tanh", torch.float16, 16, {"WARPS": 1, "BATCH_TILE": 8, "R_REG_TILES": 1})
+    path = build.ensure_variant(fused_block.SOURCE, defs, ["9.0"])
+    assert build.ensure_variant(fused_block.SOURCE, defs, ["9.0"]) == path  # cached: same entry
+    out = (ctypes.c_int * 9)()
+    ctypes.CDLL(str(path)).frnn_config(out)
+    G, S, DH, W, BT, RREG, code, fwd_smem, bwd_smem = out
+    assert (G, S, DH, W, BT, RREG, code) == (1, 1, 16, 1, 8, 1, 2)
+    # no R in shared memory (1 fragment, in registers); h in 2 fp16 pieces [2][8][16 + 8]; gates fp32 [8][16 + 4]
+    assert fwd_smem == 2 * 8 * 24 * 2 + 8 * 20 * 4
+    other = dict(defs, FRNN_DH=32)
+    assert build.variant_key(fused_block.SOURCE, other, ["9.0"]) != build.variant_key(fused_block.SOURCE, defs, ["9.0"])
