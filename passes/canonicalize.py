@@ -44,6 +44,18 @@ _NOT_MOVABLE = {
 }
 
 
+# Nodes that switch grad mode or autocast for what follows them.
+GLOBAL_STATE = {
+    torch._C._set_grad_enabled, torch.amp.autocast_mode._enter_autocast,
+    torch.amp.autocast_mode._exit_autocast, torch.autograd.grad_mode._enter_inference_mode,
+    torch.autograd.grad_mode._exit_inference_mode,
+}
+
+
+def changes_global_state(node: Node) -> bool:
+    return node.op == "call_function" and node.target in GLOBAL_STATE
+
+
 def _movable(node: Node) -> bool:
     if node.op not in ("call_function", "call_method"):
         return False
@@ -102,6 +114,8 @@ def hoist_invariants(graph: torch.fx.Graph) -> int:
     for node in nodes:
         if node.op in ("placeholder", "output"):
             continue
+        if changes_global_state(node):
+            break  # nothing moves across a grad-mode or autocast switch
         inputs = node.all_input_nodes
         if node.op != "get_attr" and (not all(a in weights for a in inputs) or not _movable(node)):
             continue

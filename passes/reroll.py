@@ -42,7 +42,7 @@ from ._step_match import (
     Windows, components, core_positions, find_regions, isomorphic_windows, label, state_positions,
     time_slice, verify, weight_nodes,
 )
-from .canonicalize import CELL_OPS, contains_cell_op
+from .canonicalize import CELL_OPS, changes_global_state, contains_cell_op
 
 Node = torch.fx.Node
 MAX_REGIONS = 64
@@ -163,6 +163,8 @@ def _rewrite(graph, win: Windows, core: List[int], source: str, ctx) -> bool:
     if not isomorphic_windows(win, core):
         raise Refused("the loop bodies are not isomorphic")
     K = len(win.windows)
+    if any(changes_global_state(n) for w in win.windows for n in w):
+        raise Refused("grad mode or autocast changes inside the loop body")
     impure = [win.windows[1][p].name for p in core if win.windows[1][p].is_impure()]
     if impure:
         raise Refused(f"the step has side effects ({', '.join(impure)})")

@@ -48,6 +48,7 @@ def _inputs(name, gen):
         "DataDependentLoop": lambda: (r(*TBI),),
         "BidirectionalElmanHand": lambda: (r(*TBI),),
         "AttentionInLoop": lambda: (r(*TBI), r(G.B, 4, G.I)),
+        "NoGradInLoop": lambda: (r(*TBI),),
     }[name]()
 
 
@@ -74,6 +75,7 @@ GALLERY = {
     "DataDependentLoop": (_stats(), None),
     "BidirectionalElmanHand": (_stats(handwritten=2), "elman_tanh"),
     "AttentionInLoop": (_stats(rejected=1), None),
+    "NoGradInLoop": (_stats(rejected=1), None),
 }
 
 HEADS = {"MultiHeadLSTMEinsum": G.NH, "MultiHeadGRUBmm": G.NH}
