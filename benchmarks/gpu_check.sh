@@ -6,7 +6,8 @@
 # bench_fused_block (fused_block vs alternating vs cuDNN); a summary table last.
 # Logs go to $OUT (default: a temp dir). Usage: bash benchmarks/gpu_check.sh
 # Env: TESTS (pytest paths, default tests/gpu), SKIP_ALTERNATING=1 (no alternating build, bench or
-# tests: only the fused_block steps).
+# tests: only the fused_block steps), ALT_CHECKS=0 (build the alternating kernels, for the fused
+# bench's side-by-side row, but skip their memcheck and bench_alternating).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
@@ -15,11 +16,27 @@ PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
 # the checkout itself, installed or not (flashrnn_compile.build finds csrc/ in the checkout)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# setup.py maps flashrnn_compile.passes -> passes/ and flashrnn_compile.csrc -> csrc/; without an
+# install, a sitecustomize finder does the same mapping for every Python process of this script
+SHIM="$(mktemp -d)"
+cat >"$SHIM/sitecustomize.py" <<PYEOF
+import importlib.abc, importlib.util, os, sys
+_MAP = {"flashrnn_compile.passes": "$PWD/passes", "flashrnn_compile.csrc": "$PWD/csrc"}
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name in _MAP:
+            return importlib.util.spec_from_file_location(name, os.path.join(_MAP[name], "__init__.py"),
+                                                          submodule_search_locations=[_MAP[name]])
+        return None
+sys.meta_path.append(_Finder())
+PYEOF
+export PYTHONPATH="$SHIM:$PYTHONPATH"
 CARD="$("$PY" -c 'import torch; print(torch.cuda.get_device_name())')"
 export TORCH_EXTENSIONS_DIR="$(mktemp -d)"   # a cold cache: the first build is timed
 secs() { "$PY" -c "import time; print(f'{time.time() - $1:.1f}')"; }
 
 SKIP_ALT="${SKIP_ALTERNATING:-0}"
+ALT_CHECKS="${ALT_CHECKS:-1}"
 TESTS="${TESTS:-tests/gpu}"
 # fused_block variants built ahead (same sources: same cache keys) go into the fresh cache
 if [ -d build/fused_cache/flashrnn_compile/variants ]; then
@@ -50,7 +67,7 @@ grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -40
 tail -n 12 "$OUT/pytest.log"
 
 mc_rc=skipped; mtime=0
-if [ "$SKIP_ALT" != 1 ]; then
+if [ "$SKIP_ALT" != 1 ] && [ "$ALT_CHECKS" != 0 ]; then
 t=$(date +%s.%N)
 timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tests/gpu/memcheck_small.py >"$OUT/memcheck.log" 2>&1
 mc_rc=$?
@@ -59,7 +76,7 @@ tail -n 4 "$OUT/memcheck.log"
 fi
 
 bench_rc=skipped
-if [ "$SKIP_ALT" != 1 ]; then
+if [ "$SKIP_ALT" != 1 ] && [ "$ALT_CHECKS" != 0 ]; then
 timeout 240 "$PY" benchmarks/bench_alternating.py --out "$OUT/bench.json" >"$OUT/bench.log" 2>&1
 bench_rc=$?
 fi
@@ -74,6 +91,11 @@ timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tests/gp
 frc_rc=$?
 frtime=$(secs "$t")
 tail -n 3 "$OUT/fused_racecheck.log"
+if [ "${PROFILE:-0}" = 1 ] && command -v ncu >/dev/null; then  # stall reasons of one fwd + bwd kernel
+  timeout 120 ncu --section SpeedOfLight --section WarpStateStats -k regex:"forward_kernel|backward_kernel" -c 2 \
+    "$PY" benchmarks/profile_fused.py >"$OUT/fused_ncu.log" 2>&1
+  grep -E "forward_kernel|backward_kernel|Duration|Stall|Warp Cycles|Issue|Compute \(SM\)|Memory Throughput" "$OUT/fused_ncu.log" | head -40
+fi
 ALT_FLAG=""; [ "$SKIP_ALT" = 1 ] && ALT_FLAG="--no-alternating"
 timeout 300 "$PY" benchmarks/bench_fused_block.py $ALT_FLAG --out "$OUT/fused_bench.json" >"$OUT/fused_bench.log" 2>&1
 fbench_rc=$?

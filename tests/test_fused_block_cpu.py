@@ -42,10 +42,19 @@ def test_planner_configurations_are_accepted():
 
     for cell in ("lstm", "gru", "elman_tanh", "slstm"):
         for NH, DH, B in ((12, 64, 16), (24, 32, 3), (5, 48, 1), (6, 128, 256)):
-            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            for dtype in (torch.bfloat16, torch.float16):
                 chosen = planner.plan(cell, B, NH, DH, dtype, gpu="h100-sxm", families=("fused_block",))
                 assert chosen.family == "fused_block", chosen.reason
                 fused_block.defines(cell, dtype, DH, chosen.params)  # raises if the kernel cannot take it
+
+
+def test_float32_is_refused_by_the_kernel_and_the_planner():
+    from flashrnn_compile import planner
+
+    with pytest.raises(ValueError, match="float32"):
+        fused_block.defines("lstm", torch.float32, 64, P)
+    chosen = planner.plan("lstm", 16, 12, 64, torch.float32, gpu="h100-sxm")
+    assert chosen.family != "fused_block", chosen
 
 
 def test_unavailable_off_cuda():

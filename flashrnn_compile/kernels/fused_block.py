@@ -10,8 +10,8 @@ its own small CUDA library (csrc/fused/fused_block.cu built with -D defines by
 `build.ensure_variant`, cached), called through ctypes on the current stream. dR and db are one
 GEMM / sum over the d(rhb) the backward kernel writes (float32; float64 for float32 inputs).
 
-A configuration the kernel cannot take (DH not a multiple of 16, warps that do not divide the row
-tiles, ...) raises ValueError naming the parameter; one whose shared memory exceeds the device's
+bfloat16 and float16 only (float32 raises: see TAKES). A configuration the kernel cannot take (DH not
+a multiple of 16, warps that do not divide the row tiles, ...) raises ValueError naming the parameter; one whose shared memory exceeds the device's
 runs the alternating family instead, with one warning. float64 runs the reference (one warning).
 """
 
@@ -31,7 +31,11 @@ Tensor = torch.Tensor
 
 POISON = os.environ.get("FLASHRNN_POISON", "") not in ("", "0")
 SOURCE = "fused/fused_block.cu"
-DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
+# dtypes the family takes: the float32 path (3 bf16 pieces on the tensor cores) measured up to 3x
+# PyTorch's float32 error on the H100 (ds0 at T=1), over the 2x bound; it stays compilable for
+# experiments (FLASHRNN_FUSED_FP32=1) but the planner (fused_block.cint) and this module refuse it
+TAKES = (torch.bfloat16, torch.float16) + ((torch.float32,) if os.environ.get("FLASHRNN_FUSED_FP32") == "1" else ())
 
 _LIBS: Dict[str, ctypes.CDLL] = {}
 _BUILD_FAILURE: Dict[str, str] = {}
@@ -61,8 +65,9 @@ def _gcd(a: int, b: int) -> int:
 def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]:
     """The -D defines of one configuration; ValueError naming the parameter it cannot take."""
     spec = get_cell(cell)
-    if dtype not in DTYPE_CODES:
-        raise ValueError(f"fused_block: dtype: expected float32, bfloat16 or float16, got {dtype}")
+    if dtype not in TAKES:
+        raise ValueError(f"fused_block: dtype: expected bfloat16 or float16, got {dtype} (float32: the "
+                         "tensor-core path is not within 2x PyTorch's float32 error; the planner sends it elsewhere)")
     missing = [k for k in ("WARPS", "BATCH_TILE", "R_REG_TILES") if k not in params]
     if missing:
         raise ValueError(f"fused_block: params: expected WARPS, BATCH_TILE and R_REG_TILES, missing {missing}")
