@@ -92,7 +92,7 @@ frc_rc=$?
 frtime=$(secs "$t")
 tail -n 3 "$OUT/fused_racecheck.log"
 if [ "${PROFILE:-0}" = 1 ] && command -v ncu >/dev/null; then  # stall reasons of one fwd + bwd kernel
-  timeout 120 ncu --section SpeedOfLight --section WarpStateStats -k regex:"forward_kernel|backward_kernel" -c 2 \
+  timeout 60 ncu --section SpeedOfLight --section WarpStateStats -k regex:"forward_kernel|backward_kernel" -c 2 \
     "$PY" benchmarks/profile_fused.py >"$OUT/fused_ncu.log" 2>&1
   grep -E "forward_kernel|backward_kernel|Duration|Stall|Warp Cycles|Issue|Compute \(SM\)|Memory Throughput" "$OUT/fused_ncu.log" | head -40
 fi
