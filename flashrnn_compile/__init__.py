@@ -7,7 +7,7 @@ hand-written cells), replaces it by one call of the core op `torch.ops.flashrnn.
 with a kernel plan from the ConstrINT planner, and hands the rest to Inductor.
 """
 
-from . import ops  # noqa: F401  (registers torch.ops.flashrnn.*)
+from . import aten_rnn, ops  # noqa: F401  (register torch.ops.flashrnn.*)
 from .backend import flashrnn_backend
 from .cells import CELLS, get_cell
 from .context import reports, reset_stats, stats

@@ -10,6 +10,8 @@ import torch.fx
 
 Node = torch.fx.Node
 
+REWRITTEN = "flashrnn_rewritten"  # node.meta key on every emitted node: which pass emitted it
+
 
 def example_value(node) -> Optional[torch.Tensor]:
     """The fake tensor Dynamo recorded for `node` (None for non-tensor values)."""

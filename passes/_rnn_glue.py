@@ -33,10 +33,9 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
-from ._common import emit_recurrence, example_value
+from ._common import REWRITTEN, emit_recurrence, example_value
 
 Node = torch.fx.Node
-REWRITTEN = "flashrnn_rewritten"  # node.meta key on every emitted node: which pass emitted it
 
 
 @dataclasses.dataclass

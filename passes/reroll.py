@@ -36,7 +36,7 @@ from flashrnn_compile.context import Rewrite, choose_plan, user_code
 
 from . import _affine
 from ._common import emit_recurrence, example_value
-from ._rnn_glue import REWRITTEN
+from ._common import REWRITTEN
 from ._derive import Refused, build_template, derive
 from ._step_match import (
     Windows, components, core_positions, find_regions, isomorphic_windows, label, state_positions,

@@ -31,8 +31,9 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from flashrnn_compile.cells import get_cell
 from flashrnn_compile.context import Rewrite, choose_plan, user_code
+from flashrnn_compile.planner import Plan
 
-from ._common import example_value
+from ._common import REWRITTEN, example_value
 from ._rnn_glue import Builder, LayerWeights, RnnCall, emit_rnn
 
 Node = torch.fx.Node
@@ -194,27 +195,16 @@ def _rewrite(gm: torch.fx.GraphModule, node: Node, op: RnnOp, ctx) -> Optional[s
     device = xv.device
     T, B = (xv.shape[1], xv.shape[0]) if call.batch_first else (xv.shape[0], xv.shape[1])
     outs = node.meta["example_value"]
-    plan = choose_plan(ctx, call.cell, _hint(B), 1, call.hidden, call.dtype, device)
-    save = any(v.requires_grad for v in outs)  # inference graphs keep no states
-    fake_mode = getattr(xv, "fake_mode", None)
-    if fake_mode is None:
-        return "the example values are not fake tensors (no fake mode to check the rewrite in)"
-    bld = Builder(gm.graph, node, fake_mode, device.type)
-    try:
-        results = emit_rnn(
-            bld, call, plan=plan.op_arg(), save=save, disable_autocast=_autocast_around(gm, node, device.type)
-        )
-    except Exception as e:  # noqa: BLE001  (the graph goes back to what the user wrote)
-        bld.remove_all()
-        return f"internal: building the rewrite failed ({type(e).__name__}: {e})"
-    bad = [i for i, (r, o) in enumerate(zip(results, outs)) if not _same_meta(example_value(r), o)]
-    if bad or len(results) != len(outs):
-        bld.remove_all()
-        return f"internal: the rewrite's output(s) {bad} differ in shape or dtype from the call's"
-    for u in users:
-        u.replace_all_uses_with(results[u.args[1]])
-        gm.graph.erase_node(u)
-    gm.graph.erase_node(node)
+    autocast = _autocast_around(gm, node, device.type)
+    if _aten_is_faster(ctx, call, device, autocast):
+        plan = _ATEN_PLAN
+        node.target, node.args = torch.ops.flashrnn.aten_rnn.default, _aten_args(node)
+        node.meta[REWRITTEN] = SOURCE
+    else:
+        plan = choose_plan(ctx, call.cell, _hint(B), 1, call.hidden, call.dtype, device)
+        reason = _emit(gm, node, call, plan, outs, device, autocast)
+        if reason is not None:
+            return reason
     ctx.rewrote(
         Rewrite(
             source=SOURCE,
@@ -230,6 +220,56 @@ def _rewrite(gm: torch.fx.GraphModule, node: Node, op: RnnOp, ctx) -> Optional[s
             user_code=user_code([node]),
         )
     )
+    return None
+
+
+# On the CPU, ATen's C++ loop beats the reference's Python loop: keep ATen's kernel, wrapped whole
+# in flashrnn::aten_rnn so AOTAutograd does not unroll it (DESIGN: never slower than eager).
+_ATEN_PLAN = Plan(
+    "aten", {}, "on cpu ATen's own RNN kernel is faster than the reference: kept, wrapped in one "
+    "opaque op so AOTAutograd does not unroll it (options plan='reference' rewrites it instead)"
+)
+
+
+def _aten_is_faster(ctx, call: RnnCall, device: torch.device, autocast: bool) -> bool:
+    train_dropout = call.train and call.layers > 1 and (isinstance(call.dropout, Node) or call.dropout > 0)
+    return (
+        ctx.options.plan == "auto"
+        and device.type == "cpu"
+        and not autocast
+        and not train_dropout  # the backward's recomputation would draw new dropout masks
+        and call.dtype in (torch.float32, torch.float64)
+    )
+
+
+def _aten_args(node: Node) -> tuple:
+    x, hx, params, *flags = node.args
+    hx = list(hx) if isinstance(hx, (list, tuple)) else [hx]
+    has_biases, layers, dropout, *rest = flags
+    return (node.target.__name__, x, hx, list(params), has_biases, layers, float(dropout), *rest)
+
+
+def _emit(gm, node: Node, call: RnnCall, plan, outs, device, autocast: bool) -> Optional[str]:
+    """Replace `node` by the core-op glue; the reason when it cannot be done."""
+    users = list(node.users)
+    save = any(v.requires_grad for v in outs)  # inference graphs keep no states
+    fake_mode = getattr(example_value(call.x), "fake_mode", None)
+    if fake_mode is None:
+        return "the example values are not fake tensors (no fake mode to check the rewrite in)"
+    bld = Builder(gm.graph, node, fake_mode, device.type)
+    try:
+        results = emit_rnn(bld, call, plan=plan.op_arg(), save=save, disable_autocast=autocast)
+    except Exception as e:  # noqa: BLE001  (the graph goes back to what the user wrote)
+        bld.remove_all()
+        return f"internal: building the rewrite failed ({type(e).__name__}: {e})"
+    bad = [i for i, (r, o) in enumerate(zip(results, outs)) if not _same_meta(example_value(r), o)]
+    if bad or len(results) != len(outs):
+        bld.remove_all()
+        return f"internal: the rewrite's output(s) {bad} differ in shape or dtype from the call's"
+    for u in users:
+        u.replace_all_uses_with(results[u.args[1]])
+        gm.graph.erase_node(u)
+    gm.graph.erase_node(node)
     return None
 
 

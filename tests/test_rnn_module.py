@@ -110,7 +110,7 @@ def train_side_by_side(mod, make_args, inner, steps=5, lr=0.02):
     comparison about the implementation, not the trajectory's sensitivity."""
     eager = mod
     ours = copy.deepcopy(mod)
-    compiled = torch.compile(ours, backend="flashrnn", options={"inner": inner})
+    compiled = torch.compile(ours, backend="flashrnn", options={"inner": inner, "plan": "reference"})
     opt_e = torch.optim.SGD(eager.parameters(), lr=lr)
     opt_c = torch.optim.SGD(ours.parameters(), lr=lr)
     reset_stats()
@@ -228,7 +228,7 @@ def test_dropout_train_statistics():
     mod = make_rnn("lstm", I=4, H=8, num_layers=2, dropout=0.5)
     B = 4000
     x = torch.randn(3, 1, 4).expand(3, B, 4).contiguous()  # [T, B, I], one sequence B times
-    compiled = torch.compile(copy.deepcopy(mod), backend="flashrnn", options={"inner": "aot_eager"})
+    compiled = torch.compile(copy.deepcopy(mod), backend="flashrnn", options={"inner": "aot_eager", "plan": "reference"})
     with torch.no_grad():
         out_e = mod(x)[0][-1]  # [B, H]
         out_c = compiled(x)[0][-1]  # [B, H]
@@ -240,7 +240,7 @@ def test_dropout_train_statistics():
     ratio = out_c.std(0) / out_e.std(0)
     assert ((ratio > 0.85) & (ratio < 1.15)).all(), ratio
     mod.eval()
-    compiled_eval = torch.compile(copy.deepcopy(mod), backend="flashrnn", options={"inner": "aot_eager"})
+    compiled_eval = torch.compile(copy.deepcopy(mod), backend="flashrnn", options={"inner": "aot_eager", "plan": "reference"})
     with torch.no_grad():
         assert_close(compiled_eval(x)[0], mod(x)[0], "eval mode")
 
@@ -278,7 +278,7 @@ def test_low_precision(case):
     base = make_rnn(kind, I=8, H=16, **kw)
     args64 = make_inputs(base, 12, 4, hx=True, dtype=torch.float64)
     mod64, mod_low, ours = copy.deepcopy(base).double(), copy.deepcopy(base).to(dtype), copy.deepcopy(base).to(dtype)
-    compiled = torch.compile(ours, backend="flashrnn", options={"inner": "aot_eager"})
+    compiled = torch.compile(ours, backend="flashrnn", options={"inner": "aot_eager", "plan": "reference"})
     args_low = cast_args(args64, dtype)
     ref = _run_with_grads(mod64, mod64, detach_like(args64))
     eager = _run_with_grads(mod_low, mod_low, detach_like(args_low))
@@ -307,7 +307,7 @@ def test_autocast_ambient(kind):
     base = make_rnn(kind, I=8, H=16, num_layers=2, bidirectional=True)
     args = make_inputs(base, 10, 3, hx=True)
     mod64, eager, ours = copy.deepcopy(base).double(), copy.deepcopy(base), copy.deepcopy(base)
-    compiled = torch.compile(ours, backend="flashrnn", options={"inner": "aot_eager"})
+    compiled = torch.compile(ours, backend="flashrnn", options={"inner": "aot_eager", "plan": "reference"})
     ref = _run_with_grads(mod64, mod64, detach_like(cast_args(args, torch.float64)))
     want = _autocast_run(eager, eager, detach_like(args), True)
     got = _autocast_run(compiled, ours, detach_like(args), True)
@@ -333,7 +333,7 @@ def test_autocast_lstm():
     base = make_rnn("lstm", I=8, H=16, num_layers=2, bidirectional=True)
     args = make_inputs(base, 10, 3, hx=True)
     mod64, eager, ours = copy.deepcopy(base).double(), copy.deepcopy(base), copy.deepcopy(base)
-    compiled = torch.compile(ours, backend="flashrnn", options={"inner": "aot_eager"})
+    compiled = torch.compile(ours, backend="flashrnn", options={"inner": "aot_eager", "plan": "reference"})
     ref = _run_with_grads(mod64, mod64, detach_like(cast_args(args, torch.float64)))
     with torch.backends.mkldnn.flags(enabled=False):
         want = _autocast_run(eager, eager, detach_like(args), True)
@@ -354,7 +354,7 @@ def test_autocast_in_graph():
         return head(y.float())
 
     x = torch.randn(10, 3, 8)
-    compiled = torch.compile(fn, backend="flashrnn", options={"inner": "aot_eager"})
+    compiled = torch.compile(fn, backend="flashrnn", options={"inner": "aot_eager", "plan": "reference"})
     got, want = compiled(x), fn(x)
     with torch.no_grad():
         rnn64, head64 = copy.deepcopy(rnn).double(), copy.deepcopy(head).double()
@@ -376,7 +376,7 @@ def test_packed_sequence_node_refused():
     g.output(tuple(g.call_function(operator.getitem, (call, i)) for i in range(3)))
     gm = torch.fx.GraphModule({}, g)
     before = gm.code
-    ctx = PassContext(BackendOptions(inner="eager"))
+    ctx = PassContext(BackendOptions(inner="eager", plan="reference"))
     gm = rnn_module_pass(gm, ctx)
     assert gm.code == before and not ctx.rewrites
     assert len(ctx.refusals) == 1 and "PackedSequence" in ctx.refusals[0].reason
@@ -391,7 +391,7 @@ def test_no_example_values_refused():
     g.output(tuple(g.call_function(operator.getitem, (call, i)) for i in range(2)))
     gm = torch.fx.GraphModule({}, g)
     before = gm.code
-    ctx = PassContext(BackendOptions(inner="eager"))
+    ctx = PassContext(BackendOptions(inner="eager", plan="reference"))
     gm = rnn_module_pass(gm, ctx)
     assert gm.code == before and not ctx.rewrites
     assert len(ctx.refusals) == 1 and "example values" in ctx.refusals[0].reason
@@ -401,7 +401,7 @@ def _captured_graph(fn, *args):
     graphs = []
 
     def capture(gm, example_inputs):
-        gm = rnn_module_pass(gm, PassContext(BackendOptions(inner="eager")))
+        gm = rnn_module_pass(gm, PassContext(BackendOptions(inner="eager", plan="reference")))
         gm.recompile()
         graphs.append(gm)
         return gm.forward
@@ -438,7 +438,7 @@ def test_packed_sequence_end_to_end():
         return pad_packed_sequence(out)[0], h, c
 
     x, lengths = torch.randn(6, 3, 3), torch.tensor([6, 2, 4])
-    got = torch.compile(fn, backend="flashrnn", options={"inner": "aot_eager"})(x, lengths)
+    got = torch.compile(fn, backend="flashrnn", options={"inner": "aot_eager", "plan": "reference"})(x, lengths)
     for a, b in zip(got, fn(x, lengths)):
         assert torch.equal(a, b)
     assert module_counts() == (0, 0)
@@ -471,7 +471,7 @@ def test_several_modules_one_graph():
     graphs = []
 
     def capture(gm, example_inputs):
-        fn = flashrnn_backend(gm, example_inputs, options={"inner": "aot_eager"})
+        fn = flashrnn_backend(gm, example_inputs, options={"inner": "aot_eager", "plan": "reference"})
         graphs.append(gm)
         return fn
 
@@ -525,7 +525,7 @@ def test_recompiles_t_and_b(kind, hx):
     n_eager, want = _count_graphs(mod, lambda gm, ex: gm.forward, shapes, hx)
     reset_stats()
     n_ours, got = _count_graphs(
-        mod, lambda gm, ex: flashrnn_backend(gm, ex, options={"inner": "aot_eager"}), shapes, hx
+        mod, lambda gm, ex: flashrnn_backend(gm, ex, options={"inner": "aot_eager", "plan": "reference"}), shapes, hx
     )
     assert n_ours <= n_eager, (n_ours, n_eager)
     assert module_counts() == (n_ours, 0)

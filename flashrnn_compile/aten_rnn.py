@@ -1,0 +1,102 @@
+"""`flashrnn::aten_rnn`: ATen's own RNN kernel behind an opaque custom op (the CPU plan).
+
+On the CPU, ATen's nn.LSTM/GRU/RNN loop in C++ beats the core op's reference (a Python loop), so
+the module pass keeps ATen's kernel there. It still wraps the call in this op, because AOTAutograd
+would otherwise decompose `torch.lstm` into T unrolled steps (compile time growing with T, and
+Inductor then compiling them all). Forward: the very ATen call the user's module makes. Backward:
+the vjp of that call (one recomputation of the forward in ATen, then its autograd), so results and
+gradients are eager's own.
+
+    aten_rnn(mode, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+        mode: "lstm" | "gru" | "rnn_tanh" | "rnn_relu"; hx: [h0] or [h0, c0] (lstm); params: the
+        module's flat weights. -> [output, h_n] or [output, h_n, c_n] (lstm)
+
+Not for training-mode dropout between layers (the recomputation would draw new masks): the pass
+does not use it there.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+
+Tensor = torch.Tensor
+
+_ATEN = {"lstm": torch.lstm, "gru": torch.gru, "rnn_tanh": torch.rnn_tanh, "rnn_relu": torch.rnn_relu}
+
+
+def _call(mode, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    if mode not in _ATEN:
+        raise ValueError(f"mode: expected one of {sorted(_ATEN)}, got {mode!r}")
+    h = tuple(hx) if mode == "lstm" else hx[0]
+    out = _ATEN[mode](x, h, list(params), has_biases, num_layers, dropout, train, bidirectional, batch_first)
+    return [t.clone() if any(t is a for a in (x, *hx, *params)) else t for t in out]
+
+
+@torch.library.custom_op("flashrnn::aten_rnn", mutates_args=())
+def aten_rnn(
+    mode: str,
+    x: Tensor,
+    hx: List[Tensor],
+    params: List[Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+    batch_first: bool,
+) -> List[Tensor]:
+    return _call(mode, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+
+
+@aten_rnn.register_fake
+def _(mode, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    return _call(mode, x, hx, params, has_biases, num_layers, 0.0, False, bidirectional, batch_first)
+
+
+@torch.library.custom_op("flashrnn::aten_rnn_backward", mutates_args=())
+def aten_rnn_backward(
+    grads: List[Tensor],
+    mode: str,
+    x: Tensor,
+    hx: List[Tensor],
+    params: List[Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    train: bool,
+    bidirectional: bool,
+    batch_first: bool,
+) -> List[Tensor]:
+    """[dx, *dhx, *dparams]: the vjp of ATen's call (opaque, so AOTAutograd does not unroll it)."""
+    flags = (has_biases, num_layers, dropout, train, bidirectional, batch_first)
+    # oneDNN's LSTM backward cannot run under torch.func's transform: recompute on ATen's native path
+    with torch.backends.mkldnn.flags(enabled=False):
+        _, vjp = torch.func.vjp(lambda x, hx, params: _call(mode, x, hx, params, *flags), x, list(hx), list(params))
+        dx, dhx, dparams = vjp(list(grads))
+    return [dx, *dhx, *dparams]
+
+
+@aten_rnn_backward.register_fake
+def _(grads, mode, x, hx, params, *flags):
+    return [torch.empty_like(t) for t in (x, *hx, *params)]
+
+
+def _setup_context(ctx, inputs, output):
+    mode, x, hx, params, *flags = inputs
+    ctx.mode, ctx.flags = mode, flags
+    ctx.n_hx = len(hx)
+    ctx.save_for_backward(x, *hx, *params, *output)
+
+
+def _backward(ctx, grads):
+    x, *rest = ctx.saved_tensors
+    n_params = len(rest) - ctx.n_hx - len(grads)
+    hx, params, outs = rest[: ctx.n_hx], rest[ctx.n_hx : ctx.n_hx + n_params], rest[ctx.n_hx + n_params :]
+    cotangents = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, grads)]
+    d = torch.ops.flashrnn.aten_rnn_backward(cotangents, ctx.mode, x, list(hx), list(params), *ctx.flags)
+    return None, d[0], d[1 : 1 + ctx.n_hx], d[1 + ctx.n_hx :], None, None, None, None, None, None
+
+
+aten_rnn.register_autograd(_backward, setup_context=_setup_context)
