@@ -55,9 +55,10 @@ def flashrnn_backend(
 ) -> Callable:
     opts = context.BackendOptions.from_dict(options)
     ctx = context.PassContext(opts, example_inputs)
-    before = debug.readable(gm) if opts.dump_dir else None
+    if opts.dump_dir:
+        before, before_counts = debug.readable(gm), debug.op_counts(gm)
     gm = run_passes(gm, ctx)
     context.count(ctx)
     if opts.dump_dir:
-        debug.dump(opts.dump_dir, before, gm, ctx)
+        debug.dump(opts.dump_dir, before, before_counts, gm, ctx)
     return _inner_compile(opts.inner, gm, example_inputs, mode)
