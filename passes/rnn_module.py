@@ -183,6 +183,12 @@ def _same_meta(new: Optional[torch.Tensor], old: torch.Tensor) -> bool:
     )
 
 
+def _meta_text(t: Optional[torch.Tensor]) -> str:
+    if t is None:
+        return "no value"
+    return f"{t.dtype} {tuple(t.shape)} strides {tuple(t.stride())} on {t.device}"
+
+
 def _rewrite(gm: torch.fx.GraphModule, node: Node, op: RnnOp, ctx) -> Optional[str]:
     """Rewrite one node; returns the reason when it is left as written."""
     users = list(node.users)
@@ -265,7 +271,8 @@ def _emit(gm, node: Node, call: RnnCall, plan, outs, device, autocast: bool) -> 
     bad = [i for i, (r, o) in enumerate(zip(results, outs)) if not _same_meta(example_value(r), o)]
     if bad or len(results) != len(outs):
         bld.remove_all()
-        return f"internal: the rewrite's output(s) {bad} differ in shape or dtype from the call's"
+        detail = "; ".join(f"[{i}] ours {_meta_text(example_value(results[i]))} vs {_meta_text(outs[i])}" for i in bad)
+        return f"internal: the rewrite's output(s) {bad} differ in shape, dtype or strides from the call's ({detail})"
     for u in users:
         u.replace_all_uses_with(results[u.args[1]])
         gm.graph.erase_node(u)
