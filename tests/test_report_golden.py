@@ -12,7 +12,6 @@ import expecttest
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import flashrnn_compile
 from flashrnn_compile.context import SOURCES
@@ -31,28 +30,6 @@ class Encoder(nn.Module):
     def forward(self, x):  # x [T, B, I]
         y, _ = self.lstm(x)
         return y.sum()
-
-
-class HandGRU(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.W, self.U = nn.Parameter(torch.randn(18, 5) * 0.4), nn.Parameter(torch.randn(18, 6) * 0.4)
-        self.bi, self.bh = nn.Parameter(torch.zeros(18)), nn.Parameter(torch.zeros(18))
-
-    def forward(self, x):  # x [B, T, I]
-        h = x.new_zeros(x.shape[0], 6)
-        outs = []
-        for t in range(x.shape[1]):
-            gi = F.linear(x[:, t], self.W, self.bi)
-            gh = F.linear(h, self.U, self.bh)
-            i_r, i_z, i_n = gi.chunk(3, 1)
-            h_r, h_z, h_n = gh.chunk(3, 1)
-            r = torch.sigmoid(i_r + h_r)
-            z = torch.sigmoid(i_z + h_z)
-            n = torch.tanh(i_n + r * h_n)
-            h = (1 - z) * n + z * h
-            outs.append(h)
-        return torch.stack(outs, 1)
 
 
 def _report_md(model, *inputs, tmp_path):
@@ -80,7 +57,7 @@ class TestGoldenReports(expecttest.TestCase):
 
 | source | cell | layers x dirs | T | B | NH x DH | dtype | plan | where |
 |---|---|---|---|---|---|---|---|---|
-| module | lstm | 2 x 2 | 4 | 3 | 1 x 6 | float32 | aten: on cpu ATen's own RNN kernel is faster than the reference: kept, wrapped in one opaque op so AOTAutograd does not unroll it (options plan='reference' rewrites it instead) | tests/test_report_golden.py:32 |
+| module | lstm | 2 x 2 | 4 | 3 | 1 x 6 | float32 | aten: on cpu ATen's own RNN kernel is faster than the reference: kept, wrapped in one opaque op so AOTAutograd does not unroll it (options plan='reference' rewrites it instead) | tests/test_report_golden.py:31 |
 
 ## The graph, before and after
 
@@ -96,7 +73,7 @@ class TestGoldenReports(expecttest.TestCase):
 
     def test_hand_written_gru(self):
         torch.manual_seed(0)
-        text = _report_md(HandGRU(), torch.randn(3, 4, 5), tmp_path=self.tmp_path)
+        text = _report_md(G.GRUHand(), torch.randn(G.B, G.T, G.I), tmp_path=self.tmp_path)
         self.assertExpectedInline(text, """\
 # flashrnn rewrite report
 
@@ -106,36 +83,36 @@ class TestGoldenReports(expecttest.TestCase):
 
 | source | cell | layers x dirs | T | B | NH x DH | dtype | plan | where |
 |---|---|---|---|---|---|---|---|---|
-| handwritten | gru | 1 x 1 | 4 | 3 | 1 x 6 | float32 | reference: tensors on cpu: no CUDA kernel applies | tests/test_report_golden.py:46, tests/test_report_golden.py:47, tests/test_report_golden.py:48, tests/test_report_golden.py:49, tests/test_report_golden.py:50, tests/test_report_golden.py:51, tests/test_report_golden.py:52, tests/test_report_golden.py:53 |
+| handwritten | gru | 1 x 1 | 7 | 3 | 1 x 6 | float32 | reference: tensors on cpu: no CUDA kernel applies | tests/test_reroll_models.py:193, tests/test_reroll_models.py:194, tests/test_reroll_models.py:195, tests/test_reroll_models.py:196, tests/test_reroll_models.py:197, tests/test_reroll_models.py:198, tests/test_reroll_models.py:199, tests/test_reroll_models.py:200 |
 
 ## The graph, before and after
 
-90 calls before, 40 after. Calls whose count changed:
+156 calls before, 40 after. Calls whose count changed:
 
 | call | before | after |
 |---|---|---|
-| `add` | 16 | 3 |
+| `add` | 28 | 3 |
 | `broadcast_to` | 0 | 2 |
 | `cat` | 0 | 1 |
-| `chunk` | 8 | 0 |
+| `chunk` | 14 | 0 |
 | `contiguous` | 0 | 1 |
 | `einsum` | 0 | 2 |
 | `flashrnn::recurrence_fwd` | 0 | 1 |
 | `flatten` | 0 | 1 |
-| `getitem` | 28 | 2 |
-| `linear` | 8 | 0 |
+| `getitem` | 49 | 2 |
+| `linear` | 14 | 0 |
 | `matmul` | 0 | 1 |
 | `movedim` | 0 | 2 |
-| `mul` | 12 | 0 |
+| `mul` | 21 | 0 |
 | `narrow` | 0 | 6 |
 | `permute` | 0 | 1 |
 | `reshape` | 0 | 9 |
 | `select` | 0 | 1 |
-| `sigmoid` | 8 | 0 |
+| `sigmoid` | 14 | 0 |
 | `stack` | 1 | 2 |
-| `sub` | 4 | 0 |
+| `sub` | 7 | 0 |
 | `t` | 0 | 1 |
-| `tanh` | 4 | 0 |
+| `tanh` | 7 | 0 |
 | `unflatten` | 0 | 1 |
 | `zeros` | 0 | 2 |
 """)
