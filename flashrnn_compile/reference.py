@@ -106,7 +106,7 @@ def backward(
     spec = get_cell(cell)
     T, B, NH, G, DH = gx.shape
     cdt = states_in.dtype if states_in.numel() else _compute_dtype(gx.dtype)
-    R_c = R.to(cdt)
+    R_rows = R.to(cdt).reshape(NH, G * DH, DH)  # [NH, G*DH(out), DH(in)]: R^T d(rhb) as one bmm
     ds = dsT.to(cdt).clone()  # [S, B, NH, DH]
     dgx = torch.empty(T, B, NH, G, DH, dtype=cdt, device=gx.device)
     drhb = torch.empty(T, B, NH, G, DH, dtype=cdt, device=gx.device)
@@ -120,7 +120,7 @@ def backward(
         )
         dgx[t], drhb[t], ds_in = step_vjp(tuple(ds.unbind(0)))
         ds = torch.stack(ds_in)
-        ds[0] += torch.einsum("bngi,ngij->bnj", drhb[t], R_c)
+        ds[0] += torch.bmm(drhb[t].reshape(B, NH, G * DH).transpose(0, 1), R_rows).transpose(0, 1)
     h_in = states_in[:, 0]  # [T, B, NH, DH]
     dR = torch.einsum("tbngi,tbnj->ngij", drhb, h_in)
     db = drhb.sum(dim=(0, 1))
