@@ -31,7 +31,8 @@ def _call(mode, x, hx, params, has_biases, num_layers, dropout, train, bidirecti
         raise ValueError(f"mode: expected one of {sorted(_ATEN)}, got {mode!r}")
     h = tuple(hx) if mode == "lstm" else hx[0]
     out = _ATEN[mode](x, h, list(params), has_biases, num_layers, dropout, train, bidirectional, batch_first)
-    return [t.clone() if any(t is a for a in (x, *hx, *params)) else t for t in out]
+    # contiguous outputs, in the real run and the fake one alike (ATen's kernels differ in strides)
+    return [t.clone(memory_format=torch.contiguous_format) for t in out]
 
 
 @torch.library.custom_op("flashrnn::aten_rnn", mutates_args=())
@@ -75,7 +76,8 @@ def aten_rnn_backward(
     with torch.backends.mkldnn.flags(enabled=False):
         _, vjp = torch.func.vjp(lambda x, hx, params: _call(mode, x, hx, params, *flags), x, list(hx), list(params))
         dx, dhx, dparams = vjp(list(grads))
-    return [dx, *dhx, *dparams]
+    # each gradient laid out like its input, as the fake kernel says
+    return [torch.empty_like(t).copy_(g) for t, g in zip((x, *hx, *params), (dx, *dhx, *dparams))]
 
 
 @aten_rnn_backward.register_fake
