@@ -44,7 +44,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -247,17 +247,21 @@ def ensure_built(lib: str = "alternating", archs: Optional[Sequence[str]] = None
             final_name = f"{spec.name}.so"
             if library.name != final_name:
                 library.rename(tmp / final_name)
-            manifest = {"key": key, "library": final_name, "sha256": _sha256(tmp / final_name),
-                        "material": key_material(lib, chosen), "built": time.time()}
-            with open(tmp / MANIFEST, "w") as f:
-                json.dump(manifest, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, entry)  # atomic publish
+            _publish(tmp, entry, {"key": key, "library": final_name, "sha256": _sha256(tmp / final_name),
+                                  "material": key_material(lib, chosen), "built": time.time()})
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return entry / f"{spec.name}.so"
+
+
+def _publish(tmp: Path, entry: Path, manifest: Dict[str, Any]) -> None:
+    """Write the manifest durably into the finished build folder, then rename it into place."""
+    with open(tmp / MANIFEST, "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, entry)  # atomic publish
 
 
 def _cublas_flags() -> Tuple[List[str], List[str]]:
@@ -423,14 +427,9 @@ def ensure_variant(source: str, defines: Dict[str, object], archs: Optional[Sequ
             if proc.returncode != 0 or not (tmp / lib_name).is_file():
                 tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
                 raise BuildError(f"building {source} with {defines} failed (exit {proc.returncode}):\n{tail}")
-            manifest = {"key": key, "library": lib_name, "sha256": _sha256(tmp / lib_name),
-                        "defines": {str(k): str(v) for k, v in defines.items()}, "archs": list(chosen),
-                        "built": time.time()}
-            with open(tmp / MANIFEST, "w") as f:
-                json.dump(manifest, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, entry)  # atomic publish
+            _publish(tmp, entry, {"key": key, "library": lib_name, "sha256": _sha256(tmp / lib_name),
+                                  "defines": {str(k): str(v) for k, v in defines.items()},
+                                  "archs": list(chosen), "built": time.time()})
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
