@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import warnings
 import zlib
 
 import pytest
@@ -28,14 +27,13 @@ from flashrnn_compile import reference, runtime
 from flashrnn_compile.cells import CELLS
 from flashrnn_compile.kernels import alternating
 from flashrnn_compile.ops import recurrence
-from flashrnn_compile.testing import rel_err, within
+from flashrnn_compile.testing import rel_err
 
-from .conftest import make_inputs
+from .conftest import float64_failures, make_inputs
 
 PLAN = runtime.plan_json("alternating")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 SHAPES = ((1, 768), (12, 64), (3, 5), (7, 33))  # (NH, DH)
-NAMES = ("h", "sT", "dgx", "dR", "db", "ds0")
 
 
 _LONG = {(1, 768, 16, False), (12, 64, 16, True), (7, 33, 3, False), (3, 5, 1, True)}
@@ -53,15 +51,6 @@ def _cases():
 CASES = list(_cases())
 
 
-def _run(fn, inputs, dh, dsT):
-    """Outputs (h, sT) and gradients (dgx, dR, db, ds0) of fn(gx, R, b, s0) -> (h, sT)."""
-    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
-    h, sT = fn(*inputs)
-    loss = (h.to(dh.dtype) * dh).sum() + (sT.to(dsT.dtype) * dsT).sum()
-    grads = torch.autograd.grad(loss, inputs)
-    return (h.detach(), sT.detach()) + tuple(grads)
-
-
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
     monkeypatch.setattr(alternating, "POISON", True)
@@ -76,22 +65,7 @@ def test_kernels_are_built_and_used():
                          ids=[f"{c}-{nh}x{dh}-B{b}-T{t}-{'rev' if r else 'fwd'}" for c, nh, dh, b, t, r in CASES])
 def test_matches_float64_reference(cell, NH, DH, B, T, reverse):
     seed = zlib.crc32(f"{cell}-{NH}-{DH}-{B}-{T}-{reverse}".encode())
-    gx, R, b, s0, dh, dsT = make_inputs(cell, T, B, NH, DH, seed)
-    ref = _run(lambda *a: reference.forward(*a, cell, reverse, False)[:2], (gx, R, b, s0), dh, dsT)
-    failures = []
-    for dtype in DTYPES:
-        low = [t.to(dtype) for t in (gx, R, b, s0)]
-        dh_d, dsT_d = dh.to(dtype), dsT.to(dtype)
-        native = _run(lambda *a: reference.forward(*a, cell, reverse, False, compute_dtype=dtype)[:2],
-                      low, dh_d, dsT_d)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", RuntimeWarning)  # a fallback to the reference fails here
-            ours = _run(lambda *a: recurrence(*a, cell=cell, reverse=reverse, plan=PLAN), low, dh_d, dsT_d)
-        for name, o, n, r in zip(NAMES, ours, native, ref):
-            assert o.dtype == dtype and o.shape == r.shape, (name, o.dtype, o.shape)
-            e_ours, e_torch = rel_err(o, r), rel_err(n, r)
-            if not within(e_ours, e_torch):
-                failures.append(f"{dtype} {name}: ours {e_ours:.3g} > 2 x torch {e_torch:.3g}")
+    failures = float64_failures(cell, NH, DH, B, T, reverse, seed, DTYPES, lambda dtype: PLAN)
     assert not failures, "; ".join(failures)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import warnings
 import zlib
 
 import pytest
@@ -27,12 +26,11 @@ from flashrnn_compile.kernels import fused_block
 from flashrnn_compile.ops import recurrence
 from flashrnn_compile.testing import rel_err, within
 
-from .conftest import make_inputs
+from .conftest import float64_failures, make_inputs
 
 DTYPES = (torch.bfloat16, torch.float16)  # the family refuses float32 (kernels/fused_block.py TAKES)
 SHAPES = ((12, 64, 16), (24, 32, 3), (5, 48, 3), (2, 16, 1), (6, 128, 16))  # (NH, DH, B)
 LONG = {("lstm", 12, 64, 16, False), ("gru", 5, 48, 3, True), ("slstm", 24, 32, 3, False)}
-NAMES = ("h", "sT", "dgx", "dR", "db", "ds0")
 
 
 def _cases():
@@ -55,15 +53,6 @@ def plan_for(cell, B, NH, DH, dtype, gpu=None) -> str:
     return runtime.plan_json("fused_block", chosen.params)
 
 
-def _run(fn, inputs, dh, dsT):
-    """Outputs (h, sT) and gradients (dgx, dR, db, ds0) of fn(gx, R, b, s0) -> (h, sT)."""
-    inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
-    h, sT = fn(*inputs)
-    loss = (h.to(dh.dtype) * dh).sum() + (sT.to(dsT.dtype) * dsT).sum()
-    grads = torch.autograd.grad(loss, inputs)
-    return (h.detach(), sT.detach()) + tuple(grads)
-
-
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
     monkeypatch.setattr(fused_block, "POISON", True)
@@ -79,23 +68,7 @@ def test_kernels_are_available_and_used():
                          ids=[f"{c}-{nh}x{dh}-B{b}-T{t}-{'rev' if r else 'fwd'}" for c, nh, dh, b, t, r in CASES])
 def test_matches_float64_reference(cell, NH, DH, B, T, reverse):
     seed = zlib.crc32(f"fused-{cell}-{NH}-{DH}-{B}-{T}-{reverse}".encode())
-    gx, R, b, s0, dh, dsT = make_inputs(cell, T, B, NH, DH, seed)
-    ref = _run(lambda *a: reference.forward(*a, cell, reverse, False)[:2], (gx, R, b, s0), dh, dsT)
-    failures = []
-    for dtype in DTYPES:
-        plan = plan_for(cell, B, NH, DH, dtype)
-        low = [t.to(dtype) for t in (gx, R, b, s0)]
-        dh_d, dsT_d = dh.to(dtype), dsT.to(dtype)
-        native = _run(lambda *a: reference.forward(*a, cell, reverse, False, compute_dtype=dtype)[:2],
-                      low, dh_d, dsT_d)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", RuntimeWarning)  # any fallback fails here
-            ours = _run(lambda *a: recurrence(*a, cell=cell, reverse=reverse, plan=plan), low, dh_d, dsT_d)
-        for name, o, n, r in zip(NAMES, ours, native, ref):
-            assert o.dtype == dtype and o.shape == r.shape, (name, o.dtype, o.shape)
-            e_ours, e_torch = rel_err(o, r), rel_err(n, r)
-            if not within(e_ours, e_torch):
-                failures.append(f"{dtype} {name}: ours {e_ours:.3g} > 2 x torch {e_torch:.3g}")
+    failures = float64_failures(cell, NH, DH, B, T, reverse, seed, DTYPES, lambda dtype: plan_for(cell, B, NH, DH, dtype))
     assert not failures, "; ".join(failures)
 
 
