@@ -46,7 +46,8 @@ def timeit(fn, reps: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def ours(cell, NH, DH, dtype, B, T, reps):
+def ours(plan, cell, NH, DH, dtype, B, T, reps):
+    """Forward, forward keeping states, and forward+backward of the core op under `plan`, ms."""
     spec = get_cell(cell)
     G, S = spec.num_gates, spec.num_states
     dev = "cuda"
@@ -57,12 +58,12 @@ def ours(cell, NH, DH, dtype, B, T, reps):
     if cell == "slstm":
         s0[2] = 1.0 + s0[2].abs()
     dh = torch.randn(T, B, NH, DH, device=dev, dtype=dtype)
-    fwd = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, PLAN, False)  # noqa: E731
-    fwd_save = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, PLAN, True)  # noqa: E731
+    fwd = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, False)  # noqa: E731
+    fwd_save = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, True)  # noqa: E731
     leaves = [t.detach().requires_grad_(True) for t in (gx, R, b, s0)]
 
     def fwd_bwd():
-        h, _ = recurrence(*leaves, cell=cell, plan=PLAN)
+        h, _ = recurrence(*leaves, cell=cell, plan=plan)
         torch.autograd.grad(h, leaves, dh)
 
     return {"forward_ms": timeit(fwd, reps), "forward_save_ms": timeit(fwd_save, reps),
@@ -92,7 +93,7 @@ def main():
     args = p.parse_args()
     rows = []
     for cell, NH, DH, dt, B, T in CONFIGS:
-        r = ours(cell, NH, DH, DT[dt], B, T, args.reps)
+        r = ours(PLAN, cell, NH, DH, DT[dt], B, T, args.reps)
         rows.append(dict(system="ours alternating", cell=cell, heads=f"{NH}x{DH}", dtype=dt, B=B, T=T, **r))
         if NH == 1 and cell in ("lstm", "gru") and dt != "fp32":
             c = cudnn(cell, DH, DT[dt], B, T, args.reps)

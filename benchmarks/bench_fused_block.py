@@ -17,11 +17,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_alternating import DT, cudnn, timeit  # noqa: E402
+from bench_alternating import DT, cudnn, ours  # noqa: E402
 
 from flashrnn_compile import planner, runtime  # noqa: E402
-from flashrnn_compile.cells import get_cell  # noqa: E402
-from flashrnn_compile.ops import recurrence  # noqa: E402
 
 CONFIGS = [  # cell, NH, DH, dtype, B, T
     ("lstm", 12, 64, "bf16", 16, 1024),
@@ -41,29 +39,6 @@ ALTERNATING = [("lstm", 12, 64, "bf16", 16, 1024)]
 def fused_plan(cell, NH, DH, dtype, B, gpu=None):
     chosen = planner.plan(cell, B, NH, DH, dtype, gpu=gpu, families=("fused_block",))
     return chosen
-
-
-def ours(plan, cell, NH, DH, dtype, B, T, reps):
-    spec = get_cell(cell)
-    G, S = spec.num_gates, spec.num_states
-    dev = "cuda"
-    gx = torch.randn(T, B, NH, G, DH, device=dev, dtype=dtype)  # [T, B, NH, G, DH]
-    R = (torch.randn(NH, G, DH, DH, device=dev) / DH**0.5).to(dtype)  # [NH, G, DH, DH]
-    b = 0.1 * torch.randn(NH, G, DH, device=dev, dtype=dtype)  # [NH, G, DH]
-    s0 = 0.5 * torch.randn(S, B, NH, DH, device=dev, dtype=dtype)  # [S, B, NH, DH]
-    if cell == "slstm":
-        s0[2] = 1.0 + s0[2].abs()
-    dh = torch.randn(T, B, NH, DH, device=dev, dtype=dtype)  # [T, B, NH, DH]
-    fwd = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, False)  # noqa: E731
-    fwd_save = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, True)  # noqa: E731
-    leaves = [t.detach().requires_grad_(True) for t in (gx, R, b, s0)]
-
-    def fwd_bwd():
-        h, _ = recurrence(*leaves, cell=cell, plan=plan)
-        torch.autograd.grad(h, leaves, dh)
-
-    return {"forward_ms": timeit(fwd, reps), "forward_save_ms": timeit(fwd_save, reps),
-            "fwd_bwd_ms": timeit(fwd_bwd, reps)}
 
 
 def main():
