@@ -1,0 +1,70 @@
+"""nn.LSTM / nn.GRU / nn.RNN compiled with backend="flashrnn" on the GPU, with the default plan.
+
+On CUDA, Dynamo's example values for torch.lstm & co. come from the cuDNN path; the rewrite must
+still be taken (one rewrite, no refusal per module) and its kernels chosen by the planner. Each
+configuration runs one forward and backward in float32 and in bfloat16 against a float64 copy:
+outputs, h_n / c_n and the gradients of the inputs, initial states and every parameter within
+2x the error of eager PyTorch (cuDNN) in the same dtype.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from flashrnn_compile.context import reports, reset_stats
+from flashrnn_compile.testing import rel_err, within
+from tests.test_rnn_module import (
+    MATRIX,
+    _id,
+    cast_args,
+    detach_like,
+    flat_outputs,
+    leaves,
+    loss_of,
+    make_inputs,
+    make_rnn,
+)
+
+
+def _to_cuda(args):
+    return tuple(tuple(t.cuda() for t in a) if isinstance(a, tuple) else a.cuda() for a in args)
+
+
+def _run(fn, mod, args):
+    outs = flat_outputs(fn(*args))
+    loss_of([o.cpu() for o in outs]).backward()
+    grads = [t.grad for t in leaves(args)] + [p.grad for p in mod.parameters()]
+    return [o.detach() for o in outs] + grads
+
+
+def _module_report():
+    rs = reports()
+    rewrites = [w for r in rs for w in r["rewrites"] if w["source"] == "module"]
+    refusals = [w for r in rs for w in r["refusals"] if w["source"] == "module"]
+    return rewrites, refusals
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", MATRIX, ids=[_id(c) for c in MATRIX])
+def test_module_on_gpu(case, dtype):
+    kind, kw, T, B, hx, unbatched = case
+    torch.manual_seed(0)
+    base = make_rnn(kind, I=8, H=16, **kw).eval()  # eval: inter-layer dropout is exact
+    args64 = _to_cuda(make_inputs(base, T, B, hx=hx, unbatched=unbatched, dtype=torch.float64))
+    mod64 = copy.deepcopy(base).double().cuda()
+    eager = copy.deepcopy(base).to(dtype).cuda()
+    ours = copy.deepcopy(base).to(dtype).cuda()
+    compiled = torch.compile(ours, backend="flashrnn", options={"inner": "aot_eager"})
+    reset_stats()
+    ref = _run(mod64, mod64, detach_like(args64))
+    want = _run(eager, eager, detach_like(cast_args(args64, dtype)))
+    got = _run(compiled, ours, detach_like(cast_args(args64, dtype)))
+    rewrites, refusals = _module_report()
+    assert len(rewrites) == 1 and not refusals, (rewrites, refusals)
+    assert rewrites[0]["plan"]["family"] != "reference", rewrites[0]["plan"]
+    assert len(got) == len(want)
+    for k, (o, e, r) in enumerate(zip(got, want, ref)):
+        assert o.shape == e.shape and o.dtype == e.dtype, (k, o.shape, o.dtype, e.shape, e.dtype)
+        err_o, err_e = rel_err(o, r), rel_err(e, r)
+        assert within(err_o, err_e), f"tensor {k}: error {err_o:.3g} > 2 x eager's {err_e:.3g}"
