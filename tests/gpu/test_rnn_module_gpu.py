@@ -14,7 +14,7 @@ import torch
 
 from flashrnn_compile.context import reports, reset_stats
 from flashrnn_compile.testing import rel_err, within
-from tests.test_rnn_module import (
+from tests.rnn_cases import (
     MATRIX,
     _id,
     cast_args,
