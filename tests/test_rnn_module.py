@@ -555,3 +555,29 @@ def forward(self, L_fn_parameters_weight_ih_l0_ : torch.nn.parameter.Parameter, 
     stack_5 = torch.stack([getitem_8, getitem_14, getitem_20, getitem_26], 0);  getitem_8 = getitem_14 = getitem_20 = getitem_26 = None
     flatten_5 = torch.flatten(stack_5, -2);  stack_5 = None
     return (cat_1, flatten_4, flatten_5)""")
+
+
+# ---- the recorded h_n / c_n of the cuDNN LSTM (pytorch/pytorch#130791) --------------------------
+
+
+def _fake(shape, device, dtype=torch.float32):
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    return FakeTensor(FakeTensorMode(), torch.empty(shape, dtype=dtype, device="meta"), torch.device(device))
+
+
+def test_cudnn_lstm_fake_state_rule():
+    """On CUDA, Dynamo records the cuDNN LSTM's h_n / c_n as [L*D, 1, B, H] (eager returns
+    [L*D, B, H]): that one discrepancy is accepted, nothing near it."""
+    from flashrnn_compile.passes.rnn_module import _cudnn_lstm_fake_state as rule
+
+    ours = _fake((2, 4, 64), "cuda")
+    recorded = _fake((2, 1, 4, 64), "cuda")
+    assert rule(ours, recorded, "lstm", 1) and rule(ours, recorded, "lstm", 2)
+    assert not rule(ours, recorded, "lstm", 0)  # the output sequence has no such record
+    assert not rule(ours, recorded, "gru", 1)
+    assert not rule(_fake((2, 4, 64), "cpu"), _fake((2, 1, 4, 64), "cpu"), "lstm", 1)
+    assert not rule(ours, _fake((2, 2, 4, 64), "cuda"), "lstm", 1)  # the extra dim is not size 1
+    assert not rule(ours, _fake((2, 1, 4, 32), "cuda"), "lstm", 1)  # another size
+    assert not rule(_fake((2, 4, 64), "cuda", torch.bfloat16), recorded, "lstm", 1)  # another dtype
+    assert not rule(_fake((4, 2, 64), "cuda").transpose(0, 1), recorded, "lstm", 1)  # not row-major
