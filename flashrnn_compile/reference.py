@@ -88,6 +88,17 @@ def forward(
     return h, sT, states_in, rhb_all
 
 
+def _step_vjp(step):
+    """The pointwise backward of a cell without `step_backward`: torch.func.vjp of its step
+    (it works below autograd, where the op runs)."""
+
+    def pointwise_backward(gx_t, rhb_t, states, ds):
+        _, step_vjp = torch.func.vjp(step, gx_t, rhb_t, states)
+        return step_vjp(ds)
+
+    return pointwise_backward
+
+
 def backward(
     dh: Tensor,
     dsT: Tensor,
@@ -100,10 +111,12 @@ def backward(
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients (dgx [T,B,NH,G,DH], dR [NH,G,DH,DH], db [NH,G,DH], ds0 [S,B,NH,DH]).
 
-    Per step: the cell's pointwise backward (autograd of its reference step) and dh += R^T d(rhb).
+    Per step: the cell's pointwise backward (its `step_backward`, else the vjp of its step) and
+    dh += R^T d(rhb).
     dR and db are reduced once over all steps after the loop.
     """
     spec = get_cell(cell)
+    pointwise_backward = spec.step_backward or _step_vjp(spec.step)
     T, B, NH, G, DH = gx.shape
     cdt = states_in.dtype if states_in.numel() else _compute_dtype(gx.dtype)
     R_rows = R.to(cdt).reshape(NH, G * DH, DH)  # [NH, G*DH(out), DH(in)]: R^T d(rhb) as one bmm
@@ -113,12 +126,7 @@ def backward(
     dh_c = dh.to(cdt)
     for t in reversed(list(_time_order(T, reverse))):
         ds[0] += dh_c[t]
-        # the cell's pointwise backward: vjp of its reference step (works below autograd,
-        # where the op runs)
-        _, step_vjp = torch.func.vjp(
-            spec.step, gx[t].to(cdt), rhb[t], tuple(states_in[t].unbind(0))
-        )
-        dgx[t], drhb[t], ds_in = step_vjp(tuple(ds.unbind(0)))
+        dgx[t], drhb[t], ds_in = pointwise_backward(gx[t].to(cdt), rhb[t], tuple(states_in[t].unbind(0)), tuple(ds.unbind(0)))
         ds = torch.stack(ds_in)
         ds[0] += torch.bmm(drhb[t].reshape(B, NH, G * DH).transpose(0, 1), R_rows).transpose(0, 1)
     h_in = states_in[:, 0]  # [T, B, NH, DH]
