@@ -45,22 +45,25 @@ def _module_report():
     return rewrites, refusals
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("case", MATRIX, ids=[_id(c) for c in MATRIX])
-def test_module_on_gpu(case, dtype):
+def _check(case, dtype, inner="aot_eager", autocast=None):
+    """One forward + backward of eager, compiled and float64 copies; every tensor within 2x
+    eager's float64 error. autocast: None, or the dtype of a CUDA autocast region around the
+    calls (the modules then stay float32)."""
     kind, kw, T, B, hx, unbatched = case
     torch.manual_seed(0)
     # training mode (cuDNN has no backward in eval); inter-layer dropout is exact at p = 0
     base = make_rnn(kind, I=8, H=16, **{**kw, "dropout": 0.0} if "dropout" in kw else kw)
     args64 = _to_cuda(make_inputs(base, T, B, hx=hx, unbatched=unbatched, dtype=torch.float64))
     mod64 = copy.deepcopy(base).double().cuda()
-    eager = copy.deepcopy(base).to(dtype).cuda()
-    ours = copy.deepcopy(base).to(dtype).cuda()
-    compiled = torch.compile(ours, backend="flashrnn", options={"inner": "aot_eager"})
+    low = torch.float32 if autocast else dtype
+    eager = copy.deepcopy(base).to(low).cuda()
+    ours = copy.deepcopy(base).to(low).cuda()
+    compiled = torch.compile(ours, backend="flashrnn", options={"inner": inner})
     reset_stats()
     ref = _run(mod64, mod64, detach_like(args64))
-    want = _run(eager, eager, detach_like(cast_args(args64, dtype)))
-    got = _run(compiled, ours, detach_like(cast_args(args64, dtype)))
+    with torch.autocast("cuda", dtype=autocast or torch.float16, enabled=autocast is not None):
+        want = _run(eager, eager, detach_like(cast_args(args64, low)))
+        got = _run(compiled, ours, detach_like(cast_args(args64, low)))
     rewrites, refusals = _module_report()
     assert len(rewrites) == 1 and not refusals, (rewrites, refusals)
     assert rewrites[0]["plan"]["family"] != "reference", rewrites[0]["plan"]
@@ -69,3 +72,26 @@ def test_module_on_gpu(case, dtype):
         assert o.shape == e.shape and o.dtype == e.dtype, (k, o.shape, o.dtype, e.shape, e.dtype)
         err_o, err_e = rel_err(o, r), rel_err(e, r)
         assert within(err_o, err_e), f"tensor {k}: error {err_o:.3g} > 2 x eager's {err_e:.3g}"
+
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("case", MATRIX, ids=[_id(c) for c in MATRIX])
+def test_module_on_gpu(case, dtype):
+    _check(case, dtype)
+
+
+INDUCTOR_CASES = [MATRIX[1], MATRIX[5], MATRIX[9]]  # 2-layer bidirectional LSTM, proj_size, GRU
+
+
+@pytest.mark.parametrize("case", INDUCTOR_CASES, ids=[_id(c) for c in INDUCTOR_CASES])
+def test_module_on_gpu_inductor(case):
+    _check(case, torch.bfloat16, inner="inductor")
+
+
+@pytest.mark.parametrize("case", [MATRIX[1], MATRIX[9], MATRIX[12]], ids=["lstm", "gru", "rnn_tanh"])
+def test_module_on_gpu_autocast(case):
+    """float32 modules called under CUDA autocast (float16): eager's dtypes, 2x eager's error."""
+    _check(case, None, autocast=torch.float16)
