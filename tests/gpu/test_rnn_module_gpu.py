@@ -95,3 +95,43 @@ def test_module_on_gpu_inductor(case):
 def test_module_on_gpu_autocast(case):
     """float32 modules called under CUDA autocast (float16): eager's dtypes, 2x eager's error."""
     _check(case, None, autocast=torch.float16)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_new_t_and_b_on_gpu(kind):
+    """Changing T and B on the GPU compiles no more graphs than Dynamo's eager backend does, and
+    every call (symbolic B included: the plan's kernel takes any batch) stays within 2x eager's
+    float64 error, outputs and input gradients."""
+    torch.manual_seed(0)
+    base = make_rnn(kind, I=8, H=64, bidirectional=True, batch_first=True)
+    shapes = [(12, 4), (20, 7), (20, 16), (5, 16)]
+
+    def graphs_and_runs(backend, mod):
+        torch._dynamo.reset()
+        graphs = []
+
+        def counting(gm, example_inputs):
+            graphs.append(gm)
+            return backend(gm, example_inputs)
+
+        fn = torch.compile(mod, backend=counting)
+        dt = next(mod.parameters()).dtype
+        args = [cast_args(_to_cuda(make_inputs(mod, T, B, hx=True, seed=T + B)), dt) for T, B in shapes]
+        runs = [_run(fn, mod, detach_like(a)) for a in args]
+        return len(graphs), runs
+
+    from flashrnn_compile.backend import flashrnn_backend
+
+    n_eager, want = graphs_and_runs(lambda gm, ex: gm.forward, copy.deepcopy(base).to(torch.bfloat16).cuda())
+    reset_stats()
+    n_ours, got = graphs_and_runs(
+        lambda gm, ex: flashrnn_backend(gm, ex, options={"inner": "aot_eager"}), copy.deepcopy(base).to(torch.bfloat16).cuda()
+    )
+    _, ref = graphs_and_runs(lambda gm, ex: gm.forward, copy.deepcopy(base).double().cuda())
+    assert n_ours <= n_eager, (n_ours, n_eager)
+    rewrites, refusals = _module_report()
+    assert len(rewrites) == n_ours and not refusals, (rewrites, refusals)
+    for step, (g, w, r) in enumerate(zip(got, want, ref)):
+        for k in range(len(g) - len(list(base.parameters()))):  # outputs and input gradients
+            err_o, err_e = rel_err(g[k], r[k]), rel_err(w[k], r[k])
+            assert within(err_o, err_e), f"call {step} tensor {k}: {err_o:.3g} > 2 x eager's {err_e:.3g}"
