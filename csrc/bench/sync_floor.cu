@@ -1,0 +1,207 @@
+// Per-step cost of the synchronisation a persistent RNN kernel pays once per time step, with no
+// math: __syncthreads() in one block, cluster.sync() plus one distributed-shared-memory read
+// (sm_90+), and a cooperative grid.sync() with one global read.
+//
+// Built as a plain shared library by flashrnn_compile.build.ensure_variant("bench/sync_floor.cu")
+// and called through ctypes by benchmarks/suites/floor.py, which times the launches with CUDA
+// events on the caller's stream: per-step cost = (time(2S steps) - time(S steps)) / S.
+//
+// Every kernel runs the same chain: each participant (thread, block of a cluster, block of the
+// grid) holds v = 0; per step it publishes v into a double-buffered slot, synchronises, and sets
+// v = (its neighbour's published v) + 1. After S steps every v equals S: the caller checks that,
+// so a missing or broken barrier shows up as a wrong count, not only as a fast time. One barrier
+// per step is enough with two buffers: a slot is rewritten two steps after it was read, and the
+// barrier between the two orders them.
+//
+// The cluster kernel's body exists only for __CUDA_ARCH__ >= 900; the host entry points check the
+// device and return an error code with a reason instead of launching where it cannot run.
+
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstring>
+
+namespace cg = cooperative_groups;
+
+namespace {
+
+constexpr int kMaxThreads = 1024;
+
+// ---- one block: __syncthreads ------------------------------------------------------------------
+__global__ void block_sync_kernel(int steps, int* __restrict__ out) {
+  __shared__ int buf[2][kMaxThreads];
+  const int n = blockDim.x, t = threadIdx.x;
+  int v = 0;
+  for (int s = 0; s < steps; ++s) {
+    int* slot = buf[s & 1];
+    slot[t] = v;
+    __syncthreads();
+    v = slot[(t + 1) % n] + 1;
+  }
+  out[t] = v;
+}
+
+// ---- one cluster: cluster.sync + one DSMEM read (sm_90+) ----------------------------------------
+__global__ void cluster_sync_kernel(int steps, int* __restrict__ out) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __shared__ int buf[2];
+  cg::cluster_group cluster = cg::this_cluster();
+  const unsigned rank = cluster.block_rank(), size = cluster.num_blocks();
+  int v = 0;
+  for (int s = 0; s < steps; ++s) {
+    if (threadIdx.x == 0) buf[s & 1] = v;
+    cluster.sync();
+    if (threadIdx.x == 0) {
+      const int* remote = cluster.map_shared_rank(&buf[s & 1], (rank + 1) % size);
+      v = *remote + 1;
+    }
+  }
+  cluster.sync();  // no block leaves while a neighbour may still read its shared memory
+  if (threadIdx.x == 0) out[blockIdx.x] = v;
+#else
+  if (threadIdx.x == 0) out[blockIdx.x] = -1;  // never launched: the host refuses below sm_90
+#endif
+}
+
+// ---- the whole grid: cooperative grid.sync + one global read ------------------------------------
+__global__ void grid_sync_kernel(int steps, volatile int* __restrict__ buf, int* __restrict__ out) {
+  cg::grid_group grid = cg::this_grid();
+  const int nb = gridDim.x, b = blockIdx.x;
+  int v = 0;
+  for (int s = 0; s < steps; ++s) {
+    if (threadIdx.x == 0) buf[(s & 1) * nb + b] = v;
+    grid.sync();
+    if (threadIdx.x == 0) v = buf[(s & 1) * nb + (b + 1) % nb] + 1;
+  }
+  if (threadIdx.x == 0) out[b] = v;
+}
+
+void set_reason(char* reason, int len, const char* text) {
+  if (reason != nullptr && len > 0) {
+    std::snprintf(reason, static_cast<size_t>(len), "%s", text);
+  }
+}
+
+int fail(cudaError_t err, char* reason, int len, const char* what) {
+  char text[256];
+  std::snprintf(text, sizeof(text), "%s: %s", what, cudaGetErrorString(err));
+  set_reason(reason, len, text);
+  return static_cast<int>(err) == 0 ? -1 : static_cast<int>(err);
+}
+
+int current_major(char* reason, int len, int* major) {
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return fail(err, reason, len, "cudaGetDevice");
+  err = cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (err != cudaSuccess) return fail(err, reason, len, "cudaDeviceGetAttribute");
+  return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Launch __syncthreads chain: one block of `threads` threads, `steps` steps; out[threads].
+int floor_block(int threads, int steps, int* out, void* stream, char* reason, int len) {
+  if (threads < 1 || threads > kMaxThreads) {
+    set_reason(reason, len, "threads: expected 1 .. 1024");
+    return -1;
+  }
+  block_sync_kernel<<<1, threads, 0, static_cast<cudaStream_t>(stream)>>>(steps, out);
+  cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? 0 : fail(err, reason, len, "block_sync_kernel launch");
+}
+
+// How many clusters of `cluster` blocks (`threads` each) can be resident at once; 0 with a
+// reason when the device or the size cannot take them (non-portable sizes > 8 are requested).
+int floor_cluster_capacity(int cluster, int threads, int* clusters, char* reason, int len) {
+  *clusters = 0;
+  int major = 0;
+  int rc = current_major(reason, len, &major);
+  if (rc != 0) return rc;
+  if (major < 9) {
+    set_reason(reason, len, "thread-block clusters need compute capability 9.0 or newer");
+    return -1;
+  }
+  if (cluster > 8) {
+    cudaError_t err = cudaFuncSetAttribute(cluster_sync_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (err != cudaSuccess) return fail(err, reason, len, "non-portable cluster size refused");
+  }
+  cudaLaunchConfig_t cfg;
+  std::memset(&cfg, 0, sizeof(cfg));
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = cluster;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.gridDim = dim3(cluster);
+  cfg.blockDim = dim3(threads);
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  cudaError_t err = cudaOccupancyMaxActiveClusters(clusters, cluster_sync_kernel, &cfg);
+  if (err != cudaSuccess) return fail(err, reason, len, "cudaOccupancyMaxActiveClusters");
+  if (*clusters == 0) {
+    set_reason(reason, len, "no cluster of this size fits on the device");
+    return -1;
+  }
+  return 0;
+}
+
+// Launch the cluster chain: one cluster of `cluster` blocks, `steps` steps; out[cluster].
+int floor_cluster(int cluster, int threads, int steps, int* out, void* stream, char* reason, int len) {
+  int fits = 0;
+  int rc = floor_cluster_capacity(cluster, threads, &fits, reason, len);
+  if (rc != 0) return rc;
+  cudaLaunchConfig_t cfg;
+  std::memset(&cfg, 0, sizeof(cfg));
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = cluster;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.gridDim = dim3(cluster);
+  cfg.blockDim = dim3(threads);
+  cfg.stream = static_cast<cudaStream_t>(stream);
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  cudaError_t err = cudaLaunchKernelEx(&cfg, cluster_sync_kernel, steps, out);
+  if (err == cudaSuccess) err = cudaGetLastError();
+  return err == cudaSuccess ? 0 : fail(err, reason, len, "cluster_sync_kernel launch");
+}
+
+// Launch the grid chain cooperatively: `blocks` blocks of `threads`, `steps` steps;
+// buf[2 * blocks] scratch, out[blocks].
+int floor_grid(int blocks, int threads, int steps, int* buf, int* out, void* stream, char* reason, int len) {
+  int dev = 0, coop = 0, sms = 0, per_sm = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, grid_sync_kernel, threads, 0);
+  if (err != cudaSuccess) return fail(err, reason, len, "device query");
+  if (!coop) {
+    set_reason(reason, len, "the device does not support cooperative launches");
+    return -1;
+  }
+  if (blocks < 1 || blocks > sms * per_sm) {
+    char text[128];
+    std::snprintf(text, sizeof(text), "blocks=%d: expected 1 .. %d co-resident blocks", blocks, sms * per_sm);
+    set_reason(reason, len, text);
+    return -1;
+  }
+  void* args[] = {&steps, &buf, &out};
+  err = cudaLaunchCooperativeKernel(reinterpret_cast<void*>(grid_sync_kernel), dim3(blocks), dim3(threads), args, 0,
+                                    static_cast<cudaStream_t>(stream));
+  if (err == cudaSuccess) err = cudaGetLastError();
+  return err == cudaSuccess ? 0 : fail(err, reason, len, "grid_sync_kernel cooperative launch");
+}
+
+// Number of streaming multiprocessors of the current device (the default grid size).
+int floor_sm_count(int* sms) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return -1;
+  return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess ? 0 : -1;
+}
+
+}  // extern "C"
