@@ -196,8 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.prebuild:
         return prebuild(args)
     device = pick_device(args)
-    if args.quick and device.type == "cpu":
-        torch.set_num_threads(1)  # tiny ops: OpenMP barriers on a shared 2-core machine cost more than they give
+    if device.type == "cpu":  # the CPU runs the quick sizes: tiny ops, where OpenMP barriers on a
+        torch.set_num_threads(1)  # shared 2-core machine cost far more than they give
     suites = [s for s in SUITES if s in args.suite.split(",")]  # floor first: the layer table uses it
     budgets = parse_budgets(args.max_seconds, suites)
     env = common.environment(device, argv if argv is not None else sys.argv[1:])
