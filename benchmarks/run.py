@@ -173,7 +173,14 @@ def summary(results: Dict[str, List[dict]]) -> str:
             for r in results["floor"]))
     if "layer" in results:
         lines.append(f"\n{'system':<34} {'config':<28} {'fwd ms':>9} {'fwd+bwd':>9} {'xcuDNN f':>8} {'xcuDNN fb':>9}  status")
+        lines.append("(n/a rows repeating a reason are shown once; all rows are in layer.json / layer.md)")
+        seen_na = set()
         for r in results["layer"]:
+            if r["status"] == "n/a":  # the same reason on every config (e.g. a family not in this build): once
+                key = (r["system"], str(r.get("reason"))[:40])
+                if key in seen_na:
+                    continue
+                seen_na.add(key)
             cfg = f"{r['cell']} {r['dtype']} B{r['B']} T{r['T']} {r['heads']}"
             st = "ok" if r["status"] == "ok" else f"{r['status']}: {str(r.get('reason'))[:60]}"
             lines.append(f"{r['system'][:34]:<34} {cfg:<28} {common.fmt(r.get('fwd_ms')):>9} "
