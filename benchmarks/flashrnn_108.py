@@ -42,7 +42,8 @@ WHEEL_DIRS = (os.environ.get("FLASHRNN_108_WHEEL_DIR", ""), os.path.join(ROOT, "
 # cudaDeviceProp fields removed in CUDA 13 that gpu_info.cc reads
 REMOVED_PROPS = ("clockRate", "deviceOverlap", "kernelExecTimeoutEnabled", "computeMode", "maxTexture1DLinear",
                  "memoryClockRate", "singleToDoublePrecisionPerfRatio", "cooperativeMultiDeviceLaunch")
-BACKENDS = {"fused": "cuda_fused", "alternating": "cuda"}  # our names -> FlashRNN's
+BACKENDS = {"fused": "cuda_fused", "alternating": "cuda", "vanilla": "vanilla"}  # ours -> FlashRNN's (vanilla:
+# its pure-PyTorch loop, runs on the CPU; the tests use it to check the call's shapes)
 GATES = {"lstm": 4, "gru": 3, "slstm": 4, "elman_tanh": 1}
 BIAS_GATES = {"lstm": 4, "gru": 4, "slstm": 4, "elman_tanh": 1}  # GRU: r, z, n (input) + n (recurrent)
 STATES = {"lstm": 2, "gru": 1, "slstm": 4, "elman_tanh": 1}
@@ -207,17 +208,19 @@ def supports(backend: str, cell: str) -> Optional[str]:
 
 
 def layer_fn(backend: str, cell: str, NH: int, DH: int, dtype: torch.dtype, B: int, T: int,
-             device: str = "cuda") -> Tuple[Callable[[], torch.Tensor], Callable[[], None]]:
+             device: str = "cuda", entry: Optional[Callable] = None) -> Tuple[Callable[[], torch.Tensor], Callable[[], None]]:
     """(forward, forward_backward) of one FlashRNN layer on random inputs, input projection
     included like every row of the layer suite: x [B, T, H] -> x W^T + b_in -> FlashRNN -> h.
 
-    The first call of either JIT-compiles FlashRNN's kernels for this configuration."""
-    if not available():
-        raise RuntimeError(reason())
+    The first call of either JIT-compiles FlashRNN's kernels for this configuration. entry:
+    FlashRNN's `flashrnn.flashrnn.flashrnn` (default: the patched copy this module installs)."""
     why = supports(backend, cell)
     if why:
         raise ValueError(why)
-    entry = _STATE["entry"]
+    if entry is None:
+        if not available():
+            raise RuntimeError(reason())
+        entry = _STATE["entry"]
     G, S, H = GATES[cell], STATES[cell], NH * DH
     name = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}[dtype]
     x = torch.randn(B, T, H, device=device, dtype=dtype, requires_grad=True)  # [B, T, H]

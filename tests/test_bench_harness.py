@@ -128,6 +128,22 @@ def test_flashrnn_wheel_installs_and_patches(tmp_path):
     assert len(notes) == 3 and "cooperativeMultiDeviceLaunch" in notes[0]
     text = (tmp_path / "flashrnn" / "flashrnn" / "gpu_info" / "gpu_info.cc").read_text()
     assert not any(f"prop.{f}" in text for f in flashrnn_108.REMOVED_PROPS)
+    # the call the layer suite makes, through FlashRNN's pure-PyTorch backend (runs on the CPU)
+    saved_path, saved_mods = list(sys.path), {k: v for k, v in sys.modules.items() if k.split(".")[0] == "flashrnn"}
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from flashrnn.flashrnn import flashrnn as entry
+
+        for cell in ("lstm", "gru"):
+            fwd, fwd_bwd = flashrnn_108.layer_fn("vanilla", cell, 2, 8, torch.float32, 3, 5, device="cpu", entry=entry)
+            h = fwd()
+            assert h.shape == (3, 5, 2, 8) and bool(torch.isfinite(h).all())
+            fwd_bwd()
+    finally:
+        sys.path[:] = saved_path
+        for k in [k for k in sys.modules if k.split(".")[0] == "flashrnn"]:
+            del sys.modules[k]
+        sys.modules.update(saved_mods)
 
 
 def test_timer_names_and_budgets():
