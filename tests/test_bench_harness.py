@@ -13,10 +13,12 @@ import time
 import pytest
 import torch
 
-from benchmarks import flashrnn_108, run
-from benchmarks.suites import common, layer
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # benchmarks/ is a package of the checkout, not of the installed project
+    sys.path.insert(0, ROOT)
+
+from benchmarks import flashrnn_108, run  # noqa: E402
+from benchmarks.suites import common, layer  # noqa: E402
 MODELS = ("LSTM LM", "BiGRU encoder", "hand-written LSTM loop")
 BACKENDS = ("eager", "torch.compile default", "torch.compile flashrnn")
 ENV = {"card": "test card", "torch": torch.__version__, "cuda": None, "cudnn": None,
