@@ -4,6 +4,7 @@
                              [--quick] [--out DIR] [--max-seconds N | floor=N,layer=N,model=N]
                              [--device cuda|cpu]
     python -m benchmarks.run --prebuild [--preset headline] [--gpu h100-sxm] [--arch 9.0]
+    python -m benchmarks.run --list [--preset headline]      # the rows and their expected seconds
 
 Suites (benchmarks/suites/): floor = per-step cost of block / cluster / grid synchronisation;
 layer = one recurrent layer, our kernel families vs cuDNN, torch.compile, Inductor and FlashRNN
@@ -68,10 +69,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--max-seconds", default=None, help="time budget: N per suite, or floor=N,layer=N,model=N")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available; cpu with --quick)")
     p.add_argument("--prebuild", action="store_true", help="build fused_block variants + floor library ahead")
+    p.add_argument("--list", action="store_true", help="print the layer preset's rows and expected seconds; run nothing")
     p.add_argument("--gpu", default="h100-sxm", help="--prebuild: planner preset of the target GPU")
     p.add_argument("--arch", default="9.0", help="--prebuild: compute capability to build for")
     args = p.parse_args(argv)
-    if not args.prebuild:
+    if not (args.prebuild or args.list):
         if not args.suite:
             p.error("--suite is required (floor, layer, model, or several comma-separated)")
         bad = [s for s in args.suite.split(",") if s not in SUITES]
@@ -161,6 +163,20 @@ def prebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def list_rows(args: argparse.Namespace) -> int:
+    """The layer preset's rows on a GPU, in run order, with the seconds each is expected to take."""
+    from .suites import layer
+
+    preset = args.preset or "headline"
+    rows = layer.listing(layer.PRESETS[preset]())
+    total = 0.0
+    for label, system, secs in rows:
+        total += secs
+        print(f"{label:<30} {system:<28} ~{secs:4.0f} s   (cumulative {total:5.0f} s)")
+    print(f"{len(rows)} rows, about {total:.0f} s on a GPU (estimates used by --max-seconds)")
+    return 0
+
+
 def summary(results: Dict[str, List[dict]]) -> str:
     """The table printed last (the device tool returns the end of the output)."""
     lines = []
@@ -203,6 +219,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if args.prebuild:
         return prebuild(args)
+    if args.list:
+        return list_rows(args)
     device = pick_device(args)
     if device.type == "cpu":  # the CPU runs the quick sizes: tiny ops, where OpenMP barriers on a
         torch.set_num_threads(1)  # shared 2-core machine cost far more than they give

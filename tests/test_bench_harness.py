@@ -91,6 +91,16 @@ def test_budget_skips_rows_with_the_reason():
         common.Budget(0)
 
 
+def test_headline_listing_orders_expensive_rows_last():
+    rows = layer.listing(layer.PRESETS["headline"]())
+    systems = [s for _, s, _ in rows]
+    first_frnn = min(i for i, s in enumerate(systems) if s.startswith("FlashRNN"))
+    assert all(not s.startswith(("FlashRNN", "Inductor")) for s in systems[:first_frnn])
+    assert systems[-1] == "Inductor hand loop" and sum(s.startswith("FlashRNN") for s in systems) == 2
+    assert sum(s == "cuDNN" for s in systems) == len({(c.cell, c.dtype, c.B, c.T, c.H) for c in layer.PRESETS["headline"]()})
+    assert 150 < sum(secs for _, _, secs in rows) < 600  # one device call
+
+
 def test_plots_or_a_note(tmp_path):
     why = common.plots_available()
     if why is not None:

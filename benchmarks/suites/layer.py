@@ -382,9 +382,14 @@ def jobs_for(cfg: Config, ctx: Ctx, baselines: set) -> List[Job]:
     jobs: List[Job] = []
     base_key = (cfg.cell, cfg.dtype, cfg.B, cfg.T, cfg.H)
     gpu = ctx.device.type == "cuda"
-    per_call = 3.0 if gpu else 0.5
+    per_call = 2.0 if gpu else 0.5  # warm-up + two adaptive measurements of ~0.5 s
+    from flashrnn_compile import runtime
+
+    implemented = runtime.implemented_families()
 
     def build_cost(family: str, first: float) -> Callable[[], float]:
+        if family not in implemented:
+            return lambda: 0.2  # an n/a row
         return lambda: per_call + (0.0 if family in ctx.built or not gpu else first)
 
     if cfg.cell in ("lstm", "gru") and base_key not in baselines:
@@ -402,6 +407,21 @@ def jobs_for(cfg: Config, ctx: Ctx, baselines: set) -> List[Job]:
     if cfg.inductor and cfg.cell in ("lstm", "gru"):
         jobs.append(Job(cfg, "Inductor hand loop", lambda: run_inductor(cfg, ctx), lambda: 3.5 * cfg.T + 10))
     return jobs
+
+
+def listing(configs: List[Config], device="cuda") -> List[Tuple[str, str, float]]:
+    """(config, system, expected seconds) of every row, in run order, without running anything
+    (each family's first build counted once): what --list prints, to size --max-seconds."""
+    ctx = Ctx(device, common.Budget(None), {}, quick=torch.device(device).type != "cuda", floors={})
+    baselines: set = set()
+    jobs = [j for cfg in configs for j in jobs_for(cfg, ctx, baselines)]
+    jobs.sort(key=lambda j: 2 if j.system.startswith("Inductor") else 1 if j.system.startswith("FlashRNN") else 0)
+    out = []
+    for j in jobs:
+        out.append((j.cfg.label(), j.system, j.expected_s()))
+        if j.system.startswith("ours "):
+            ctx.built.add(j.system[len("ours "):])
+    return out
 
 
 def _speedups(rows: List[Dict[str, Any]]) -> None:
