@@ -107,13 +107,15 @@ def sanitise(name: str) -> str:
 
 
 def _git_commit() -> Optional[str]:
-    root = os.path.dirname(RESULTS_ROOT)
+    """The checkout's commit; $BENCH_COMMIT where the copy has no .git (the device machine)."""
+    root = os.path.dirname(os.path.dirname(RESULTS_ROOT))
     try:
         out = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              timeout=10)
+        commit = out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
+        commit = ""
+    return commit or os.environ.get("BENCH_COMMIT") or None
 
 
 def environment(device, argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
