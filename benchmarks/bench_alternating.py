@@ -4,13 +4,15 @@
 
 Times are medians of CUDA-event timings after warm-up, on random inputs. Our kernels take the
 input pre-activations gx (x W^T is outside the core op, as in FlashRNN); cuDNN's times include
-its input projection.
+its input projection. Each configuration runs both paths of the family side by side: the step
+kernel (STEP_KERNEL=1, one launch per step) and cuBLAS (STEP_KERNEL=0, GEMM + pointwise per step).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 
 import torch
@@ -19,7 +21,9 @@ from flashrnn_compile import runtime
 from flashrnn_compile.cells import get_cell
 from flashrnn_compile.ops import recurrence
 
-PLAN = runtime.plan_json("alternating")
+PATHS = {"ours step kernel": runtime.plan_json("alternating", {"STEP_KERNEL": 1}),
+         "ours cuBLAS": runtime.plan_json("alternating", {"STEP_KERNEL": 0})}
+PLAN = PATHS["ours step kernel"]  # what bench_fused_block compares against
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 CONFIGS = [  # cell, NH, DH, dtype, B, T
@@ -86,15 +90,47 @@ def cudnn(cell, H, dtype, B, T, reps):
     return {"forward_ms": timeit(fwd, reps), "fwd_bwd_ms": timeit(fwd_bwd, reps)}
 
 
+# Step-kernel launch settings tried on the first configuration (dense LSTM 1x768 bf16 B=16),
+# through the kernels' tuning overrides (csrc/alternating/step.cuh: env_int); same results.
+VARIANTS = [
+    ("step: no PDL", {"FLASHRNN_STEP_PDL": "0"}),
+    ("step: chunked", {"FLASHRNN_STEP_ALL_IN": "0"}),
+    ("step: KW=1", {"FLASHRNN_STEP_KW": "1"}),
+    ("step: KW=6", {"FLASHRNN_STEP_KW": "6"}),
+]
+
+
+def variants(cell, NH, DH, dtype, B, T, reps):
+    """Rows of the step kernel under each of VARIANTS (environment restored after each)."""
+    rows = []
+    for name, env in VARIANTS:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            r = ours(PATHS["ours step kernel"], cell, NH, DH, DT[dtype], B, T, reps)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        rows.append(dict(system=name, cell=cell, heads=f"{NH}x{DH}", dtype=dtype, B=B, T=T, **r))
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--no-variants", action="store_true", help="skip the step-kernel launch-setting rows")
     args = p.parse_args()
     rows = []
+    if not args.no_variants:
+        rows += variants(*CONFIGS[0], args.reps)
     for cell, NH, DH, dt, B, T in CONFIGS:
-        r = ours(PLAN, cell, NH, DH, DT[dt], B, T, args.reps)
-        rows.append(dict(system="ours alternating", cell=cell, heads=f"{NH}x{DH}", dtype=dt, B=B, T=T, **r))
+        for system, plan in PATHS.items():
+            r = ours(plan, cell, NH, DH, DT[dt], B, T, args.reps)
+            rows.append(dict(system=system, cell=cell, heads=f"{NH}x{DH}", dtype=dt, B=B, T=T, **r))
         if NH == 1 and cell in ("lstm", "gru") and dt != "fp32":
             c = cudnn(cell, DH, DT[dt], B, T, args.reps)
             rows.append(dict(system="cuDNN nn." + cell.upper(), cell=cell, heads=f"1x{DH}", dtype=dt, B=B, T=T,
@@ -105,10 +141,10 @@ def main():
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
     print(f"\n{result['device']}, torch {result['torch']}; median ms over {args.reps} runs")
-    print(f"{'system':<18} {'cell':<6} {'NHxDH':<7} {'dtype':<5} {'B':>3} {'T':>5} {'fwd':>8} {'fwd+save':>9} {'fwd+bwd':>8}")
+    print(f"{'system':<20} {'cell':<6} {'NHxDH':<7} {'dtype':<5} {'B':>3} {'T':>5} {'fwd':>8} {'fwd+save':>9} {'fwd+bwd':>8}")
     for r in rows:
         fs = "-" if r["forward_save_ms"] is None else f"{r['forward_save_ms']:.2f}"
-        print(f"{r['system']:<18} {r['cell']:<6} {r['heads']:<7} {r['dtype']:<5} {r['B']:>3} {r['T']:>5} "
+        print(f"{r['system']:<20} {r['cell']:<6} {r['heads']:<7} {r['dtype']:<5} {r['B']:>3} {r['T']:>5} "
               f"{r['forward_ms']:>8.2f} {fs:>9} {r['fwd_bwd_ms']:>8.2f}")
 
 

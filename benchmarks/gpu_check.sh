@@ -7,7 +7,8 @@
 # Logs go to $OUT (default: a temp dir). Usage: bash benchmarks/gpu_check.sh
 # Env: TESTS (pytest paths, default tests/gpu), SKIP_ALTERNATING=1 (no alternating build, bench or
 # tests: only the fused_block steps), ALT_CHECKS=0 (build the alternating kernels, for the fused
-# bench's side-by-side row, but skip their memcheck and bench_alternating).
+# bench's side-by-side row, but skip their memcheck and bench_alternating), SKIP_FUSED=1 (no
+# fused_block steps: only the alternating build, tests, memcheck and bench).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
@@ -43,12 +44,16 @@ if [ -d build/fused_cache/flashrnn_compile/variants ]; then
   mkdir -p "$TORCH_EXTENSIONS_DIR/flashrnn_compile"
   cp -r build/fused_cache/flashrnn_compile/variants "$TORCH_EXTENSIONS_DIR/flashrnn_compile/"
 fi
+SKIP_FUSED="${SKIP_FUSED:-0}"
+fb_rc=skipped; fmc_rc=skipped; frc_rc=skipped; fbench_rc=skipped; fb_cold=0; fmtime=0; frtime=0
+if [ "$SKIP_FUSED" != 1 ]; then
 t=$(date +%s.%N)
 timeout 120 "$PY" -c "
 from flashrnn_compile import build
 build.ensure_variant('fused/fused_block.cu', dict(FRNN_CELL='LstmCell', FRNN_DTYPE=1, FRNN_DH=64, FRNN_WARPS=8, FRNN_BATCH_TILE=16, FRNN_R_REG_TILES=1))
 " >"$OUT/fused_build.log" 2>&1; fb_rc=$?
 fb_cold=$(secs "$t")
+fi
 build_rc=0; warm_rc=0; cold=0; warm=0
 if [ "$SKIP_ALT" != 1 ]; then
 t=$(date +%s.%N); timeout 300 "$PY" -m flashrnn_compile.build >"$OUT/build.log" 2>&1; build_rc=$?
@@ -81,6 +86,7 @@ timeout 240 "$PY" benchmarks/bench_alternating.py --out "$OUT/bench.json" >"$OUT
 bench_rc=$?
 fi
 
+if [ "$SKIP_FUSED" != 1 ]; then
 t=$(date +%s.%N)
 timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tests/gpu/memcheck_fused.py >"$OUT/fused_memcheck.log" 2>&1
 fmc_rc=$?
@@ -99,6 +105,7 @@ fi
 ALT_FLAG=""; [ "$SKIP_ALT" = 1 ] && ALT_FLAG="--no-alternating"
 timeout 300 "$PY" benchmarks/bench_fused_block.py $ALT_FLAG --out "$OUT/fused_bench.json" >"$OUT/fused_bench.log" 2>&1
 fbench_rc=$?
+fi
 
 {
   echo "## gpu_check on $CARD"
@@ -116,9 +123,9 @@ fbench_rc=$?
   echo "| fused_block benchmark | exit $fbench_rc |"
   echo
   echo '```'
-  [ -f "$OUT/bench.log" ] && tail -n 12 "$OUT/bench.log"
-  grep FAILED "$OUT/fused_bench.log" | head -5
-  tail -n 18 "$OUT/fused_bench.log"
+  [ -f "$OUT/bench.log" ] && tail -n 24 "$OUT/bench.log"
+  [ -f "$OUT/fused_bench.log" ] && grep FAILED "$OUT/fused_bench.log" | head -5
+  [ -f "$OUT/fused_bench.log" ] && tail -n 18 "$OUT/fused_bench.log"
   echo '```'
 } >"$OUT/summary.md"
 cat "$OUT/summary.md"

@@ -50,10 +50,10 @@ int cell_size(int (*count)(const std::string&), const std::string& functor) {
 
 // gx [T, B, NH, G, DH], R [NH, G, DH, DH], b [NH, G, DH], s0 [S, B, NH, DH] ->
 // writes h [T, B, NH, DH], sT [S, B, NH, DH], states_in [T, S, B, NH, DH] and rhb [T, B, NH, G, DH]
-// (fp32; both empty: save=false)
+// (fp32; both empty: save=false); step_kernel: 1 = one launch per step (step_forward.cu), 0 = cuBLAS
 void forward(const at::Tensor& gx_, const at::Tensor& R_, const at::Tensor& b_, const at::Tensor& s0_,
              const std::string& functor, bool reverse, at::Tensor& h, at::Tensor& sT,
-             at::Tensor& states_in, at::Tensor& rhb) {
+             at::Tensor& states_in, at::Tensor& rhb, int64_t step_kernel) {
   const int G = cell_size(flashrnn::alternating::num_gates, functor);
   const int S = cell_size(flashrnn::alternating::num_states, functor);
   TORCH_CHECK(gx_.dim() == 5 && gx_.size(3) == G, "flashrnn_alternating: gx: expected [T, B, NH, ", G,
@@ -79,17 +79,22 @@ void forward(const at::Tensor& gx_, const at::Tensor& R_, const at::Tensor& b_, 
                 "flashrnn_alternating: states_in, rhb: expected both [T, S, B, NH, DH] / [T, B, NH, G, DH] "
                 "(save) or both empty");
   }
+  TORCH_CHECK(step_kernel == 0 || step_kernel == 1, "flashrnn_alternating: step_kernel: expected 0 or 1, got ",
+              step_kernel);
+  const bool step = step_kernel == 1;
   const int64_t KS = flashrnn::alternating::gemm_splits(dtype);
+  const int64_t BG = step ? 0 : B;  // cuBLAS-path workspaces are empty on the step path
   auto f32 = gx.options().dtype(at::kFloat);
-  at::Tensor state_ws = at::empty({S, B, NH, DH}, f32);            // [S, B, NH, DH]
-  at::Tensor hsplit_ws = at::empty({KS * B, NH, DH}, gx.options());  // [KS*B, NH, DH]
-  at::Tensor rh_ws = at::empty({KS * B, NH, G, DH}, f32);          // [KS*B, NH, G, DH]
+  at::Tensor state_ws = at::empty({S, B, NH, DH}, f32);             // [S, B, NH, DH]
+  at::Tensor hsplit_ws = at::empty({KS * BG, NH, DH}, gx.options());  // [KS*B, NH, DH]
+  at::Tensor rh_ws = at::empty({KS * BG, NH, G, DH}, f32);          // [KS*B, NH, G, DH]
+  at::Tensor h2_ws = at::empty({step ? B : 0, NH, DH}, f32);        // [B, NH, DH]
   flashrnn::alternating::ForwardArgs args{
       {static_cast<int>(T), static_cast<int>(B), static_cast<int>(NH), static_cast<int>(DH)},
       dtype, reverse,
       gx.data_ptr(), R.data_ptr(), b.data_ptr(), s0.data_ptr(), h.data_ptr(), sT.data_ptr(),
       save ? states_in.data_ptr<float>() : nullptr, save ? rhb.data_ptr<float>() : nullptr,
-      state_ws.data_ptr<float>(), hsplit_ws.data_ptr(), rh_ws.data_ptr<float>()};
+      state_ws.data_ptr<float>(), hsplit_ws.data_ptr(), rh_ws.data_ptr<float>(), step, h2_ws.data_ptr<float>()};
   const std::string err =
       flashrnn::alternating::forward(functor, args, c10::cuda::getCurrentCUDAStream(dev.index()).stream());
   TORCH_CHECK(err.empty(), "flashrnn_alternating.forward (", functor, "): ", err);
@@ -99,7 +104,8 @@ void forward(const at::Tensor& gx_, const at::Tensor& R_, const at::Tensor& b_, 
 // writes dgx [T, B, NH, G, DH], dR [NH, G, DH, DH], db [NH, G, DH], ds0 [S, B, NH, DH]
 void backward(const at::Tensor& dh_, const at::Tensor& dsT_, const at::Tensor& gx_, const at::Tensor& R_,
               const at::Tensor& states_in_, const at::Tensor& rhb_, const std::string& functor,
-              bool reverse, at::Tensor& dgx, at::Tensor& dR, at::Tensor& db, at::Tensor& ds0) {
+              bool reverse, at::Tensor& dgx, at::Tensor& dR, at::Tensor& db, at::Tensor& ds0,
+              int64_t step_kernel) {
   const int G = cell_size(flashrnn::alternating::num_gates, functor);
   const int S = cell_size(flashrnn::alternating::num_states, functor);
   TORCH_CHECK(gx_.dim() == 5 && gx_.size(3) == G, "flashrnn_alternating: gx: expected [T, B, NH, ", G,
@@ -121,14 +127,19 @@ void backward(const at::Tensor& dh_, const at::Tensor& dsT_, const at::Tensor& g
   check(dR, "dR", {NH, G, DH, DH}, st, dev);
   check(db, "db", {NH, G, DH}, st, dev);
   check(ds0, "ds0", {S, B, NH, DH}, st, dev);
+  TORCH_CHECK(step_kernel == 0 || step_kernel == 1, "flashrnn_alternating: step_kernel: expected 0 or 1, got ",
+              step_kernel);
+  const bool step = step_kernel == 1;
   const int64_t KS = flashrnn::alternating::gemm_splits(dtype);
   const bool f64 = flashrnn::alternating::dR_dtype(dtype) == DType::kFloat64;
   auto f32 = gx.options().dtype(at::kFloat), f64o = gx.options().dtype(at::kDouble);
   auto dto = f64 ? f64o : gx.options();
   at::Tensor ds_ws = at::empty({S, B, NH, DH}, f32);                     // [S, B, NH, DH]
   at::Tensor db_ws = at::empty({B, NH, G, DH}, f64o);                    // [B, NH, G, DH]
-  at::Tensor dsplit_ws = at::empty({B, NH, KS, G, DH}, gx.options());    // [B, NH, KS, G, DH]
-  at::Tensor R2_ws = at::empty({KS == 2 ? NH : 0, KS, G, DH, DH}, gx.options());  // [NH, KS, G, DH, DH]
+  at::Tensor dsplit_ws = at::empty({step ? 0 : B, NH, KS, G, DH}, gx.options());  // [B, NH, KS, G, DH]
+  at::Tensor R2_ws = at::empty({KS == 2 && !step ? NH : 0, KS, G, DH, DH}, gx.options());  // [NH, KS, G, DH, DH]
+  at::Tensor RT_ws = at::empty({step ? NH : 0, DH, G, DH}, gx.options());  // [NH, DH, G, DH]
+  at::Tensor dr_ws = at::empty({step ? 2 : 0, B, NH, G, DH}, f32);         // [2, B, NH, G, DH]
   at::Tensor drhb_ws = at::empty({T, B, NH, G, DH}, dto);                // [T, B, NH, G, DH]
   at::Tensor hin_ws = at::empty({T, B, NH, DH}, dto);                    // [T, B, NH, DH]
   at::Tensor dR64_ws = at::empty({f64 ? NH : 0, G, DH, DH}, f64o);       // [NH, G, DH, DH]
@@ -139,7 +150,8 @@ void backward(const at::Tensor& dh_, const at::Tensor& dsT_, const at::Tensor& g
       T > 0 ? states_in.data_ptr<float>() : nullptr, T > 0 ? rhb.data_ptr<float>() : nullptr,
       dgx.data_ptr(), dR.data_ptr(), db.data_ptr(), ds0.data_ptr(),
       ds_ws.data_ptr<float>(), db_ws.data_ptr<double>(), dsplit_ws.data_ptr(), R2_ws.data_ptr(),
-      drhb_ws.data_ptr(), hin_ws.data_ptr(), dR64_ws.data_ptr<double>()};
+      drhb_ws.data_ptr(), hin_ws.data_ptr(), dR64_ws.data_ptr<double>(), step, RT_ws.data_ptr(),
+      dr_ws.data_ptr<float>()};
   const std::string err =
       flashrnn::alternating::backward(functor, args, c10::cuda::getCurrentCUDAStream(dev.index()).stream());
   TORCH_CHECK(err.empty(), "flashrnn_alternating.backward (", functor, "): ", err);
@@ -149,9 +161,9 @@ void backward(const at::Tensor& dh_, const at::Tensor& dsT_, const at::Tensor& g
 
 TORCH_LIBRARY(flashrnn_alternating, m) {
   m.def("forward(Tensor gx, Tensor R, Tensor b, Tensor s0, str functor, bool reverse, Tensor(a!) h, "
-        "Tensor(b!) sT, Tensor(c!) states_in, Tensor(d!) rhb) -> ()");
+        "Tensor(b!) sT, Tensor(c!) states_in, Tensor(d!) rhb, int step_kernel=0) -> ()");
   m.def("backward(Tensor dh, Tensor dsT, Tensor gx, Tensor R, Tensor states_in, Tensor rhb, str functor, "
-        "bool reverse, Tensor(a!) dgx, Tensor(b!) dR, Tensor(c!) db, Tensor(d!) ds0) -> ()");
+        "bool reverse, Tensor(a!) dgx, Tensor(b!) dR, Tensor(c!) db, Tensor(d!) ds0, int step_kernel=0) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(flashrnn_alternating, CUDA, m) {

@@ -71,6 +71,8 @@ LIBRARIES: Dict[str, LibrarySpec] = {
         sources=(
             "alternating/forward.cu",
             "alternating/backward.cu",
+            "alternating/step_forward.cu",
+            "alternating/step_backward.cu",
             "alternating/gemm.cpp",
             "bindings.cpp",
         ),

@@ -5,10 +5,15 @@
 //   b         [NH, G, DH]         dtype        s0  [S, B, NH, DH]  dtype
 //   h         [T, B, NH, DH]      dtype        sT  [S, B, NH, DH]  dtype
 //   states_in [T, S, B, NH, DH]   float32      rhb [T, B, NH, G, DH] float32 (only with save)
-// Per step (processing order; t runs T-1..0 with reverse): one strided-batched cuBLAS GEMM over
-// the heads (R h, fp32 accumulation) and one pointwise kernel (the cell functor of
-// csrc/common/cells.cuh). Backward: per step the pointwise backward and the GEMM for dh; dR (one
-// strided-batched GEMM over all T*B rows) and db (accumulated in fp32) after the loop.
+// Two paths, chosen per call by `step_kernel` (the plan's STEP_KERNEL):
+// - cuBLAS path: per step (processing order; t runs T-1..0 with reverse) one strided-batched
+//   cuBLAS GEMM over the heads (R h, fp32 accumulation) and one pointwise kernel (the cell functor
+//   of csrc/common/cells.cuh). Backward: per step the pointwise backward and the GEMM for dh.
+// - step-kernel path: ONE launch per step that computes R h (backward: R^T d(rhb)) for the hidden
+//   units each block owns with FMAs (fp32 sums; fp64 for float32 inputs), then applies the
+//   functor to them (step.cuh).
+// Both: dR (one strided-batched GEMM over all T*B rows) and db (accumulated in float64) after the
+// loop.
 // Every buffer is contiguous; the caller allocates outputs and workspaces (sizes below).
 #pragma once
 
@@ -49,7 +54,9 @@ struct ForwardArgs {
   float* rhb;        // [T, B, NH, G, DH] (out) or nullptr: save=false
   float* state_ws;   // [S, B, NH, DH] workspace
   void* hsplit_ws;   // [KS*B, NH, DH] dtype workspace, KS = gemm_splits(dtype)
-  float* rh_ws;      // [KS*B, NH, G, DH] workspace
+  float* rh_ws;      // [KS*B, NH, G, DH] workspace (cuBLAS path only)
+  bool step_kernel;  // true: the step-kernel path (one launch per step, step_forward.cu)
+  float* h2_ws;      // [B, NH, DH] workspace (step-kernel path only: h double buffer)
 };
 
 struct BackwardArgs {
@@ -73,6 +80,9 @@ struct BackwardArgs {
   void* drhb_ws;           // [T, B, NH, G, DH] dR_dtype workspace
   void* hin_ws;            // [T, B, NH, DH]    dR_dtype workspace
   double* dR64_ws;         // [NH, G, DH, DH] workspace (float32 inputs only, else unused)
+  bool step_kernel;        // true: the step-kernel path (one launch per step, step_backward.cu)
+  void* RT_ws;             // [NH, DH, G, DH] dtype workspace (step-kernel path only: R transposed)
+  float* dr_ws;            // [2, B, NH, G, DH] workspace (step-kernel path only: drhb double buffer)
 };
 
 // Gates and states of the cell whose functor is named `functor` ("LstmCell", ...); -1 if unknown.
@@ -83,6 +93,10 @@ int num_states(const std::string& functor);
 // a handle of this library's own, one per thread and device, bound to that stream).
 std::string forward(const std::string& functor, const ForwardArgs& args, cudaStream_t stream);
 std::string backward(const std::string& functor, const BackwardArgs& args, cudaStream_t stream);
+
+// The step-kernel paths (called by forward/backward when args.step_kernel and T * B > 0).
+std::string step_forward(const std::string& functor, const ForwardArgs& args, cudaStream_t stream);
+std::string step_backward(const std::string& functor, const BackwardArgs& args, cudaStream_t stream);
 
 }  // namespace alternating
 }  // namespace flashrnn

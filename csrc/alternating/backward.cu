@@ -7,7 +7,7 @@
 //   GEMM:      ds[0] += [R R]^T [d_hi; d_lo]  (K = KS*G*DH, beta = 1, fp32 accumulation)
 //   after:     dR[n] = sum_(t,b) drhb[t,b,n]^T hin[t,b,n] (one GEMM, K = T*B, operands DT);
 //              db = sum_b db_ws[b]
-#include "common.cuh"
+#include "finish.cuh"
 
 namespace flashrnn {
 namespace alternating {
@@ -65,22 +65,6 @@ __global__ void step_backward_kernel(StepBackward<T> p) {
   }
 }
 
-// db[c] = sum_b db_ws[b, c] for c < NH*G*DH
-template <typename T>
-__global__ void reduce_db_kernel(T* db, const double* db_ws, int B, long long n) {
-  FLASHRNN_GRID_STRIDE(c, n) {
-    double acc = 0.0;
-    for (int b = 0; b < B; ++b) acc += db_ws[b * n + c];
-    db[c] = from_float<T>(static_cast<float>(acc));
-  }
-}
-
-// out[i] = (T) in[i] from float64
-template <typename T>
-__global__ void from_double_kernel(T* out, const double* in, long long n) {
-  FLASHRNN_GRID_STRIDE(i, n) { out[i] = from_float<T>(static_cast<float>(in[i])); }
-}
-
 template <typename Cell, typename T>
 struct RunBackward {
   static std::string run(const BackwardArgs& a, cudaStream_t stream) {
@@ -135,26 +119,13 @@ struct RunBackward {
                 NH, Traits<T>::dtype};
       if (!(err = run_gemm(gemm, stream)).empty()) return err;
     }
-    // dR[n, gi, j] = sum_r drhb[r, n, gi] hin[r, n, j], r = (t, b); column-major per head n:
-    // C [DH, G*DH] (ldc DH) = hin [DH, T*B] (lda NH*DH) x drhb^T [T*B, G*DH] (ldb NH*G*DH)
-    const bool f64 = Traits<DT>::dtype == DType::kFloat64;
-    Gemm dR{false, true, DH, G * DH, T_ * B,
-            hin, NH * DH, (long long)DH,
-            drhb, NH * G * DH, (long long)G * DH,
-            0.0f, f64 ? static_cast<void*>(a.dR64_ws) : a.dR, false, DH, GDD,
-            NH, Traits<DT>::dtype};
-    if (!(err = run_gemm(dR, stream)).empty()) return err;
-    if (f64) {
-      from_double_kernel<T><<<blocks_for(nb * DH), kThreads, 0, stream>>>(static_cast<T*>(a.dR), a.dR64_ws, nb * DH);
-      if (!(err = last_error("from_double_kernel")).empty()) return err;
-    }
-    reduce_db_kernel<T><<<blocks_for(nb), kThreads, 0, stream>>>(static_cast<T*>(a.db), a.db_ws, B, nb);
-    if (!(err = last_error("reduce_db_kernel")).empty()) return err;
-    return convert(static_cast<T*>(a.ds0), a.ds_ws, S * BND, stream);
+    return finish_backward<T>(a, G, S, stream);
   }
 };
 
 std::string backward(const std::string& functor, const BackwardArgs& args, cudaStream_t stream) {
+  const Shape& sh = args.shape;
+  if (args.step_kernel && (long long)sh.T * sh.B * sh.NH * sh.DH > 0) return step_backward(functor, args, stream);
   return dispatch<RunBackward>(functor, args.dtype, args, stream);
 }
 

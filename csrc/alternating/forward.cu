@@ -104,6 +104,8 @@ struct RunForward {
 };
 
 std::string forward(const std::string& functor, const ForwardArgs& args, cudaStream_t stream) {
+  const Shape& sh = args.shape;
+  if (args.step_kernel && (long long)sh.T * sh.B * sh.NH * sh.DH > 0) return step_forward(functor, args, stream);
   return dispatch<RunForward>(functor, args.dtype, args, stream);
 }
 

@@ -4,6 +4,9 @@
             save) -> (h [T,B,NH,DH], sT [S,B,NH,DH], states_in [T,S,B,NH,DH], rhb [T,B,NH,G,DH])
     backward(dh, dsT, gx, R, states_in, rhb, cell, reverse, params) -> (dgx, dR, db, ds0)
 
+`params` is the plan's: STEP_KERNEL = 1 runs one launch per time step (R h, or R^T d(rhb), and
+the cell for the units each block owns: csrc/alternating/step_*.cu), 0 the cuBLAS GEMM plus a
+pointwise launch per step; a plan without STEP_KERNEL (a hand-written plan string) gets 1.
 Dtypes and shapes are those of the core op's fake impl (ops.py). float16, bfloat16 and float32 run
 on the kernels (fp32 states and accumulation); float64 runs the reference (one warning): the
 kernels have no float64 path. Set `POISON = True` (or FLASHRNN_POISON=1) to fill every output
@@ -58,6 +61,14 @@ def _float64_fallback() -> None:
                       RuntimeWarning, stacklevel=3)
 
 
+def step_kernel(params) -> int:
+    """1 for the step-kernel path, 0 for the cuBLAS path (the plan's STEP_KERNEL, default 1)."""
+    value = (params or {}).get("STEP_KERNEL", 1)
+    if isinstance(value, bool) or value not in (0, 1):
+        raise ValueError(f"params: expected STEP_KERNEL in (0, 1), got {value!r}")
+    return int(value)
+
+
 def _poison(*tensors: Tensor) -> None:
     if POISON:
         for t in tensors:
@@ -83,7 +94,7 @@ def forward(gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, cell: str, reverse: bo
         rhb = torch.empty(0, **f32)
     _poison(h, sT, states_in, rhb)
     torch.ops.flashrnn_alternating.forward(
-        gx, R, b, s0, get_cell(cell).functor, reverse, h, sT, states_in, rhb
+        gx, R, b, s0, get_cell(cell).functor, reverse, h, sT, states_in, rhb, step_kernel(params)
     )
     return h, sT, states_in, rhb
 
@@ -102,6 +113,6 @@ def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, 
     _poison(dgx, dR, db, ds0)
     torch.ops.flashrnn_alternating.backward(
         dh.to(gx.dtype), dsT.to(gx.dtype), gx, R, states_in, rhb, get_cell(cell).functor, reverse,
-        dgx, dR, db, ds0,
+        dgx, dR, db, ds0, step_kernel(params),
     )
     return dgx, dR, db, ds0

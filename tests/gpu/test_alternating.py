@@ -9,9 +9,15 @@ of float32, bfloat16, float16
 for h, sT and the gradients of gx, R, b, s0 (through the core op's autograd, i.e. our backward
 kernel), each required to satisfy err(ours) <= 2 err(torch).
 
-Matrix: every cell x {1x768, 12x64, 3x5, 7x33} x B in {1, 3, 16} x T in {1, 17} x both directions;
-T = 1024 on every cell with (1x768, B=16, forward), (12x64, B=16, reverse), (7x33, B=3, forward),
-(3x5, B=1, reverse). FLASHRNN_GPU_LONG=full runs T = 1024 on the whole matrix.
+Both paths of the family: the step kernel (STEP_KERNEL=1, one launch per step; also what a plan
+without STEP_KERNEL runs) on the whole matrix, the cuBLAS path (STEP_KERNEL=0) on part of it.
+
+Matrix (step kernel): every cell x {1x768, 12x64, 3x5, 7x33} x B in {1, 3, 16} x T in {1, 17} x
+both directions; T = 1024 on every cell with (1x768, B=16, forward), (12x64, B=16, reverse),
+(7x33, B=3, forward), (3x5, B=1, reverse). FLASHRNN_GPU_LONG=full runs T = 1024 on the whole
+matrix. cuBLAS path: every cell x shape x direction at B=3, T=17, and lstm (1x768, B=16, T=1024, fwd).
+B = 3 and 16 take the two batch tiles of the step kernel (4 and 16); 3x5 and 7x33 its unaligned
+copies, 1x768 and 12x64 its 16-byte cp.async copies.
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ from flashrnn_compile.kernels import alternating
 from flashrnn_compile.ops import recurrence
 from flashrnn_compile.testing import rel_err
 
-from .conftest import float64_failures, make_inputs
+from .conftest import NAMES, float64_failures, make_inputs, run_with_grads
 
-PLAN = runtime.plan_json("alternating")
+PLAN = runtime.plan_json("alternating")  # no STEP_KERNEL: the step kernel
+PLANS = {"step": runtime.plan_json("alternating", {"STEP_KERNEL": 1}),
+         "cublas": runtime.plan_json("alternating", {"STEP_KERNEL": 0})}
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 SHAPES = ((1, 768), (12, 64), (3, 5), (7, 33))  # (NH, DH)
 
@@ -48,7 +56,13 @@ def _cases():
             yield cell, NH, DH, B, 1024, reverse
 
 
-CASES = list(_cases())
+def _cublas_cases():
+    for cell, (NH, DH), reverse in itertools.product(CELLS, SHAPES, (False, True)):
+        yield cell, NH, DH, 3, 17, reverse
+    yield "lstm", 1, 768, 16, 1024, False
+
+
+CASES = [("step",) + c for c in _cases()] + [("cublas",) + c for c in _cublas_cases()]
 
 
 @pytest.fixture(autouse=True)
@@ -61,24 +75,42 @@ def test_kernels_are_built_and_used():
     assert runtime.implementation(PLAN, torch.device("cuda")).family == "alternating"
 
 
-@pytest.mark.parametrize("cell,NH,DH,B,T,reverse", CASES,
-                         ids=[f"{c}-{nh}x{dh}-B{b}-T{t}-{'rev' if r else 'fwd'}" for c, nh, dh, b, t, r in CASES])
-def test_matches_float64_reference(cell, NH, DH, B, T, reverse):
+@pytest.mark.parametrize("path,cell,NH,DH,B,T,reverse", CASES,
+                         ids=[f"{p}-{c}-{nh}x{dh}-B{b}-T{t}-{'rev' if r else 'fwd'}" for p, c, nh, dh, b, t, r in CASES])
+def test_matches_float64_reference(path, cell, NH, DH, B, T, reverse):
     seed = zlib.crc32(f"{cell}-{NH}-{DH}-{B}-{T}-{reverse}".encode())
-    failures = float64_failures(cell, NH, DH, B, T, reverse, seed, DTYPES, lambda dtype: PLAN)
+    failures = float64_failures(cell, NH, DH, B, T, reverse, seed, DTYPES, lambda dtype: PLANS[path])
     assert not failures, "; ".join(failures)
 
 
+@pytest.mark.parametrize("path", sorted(PLANS))
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_save_false_matches_save_true(cell):
+def test_save_false_matches_save_true(cell, path):
     gx, R, b, s0, _, _ = make_inputs(cell, 9, 3, 2, 16, seed=7)
     gx, R, b, s0 = (t.float() for t in (gx, R, b, s0))
-    h1, s1, si, rh = torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, PLAN, True)
-    h2, s2, si2, rh2 = torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, PLAN, False)
+    h1, s1, si, rh = torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, PLANS[path], True)
+    h2, s2, si2, rh2 = torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, PLANS[path], False)
     assert torch.equal(h1, h2) and torch.equal(s1, s2)
     assert si2.numel() == 0 and rh2.numel() == 0
     _, _, si_ref, rh_ref = reference.forward(gx.double(), R.double(), b.double(), s0.double(), cell, False, True)
     assert rel_err(si, si_ref) < 1e-5 and rel_err(rh, rh_ref) < 1e-5
+
+
+def test_step_kernel_agrees_with_cublas_path_in_float32():
+    """The two paths compute the same recurrence (float32, 1x768 B=16: 16-byte copies, 3 warps)."""
+    gx, R, b, s0, dh, dsT = make_inputs("lstm", 6, 16, 1, 768, seed=9)
+    low = [t.float() for t in (gx, R, b, s0)]
+    step = run_with_grads(lambda *a: recurrence(*a, cell="lstm", plan=PLANS["step"]), low, dh.float(), dsT.float())
+    cublas = run_with_grads(lambda *a: recurrence(*a, cell="lstm", plan=PLANS["cublas"]), low, dh.float(), dsT.float())
+    for name, x, y in zip(NAMES, step, cublas):
+        assert rel_err(x, y) < 1e-5, name
+
+
+def test_step_kernel_param_is_checked():
+    gx, R, b, s0, _, _ = make_inputs("gru", 2, 1, 1, 4, seed=2)
+    gx, R, b, s0 = (t.float() for t in (gx, R, b, s0))
+    with pytest.raises(ValueError, match="STEP_KERNEL"):
+        recurrence(gx, R, b, s0, cell="gru", plan=runtime.plan_json("alternating", {"STEP_KERNEL": 2}))
 
 
 def test_noncontiguous_inputs():

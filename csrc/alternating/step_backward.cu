@@ -1,0 +1,182 @@
+// Alternating backward, step-kernel path: ONE launch per time step (no cuBLAS in the loop). A block
+// owns kBwdUnits hidden units j of one head and a tile of BT batch rows. At processing step p
+// (t of the step; p runs T-1 .. 0):
+//
+//   rec[j, b] = sum_(g, i) RT[n, j, (g, i)] * drhb_prev[b, n, (g, i)]   (R^T d(rhb) of step p + 1,
+//                                                                      FMAs: step.cuh)
+//   ds_new = ds (+ dh[t] + rec on h); (dgx[t], drhb, ds) = Cell::backward(...)   (own units)
+//
+// RT [NH, DH, G, DH] is R transposed once per call (rows of R^T contiguous); drhb is kept in fp32
+// and double-buffered (dr_ws[p & 1] is written while dr_ws[(p + 1) & 1] is read). A last launch
+// adds R^T drhb of step 0 into ds[0]. dR and db after the loop as in the cuBLAS path (backward.cu).
+#include "finish.cuh"
+#include "step.cuh"
+
+namespace flashrnn {
+namespace alternating {
+
+template <typename T>
+struct StepBwd {
+  using DT = typename Acc<T>::DT;
+  int B, NH, DH, ublocks;  // ublocks: blocks per head (ceil(DH / kBwdUnits))
+  bool vec;                // 16-byte copies of RT and drhb rows
+  bool all_in;             // whole K ranges in shared memory (step::Config)
+  bool has_prev;           // a step was processed before this one: add R^T drhb_prev
+  bool pointwise;          // false: only ds[0] += R^T drhb_prev (the launch after the loop)
+  const T* RT;             // [NH, DH, G, DH]
+  const float* dr_prev;    // [B, NH, G, DH]
+  float* dr_cur;           // [B, NH, G, DH]
+  const T* dh_t;           // [B, NH, DH]
+  const T* gx_t;           // [B, NH, G, DH]
+  const float* rhb_t;      // [B, NH, G, DH]
+  const float* states_t;   // [S, B, NH, DH]
+  float* ds;               // [S, B, NH, DH]  in place: ds_new in, ds_in out
+  T* dgx_t;                // [B, NH, G, DH]
+  DT* drhb_t;              // [B, NH, G, DH]
+  double* db;              // [B, NH, G, DH]  accumulated over t
+  DT* hin_t;               // [B, NH, DH]
+};
+
+template <typename Cell, typename T, int BT>
+__global__ void __launch_bounds__(32 * step::MAX_KW) step_backward_kernel(StepBwd<T> p) {
+  constexpr int G = Cell::G, S = Cell::S, UW = step::kBwdUnits, RW = UW, V = RW * BT;
+  using DT = typename Acc<T>::DT;
+  using A = typename step::Accum<T>::type;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int KW = blockDim.x >> 5;
+  const int n = blockIdx.x / p.ublocks, j0 = (blockIdx.x % p.ublocks) * UW, b0 = blockIdx.y * BT;
+  const int B = p.B, NH = p.NH, DH = p.DH, K = G * DH;
+  A* part = reinterpret_cast<A*>(smem + step::part_offset<T, RW, BT>(KW, K, p.all_in));
+  step::grid_dep_launch();  // the next step may start launching: it waits for this one to finish
+  if (p.pointwise) {  // this step's inputs: DRAM -> L2 early
+    for (int i = threadIdx.x; i < UW * BT; i += blockDim.x) {
+      const int j = j0 + i % UW, bb = b0 + i / UW;
+      if (j < DH && bb < B) {
+        const long long gb = ((long long)bb * NH + n) * G * DH + j;
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          step::prefetch_l2(p.gx_t + gb + (long long)g * DH);
+          step::prefetch_l2(p.rhb_t + gb + (long long)g * DH);
+        }
+        step::prefetch_l2(p.dh_t + ((long long)bb * NH + n) * DH + j);
+      }
+    }
+  }
+  if (p.has_prev) {  // uniform over the grid
+    auto W = [&](int r) { return p.RT + ((long long)n * DH + min(j0 + r, DH - 1)) * K; };
+    auto X = [&](int b) { return p.dr_prev + ((long long)min(b0 + b, B - 1) * NH + n) * K; };
+    step::block_matvec<T, RW, BT>(W, X, K, p.vec, p.all_in, smem, part);  // waits for the previous step
+  } else {
+    step::grid_dep_wait();
+  }
+  const long long BND = (long long)B * NH * DH;
+  for (int i = threadIdx.x; i < UW * BT; i += blockDim.x) {
+    const int u = i % UW, b = i / UW, j = j0 + u, bb = b0 + b;
+    if (j >= DH || bb >= B) continue;
+    const long long idx = ((long long)bb * NH + n) * DH + j;
+    const A rec = p.has_prev ? step::block_sum<V>(part, u * BT + b) : A(0);
+    if (!p.pointwise) {
+      p.ds[idx] = static_cast<float>(p.ds[idx] + rec);
+      continue;
+    }
+    const long long gbase = ((long long)bb * NH + n) * G * DH + j;
+    float gx[G], rhb[G], s[S], ds_new[S], dgx[G], drhb[G], ds[S];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      gx[g] = Traits<T>::load(p.gx_t[gbase + (long long)g * DH]);
+      rhb[g] = p.rhb_t[gbase + (long long)g * DH];
+    }
+#pragma unroll
+    for (int k = 0; k < S; ++k) {
+      s[k] = p.states_t[k * BND + idx];
+      ds_new[k] = p.ds[k * BND + idx];
+    }
+    ds_new[0] = static_cast<float>(ds_new[0] + (Traits<T>::load(p.dh_t[idx]) + rec));
+    Cell::backward(gx, rhb, s, ds_new, dgx, drhb, ds);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const long long o = gbase + (long long)g * DH;
+      p.dgx_t[o] = Traits<T>::store(dgx[g]);
+      p.drhb_t[o] = from_float<DT>(drhb[g]);
+      p.db[o] += static_cast<double>(drhb[g]);
+      p.dr_cur[o] = drhb[g];
+    }
+#pragma unroll
+    for (int k = 0; k < S; ++k) p.ds[k * BND + idx] = ds[k];
+    p.hin_t[idx] = from_float<DT>(s[0]);
+  }
+}
+
+// RT[n, j, g, i] = R[n, g, i, j]
+template <typename T>
+__global__ void transpose_r_kernel(T* RT, const T* R, int NH, int G, int DH) {
+  const long long n_el = (long long)NH * G * DH * DH;
+  FLASHRNN_GRID_STRIDE(e, n_el) {
+    const int i = static_cast<int>(e % DH);
+    const long long rest = e / DH;
+    const int g = static_cast<int>(rest % G);
+    const long long nj = rest / G;
+    const int j = static_cast<int>(nj % DH);
+    const long long n = nj / DH;
+    RT[e] = R[((n * G + g) * DH + i) * DH + j];
+  }
+}
+
+template <typename Cell, typename T, int BT>
+std::string run_step_backward(const BackwardArgs& a, cudaStream_t stream) {
+  constexpr int G = Cell::G, S = Cell::S, RW = step::kBwdUnits;
+  using DT = typename Acc<T>::DT;
+  const int T_ = a.shape.T, B = a.shape.B, NH = a.shape.NH, DH = a.shape.DH;
+  const long long BND = (long long)B * NH * DH;
+  const long long step_gx = BND * G;
+  const int K = G * DH;
+  std::string err;
+  if (!(err = convert(a.ds_ws, static_cast<const T*>(a.dsT), S * BND, stream)).empty()) return err;
+  cudaMemsetAsync(a.db_ws, 0, (long long)B * NH * G * DH * sizeof(double), stream);
+  T* RT = static_cast<T*>(a.RT_ws);
+  transpose_r_kernel<T><<<blocks_for((long long)NH * G * DH * DH), kThreads, 0, stream>>>(
+      RT, static_cast<const T*>(a.R), NH, G, DH);
+  if (!(err = last_error("transpose_r_kernel")).empty()) return err;
+  const int ublocks = (DH + RW - 1) / RW;
+  const dim3 grid(NH * ublocks, (B + BT - 1) / BT);
+  const step::Config cfg = step::configure<T, RW, BT>((long long)grid.x * grid.y, K, /*one_warp=*/false);
+  auto kernel = step_backward_kernel<Cell, T, BT>;
+  if (cfg.smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, cfg.smem);
+  const bool vec = (K * (int)sizeof(T)) % 16 == 0 && K % 4 == 0 && step::aligned16(RT) && step::aligned16(a.dr_ws);
+  float* dr[2] = {a.dr_ws, a.dr_ws + step_gx};  // drhb of processing step p: dr[p & 1]
+  DT* drhb = static_cast<DT*>(a.drhb_ws);
+  DT* hin = static_cast<DT*>(a.hin_ws);
+  for (int p = T_ - 1; p >= -1; --p) {  // p = -1: only ds[0] += R^T drhb of step 0
+    const int t = a.reverse ? T_ - 1 - p : p;
+    const bool pw = p >= 0;
+    StepBwd<T> sp{B, NH, DH, ublocks, vec, cfg.all_in, p < T_ - 1, pw, RT, dr[(p + 1) & 1], pw ? dr[p & 1] : nullptr,
+                  pw ? static_cast<const T*>(a.dh) + t * BND : nullptr,
+                  pw ? static_cast<const T*>(a.gx) + t * step_gx : nullptr,
+                  pw ? a.rhb + t * step_gx : nullptr,
+                  pw ? a.states_in + (long long)t * S * BND : nullptr,
+                  a.ds_ws,
+                  pw ? static_cast<T*>(a.dgx) + t * step_gx : nullptr,
+                  pw ? drhb + t * step_gx : nullptr,
+                  a.db_ws,
+                  pw ? hin + t * BND : nullptr};
+    // the first step waits for everything before it in the stream (RT, ds_ws, db_ws) in full
+    const cudaError_t e = step::launch(kernel, grid, 32 * cfg.KW, cfg.smem, stream, cfg.pdl && p < T_ - 1, sp);
+    if (e != cudaSuccess) return std::string("step_backward_kernel: ") + cudaGetErrorString(e);
+  }
+  return finish_backward<T>(a, G, S, stream);
+}
+
+template <typename Cell, typename T>
+struct RunStepBackward {
+  static std::string run(const BackwardArgs& a, cudaStream_t stream) {
+    return a.shape.B <= 4 ? run_step_backward<Cell, T, 4>(a, stream)
+                          : run_step_backward<Cell, T, step::wide_tile<T>()>(a, stream);
+  }
+};
+
+std::string step_backward(const std::string& functor, const BackwardArgs& args, cudaStream_t stream) {
+  return dispatch<RunStepBackward>(functor, args.dtype, args, stream);
+}
+
+}  // namespace alternating
+}  // namespace flashrnn
