@@ -14,12 +14,12 @@ from flashrnn_compile import build, runtime
 from flashrnn_compile.kernels import fused_block
 from flashrnn_compile.ops import recurrence
 
-P = {"WARPS": 4, "BATCH_TILE": 8, "R_REG_TILES": 2}
+P = {"WARPS": 2, "BATCH_TILE": 8, "R_REG_TILES": 2}
 
 
 def test_defines_of_a_plan():
     d = fused_block.defines("gru", torch.bfloat16, 32, P)
-    assert d == {"FRNN_CELL": "GruCell", "FRNN_DTYPE": 1, "FRNN_DH": 32, "FRNN_WARPS": 4,
+    assert d == {"FRNN_CELL": "GruCell", "FRNN_DTYPE": 1, "FRNN_DH": 32, "FRNN_WARPS": 2,
                  "FRNN_BATCH_TILE": 8, "FRNN_R_REG_TILES": 2}
 
 
@@ -29,8 +29,12 @@ def test_defines_of_a_plan():
     ("lstm", torch.bfloat16, 32, {**P, "BATCH_TILE": 12}, "BATCH_TILE=12"),
     ("lstm", torch.bfloat16, 32, {**P, "WARPS": 0}, "WARPS=0"),
     ("lstm", torch.bfloat16, 32, {"WARPS": 4}, "missing"),
-    # gru 16: forward 3 row tiles, 1 k-tile; 2 warps cannot split either
-    ("gru", torch.bfloat16, 16, {**P, "WARPS": 2}, "k-tiles"),
+    # DH 16: one unit group; 3 warps are neither one warp nor row halves
+    ("gru", torch.bfloat16, 16, {**P, "WARPS": 3}, "times 1, or times 2"),
+    # 4 warps on one unit group: row halves x 2, but a batch tile of 8 has one n-tile to split
+    ("gru", torch.bfloat16, 16, {**P, "WARPS": 4}, "n-tiles"),
+    # DH 64: 4 unit groups of 16; 2 warps cannot own them
+    ("lstm", torch.bfloat16, 64, {**P, "WARPS": 2}, "unit groups"),
 ])
 def test_configurations_the_kernel_cannot_take_are_clear_errors(cell, dtype, DH, params, match):
     with pytest.raises(ValueError, match=match):
@@ -83,7 +87,8 @@ def test_variant_build_carries_its_defines_and_is_cached(tmp_path, monkeypatch):
     ctypes.CDLL(str(path)).frnn_config(out)
     G, S, DH, W, BT, RREG, code, fwd_smem, bwd_smem = out
     assert (G, S, DH, W, BT, RREG, code) == (1, 1, 16, 1, 8, 1, 2)
-    # no R in shared memory (1 fragment, in registers); h in 2 fp16 pieces [2][8][16 + 8]; gates fp32 [8][16 + 4]
-    assert fwd_smem == 2 * 8 * 24 * 2 + 8 * 20 * 4
+    # no R in shared memory (1 fragment, in registers); h double-buffered [2][8][16 + 8] fp16; 6 stages
+    # of gx [8][16 + 8] fp16 (cp.async ring)
+    assert fwd_smem == 2 * 8 * 24 * 2 + 6 * 8 * 24 * 2
     other = dict(defs, FRNN_DH=32)
     assert build.variant_key(fused_block.SOURCE, other, ["9.0"]) != build.variant_key(fused_block.SOURCE, defs, ["9.0"])

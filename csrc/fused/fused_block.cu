@@ -1,7 +1,7 @@
 // One fused_block configuration as a small shared library with a C entry API (no torch): built
 // per configuration by flashrnn_compile/build.py (`ensure_variant`) with
-//   -DFRNN_CELL=LstmCell -DFRNN_DTYPE=1 (0 float32, 1 bfloat16, 2 float16) -DFRNN_DH=64
-//   -DFRNN_WARPS=16 -DFRNN_BATCH_TILE=8 -DFRNN_R_REG_TILES=4
+//   -DFRNN_CELL=LstmCell -DFRNN_DTYPE=1 (1 bfloat16, 2 float16) -DFRNN_DH=64
+//   -DFRNN_WARPS=4 -DFRNN_BATCH_TILE=8 -DFRNN_R_REG_TILES=16 (optional -DFRNN_H_PIECES=2: h in 2 pieces)
 // and called through ctypes by flashrnn_compile/kernels/fused_block.py on the caller's stream.
 // Without defines (CI's nvcc_check) it compiles a small default configuration.
 #include <cuda_runtime.h>
@@ -19,20 +19,20 @@
 #define FRNN_DH 64
 #endif
 #ifndef FRNN_WARPS
-#define FRNN_WARPS 16
+#define FRNN_WARPS 4
 #endif
 #ifndef FRNN_BATCH_TILE
 #define FRNN_BATCH_TILE 8
 #endif
 #ifndef FRNN_R_REG_TILES
-#define FRNN_R_REG_TILES 4
+#define FRNN_R_REG_TILES 16
 #endif
 
 namespace {
 using namespace flashrnn;
 using namespace flashrnn::fused;
 #if FRNN_DTYPE == 0
-using TIn = float;
+#error "fused_block takes bfloat16 (FRNN_DTYPE=1) and float16 (2); float32 is not a fused_block dtype"
 #elif FRNN_DTYPE == 1
 using TIn = __nv_bfloat16;
 #else

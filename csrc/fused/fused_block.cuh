@@ -6,21 +6,29 @@
 //   backward: dh [T, B, NH, DH], dsT [S, B, NH, DH] -> dgx [T, B, NH, G, DH], ds0 [S, B, NH, DH],
 //             drhb [T, B, NH, G, DH] fp32 (dR and db are one GEMM / sum over it, outside)
 //
-// Forward step (block of head nh, batch columns bt0 .. bt0+BT):
-//   gates[G*DH, BT] = R_nh[G*DH, DH] @ h[DH, BT]       mma.sync m16n8k16, fp32 accumulate
-//   state = Cell::forward(gx_t, gates + b, state)      (csrc/common/cells.cuh, fp32)
-// Backward step (reverse processing order):
-//   dgx, drhb, ds = Cell::backward(..., ds + dh_t + R^T drhb_prev)
-//   dh_rec[DH, BT] = R_nh^T[DH, G*DH] @ drhb[G*DH, BT] (warps split K; partials summed in order)
+// Work split (both directions): the DH units of the head are cut into UG = DH / 16 groups of 16;
+// warp w owns unit group w % UG and NTW = (BATCH_TILE / 8) / (WARPS / UG) n-tiles (8 batch columns
+// each). The MMA accumulators of a warp are exactly the values its own pointwise cell needs, so
+// the cell runs on registers (no gate round trip through shared memory):
+//   forward   gates[g][u, n] = R[g][u, :] @ h[:, n]    one m16 tile per gate (rows = the warp's
+//             16 units), K = DH; lane (gq, t4) holds units gq, gq + 8 of columns 2 t4, 2 t4 + 1
+//   backward  rec[u, n] = sum_(g, o) R[g][o, u] drhb[g, o][n]   one m16 tile (the warp's units),
+//             K = G * DH; same lane layout, so ds[0] += rec needs no exchange either
+// What crosses warps is the next step's right-hand side (h, or drhb), written to shared memory
+// (double-buffered: one __syncthreads per step). The per-step inputs (gx; in the backward also rhb,
+// states_in and dh) stream through a ring of NS shared-memory stages filled by cp.async NS - 1
+// steps ahead, so DRAM latency never sits on the recurrence; outputs are plain stores.
 //
-// Precision: MMA operands are 16-bit (bf16, or fp16 for fp16 inputs). R is exact in the input
-// dtype for half inputs (RP = 1 piece); fp32 R is split into 3 bf16 pieces. The fp32 right-hand
-// side (h or drhb) is split into HP pieces (2 for half inputs, 3 for fp32); the products with
-// rp + hp <= MAXORD are summed, so R h is as exact as an fp32 product (as the alternating kernels).
+// Precision: MMA operands are 16-bit (bf16, or fp16 for fp16 inputs), fp32 accumulate. R is exact
+// in the input dtype. The fp32 right-hand side (h or drhb) is rounded to HP pieces of the input
+// dtype (HP = 1, as cuDNN rounds h to the input dtype every step; FRNN_H_PIECES=2 splits it in a
+// hi and a lo piece, twice the MMAs). States and the cell math are fp32; the cell's
+// transcendentals use the SFU (cells.cuh FastMath; ApproxMath for bfloat16).
 //
 // Template parameters = the planner's fused_block variables (csrc/fused/fused_block.cint):
-//   WARPS, BATCH_TILE (BT), R_REG_TILES (4-register A fragments each warp keeps in registers for
-//   all steps; the rest of R sits in shared memory in fragment order).
+//   WARPS (a multiple of UG whose quotient divides BATCH_TILE / 8), BATCH_TILE, R_REG_TILES (A
+//   fragments, 16x16 tiles of R, each warp keeps in registers for all steps; the rest sit in shared
+//   memory in fragment order).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -29,25 +37,23 @@
 
 #include "common/cells.cuh"
 
+#ifndef FRNN_H_PIECES
+#define FRNN_H_PIECES 1
+#endif
+
 namespace flashrnn {
 namespace fused {
 
 template <typename T> struct In;
-template <> struct In<float> {
-  using Op = __nv_bfloat16;  // MMA operand type
-  static constexpr int RP = 3, HP = 3, MAXORD = 2;
-  __device__ static float load(float x) { return x; }
-  __device__ static float store(float x) { return x; }
-};
 template <> struct In<__nv_bfloat16> {
   using Op = __nv_bfloat16;
-  static constexpr int RP = 1, HP = 2, MAXORD = 1;
+  using Math = ApproxMath;  // bf16 rounding (2^-9) is 4x coarser than tanh.approx
   __device__ static float load(__nv_bfloat16 x) { return __bfloat162float(x); }
   __device__ static __nv_bfloat16 store(float x) { return __float2bfloat16_rn(x); }
 };
 template <> struct In<__half> {
   using Op = __half;
-  static constexpr int RP = 1, HP = 2, MAXORD = 1;
+  using Math = FastMath;
   __device__ static float load(__half x) { return __half2float(x); }
   __device__ static __half store(float x) { return __float2half_rn(x); }
 };
@@ -91,141 +97,180 @@ __device__ __forceinline__ void mma(float* d, const uint32_t* a, const uint32_t*
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-__host__ __device__ constexpr int gcd_c(int a, int b) { return b == 0 ? a : gcd_c(b, a % b); }
+// 16-byte global -> shared copy (shared-window address) that bypasses the registers (and L1)
+__device__ __forceinline__ void cp_async16(uint32_t smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// out[BT][M + 4] (fp32, per K group) = A[M, K] @ X[K, BT]; A is held per warp as fragments
-// (registers first, then shared memory), X in shared memory as HP pieces [HP][BT][K + 8].
-// Warp w owns m-tiles (w % WM) * MT_W .. and k-tiles (w / WM) * KT_W ..; K group w / WM writes
-// its own partial sum out + (w / WM) * OUT_GROUP.
-template <typename TIn, int M, int K, int WARPS, int BT, int RREG>
-struct BlockGemm {
-  using Op = typename In<TIn>::Op;
-  static constexpr int RP = In<TIn>::RP, HP = In<TIn>::HP, MAXORD = In<TIn>::MAXORD;
-  static constexpr int M_TILES = M / 16, K_TILES = K / 16, NT = BT / 8;
-  static constexpr int WM = gcd_c(WARPS, M_TILES), WK = WARPS / WM;
-  static constexpr int MT_W = M_TILES / WM, KT_W = K_TILES / WK;
-  static constexpr int NFRAG = MT_W * KT_W * RP;               // A fragments per warp
-  static constexpr int NREG = RREG < NFRAG ? RREG : NFRAG;     // ... of them in registers
-  static constexpr int NSMEM = NFRAG - NREG;                   // ... in shared memory
-  static constexpr int XK = K + 8;                             // padded row of X (Op elements)
-  static constexpr int OUT_M = M + 4;                          // padded row of out (floats)
-  static constexpr int OUT_GROUP = BT * OUT_M;
-  static_assert(M % 16 == 0 && K % 16 == 0 && BT % 8 == 0, "MMA tile shapes");
-  static_assert(K_TILES % WK == 0, "the k-tiles split evenly over the warps' K groups");
+// One warp's share of a step's GEMM: acc[MT][NTW][4] = A_w[MT*16, KT*16] @ X[KT*16, its n-tiles].
+// A (the warp's rows of R or R^T) is loaded once as MT*KT m16k16 fragments: the first NREG in
+// registers, the rest in shared memory (per warp, fragment order, conflict-free). X sits in
+// shared memory as HP pieces [HP][BT][XK] (row = batch column, K contiguous, padded).
+template <typename Op, int MT, int KT, int NTW, int HP, int RREG, int WARPS>
+struct WarpGemm {
+  static constexpr int NFRAG = MT * KT;
+  static constexpr int NREG = RREG < NFRAG ? RREG : NFRAG;
+  static constexpr int NSMEM = NFRAG - NREG;
+  // independent accumulator chains over k (more in flight when the warp has few output tiles)
+  static constexpr int KS = MT * NTW >= 4 ? 1 : (KT >= 4 / (MT * NTW) ? 4 / (MT * NTW) : KT);
   __host__ __device__ static constexpr size_t smem_a_bytes() { return (size_t)WARPS * NSMEM * 4 * 32 * 4; }
-  __host__ __device__ static constexpr size_t smem_x_bytes() { return (size_t)HP * BT * XK * sizeof(Op); }
-  __host__ __device__ static constexpr size_t smem_out_bytes() { return (size_t)WK * OUT_GROUP * 4; }
 
   uint32_t areg[NREG > 0 ? NREG : 1][4];
 
-  // a(m, k) gives A's element as float; called once, before the time loop
+  // a(mt, r, k): element (row r of tile mt, column k) of the warp's A, as float; once, before the loop
   template <typename F>
-  __device__ void load_a(F a, uint32_t* a_smem, int warp, int lane) {
-    const int wm = warp % WM, wk = warp / WM, gq = lane >> 2, t4 = lane & 3;
+  __device__ void load(F a, uint32_t* a_smem, int warp, int lane) {
+    const int gq = lane >> 2, t4 = lane & 3;
 #pragma unroll
-    for (int mt = 0; mt < MT_W; ++mt) {
+    for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-      for (int kt = 0; kt < KT_W; ++kt) {
-        const int m0 = (wm * MT_W + mt) * 16, k0 = (wk * KT_W + kt) * 16;
-        Op pc[8][RP];
+      for (int kt = 0; kt < KT; ++kt) {
+        const int f = mt * KT + kt, k0 = kt * 16;
         const int rows[8] = {gq, gq, gq + 8, gq + 8, gq, gq, gq + 8, gq + 8};
         const int cols[8] = {2 * t4, 2 * t4 + 1, 2 * t4, 2 * t4 + 1, 2 * t4 + 8, 2 * t4 + 9, 2 * t4 + 8, 2 * t4 + 9};
+        Op pc[8];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) split<Op, RP>(a(m0 + rows[e], k0 + cols[e]), pc[e]);
+        for (int e = 0; e < 8; ++e) pc[e] = to_op(a(mt, rows[e], k0 + cols[e]), (Op*)nullptr);
 #pragma unroll
-        for (int rp = 0; rp < RP; ++rp) {
-          const int f = (mt * KT_W + kt) * RP + rp;
-          uint32_t w[4];
-#pragma unroll
-          for (int r = 0; r < 4; ++r) w[r] = pack2(pc[2 * r][rp], pc[2 * r + 1][rp]);
-          if (f < NREG) {
-#pragma unroll
-            for (int r = 0; r < 4; ++r) areg[f < NREG ? f : 0][r] = w[r];
-          } else {
-#pragma unroll
-            for (int r = 0; r < 4; ++r) a_smem[((warp * NSMEM + (f - NREG)) * 4 + r) * 32 + lane] = w[r];
-          }
+        for (int r = 0; r < 4; ++r) {
+          const uint32_t w = pack2(pc[2 * r], pc[2 * r + 1]);
+          if (f < NREG) areg[f < NREG ? f : 0][r] = w;
+          else a_smem[((warp * NSMEM + (f - NREG)) * 4 + r) * 32 + lane] = w;
         }
       }
     }
   }
 
-  __device__ void run(const uint32_t* a_smem, const Op* xs, float* out, int warp, int lane) const {
-    const int wm = warp % WM, wk = warp / WM, gq = lane >> 2, t4 = lane & 3;
+  // xs: this step's X [HP][BT][XK]; nt0: the warp's first n-tile
+  template <int BT, int XK>
+  __device__ void run(const uint32_t* a_smem, const Op* xs, int nt0, int warp, int lane, float (&acc)[MT][NTW][4]) const {
+    const int gq = lane >> 2, t4 = lane & 3;
     const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);
+    float part[KS][MT][NTW][4];
 #pragma unroll
-    for (int mt = 0; mt < MT_W; ++mt) {
-      float acc[MAXORD + 1][NT][4];  // one accumulator per order rp + hp (hi*hi, hi*lo + lo*hi, ...)
+    for (int s = 0; s < KS; ++s)
 #pragma unroll
-      for (int p = 0; p <= MAXORD; ++p)
+      for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
+        for (int i = 0; i < NTW; ++i)
 #pragma unroll
-          for (int r = 0; r < 4; ++r) acc[p][nt][r] = 0.0f;
+          for (int r = 0; r < 4; ++r) part[s][mt][i][r] = 0.0f;
 #pragma unroll
-      for (int kt = 0; kt < KT_W; ++kt) {
-        const int k0 = (wk * KT_W + kt) * 16;
-        uint32_t bfr[HP][NT][2];
+    for (int kt = 0; kt < KT; ++kt) {
+      uint32_t bfr[HP][NTW][2];
 #pragma unroll
-        for (int hp = 0; hp < HP; ++hp)
+      for (int hp = 0; hp < HP; ++hp)
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            const int base = ((hp * BT + nt * 8 + gq) * XK + k0) / 2 + t4;
-            bfr[hp][nt][0] = xw[base];
-            bfr[hp][nt][1] = xw[base + 4];
-          }
-#pragma unroll
-        for (int rp = 0; rp < RP; ++rp) {
-          const int f = (mt * KT_W + kt) * RP + rp;
-          uint32_t a[4];
-          if (f < NREG) {
-#pragma unroll
-            for (int r = 0; r < 4; ++r) a[r] = areg[f < NREG ? f : 0][r];
-          } else {
-#pragma unroll
-            for (int r = 0; r < 4; ++r) a[r] = a_smem[((warp * NSMEM + (f - NREG)) * 4 + r) * 32 + lane];
-          }
-#pragma unroll
-          for (int hp = 0; hp < HP; ++hp) {
-            if (rp + hp > MAXORD) continue;
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) mma(acc[rp + hp][nt], a, bfr[hp][nt], (Op*)nullptr);
-          }
+        for (int i = 0; i < NTW; ++i) {
+          const int base = ((hp * BT + (nt0 + i) * 8 + gq) * XK + kt * 16) / 2 + t4;
+          bfr[hp][i][0] = xw[base];
+          bfr[hp][i][1] = xw[base + 4];
         }
-      }
-      // sum the products, smallest first, and store the 16 x BT tile
-      const int m = (wm * MT_W + mt) * 16 + gq;
-      float* o = out + wk * OUT_GROUP;
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int mt = 0; mt < MT; ++mt) {
+        const int f = mt * KT + kt;
+        uint32_t a[4];
 #pragma unroll
-        for (int p = MAXORD; p >= 0; --p)
+        for (int r = 0; r < 4; ++r)
+          a[r] = f < NREG ? areg[f < NREG ? f : 0][r] : a_smem[((warp * NSMEM + (f - NREG)) * 4 + r) * 32 + lane];
 #pragma unroll
-          for (int r = 0; r < 4; ++r) s[r] += acc[p][nt][r];
-        const int n = nt * 8 + 2 * t4;
-        o[n * OUT_M + m] = s[0];
-        o[(n + 1) * OUT_M + m] = s[1];
-        o[n * OUT_M + m + 8] = s[2];
-        o[(n + 1) * OUT_M + m + 8] = s[3];
+        for (int hp = HP - 1; hp >= 0; --hp)
+#pragma unroll
+          for (int i = 0; i < NTW; ++i) mma(part[kt % KS][mt][i], a, bfr[hp][i], (Op*)nullptr);
       }
     }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < NTW; ++i)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          float s = part[0][mt][i][r];
+#pragma unroll
+          for (int k = 1; k < KS; ++k) s += part[k][mt][i][r];
+          acc[mt][i][r] = s;
+        }
   }
+};
+
+// Cells whose gradient jumps (relu' at 0; the sLSTM stabiliser's max picks a branch) keep the
+// right-hand side exact to fp32 (HP = 2 pieces) and FastMath for every dtype: there a rounded h
+// moves the jump's side for a few elements, and the 2x bound failed on the H100 (elman_relu fp16
+// dgx 25x, slstm bf16 dgx 16x at T=17). The other cells take h in the input dtype (as cuDNN).
+template <typename Cell> struct Precision {
+  static constexpr bool JUMPS = false;
+  template <typename DtypeMath> using MathFor = DtypeMath;
+};
+template <> struct Precision<ElmanReluCell> {
+  static constexpr bool JUMPS = true;
+  template <typename DtypeMath> using MathFor = FastMath;
+};
+template <> struct Precision<SlstmCell> {
+  static constexpr bool JUMPS = true;
+  template <typename DtypeMath> using MathFor = FastMath;
 };
 
 template <typename TIn, typename Cell, int DH, int WARPS, int BT, int RREG>
 struct Config {
   static constexpr int G = Cell::G, S = Cell::S, THREADS = 32 * WARPS;
-  static constexpr int EPT = (DH * BT + THREADS - 1) / THREADS;  // pointwise elements per thread
-  using Fwd = BlockGemm<TIn, G * DH, DH, WARPS, BT, RREG>;
-  using Bwd = BlockGemm<TIn, DH, G * DH, WARPS, BT, RREG>;
+  static constexpr int HP = Precision<Cell>::JUMPS ? 2 : FRNN_H_PIECES;
+  using Math = typename Precision<Cell>::template MathFor<typename In<TIn>::Math>;
+  // warps per unit group Q = RH x WN: RH = 2 row halves (both warps run the group's MMAs, each
+  // runs the cell for 8 of its 16 units) when Q is even, times WN warps splitting the n-tiles
+  static constexpr int UG = DH / 16, Q = WARPS / UG, RH = Q % 2 == 0 ? 2 : 1, WN = Q / RH;
+  static constexpr int NT = BT / 8, NTW = NT / (WN > 0 ? WN : 1), JN = 2 / RH;
+  static constexpr int KT = DH / 16;
+  static constexpr int E = NTW * JN * 2;  // (n-tile, unit, column) elements per lane
+  static_assert(DH % 16 == 0 && BT % 8 == 0, "MMA tile shapes");
+  static_assert(WARPS % UG == 0 && Q > 0 && (Q == 1 || Q % 2 == 0) && NT % WN == 0,
+                "WARPS = DH / 16 x (1, or 2 x a divisor of BATCH_TILE / 8)");
+  using Op = typename In<TIn>::Op;
+  // rows: G tiles of the warp's units; a row-half pair keeps the same tiles (R_REG_TILES each half)
+  using Fwd = WarpGemm<Op, G, KT, NTW, HP, RREG * RH, WARPS>;
+  using Bwd = WarpGemm<Op, 1, G * KT, NTW, HP, RREG * RH, WARPS>;  // rows: the warp's units; K = (g, o)
+  // element e of lane (gq, t4) of warp (ug, rh, wn): n-tile wn * NTW + i, unit ug * 16 + gq + 8 j,
+  // batch column 2 t4 + c of that n-tile
+  // (jj: the index among the lane's JN units, compile-time once e is; j itself may be the warp's rh)
+  struct Elem { int i, j, jj, c; };
+  __device__ static Elem elem(int e, int rh) {
+    const int i = e / (JN * 2), jj = (e / 2) % JN, c = e % 2;
+    return {i, RH == 2 ? rh : jj, jj, c};
+  }
+  // the element's value in an m16n8 accumulator fragment (rows gq, gq + 8; columns 2 t4, 2 t4 + 1),
+  // without a runtime index into registers
+  __device__ static float pick(const float (&a)[4], Elem el) {
+    if (RH == 1) return a[2 * el.jj + el.c];
+    return el.j ? a[2 + el.c] : a[el.c];
+  }
+  // shared-memory rows (Op elements unless said), padded by 16 bytes: conflict-free fragments
+  static constexpr int XF = DH + 8;        // forward X (h) row
+  static constexpr int XB = G * DH + 8;    // backward X (drhb) row
+  static constexpr int GXR = G * DH + 8;   // gx row of a stage
+  static constexpr int RHR = G * DH + 4;   // rhb row (floats)
+  static constexpr int STR = DH + 4;       // states_in row (floats)
+  static constexpr int DHR = DH + 8;       // dh row
   __host__ __device__ static constexpr size_t align16(size_t x) { return (x + 15) / 16 * 16; }
-  __host__ __device__ static constexpr size_t fwd_smem() {
-    return align16(Fwd::smem_a_bytes()) + align16(Fwd::smem_x_bytes()) + align16(Fwd::smem_out_bytes());
+  // ring stages: up to 6 (5 steps of prefetch, ~1.5 us at 0.3 us a step: past DRAM latency) within
+  // 128 KiB, at least 2
+  __host__ __device__ static constexpr int stages(size_t stage_bytes) {
+    return (int)(128 * 1024 / stage_bytes) >= 6 ? 6 : ((int)(128 * 1024 / stage_bytes) <= 2 ? 2 : (int)(128 * 1024 / stage_bytes));
   }
-  __host__ __device__ static constexpr size_t bwd_smem() {
-    return align16(Bwd::smem_a_bytes()) + align16(Bwd::smem_x_bytes()) + align16(Bwd::smem_out_bytes());
-  }
+  // forward: a_smem | xs [2][HP][BT][XF] | NS stages of gx [BT][GXR]
+  static constexpr size_t F_STAGE = align16((size_t)BT * GXR * 2);
+  static constexpr int F_NS = stages(F_STAGE);
+  static constexpr size_t F_A = align16(Fwd::smem_a_bytes()), F_X = align16((size_t)2 * HP * BT * XF * 2);
+  __host__ __device__ static constexpr size_t fwd_smem() { return F_A + F_X + F_NS * F_STAGE; }
+  // backward stage: gx [BT][GXR] | rhb [BT][RHR] f32 | states_in [S][BT][STR] f32 | dh [BT][DHR]
+  static constexpr size_t B_GX = 0, B_RH = align16((size_t)BT * GXR * 2);
+  static constexpr size_t B_ST = B_RH + align16((size_t)BT * RHR * 4);
+  static constexpr size_t B_DH = B_ST + align16((size_t)S * BT * STR * 4);
+  static constexpr size_t B_STAGE = B_DH + align16((size_t)BT * DHR * 2);
+  static constexpr int B_NS = stages(B_STAGE);
+  static constexpr size_t B_A = align16(Bwd::smem_a_bytes()), B_X = align16((size_t)2 * HP * BT * XB * 2);
+  __host__ __device__ static constexpr size_t bwd_smem() { return B_A + B_X + B_NS * B_STAGE; }
 };
 
 struct FwdArgs {
@@ -241,214 +286,298 @@ struct BwdArgs {
   void* dgx; float* drhb; void* ds0;
 };
 
+// One thread's share of streaming a tile of ROWS rows x ROW_CHUNKS 16-byte chunks into a ring
+// stage each step: its chunk slots' shared addresses (stage 0) and global addresses (t = 0) are
+// fixed before the time loop; a step adds the stage's and the time step's byte offsets.
+template <int THREADS, int ROWS, int ROW_CHUNKS>
+struct RowCopy {
+  static constexpr int TOTAL = ROWS * ROW_CHUNKS, CH = (TOTAL + THREADS - 1) / THREADS;
+  uint32_t dst[CH];
+  const unsigned char* src[CH];  // nullptr: a slot past the tile or a row past the batch
+  // row r lands at dst_base + r * dst_row; src_of(r): its global address at t = 0, or nullptr
+  template <typename F>
+  __device__ void init(uint32_t dst_base, int dst_row, F src_of, int tid) {
+#pragma unroll
+    for (int k = 0; k < CH; ++k) {
+      const int i = k * THREADS + tid, r = i / ROW_CHUNKS, c = i % ROW_CHUNKS;
+      const unsigned char* row = i < TOTAL ? src_of(r) : nullptr;
+      dst[k] = dst_base + r * dst_row + c * 16;
+      src[k] = row != nullptr ? row + c * 16 : nullptr;
+    }
+  }
+  __device__ void issue(uint32_t stage_off, long long t_off) const {
+#pragma unroll
+    for (int k = 0; k < CH; ++k)
+      if (src[k] != nullptr) cp_async16(dst[k] + stage_off, src[k] + t_off);
+  }
+};
+
 template <typename TIn, typename Cell, int DH, int WARPS, int BT, int RREG>
 __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   using C = Config<TIn, Cell, DH, WARPS, BT, RREG>;
   using Gm = typename C::Fwd;
-  using Op = typename Gm::Op;
-  constexpr int G = C::G, S = C::S, EPT = C::EPT, HP = Gm::HP;
+  using Op = typename C::Op;
+  using M = typename C::Math;
+  constexpr int G = C::G, S = C::S, HP = C::HP, NTW = C::NTW, NS = C::F_NS, XF = C::XF, GXR = C::GXR, E = C::E;
   extern __shared__ __align__(16) unsigned char smem[];
   uint32_t* a_smem = reinterpret_cast<uint32_t*>(smem);
-  Op* xs = reinterpret_cast<Op*>(smem + C::align16(Gm::smem_a_bytes()));                 // [HP][BT][DH + 8]
-  float* gs = reinterpret_cast<float*>(smem + C::align16(Gm::smem_a_bytes()) + C::align16(Gm::smem_x_bytes()));  // [BT][G*DH + 4]
+  Op* xs = reinterpret_cast<Op*>(smem + C::F_A);                   // [2][HP][BT][XF]
+  unsigned char* ring = smem + C::F_A + C::F_X;                   // NS x gx [BT][GXR]
 
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, t4 = lane & 3;
+  const int ug = warp % C::UG, rh = (warp / C::UG) % C::RH, nt0 = (warp / C::UG / C::RH) * NTW;
   const int nh = blockIdx.y, bt0 = blockIdx.x * BT;
-  const int T = p.T, B = p.B, NH = p.NH;
+  const int T = p.T, B = p.B, NH = p.NH, nb = B - bt0 < BT ? B - bt0 : BT;
   const TIn* R = static_cast<const TIn*>(p.R) + (size_t)nh * G * DH * DH;
-  const TIn* gx = static_cast<const TIn*>(p.gx);
   const TIn* bias = static_cast<const TIn*>(p.b) + (size_t)nh * G * DH;
-  const TIn* s0 = static_cast<const TIn*>(p.s0);
-  TIn* hout = static_cast<TIn*>(p.h);
-  TIn* sT = static_cast<TIn*>(p.sT);
+  const int BND = B * NH * DH;  // one [B, NH, DH] slice (the module checks it fits an int)
+  const int dstep = p.reverse ? -1 : 1, t_first = p.reverse ? T - 1 : 0;
+  // gx rows (t = 0, bt0 + n, nh) and the bytes of one time step
+  const unsigned char* gx0 = static_cast<const unsigned char*>(p.gx) + (((size_t)bt0 * NH + nh) * G * DH) * sizeof(TIn);
+  const long long gx_t = (long long)B * NH * G * DH * sizeof(TIn);
+  const size_t gx_row = (size_t)NH * G * DH * sizeof(TIn);
+  RowCopy<C::THREADS, BT, G * DH * 2 / 16> gxc;
+  gxc.init((uint32_t)__cvta_generic_to_shared(ring), GXR * 2,
+           [&](int n) { return n < nb ? gx0 + n * gx_row : nullptr; }, tid);
+  auto prefetch = [&](int step) {  // the gx stage of `step` (if any), one commit group always
+    if (step < T) gxc.issue((uint32_t)((step % NS) * C::F_STAGE), (long long)(t_first + dstep * step) * gx_t);
+    cp_async_commit();
+  };
+#pragma unroll 1
+  for (int s = 0; s < NS - 1; ++s) prefetch(s);
 
-  Gm gemm;
-  gemm.load_a([&](int m, int k) { return In<TIn>::load(R[(size_t)m * DH + k]); }, a_smem, warp, lane);
-  for (int i = tid; i < HP * BT * Gm::XK; i += blockDim.x) xs[i] = to_op(0.0f, (Op*)nullptr);
+  Gm gemm;  // tile mt = gate mt, rows = the warp's 16 units
+  gemm.load([&](int mt, int r, int k) { return In<TIn>::load(R[(mt * DH + ug * 16 + r) * DH + k]); }, a_smem, warp, lane);
+  for (int i = tid; i < 2 * HP * BT * XF; i += C::THREADS) xs[i] = to_op(0.0f, (Op*)nullptr);
   __syncthreads();
 
-  float st[EPT][S], bb[EPT][G], gxn[EPT][G];
-  const size_t BND = (size_t)B * NH * DH;
+  // the lane's elements (C::elem): n-tile nt0 + i, unit ug*16 + gq + 8j, column 2 t4 + c
+  float st[E][S], bb[C::JN][G];
+  int sidx[E];  // (b, nh, unit) offset in a [B, NH, DH] slice; -1: column past the batch
+  int gidx[E];  // (b, nh, 0, unit) offset in a [B, NH, G, DH] slice
 #pragma unroll
-  for (int j = 0; j < EPT; ++j) {
-    const int e = tid + j * C::THREADS, o = e % DH, n = e / DH, b = bt0 + n;
-    if (e < DH * BT && b < B) {
-      const size_t sidx = ((size_t)b * NH + nh) * DH + o;
+  for (int jj = 0; jj < C::JN; ++jj)
 #pragma unroll
-      for (int s = 0; s < S; ++s) st[j][s] = In<TIn>::load(s0[s * BND + sidx]);
+    for (int g = 0; g < G; ++g) bb[jj][g] = In<TIn>::load(bias[g * DH + ug * 16 + gq + 8 * (C::RH == 2 ? rh : jj)]);
 #pragma unroll
-      for (int g = 0; g < G; ++g) bb[j][g] = In<TIn>::load(bias[g * DH + o]);
+  for (int e = 0; e < E; ++e) {
+    const auto el = C::elem(e, rh);
+    const int i = el.i, j = el.j, n = (nt0 + i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * j;
+    sidx[e] = n < nb ? ((bt0 + n) * NH + nh) * DH + u : -1;
+    gidx[e] = ((bt0 + n) * NH + nh) * G * DH + u;
+    if (sidx[e] >= 0) {
+      const TIn* s0 = static_cast<const TIn*>(p.s0);
+#pragma unroll
+      for (int s = 0; s < S; ++s) st[e][s] = In<TIn>::load(s0[s * BND + sidx[e]]);
       Op pc[HP];
-      split<Op, HP>(st[j][0], pc);
+      split<Op, HP>(st[e][0], pc);
 #pragma unroll
-      for (int hp = 0; hp < HP; ++hp) xs[(hp * BT + n) * Gm::XK + o] = pc[hp];
-      if (T > 0) {
-        const int t = p.reverse ? T - 1 : 0;
-        const size_t gidx = (((size_t)t * B + b) * NH + nh) * G * DH + o;
-#pragma unroll
-        for (int g = 0; g < G; ++g) gxn[j][g] = In<TIn>::load(gx[gidx + g * DH]);
-      }
+      for (int hp = 0; hp < HP; ++hp) xs[(hp * BT + n) * XF + u] = pc[hp];
     }
   }
+  TIn* hout = static_cast<TIn*>(p.h);
+  cp_async_wait<NS - 2>();
   __syncthreads();
 
+#pragma unroll 1
   for (int step = 0; step < T; ++step) {
-    const int t = p.reverse ? T - 1 - step : step;
-    gemm.run(a_smem, xs, gs, warp, lane);
-    __syncthreads();
+    const int t = t_first + dstep * step, cur = step & 1;
+    prefetch(step + NS - 1);  // into the stage step - 1 used (every warp is past it)
+    // this step's gx (landed before the last barrier), read before the MMAs: off the critical path
+    const Op* gxs = reinterpret_cast<const Op*>(ring + (step % NS) * C::F_STAGE);
+    float gxe[E][G];
 #pragma unroll
-    for (int j = 0; j < EPT; ++j) {
-      const int e = tid + j * C::THREADS, o = e % DH, n = e / DH, b = bt0 + n;
-      if (e < DH * BT && b < B) {
-        float gxv[G], rhb[G], sn[S];
+    for (int e = 0; e < E; ++e) {
+      const auto el = C::elem(e, rh);
+      const int n = (nt0 + el.i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * el.j;
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
-          gxv[g] = gxn[j][g];
-          float acc = 0.0f;  // the K groups' partial sums, in a fixed order
+      for (int g = 0; g < G; ++g) gxe[e][g] = In<TIn>::load(gxs[n * GXR + g * DH + u]);
+    }
+    float acc[G][NTW][4];
+    gemm.template run<BT, XF>(a_smem, xs + cur * HP * BT * XF, nt0, warp, lane, acc);
+    Op* xn = xs + (cur ^ 1) * HP * BT * XF;
+    TIn* ht = hout + (size_t)t * BND;
+    float* sit = p.states_in + (size_t)t * S * BND;  // (unused without save)
+    float* rht = p.rhb + (size_t)t * G * BND;
 #pragma unroll
-          for (int w = Gm::WK - 1; w >= 0; --w) acc += gs[w * Gm::OUT_GROUP + n * Gm::OUT_M + g * DH + o];
-          rhb[g] = acc + bb[j][g];
-        }
-        if (step + 1 < T) {  // prefetch the next step's gx (used after the next GEMM)
-          const int tn = p.reverse ? t - 1 : t + 1;
-          const size_t gidx = (((size_t)tn * B + b) * NH + nh) * G * DH + o;
+    for (int e = 0; e < E; ++e) {
+      const auto el = C::elem(e, rh);
+      const int i = el.i, j = el.j, n = (nt0 + i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * j;
+      if (sidx[e] < 0) continue;
+      float gxv[G], rhb[G], sn[S];
 #pragma unroll
-          for (int g = 0; g < G; ++g) gxn[j][g] = In<TIn>::load(gx[gidx + g * DH]);
-        }
-        const size_t sidx = ((size_t)b * NH + nh) * DH + o;
-        if (p.states_in != nullptr) {
-#pragma unroll
-          for (int s = 0; s < S; ++s) p.states_in[((size_t)t * S + s) * BND + sidx] = st[j][s];
-          const size_t ridx = (((size_t)t * B + b) * NH + nh) * G * DH + o;
-#pragma unroll
-          for (int g = 0; g < G; ++g) p.rhb[ridx + g * DH] = rhb[g];
-        }
-        Cell::forward(gxv, rhb, st[j], sn);
-#pragma unroll
-        for (int s = 0; s < S; ++s) st[j][s] = sn[s];
-        hout[(size_t)t * BND + sidx] = In<TIn>::store(sn[0]);
-        Op pc[HP];
-        split<Op, HP>(sn[0], pc);
-#pragma unroll
-        for (int hp = 0; hp < HP; ++hp) xs[(hp * BT + n) * Gm::XK + o] = pc[hp];
+      for (int g = 0; g < G; ++g) {
+        gxv[g] = gxe[e][g];
+        rhb[g] = C::pick(acc[g][i], el) + bb[el.jj][g];
       }
+      if (p.states_in != nullptr) {
+#pragma unroll
+        for (int s = 0; s < S; ++s) sit[s * BND + sidx[e]] = st[e][s];
+#pragma unroll
+        for (int g = 0; g < G; ++g) rht[gidx[e] + g * DH] = rhb[g];
+      }
+      Cell::template forward<M>(gxv, rhb, st[e], sn);
+#pragma unroll
+      for (int s = 0; s < S; ++s) st[e][s] = sn[s];
+      ht[sidx[e]] = In<TIn>::store(sn[0]);
+      Op pc[HP];
+      split<Op, HP>(sn[0], pc);
+#pragma unroll
+      for (int hp = 0; hp < HP; ++hp) xn[(hp * BT + n) * XF + u] = pc[hp];
     }
+    cp_async_wait<NS - 2>();  // this thread's copies of step + 1 landed; the barrier shows them to all
     __syncthreads();
   }
+  cp_async_wait<0>();
+  TIn* sT = static_cast<TIn*>(p.sT);
 #pragma unroll
-  for (int j = 0; j < EPT; ++j) {
-    const int e = tid + j * C::THREADS, o = e % DH, n = e / DH, b = bt0 + n;
-    if (e < DH * BT && b < B) {
-      const size_t sidx = ((size_t)b * NH + nh) * DH + o;
+  for (int e = 0; e < E; ++e)
+    if (sidx[e] >= 0)
 #pragma unroll
-      for (int s = 0; s < S; ++s) sT[s * BND + sidx] = In<TIn>::store(st[j][s]);
-    }
-  }
+      for (int s = 0; s < S; ++s) sT[s * BND + sidx[e]] = In<TIn>::store(st[e][s]);
 }
 
 template <typename TIn, typename Cell, int DH, int WARPS, int BT, int RREG>
 __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   using C = Config<TIn, Cell, DH, WARPS, BT, RREG>;
   using Gm = typename C::Bwd;
-  using Op = typename Gm::Op;
-  constexpr int G = C::G, S = C::S, EPT = C::EPT, HP = Gm::HP, WK = Gm::WK;
+  using Op = typename C::Op;
+  using M = typename C::Math;
+  constexpr int G = C::G, S = C::S, HP = C::HP, NTW = C::NTW, NS = C::B_NS, XB = C::XB, E = C::E;
   extern __shared__ __align__(16) unsigned char smem[];
   uint32_t* a_smem = reinterpret_cast<uint32_t*>(smem);
-  Op* xs = reinterpret_cast<Op*>(smem + C::align16(Gm::smem_a_bytes()));  // [HP][BT][G*DH + 8]
-  float* ps = reinterpret_cast<float*>(smem + C::align16(Gm::smem_a_bytes()) + C::align16(Gm::smem_x_bytes()));  // [WK][BT][DH + 4]
+  Op* xs = reinterpret_cast<Op*>(smem + C::B_A);                   // [2][HP][BT][XB]
+  unsigned char* ring = smem + C::B_A + C::B_X;                   // NS x (gx, rhb, states_in, dh)
 
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, t4 = lane & 3;
+  const int ug = warp % C::UG, rh = (warp / C::UG) % C::RH, nt0 = (warp / C::UG / C::RH) * NTW;
   const int nh = blockIdx.y, bt0 = blockIdx.x * BT;
-  const int T = p.T, B = p.B, NH = p.NH;
+  const int T = p.T, B = p.B, NH = p.NH, nb = B - bt0 < BT ? B - bt0 : BT;
   const TIn* R = static_cast<const TIn*>(p.R) + (size_t)nh * G * DH * DH;
-  const TIn* gx = static_cast<const TIn*>(p.gx);
-  const TIn* dh = static_cast<const TIn*>(p.dh);
-  const TIn* dsT = static_cast<const TIn*>(p.dsT);
-  TIn* dgx = static_cast<TIn*>(p.dgx);
-  TIn* ds0 = static_cast<TIn*>(p.ds0);
-
-  Gm gemm;  // A = R^T: A[i][g*DH + o] = R[g, o, i]
-  gemm.load_a([&](int m, int k) { return In<TIn>::load(R[(size_t)k * DH + m]); }, a_smem, warp, lane);
-  for (int i = tid; i < HP * BT * Gm::XK; i += blockDim.x) xs[i] = to_op(0.0f, (Op*)nullptr);
-  for (int i = tid; i < WK * Gm::OUT_GROUP; i += blockDim.x) ps[i] = 0.0f;
-
-  const size_t BND = (size_t)B * NH * DH;
-  float ds[EPT][S];
-  // the next step's inputs, loaded one step ahead
-  float n_gx[EPT][G], n_rhb[EPT][G], n_s[EPT][S], n_dh[EPT];
-  auto fetch = [&](int j, int t, size_t sidx, int b) {
-    const size_t gidx = (((size_t)t * B + b) * NH + nh) * G * DH + (sidx % DH);
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      n_gx[j][g] = In<TIn>::load(gx[gidx + g * DH]);
-      n_rhb[j][g] = p.rhb[gidx + g * DH];
+  const int BND = B * NH * DH;
+  // processing order: reverse time of the forward
+  const int dstep = p.reverse ? 1 : -1, t_first = p.reverse ? 0 : T - 1;
+  const size_t gxe = (((size_t)bt0 * NH + nh) * G * DH);  // element offset of (t=0, bt0, nh) in gx / rhb
+  const unsigned char* gx0 = static_cast<const unsigned char*>(p.gx) + gxe * sizeof(TIn);
+  const unsigned char* rh0 = reinterpret_cast<const unsigned char*>(p.rhb + gxe);
+  const unsigned char* st0 = reinterpret_cast<const unsigned char*>(p.states_in + ((size_t)bt0 * NH + nh) * DH);
+  const unsigned char* dh0 = static_cast<const unsigned char*>(p.dh) + ((size_t)bt0 * NH + nh) * DH * sizeof(TIn);
+  const long long gx_t = (long long)B * NH * G * DH;  // elements per step of gx / rhb
+  const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
+  RowCopy<C::THREADS, BT, G * DH * 2 / 16> gxc;      // gx [BT][G*DH]
+  RowCopy<C::THREADS, BT, G * DH * 4 / 16> rhc;      // rhb [BT][G*DH] f32
+  RowCopy<C::THREADS, S * BT, DH * 4 / 16> stc;      // states_in [S][BT][DH] f32
+  RowCopy<C::THREADS, BT, DH * 2 / 16> dhc;          // dh [BT][DH]
+  gxc.init(ring_s + C::B_GX, C::GXR * 2, [&](int n) { return n < nb ? gx0 + n * (size_t)NH * G * DH * sizeof(TIn) : nullptr; }, tid);
+  rhc.init(ring_s + C::B_RH, C::RHR * 4, [&](int n) { return n < nb ? rh0 + n * (size_t)NH * G * DH * 4 : nullptr; }, tid);
+  stc.init(ring_s + C::B_ST, C::STR * 4, [&](int r) {
+    const int s = r / BT, n = r % BT;
+    return n < nb ? st0 + ((size_t)s * BND + (size_t)n * NH * DH) * 4 : nullptr;
+  }, tid);
+  dhc.init(ring_s + C::B_DH, C::DHR * 2, [&](int n) { return n < nb ? dh0 + n * (size_t)NH * DH * sizeof(TIn) : nullptr; }, tid);
+  auto prefetch = [&](int step) {
+    if (step < T) {
+      const long long t = t_first + dstep * step;
+      const uint32_t stage = (uint32_t)((step % NS) * C::B_STAGE);
+      gxc.issue(stage, t * gx_t * (long long)sizeof(TIn));
+      rhc.issue(stage, t * gx_t * 4);
+      stc.issue(stage, t * S * BND * 4);
+      dhc.issue(stage, t * BND * (long long)sizeof(TIn));
     }
-#pragma unroll
-    for (int s = 0; s < S; ++s) n_s[j][s] = p.states_in[((size_t)t * S + s) * BND + sidx];
-    n_dh[j] = In<TIn>::load(dh[(size_t)t * BND + sidx]);
+    cp_async_commit();
   };
+#pragma unroll 1
+  for (int s = 0; s < NS - 1; ++s) prefetch(s);
+
+  Gm gemm;  // A[r][(g, o)] = R[g][o][ug*16 + r]
+  gemm.load([&](int, int r, int k) { return In<TIn>::load(R[k * DH + ug * 16 + r]); }, a_smem, warp, lane);
+  for (int i = tid; i < 2 * HP * BT * XB; i += C::THREADS) xs[i] = to_op(0.0f, (Op*)nullptr);
+
+  float ds[E][S];
+  int sidx[E], gidx[E];  // offsets in a [B, NH, DH] and a [B, NH, G, DH] slice (sidx -1: past the batch)
 #pragma unroll
-  for (int j = 0; j < EPT; ++j) {
-    const int e = tid + j * C::THREADS, o = e % DH, n = e / DH, b = bt0 + n;
-    if (e < DH * BT && b < B) {
-      const size_t sidx = ((size_t)b * NH + nh) * DH + o;
+  for (int e = 0; e < E; ++e) {
+    const auto el = C::elem(e, rh);
+    const int i = el.i, j = el.j, n = (nt0 + i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * j;
+    sidx[e] = n < nb ? ((bt0 + n) * NH + nh) * DH + u : -1;
+    gidx[e] = ((bt0 + n) * NH + nh) * G * DH + u;
+    if (sidx[e] >= 0) {
+      const TIn* dsT = static_cast<const TIn*>(p.dsT);
 #pragma unroll
-      for (int s = 0; s < S; ++s) ds[j][s] = In<TIn>::load(dsT[s * BND + sidx]);
-      if (T > 0) fetch(j, p.reverse ? 0 : T - 1, sidx, b);
+      for (int s = 0; s < S; ++s) ds[e][s] = In<TIn>::load(dsT[s * BND + sidx[e]]);
     }
   }
+  TIn* dgx = static_cast<TIn*>(p.dgx);
+  cp_async_wait<NS - 2>();
   __syncthreads();
 
+#pragma unroll 1
   for (int step = 0; step < T; ++step) {
-    const int t = p.reverse ? step : T - 1 - step;
+    const int t = t_first + dstep * step, cur = step & 1;
+    prefetch(step + NS - 1);
+    // this step's inputs (landed before the last barrier), read before the MMAs: the cell's gate
+    // math does not wait for R^T drhb and can overlap it
+    const unsigned char* stage = ring + (step % NS) * C::B_STAGE;
+    const Op* gxs = reinterpret_cast<const Op*>(stage + C::B_GX);
+    const float* rhs = reinterpret_cast<const float*>(stage + C::B_RH);
+    const float* sts = reinterpret_cast<const float*>(stage + C::B_ST);
+    const Op* dhs = reinterpret_cast<const Op*>(stage + C::B_DH);
+    float gxv[E][G], rhv[E][G], sv[E][S], dhv[E];
 #pragma unroll
-    for (int j = 0; j < EPT; ++j) {
-      const int e = tid + j * C::THREADS, o = e % DH, n = e / DH, b = bt0 + n;
-      if (e < DH * BT && b < B) {
-        float dsn[S], dgv[G], drv[G], dsi[S], gxv[G], rhv[G], sv[S];
-        float rec = 0.0f;
+    for (int e = 0; e < E; ++e) {
+      const auto el = C::elem(e, rh);
+      const int n = (nt0 + el.i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * el.j;
 #pragma unroll
-        for (int w = 0; w < WK; ++w) rec += ps[w * Gm::OUT_GROUP + n * Gm::OUT_M + o];
-#pragma unroll
-        for (int s = 0; s < S; ++s) dsn[s] = ds[j][s];
-        dsn[0] += rec + n_dh[j];
-#pragma unroll
-        for (int g = 0; g < G; ++g) { gxv[g] = n_gx[j][g]; rhv[g] = n_rhb[j][g]; }
-#pragma unroll
-        for (int s = 0; s < S; ++s) sv[s] = n_s[j][s];
-        const size_t sidx = ((size_t)b * NH + nh) * DH + o;
-        if (step + 1 < T) fetch(j, p.reverse ? t + 1 : t - 1, sidx, b);
-        Cell::backward(gxv, rhv, sv, dsn, dgv, drv, dsi);
-        const size_t gidx = (((size_t)t * B + b) * NH + nh) * G * DH + o;
-#pragma unroll
-        for (int g = 0; g < G; ++g) {
-          dgx[gidx + g * DH] = In<TIn>::store(dgv[g]);
-          p.drhb[gidx + g * DH] = drv[g];
-          Op pc[HP];
-          split<Op, HP>(drv[g], pc);
-#pragma unroll
-          for (int hp = 0; hp < HP; ++hp) xs[(hp * BT + n) * Gm::XK + g * DH + o] = pc[hp];
-        }
-#pragma unroll
-        for (int s = 0; s < S; ++s) ds[j][s] = dsi[s];
+      for (int g = 0; g < G; ++g) {
+        gxv[e][g] = In<TIn>::load(gxs[n * C::GXR + g * DH + u]);
+        rhv[e][g] = rhs[n * C::RHR + g * DH + u];
       }
+#pragma unroll
+      for (int s = 0; s < S; ++s) sv[e][s] = sts[(s * BT + n) * C::STR + u];
+      dhv[e] = In<TIn>::load(dhs[n * C::DHR + u]);
     }
-    __syncthreads();
-    gemm.run(a_smem, xs, ps, warp, lane);
+    float acc[1][NTW][4];  // R^T drhb of the step before (zero at the first)
+    gemm.template run<BT, XB>(a_smem, xs + cur * HP * BT * XB, nt0, warp, lane, acc);
+    Op* xn = xs + (cur ^ 1) * HP * BT * XB;
+    TIn* dgt = dgx + (size_t)t * G * BND;
+    float* drt = p.drhb + (size_t)t * G * BND;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const auto el = C::elem(e, rh);
+      const int i = el.i, j = el.j, n = (nt0 + i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * j;
+      if (sidx[e] < 0) continue;
+      float dsn[S], dgv[G], drv[G], dsi[S];
+#pragma unroll
+      for (int s = 0; s < S; ++s) dsn[s] = ds[e][s];
+      dsn[0] += C::pick(acc[0][i], el) + dhv[e];
+      Cell::template backward<M>(gxv[e], rhv[e], sv[e], dsn, dgv, drv, dsi);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        dgt[gidx[e] + g * DH] = In<TIn>::store(dgv[g]);
+        drt[gidx[e] + g * DH] = drv[g];
+        Op pc[HP];
+        split<Op, HP>(drv[g], pc);
+#pragma unroll
+        for (int hp = 0; hp < HP; ++hp) xn[(hp * BT + n) * XB + g * DH + u] = pc[hp];
+      }
+#pragma unroll
+      for (int s = 0; s < S; ++s) ds[e][s] = dsi[s];
+    }
+    cp_async_wait<NS - 2>();
     __syncthreads();
   }
+  cp_async_wait<0>();
+  // ds0 = ds + R^T drhb of the last step
+  float acc[1][NTW][4];
+  gemm.template run<BT, XB>(a_smem, xs + (T & 1) * HP * BT * XB, nt0, warp, lane, acc);
+  TIn* ds0 = static_cast<TIn*>(p.ds0);
 #pragma unroll
-  for (int j = 0; j < EPT; ++j) {
-    const int e = tid + j * C::THREADS, o = e % DH, n = e / DH, b = bt0 + n;
-    if (e < DH * BT && b < B) {
-      float rec = 0.0f;
+  for (int e = 0; e < E; ++e) {
+    const auto el = C::elem(e, rh);
+    if (sidx[e] < 0) continue;
+    ds[e][0] += C::pick(acc[0][el.i], el);
 #pragma unroll
-      for (int w = 0; w < WK; ++w) rec += ps[w * Gm::OUT_GROUP + n * Gm::OUT_M + o];
-      const size_t sidx = ((size_t)b * NH + nh) * DH + o;
-      ds[j][0] += rec;
-#pragma unroll
-      for (int s = 0; s < S; ++s) ds0[s * BND + sidx] = In<TIn>::store(ds[j][s]);
-    }
+    for (int s = 0; s < S; ++s) ds0[s * BND + sidx[e]] = In<TIn>::store(ds[e][s]);
   }
 }
 

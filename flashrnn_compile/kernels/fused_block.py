@@ -33,9 +33,9 @@ POISON = os.environ.get("FLASHRNN_POISON", "") not in ("", "0")
 SOURCE = "fused/fused_block.cu"
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
 # dtypes the family takes: the float32 path (3 bf16 pieces on the tensor cores) measured up to 3x
-# PyTorch's float32 error on the H100 (ds0 at T=1), over the 2x bound; it stays compilable for
-# experiments (FLASHRNN_FUSED_FP32=1) but the planner (fused_block.cint) and this module refuse it
-TAKES = (torch.bfloat16, torch.float16) + ((torch.float32,) if os.environ.get("FLASHRNN_FUSED_FP32") == "1" else ())
+# PyTorch's float32 error on the H100 (ds0 at T=1), over the 2x bound; the planner
+# (fused_block.cint), this module and the kernel source (FRNN_DTYPE=0 is an #error) refuse it
+TAKES = (torch.bfloat16, torch.float16)
 
 _LIBS: Dict[str, ctypes.CDLL] = {}
 _BUILD_FAILURE: Dict[str, str] = {}
@@ -55,11 +55,6 @@ def unavailable(device: torch.device) -> Optional[str]:
         return "nvcc not found (install the CUDA toolkit or set CUDA_HOME), cannot build the kernels"
     return None
 
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
 
 
 def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]:
@@ -81,11 +76,11 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
         raise ValueError(f"fused_block: BATCH_TILE={bt}: expected a multiple of 8 in 8 .. 256")
     if rreg < 0:
         raise ValueError(f"fused_block: R_REG_TILES={rreg}: expected >= 0")
-    for M, K, what in ((G * DH, DH, "forward"), (DH, G * DH, "backward")):
-        wm = _gcd(warps, M // 16)
-        if (K // 16) % (warps // wm) != 0:
-            raise ValueError(f"fused_block: WARPS={warps}: the {what} GEMM ({M} x {K}) needs the warps "
-                             f"not sharing row tiles ({warps // wm}) to divide its {K // 16} k-tiles")
+    groups = DH // 16  # unit groups of 16 units (all G gates); Q warps each: 1, or 2 row halves x n-tile split
+    q = warps // groups
+    if warps % groups != 0 or not (q == 1 or (q % 2 == 0 and (bt // 8) % (q // 2) == 0)):
+        raise ValueError(f"fused_block: WARPS={warps}: expected DH / 16 = {groups} unit groups times 1, or times 2 x a "
+                         f"divisor of the BATCH_TILE / 8 = {bt // 8} n-tiles")
     return {"FRNN_CELL": spec.functor, "FRNN_DTYPE": DTYPE_CODES[dtype], "FRNN_DH": DH,
             "FRNN_WARPS": warps, "FRNN_BATCH_TILE": bt, "FRNN_R_REG_TILES": rreg}
 
@@ -131,8 +126,21 @@ def _fallback(what: str, reason: str) -> None:
         warnings.warn(f"flashrnn: fused_block: {reason}; running {what}", RuntimeWarning, stacklevel=3)
 
 
+_RESOLVED: Dict[tuple, tuple] = {}
+
+
 def _resolve(cell: str, gx: Tensor, params):
-    """(library, None) or (None, reason to use the alternating family)."""
+    """(library, None) or (None, reason to use the alternating family); cached per configuration
+    and device (the per-call cost counts: a forward of 1024 steps takes ~0.5 ms)."""
+    key = (cell, gx.dtype, gx.shape[4], gx.device.index, tuple(sorted(params.items())) if params else
+           tuple(gx.shape[1:3]))
+    hit = _RESOLVED.get(key)
+    if hit is None:
+        hit = _RESOLVED[key] = _resolve_uncached(cell, gx, params)
+    return hit
+
+
+def _resolve_uncached(cell: str, gx: Tensor, params):
     defs = defines(cell, gx.dtype, gx.shape[4], _params(cell, gx, params))
     lib = library(defs)
     need = max(smem_bytes(lib))
@@ -140,6 +148,22 @@ def _resolve(cell: str, gx: Tensor, params):
     if need > have:
         return None, f"configuration {defs} needs {need} B of shared memory per block, the device has {have}"
     return lib, None
+
+
+INT_MAX = 2**31 - 1
+
+
+def _check_sizes(B: int, NH: int, G: int, S: int, DH: int) -> None:
+    """The kernels index one time step's [S or G, B, NH, DH] slice in 32-bit ints."""
+    if max(G, S) * B * NH * DH > INT_MAX:
+        raise ValueError(f"fused_block: B={B}, NH={NH}, DH={DH}: one step's {max(G, S)} x B x NH x DH values "
+                         f"exceed 2**31 - 1 (32-bit indexing); split the batch")
+
+
+def _aligned(t: Tensor) -> Tensor:
+    """t contiguous with a 16-byte-aligned start (the kernels stream it with 16-byte cp.async)."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
 def _poison(*tensors: Tensor) -> None:
@@ -167,9 +191,11 @@ def forward(gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, cell: str, reverse: bo
 
         _fallback("the alternating kernels", reason)
         return alternating.forward(gx, R, b, s0, cell, reverse, params, save)
-    gx, R, b, s0 = (t.contiguous() for t in (gx, R, b, s0))
+    gx = _aligned(gx)
+    R, b, s0 = (t.contiguous() for t in (R, b, s0))
     T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
     S = s0.shape[0]
+    _check_sizes(B, NH, G, S, DH)
     h = gx.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
     sT = gx.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
     f32 = dict(dtype=torch.float32, device=gx.device)
@@ -202,8 +228,10 @@ def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, 
     if T > 0 and (states_in.shape != (T, S, B, NH, DH) or rhb.shape != (T, B, NH, G, DH)):
         raise ValueError(f"fused_block backward: states_in {tuple(states_in.shape)} / rhb {tuple(rhb.shape)}: "
                          f"expected [T, S, B, NH, DH] = {(T, S, B, NH, DH)} / [T, B, NH, G, DH] (saved by forward)")
-    dh, dsT, gx, R = (t.to(gx.dtype).contiguous() for t in (dh, dsT, gx, R))
-    states_in, rhb = states_in.float().contiguous(), rhb.float().contiguous()
+    _check_sizes(B, NH, G, S, DH)
+    dh, gx = (_aligned(t.to(gx.dtype)) for t in (dh, gx))
+    dsT, R = (t.to(gx.dtype).contiguous() for t in (dsT, R))
+    states_in, rhb = _aligned(states_in.float()), _aligned(rhb.float())
     dgx = torch.empty(T, B, NH, G, DH, dtype=gx.dtype, device=gx.device)  # [T, B, NH, G, DH]
     drhb = torch.empty(T, B, NH, G, DH, dtype=torch.float32, device=gx.device)  # [T, B, NH, G, DH]
     ds0 = torch.empty(S, B, NH, DH, dtype=gx.dtype, device=gx.device)  # [S, B, NH, DH]
@@ -214,12 +242,27 @@ def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, 
                                    _ptr(rhb), _ptr(dgx), _ptr(drhb), _ptr(ds0), _stream(gx.device))
         if rc != 0:
             raise RuntimeError(f"flashrnn fused_block backward ({cell}): {lib.frnn_error().decode()}")
-    # dR [NH, G, DH, DH] = sum over (t, b) of d(rhb) h_in^T; db [NH, G, DH] = sum of d(rhb)
-    acc = torch.float64 if gx.dtype == torch.float32 else torch.float32
     if T == 0:
         return dgx, torch.zeros_like(R), torch.zeros(NH, G, DH, dtype=R.dtype, device=R.device), ds0
-    d2 = drhb.to(acc).reshape(T * B, NH, G * DH).permute(1, 2, 0)  # [NH, G*DH, T*B]
-    h_in = states_in[:, 0].to(acc).reshape(T * B, NH, DH).permute(1, 0, 2)  # [NH, T*B, DH]
-    dR = torch.bmm(d2, h_in).reshape(NH, G, DH, DH).to(R.dtype)  # [NH, G, DH, DH]
-    db = drhb.to(acc).sum(dim=(0, 1)).to(R.dtype)  # [NH, G, DH]
-    return dgx, dR, db, ds0
+    dR, db = _weight_grads(drhb, states_in, tf32=gx.dtype == torch.bfloat16)
+    return dgx, dR.to(R.dtype), db.to(R.dtype), ds0
+
+
+def _weight_grads(drhb: Tensor, states_in: Tensor, tf32: bool) -> Tuple[Tensor, Tensor]:
+    """dR [NH, G, DH, DH] = sum over (t, b) of d(rhb) h_in^T and db [NH, G, DH] = sum of d(rhb), as
+    one batched float32 GEMM: h_in gets a column of ones (db) and is padded to DH + 8 columns.
+    tf32: on the tensor cores (operands rounded to 10 mantissa bits; used for bfloat16 gradients,
+    whose own rounding is 8x coarser; the SIMT float32 GEMM took 0.47 ms of a 2.9 ms fwd+bwd on H100)."""
+    T, B, NH, G, DH = drhb.shape  # drhb [T, B, NH, G, DH] float32
+    d2 = drhb.reshape(T * B, NH, G * DH).permute(1, 2, 0)  # [NH, G*DH, T*B]
+    h_aug = drhb.new_zeros(T, B, NH, DH + 8)  # [T, B, NH, DH + 8]: h_in | 1 | 0 ...
+    h_aug[..., :DH] = states_in[:, 0]
+    h_aug[..., DH] = 1.0
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+    matmul.allow_tf32 = tf32 or before
+    try:
+        out = torch.bmm(d2, h_aug.reshape(T * B, NH, DH + 8).permute(1, 0, 2))  # [NH, G*DH, DH + 8]
+    finally:
+        matmul.allow_tf32 = before
+    return out[..., :DH].reshape(NH, G, DH, DH), out[..., DH].reshape(NH, G, DH)
