@@ -9,6 +9,8 @@
 # tests: only the fused_block steps), ALT_CHECKS=0 (build the alternating kernels, for the fused
 # bench's side-by-side row, but skip their memcheck and bench_alternating), SKIP_FUSED=1 (no
 # fused_block steps: only the alternating build, tests, memcheck and bench).
+# SKIP_SANITIZERS=1 (no fused memcheck/racecheck: intermediate runs only), FUSED_BENCH=0 (no fused
+# benchmark).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
@@ -87,6 +89,7 @@ bench_rc=$?
 fi
 
 if [ "$SKIP_FUSED" != 1 ]; then
+if [ "${SKIP_SANITIZERS:-0}" != 1 ]; then  # SKIP_SANITIZERS=1: no fused memcheck/racecheck (intermediate runs)
 t=$(date +%s.%N)
 timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tests/gpu/memcheck_fused.py >"$OUT/fused_memcheck.log" 2>&1
 fmc_rc=$?
@@ -97,14 +100,17 @@ timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tests/gp
 frc_rc=$?
 frtime=$(secs "$t")
 tail -n 3 "$OUT/fused_racecheck.log"
+fi
 if [ "${PROFILE:-0}" = 1 ] && command -v ncu >/dev/null; then  # stall reasons of one fwd + bwd kernel
   timeout 60 ncu --section SpeedOfLight --section WarpStateStats -k regex:"forward_kernel|backward_kernel" -c 2 \
     "$PY" benchmarks/profile_fused.py >"$OUT/fused_ncu.log" 2>&1
   grep -E "forward_kernel|backward_kernel|Duration|Stall|Warp Cycles|Issue|Compute \(SM\)|Memory Throughput" "$OUT/fused_ncu.log" | head -40
 fi
 ALT_FLAG=""; [ "$SKIP_ALT" = 1 ] && ALT_FLAG="--no-alternating"
+if [ "${FUSED_BENCH:-1}" != 0 ]; then
 timeout 300 "$PY" benchmarks/bench_fused_block.py $ALT_FLAG --out "$OUT/fused_bench.json" >"$OUT/fused_bench.log" 2>&1
 fbench_rc=$?
+fi
 fi
 
 {
