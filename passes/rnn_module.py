@@ -227,6 +227,10 @@ def _rewrite(gm: torch.fx.GraphModule, node: Node, op: RnnOp, ctx) -> Optional[s
     T, B = (xv.shape[1], xv.shape[0]) if call.batch_first else (xv.shape[0], xv.shape[1])
     outs = node.meta["example_value"]
     autocast = _autocast_around(gm, node, device.type)
+    if autocast and device.type == "cuda":
+        # measured on an H100 (torch 2.11): under CUDA autocast eager's lstm / gru return float16
+        # where the rewrite returned float32, though the recorded example values agreed
+        return "CUDA autocast around the call: the rewrite does not reproduce autocast's casts on CUDA yet"
     if _aten_is_faster(ctx, call, device, autocast):
         plan = _ATEN_PLAN
         node.target, node.args = torch.ops.flashrnn.aten_rnn.default, _aten_args(node)

@@ -45,7 +45,7 @@ def _module_report():
     return rewrites, refusals
 
 
-def _check(case, dtype, inner="aot_eager", autocast=None):
+def _check(case, dtype, inner="aot_eager", autocast=None, refused=None):
     """One forward + backward of eager, compiled and float64 copies; every tensor within 2x
     eager's float64 error. autocast: None, or the dtype of a CUDA autocast region around the
     calls (the modules then stay float32)."""
@@ -65,8 +65,11 @@ def _check(case, dtype, inner="aot_eager", autocast=None):
         want = _run(eager, eager, detach_like(cast_args(args64, low)))
         got = _run(compiled, ours, detach_like(cast_args(args64, low)))
     rewrites, refusals = _module_report()
-    assert len(rewrites) == 1 and not refusals, (rewrites, refusals)
-    assert rewrites[0]["plan"]["family"] != "reference", rewrites[0]["plan"]
+    if refused is None:
+        assert len(rewrites) == 1 and not refusals, (rewrites, refusals)
+        assert rewrites[0]["plan"]["family"] != "reference", rewrites[0]["plan"]
+    else:  # left as written, with the reason
+        assert not rewrites and len(refusals) == 1 and refused in refusals[0]["reason"], (rewrites, refusals)
     assert len(got) == len(want)
     for k, (o, e, r) in enumerate(zip(got, want, ref)):
         assert o.shape == e.shape and o.dtype == e.dtype, (k, o.shape, o.dtype, e.shape, e.dtype)
@@ -93,8 +96,10 @@ def test_module_on_gpu_inductor(case):
 
 @pytest.mark.parametrize("case", [MATRIX[1], MATRIX[9], MATRIX[12]], ids=["lstm", "gru", "rnn_tanh"])
 def test_module_on_gpu_autocast(case):
-    """float32 modules called under CUDA autocast (float16): eager's dtypes, 2x eager's error."""
-    _check(case, None, autocast=torch.float16)
+    """float32 modules called under CUDA autocast (float16): not rewritten yet (the rewrite gave
+    float32 where eager gives float16, H100 run of 2026-11-25), left as written with the reason,
+    and the results are eager's."""
+    _check(case, None, autocast=torch.float16, refused="CUDA autocast")
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
