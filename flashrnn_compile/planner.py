@@ -196,8 +196,15 @@ DESCRIBE: Dict[str, Callable[[FamilyResult], str]] = {
     "fused_block": _fused(lambda v: "R of each head in one block"),
     "fused_cluster": _fused(lambda v: f"R of each head split over a cluster of {v['CLUSTER_SIZE']} blocks"),
     "fused_grid": _fused(lambda v: f"R of each head split over {v['GRID_SPLIT']} blocks of a cooperative grid"),
-    "alternating": lambda r: (f"alternating: a GEMM and a pointwise launch per step (floor {r.report['STEP_NS']} "
-                              f"ns/step); pointwise {r.values['PW_THREADS']} threads x {r.values['VEC']}-wide"),
+    "alternating": lambda r: (
+        (
+            "alternating: one step-kernel launch per step (R h and the cell in one kernel)"
+            if r.values.get("STEP_KERNEL", 1)
+            else f"alternating: a GEMM and a pointwise launch per step; pointwise {r.values['PW_THREADS']} "
+            f"threads x {r.values['VEC']}-wide"
+        )
+        + f" (floor {r.report['STEP_NS']} ns/step)"
+    ),
 }
 
 
