@@ -1,5 +1,6 @@
 """Build (into the variant cache) every fused_block configuration that tests/gpu/test_fused_block.py
-and benchmarks/bench_fused_block.py will ask the planner for, for one GPU preset, in parallel;
+and benchmarks/bench_fused_block.py will ask the planner for, for one GPU preset, and the tests'
+explicit tilings (EXPLICIT), in parallel;
 so a device run only loads them. Usage:
 
     python benchmarks/prebuild_fused.py [--gpu h100-sxm] [--arch 9.0] [--jobs 8]
@@ -43,6 +44,12 @@ def main():
     p.add_argument("--jobs", type=int, default=8)
     args = p.parse_args()
     configs = {}
+    from tests.gpu.test_fused_block import EXPLICIT  # explicit tilings of the tests
+
+    for cell, _, DH, _, params, _ in EXPLICIT:
+        for dtype in (torch.float16, torch.bfloat16):
+            defs = fused_block.defines(cell, dtype, DH, params)
+            configs[repr(sorted(defs.items()))] = defs
     for cell, B, NH, DH, dtype in shapes():
         chosen = planner.plan(cell, B, NH, DH, dtype, gpu=args.gpu, families=("fused_block",))
         if chosen.family != "fused_block":

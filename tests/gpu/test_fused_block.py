@@ -8,7 +8,9 @@ Tiling parameters come from the planner for this GPU (fused_block only), as the 
 
 Matrix: every cell x (NH x DH, B) in {12x64 B16, 24x32 B3, 5x48 B3, 2x16 B1, 6x128 B16} x T in
 {1, 17} x both directions; T = 1024 for lstm 12x64 B16 (forward), gru 5x48 B3 (reverse) and slstm
-24x32 B3 (forward), unless FLASHRNN_GPU_LONG=0. `CASES` and `PLAN_SHAPES` are also what benchmarks/prebuild_fused.py builds.
+24x32 B3 (forward), unless FLASHRNN_GPU_LONG=0; and EXPLICIT tilings the planner does not choose
+(n-tiles split over warps, several n-tiles per warp, R partly in shared memory), T in {1, 17}, both
+directions. `CASES`, `PLAN_SHAPES` and `EXPLICIT` are also what benchmarks/prebuild_fused.py builds.
 """
 
 from __future__ import annotations
@@ -47,6 +49,19 @@ PLAN_SHAPES = sorted({(c, B, NH, DH, d) for c, NH, DH, B, _, _ in CASES for d in
                      | {("gru", 4, 2, 16, torch.float16), ("lstm", 2, 1, 16, torch.float16), ("lstm", 4, 1, 64, torch.bfloat16)}, key=str)
 
 
+# Tilings the planner does not pick for the shapes above (it keeps batch tiles of 8 and all of R in
+# registers), run with explicit plans: (cell, NH, DH, B, params, what the layout exercises)
+EXPLICIT = [
+    ("lstm", 4, 32, 19, {"WARPS": 2, "BATCH_TILE": 16, "R_REG_TILES": 2},
+     "one warp per unit group over 2 n-tiles; 6 of its 8 R tiles in shared memory; partial last tile"),
+    ("gru", 3, 32, 21, {"WARPS": 8, "BATCH_TILE": 16, "R_REG_TILES": 3},
+     "row halves x 2 warps splitting the n-tiles"),
+    ("slstm", 2, 16, 13, {"WARPS": 2, "BATCH_TILE": 16, "R_REG_TILES": 1},
+     "row halves, each over 2 n-tiles; half of R in shared memory"),
+]
+EXPLICIT_CASES = [(c, nh, dh, b, prm, T, r) for c, nh, dh, b, prm, _ in EXPLICIT for T in (1, 17) for r in (False, True)]
+
+
 def plan_for(cell, B, NH, DH, dtype, gpu=None) -> str:
     chosen = planner.plan(cell, B, NH, DH, dtype, gpu=gpu, families=("fused_block",))
     assert chosen.family == "fused_block", chosen.reason
@@ -69,6 +84,17 @@ def test_kernels_are_available_and_used():
 def test_matches_float64_reference(cell, NH, DH, B, T, reverse):
     seed = zlib.crc32(f"fused-{cell}-{NH}-{DH}-{B}-{T}-{reverse}".encode())
     failures = float64_failures(cell, NH, DH, B, T, reverse, seed, DTYPES, lambda dtype: plan_for(cell, B, NH, DH, dtype))
+    assert not failures, "; ".join(failures)
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", EXPLICIT_CASES,
+                         ids=[f"{c}-{nh}x{dh}-B{b}-W{p['WARPS']}-BT{p['BATCH_TILE']}-RREG{p['R_REG_TILES']}-T{t}-{'rev' if r else 'fwd'}"
+                              for c, nh, dh, b, p, t, r in EXPLICIT_CASES])
+def test_explicit_tilings_match_float64_reference(cell, NH, DH, B, params, T, reverse):
+    """Layouts the planner does not choose here (EXPLICIT): same float64 comparison, same bound."""
+    seed = zlib.crc32(f"fused-explicit-{cell}-{NH}-{DH}-{B}-{T}-{reverse}".encode())
+    plan = runtime.plan_json("fused_block", params)
+    failures = float64_failures(cell, NH, DH, B, T, reverse, seed, DTYPES, lambda dtype: plan)
     assert not failures, "; ".join(failures)
 
 
