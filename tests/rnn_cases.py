@@ -88,3 +88,18 @@ def _id(case):
 
 def cast_args(args, dtype):
     return tuple(tuple(t.to(dtype) for t in a) if isinstance(a, tuple) else a.to(dtype) for a in args)
+
+
+def count_graphs(mod, backend, args_list, run):
+    """Compile `mod` behind a backend that counts the graphs Dynamo hands it, then run(fn, args)
+    for each args of args_list; returns (number of graphs, [run's results])."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return backend(gm, example_inputs)
+
+    fn = torch.compile(mod, backend=counting)
+    results = [run(fn, args) for args in args_list]
+    return len(graphs), results

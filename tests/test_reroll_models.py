@@ -232,22 +232,23 @@ NH, DH = 2, 3
 class MultiHeadLSTMEinsum(nn.Module):
     """Block-diagonal R: the state is [B, NH, DH], einsum over the head axis."""
 
-    def __init__(self):
+    def __init__(self, I=I, NH=NH, DH=DH):
         super().__init__()
-        self.W = _p(NH, 4, DH, I)
-        self.R = _p(NH, 4, DH, DH)
-        self.b = _p(NH, 4, DH)
+        self.NH, self.DH = NH, DH
+        self.W = _p(NH, 4, DH, I)  # [NH, G, DH, I]
+        self.R = _p(NH, 4, DH, DH)  # [NH, G, DH, DH]
+        self.b = _p(NH, 4, DH)  # [NH, G, DH]
 
-    def forward(self, x):  # x [B, T, I]
-        h = x.new_zeros(x.shape[0], NH, DH)
-        c = x.new_zeros(x.shape[0], NH, DH)
+    def forward(self, x):  # x [B, T, I] -> [B, T, NH*DH]
+        h = x.new_zeros(x.shape[0], self.NH, self.DH)  # [B, NH, DH]
+        c = x.new_zeros(x.shape[0], self.NH, self.DH)
         outs = []
         for t in range(x.shape[1]):
             g = torch.einsum("bi,ngdi->bngd", x[:, t], self.W) + torch.einsum("bne,ngde->bngd", h, self.R) + self.b
             i, f, z, o = g.unbind(2)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(z)
             h = torch.sigmoid(o) * torch.tanh(c)
-            outs.append(h.reshape(x.shape[0], NH * DH))
+            outs.append(h.reshape(x.shape[0], self.NH * self.DH))
         return torch.stack(outs, 1)
 
 

@@ -20,7 +20,7 @@ from flashrnn_compile.backend import flashrnn_backend
 from flashrnn_compile.context import BackendOptions, PassContext, reports, reset_stats, stats
 from flashrnn_compile.passes.rnn_module import rnn_module_pass
 from flashrnn_compile.testing import rel_err, within
-from tests.rnn_cases import MATRIX, _id, cast_args, detach_like, flat_outputs, leaves, loss_of, make_inputs, make_rnn
+from tests.rnn_cases import MATRIX, _id, cast_args, count_graphs, detach_like, flat_outputs, leaves, loss_of, make_inputs, make_rnn
 
 FP32_TOL = 1e-5
 RECURRENCE = torch.ops.flashrnn.recurrence_fwd.default
@@ -412,22 +412,15 @@ def test_several_modules_one_graph():
 # ---- recompiles when T and B change -------------------------------------------------------------
 
 
+def _run_and_grads(fn, args):
+    out = flat_outputs(fn(*args))
+    loss_of(out).backward()
+    return out, [t.grad for t in leaves(args)]
+
+
 def _count_graphs(mod, backend, shapes, hx):
-    torch._dynamo.reset()
-    graphs = []
-
-    def counting(gm, example_inputs):
-        graphs.append(gm)
-        return backend(gm, example_inputs)
-
-    compiled = torch.compile(mod, backend=counting)
-    outs = []
-    for T, B in shapes:
-        args = detach_like(make_inputs(mod, T, B, hx=hx, seed=T * 100 + B))
-        out = flat_outputs(compiled(*args))
-        loss_of(out).backward()
-        outs.append((out, [t.grad for t in leaves(args)]))
-    return len(graphs), outs
+    calls = [detach_like(make_inputs(mod, T, B, hx=hx, seed=T * 100 + B)) for T, B in shapes]
+    return count_graphs(mod, backend, calls, _run_and_grads)
 
 
 @pytest.mark.parametrize("kind,hx", [("lstm", False), ("gru", True)])

@@ -18,6 +18,7 @@ from tests.rnn_cases import (
     MATRIX,
     _id,
     cast_args,
+    count_graphs,
     detach_like,
     flat_outputs,
     leaves,
@@ -112,18 +113,9 @@ def test_new_t_and_b_on_gpu(kind):
     shapes = [(12, 4), (20, 7), (20, 16), (5, 16)]
 
     def graphs_and_runs(backend, mod):
-        torch._dynamo.reset()
-        graphs = []
-
-        def counting(gm, example_inputs):
-            graphs.append(gm)
-            return backend(gm, example_inputs)
-
-        fn = torch.compile(mod, backend=counting)
         dt = next(mod.parameters()).dtype
-        args = [cast_args(_to_cuda(make_inputs(mod, T, B, hx=True, seed=T + B)), dt) for T, B in shapes]
-        runs = [_run(fn, mod, detach_like(a)) for a in args]
-        return len(graphs), runs
+        calls = [detach_like(cast_args(_to_cuda(make_inputs(mod, T, B, hx=True, seed=T + B)), dt)) for T, B in shapes]
+        return count_graphs(mod, backend, calls, lambda fn, args: _run(fn, mod, args))
 
     from flashrnn_compile.backend import flashrnn_backend
 
