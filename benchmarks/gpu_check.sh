@@ -76,7 +76,7 @@ tail -n 12 "$OUT/pytest.log"
 mc_rc=skipped; mtime=0
 if [ "$SKIP_ALT" != 1 ] && [ "$ALT_CHECKS" != 0 ]; then
 t=$(date +%s.%N)
-timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tests/gpu/memcheck_small.py >"$OUT/memcheck.log" 2>&1
+timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tests/gpu/memcheck_case.py alternating >"$OUT/memcheck.log" 2>&1
 mc_rc=$?
 mtime=$(secs "$t")
 tail -n 4 "$OUT/memcheck.log"
@@ -91,12 +91,12 @@ fi
 if [ "$SKIP_FUSED" != 1 ]; then
 if [ "${SKIP_SANITIZERS:-0}" != 1 ]; then  # SKIP_SANITIZERS=1: no fused memcheck/racecheck (intermediate runs)
 t=$(date +%s.%N)
-timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tests/gpu/memcheck_fused.py >"$OUT/fused_memcheck.log" 2>&1
+timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tests/gpu/memcheck_case.py fused_block >"$OUT/fused_memcheck.log" 2>&1
 fmc_rc=$?
 fmtime=$(secs "$t")
 tail -n 3 "$OUT/fused_memcheck.log"
 t=$(date +%s.%N)
-timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tests/gpu/memcheck_fused.py >"$OUT/fused_racecheck.log" 2>&1
+timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tests/gpu/memcheck_case.py fused_block >"$OUT/fused_racecheck.log" 2>&1
 frc_rc=$?
 frtime=$(secs "$t")
 tail -n 3 "$OUT/fused_racecheck.log"

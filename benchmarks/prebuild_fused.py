@@ -31,7 +31,7 @@ def shapes():
 
     out = set(PLAN_SHAPES)
     out |= {(c, B, NH, DH, DT[d]) for c, NH, DH, d, B, _ in CONFIGS}
-    for cell in ("lstm", "gru", "elman_tanh", "elman_relu", "slstm"):  # tests/gpu/memcheck_fused.py
+    for cell in ("lstm", "gru", "elman_tanh", "elman_relu", "slstm"):  # tests/gpu/memcheck_case.py fused_block
         for d in (torch.float16, torch.bfloat16):
             out.add((cell, 3, 2, 16, d))
     return sorted(out, key=str)
