@@ -10,7 +10,9 @@
 # bench's side-by-side row, but skip their memcheck and bench_alternating), SKIP_FUSED=1 (no
 # fused_block steps: only the alternating build, tests, memcheck and bench).
 # SKIP_SANITIZERS=1 (no fused memcheck/racecheck: intermediate runs only), FUSED_BENCH=0 (no fused
-# benchmark).
+# benchmark), HARNESS=1 (then `python -m benchmarks.run --suite floor,layer,model --preset headline`
+# into $OUT, budget HARNESS_SECONDS, default floor=30,layer=280,model=120; carry build/wheels for the
+# FlashRNN 1.0.8 rows).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
@@ -113,6 +115,13 @@ fbench_rc=$?
 fi
 fi
 
+harness_rc=skipped
+if [ "${HARNESS:-0}" = 1 ]; then
+  timeout 600 "$PY" -m benchmarks.run --suite floor,layer,model --preset headline \
+    --max-seconds "${HARNESS_SECONDS:-floor=30,layer=280,model=120}" --out "$OUT" >"$OUT/harness.log" 2>&1
+  harness_rc=$?
+fi
+
 {
   echo "## gpu_check on $CARD"
   echo
@@ -127,6 +136,7 @@ fi
   echo "| fused_block: compute-sanitizer memcheck (small case) | exit $fmc_rc, ${fmtime} s: $(grep -o 'ERROR SUMMARY.*' "$OUT/fused_memcheck.log" | tail -n 1) |"
   echo "| fused_block: compute-sanitizer racecheck (small case) | exit $frc_rc, ${frtime} s: $(grep -o 'ERROR SUMMARY.*' "$OUT/fused_racecheck.log" | tail -n 1) |"
   echo "| fused_block benchmark | exit $fbench_rc |"
+  echo "| benchmark harness (floor, layer, model; harness.log) | exit $harness_rc |"
   echo
   echo '```'
   [ -f "$OUT/bench.log" ] && tail -n 24 "$OUT/bench.log"
