@@ -103,3 +103,10 @@ def count_graphs(mod, backend, args_list, run):
     fn = torch.compile(mod, backend=counting)
     results = [run(fn, args) for args in args_list]
     return len(graphs), results
+
+
+def guard_failures() -> list:
+    """Dynamo's reasons for the recompiles since the last torch._dynamo.reset() (for messages)."""
+    from torch._dynamo.utils import guard_failures as failures
+
+    return [reason for reasons in failures.values() for reason in reasons]

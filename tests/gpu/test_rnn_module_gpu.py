@@ -19,6 +19,7 @@ from tests.rnn_cases import (
     _id,
     cast_args,
     count_graphs,
+    guard_failures,
     detach_like,
     flat_outputs,
     leaves,
@@ -120,12 +121,14 @@ def test_new_t_and_b_on_gpu(kind):
     from flashrnn_compile.backend import flashrnn_backend
 
     n_eager, want = graphs_and_runs(lambda gm, ex: gm.forward, copy.deepcopy(base).to(torch.bfloat16).cuda())
+    eager_recompiles = guard_failures()
     reset_stats()
     n_ours, got = graphs_and_runs(
         lambda gm, ex: flashrnn_backend(gm, ex, options={"inner": "aot_eager"}), copy.deepcopy(base).to(torch.bfloat16).cuda()
     )
+    our_recompiles = guard_failures()
     _, ref = graphs_and_runs(lambda gm, ex: gm.forward, copy.deepcopy(base).double().cuda())
-    assert n_ours <= n_eager, (n_ours, n_eager)
+    assert n_ours <= n_eager, (n_ours, n_eager, "ours:", our_recompiles, "eager:", eager_recompiles)
     rewrites, refusals = _module_report()
     assert len(rewrites) == n_ours and not refusals, (rewrites, refusals)
     for step, (g, w, r) in enumerate(zip(got, want, ref)):
