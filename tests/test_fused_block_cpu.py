@@ -92,3 +92,28 @@ def test_variant_build_carries_its_defines_and_is_cached(tmp_path, monkeypatch):
     assert fwd_smem == 2 * 8 * 24 * 2 + 6 * 8 * 24 * 2
     other = dict(defs, FRNN_DH=32)
     assert build.variant_key(fused_block.SOURCE, other, ["9.0"]) != build.variant_key(fused_block.SOURCE, defs, ["9.0"])
+
+
+@pytest.mark.parametrize("start", ["none", "ieee", "tf32"])
+@pytest.mark.parametrize("tf32", [False, True])
+def test_weight_grads_leave_the_tf32_setting_as_it_was(start, tf32):
+    """dR and db are the sums of d(rhb) h^T and d(rhb); the TF32 switch around their GEMM restores
+    the caller's fp32_precision exactly, whatever it was (the legacy allow_tf32 flag raises after a
+    user set fp32_precision, so the module must not touch it)."""
+    from flashrnn_compile.kernels.fused_block import _weight_grads
+
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = start
+        g = torch.Generator().manual_seed(0)
+        T, B, NH, G, S, DH = 3, 2, 2, 4, 2, 5
+        drhb = torch.randn(T, B, NH, G, DH, generator=g)  # [T, B, NH, G, DH]
+        states_in = torch.randn(T, S, B, NH, DH, generator=g)  # [T, S, B, NH, DH]
+        dR, db = _weight_grads(drhb, states_in, tf32=tf32)
+        assert matmul.fp32_precision == start
+        want_dR = torch.einsum("tbngi,tbnj->ngij", drhb.double(), states_in[:, 0].double())
+        torch.testing.assert_close(dR.double(), want_dR, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(db.double(), drhb.double().sum((0, 1)), rtol=1e-5, atol=1e-5)
+    finally:
+        matmul.fp32_precision = saved

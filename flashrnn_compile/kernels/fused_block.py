@@ -17,6 +17,7 @@ runs the alternating family instead, with one warning. float64 runs the referenc
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import warnings
@@ -258,11 +259,30 @@ def _weight_grads(drhb: Tensor, states_in: Tensor, tf32: bool) -> Tuple[Tensor, 
     h_aug = drhb.new_zeros(T, B, NH, DH + 8)  # [T, B, NH, DH + 8]: h_in | 1 | 0 ...
     h_aug[..., :DH] = states_in[:, 0]
     h_aug[..., DH] = 1.0
-    matmul = torch.backends.cuda.matmul
-    before = matmul.allow_tf32
-    matmul.allow_tf32 = tf32 or before
-    try:
+    with _tf32_matmul(tf32):
         out = torch.bmm(d2, h_aug.reshape(T * B, NH, DH + 8).permute(1, 0, 2))  # [NH, G*DH, DH + 8]
-    finally:
-        matmul.allow_tf32 = before
     return out[..., :DH].reshape(NH, G, DH, DH), out[..., DH].reshape(NH, G, DH)
+
+
+@contextlib.contextmanager
+def _tf32_matmul(enabled: bool):
+    """CUDA float32 matmuls on TF32 inside (when `enabled`), the caller's setting restored as it
+    was. Through the fp32_precision API where torch has it: reading or writing the legacy
+    allow_tf32 after a user set fp32_precision raises, and writing it turns the untouched state
+    ("none") into an explicit one."""
+    matmul = torch.backends.cuda.matmul
+    new_api = hasattr(torch._C, "_get_fp32_precision_getter")
+    before = matmul.fp32_precision if new_api else matmul.allow_tf32
+    if enabled:
+        if new_api:
+            matmul.fp32_precision = "tf32"
+        else:
+            matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        if enabled:
+            if new_api:
+                matmul.fp32_precision = before
+            else:
+                matmul.allow_tf32 = before
