@@ -156,43 +156,39 @@ def projection_fn(cfg: Config, device) -> Callable:
     return lambda: F.linear(x, W, b)
 
 
-def module_fns(cfg: Config, device, wrap: Callable = lambda m: m) -> Tuple[Callable, Callable, torch.nn.Module]:
-    """(forward, forward_backward, module) of nn.LSTM/GRU(H, H) on x [T, B, H], through `wrap`."""
-    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cfg.cell]
-    dt = common.DTYPES[cfg.dtype]
-    mod = cls(cfg.H, cfg.H).to(device, dt)
-    run_mod = wrap(mod)
-    x = _randn(cfg.T, cfg.B, cfg.H, device=device, dtype=dt, grad=True)  # [T, B, H]
-    dy = torch.randn(cfg.T, cfg.B, cfg.H, device=device, dtype=dt)  # [T, B, H]
+def _timed_fns(run_mod: Callable, x: torch.Tensor, mod: torch.nn.Module, first: bool) -> Tuple[Callable, Callable]:
+    """(forward without grad, forward + backward to x and every parameter) of run_mod(x); `first`:
+    the module returns (output, states) and the output is timed."""
+    dy = torch.randn_like(x)  # the layers here map H to H
     leaves = [x] + list(mod.parameters())
+
+    def out():
+        y = run_mod(x)
+        return y[0] if first else y
 
     def forward():
         with torch.no_grad():
-            return run_mod(x)[0]
+            return out()
 
     def forward_backward():
-        torch.autograd.grad(run_mod(x)[0], leaves, dy)
+        torch.autograd.grad(out(), leaves, dy)
 
-    return forward, forward_backward, mod
+    return forward, forward_backward
+
+
+def module_fns(cfg: Config, device, wrap: Callable = lambda m: m) -> Tuple[Callable, Callable, torch.nn.Module]:
+    """(forward, forward_backward, module) of nn.LSTM/GRU(H, H) on x [T, B, H], through `wrap`."""
+    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cfg.cell]
+    mod = cls(cfg.H, cfg.H).to(device, common.DTYPES[cfg.dtype])
+    x = _randn(cfg.T, cfg.B, cfg.H, device=device, dtype=common.DTYPES[cfg.dtype], grad=True)  # [T, B, H]
+    return (*_timed_fns(wrap(mod), x, mod, first=True), mod)
 
 
 def hand_fns(cfg: Config, device, wrap: Callable) -> Tuple[Callable, Callable]:
     """(forward, forward_backward) of the hand-written loop (dense H) on x [B, T, H], through `wrap`."""
-    dt = common.DTYPES[cfg.dtype]
-    mod = models.HAND[cfg.cell](cfg.H, cfg.H).to(device, dt)
-    run_mod = wrap(mod)
-    x = _randn(cfg.B, cfg.T, cfg.H, device=device, dtype=dt, grad=True)  # [B, T, H]
-    dy = torch.randn(cfg.B, cfg.T, cfg.H, device=device, dtype=dt)  # [B, T, H]
-    leaves = [x] + list(mod.parameters())
-
-    def forward():
-        with torch.no_grad():
-            return run_mod(x)
-
-    def forward_backward():
-        torch.autograd.grad(run_mod(x), leaves, dy)
-
-    return forward, forward_backward
+    mod = models.HAND[cfg.cell](cfg.H, cfg.H).to(device, common.DTYPES[cfg.dtype])
+    x = _randn(cfg.B, cfg.T, cfg.H, device=device, dtype=common.DTYPES[cfg.dtype], grad=True)  # [B, T, H]
+    return _timed_fns(wrap(mod), x, mod, first=False)
 
 
 # ---- the run --------------------------------------------------------------------------------

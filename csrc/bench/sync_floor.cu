@@ -99,6 +99,23 @@ int current_major(char* reason, int len, int* major) {
   return 0;
 }
 
+// One cluster of `cluster` blocks of `threads` threads on `stream`; `attr` holds the cluster
+// dimension the returned configuration points to.
+cudaLaunchConfig_t cluster_config(int cluster, int threads, cudaStream_t stream, cudaLaunchAttribute* attr) {
+  cudaLaunchConfig_t cfg;
+  std::memset(&cfg, 0, sizeof(cfg));
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = cluster;
+  attr->val.clusterDim.y = 1;
+  attr->val.clusterDim.z = 1;
+  cfg.gridDim = dim3(cluster);
+  cfg.blockDim = dim3(threads);
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
 }  // namespace
 
 extern "C" {
@@ -129,17 +146,8 @@ int floor_cluster_capacity(int cluster, int threads, int* clusters, char* reason
     cudaError_t err = cudaFuncSetAttribute(cluster_sync_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     if (err != cudaSuccess) return fail(err, reason, len, "non-portable cluster size refused");
   }
-  cudaLaunchConfig_t cfg;
-  std::memset(&cfg, 0, sizeof(cfg));
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = cluster;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.gridDim = dim3(cluster);
-  cfg.blockDim = dim3(threads);
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute attr;
+  cudaLaunchConfig_t cfg = cluster_config(cluster, threads, nullptr, &attr);
   cudaError_t err = cudaOccupancyMaxActiveClusters(clusters, cluster_sync_kernel, &cfg);
   if (err != cudaSuccess) return fail(err, reason, len, "cudaOccupancyMaxActiveClusters");
   if (*clusters == 0) {
@@ -154,18 +162,8 @@ int floor_cluster(int cluster, int threads, int steps, int* out, void* stream, c
   int fits = 0;
   int rc = floor_cluster_capacity(cluster, threads, &fits, reason, len);
   if (rc != 0) return rc;
-  cudaLaunchConfig_t cfg;
-  std::memset(&cfg, 0, sizeof(cfg));
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = cluster;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.gridDim = dim3(cluster);
-  cfg.blockDim = dim3(threads);
-  cfg.stream = static_cast<cudaStream_t>(stream);
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute attr;
+  cudaLaunchConfig_t cfg = cluster_config(cluster, threads, static_cast<cudaStream_t>(stream), &attr);
   cudaError_t err = cudaLaunchKernelEx(&cfg, cluster_sync_kernel, steps, out);
   if (err == cudaSuccess) err = cudaGetLastError();
   return err == cudaSuccess ? 0 : fail(err, reason, len, "cluster_sync_kernel launch");
