@@ -126,7 +126,9 @@ def backward(
     dh_c = dh.to(cdt)
     for t in reversed(list(_time_order(T, reverse))):
         ds[0] += dh_c[t]
-        dgx[t], drhb[t], ds_in = pointwise_backward(gx[t].to(cdt), rhb[t], tuple(states_in[t].unbind(0)), tuple(ds.unbind(0)))
+        dgx[t], drhb[t], ds_in = pointwise_backward(
+            gx[t].to(cdt), rhb[t], tuple(states_in[t].unbind(0)), tuple(ds.unbind(0))
+        )
         ds = torch.stack(ds_in)
         ds[0] += torch.bmm(drhb[t].reshape(B, NH, G * DH).transpose(0, 1), R_rows).transpose(0, 1)
     h_in = states_in[:, 0]  # [T, B, NH, DH]

@@ -16,7 +16,9 @@ shapes and dtypes of the original node's outputs.
 Left as written, with the reason recorded in ctx (one refusal per node):
     PackedSequence input (the `batch_sizes` overload): the core op has no lengths argument;
     flags that are not constants; an unexpected weight list; missing example values;
-    outputs used other than through getitem; a rewrite whose result metadata does not match.
+    outputs used other than through getitem; a rewrite whose result metadata does not match
+    (except the cuDNN LSTM's known wrong record of h_n / c_n, `_cudnn_lstm_fake_state`);
+    calls under CUDA autocast (the rewrite does not reproduce its casts there yet).
 """
 
 from __future__ import annotations
