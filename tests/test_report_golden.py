@@ -131,7 +131,7 @@ class TestGoldenReports(expecttest.TestCase):
 
 | source | reason | where |
 |---|---|---|
-| cell_loop | no per-step input: the step input depends on an earlier state (an output fed back, or attention inside the loop) | tests/test_reroll_models.py:311, tests/test_reroll_models.py:312 |
+| cell_loop | no per-step input: the step input depends on an earlier state (an output fed back, or attention inside the loop) | tests/test_reroll_models.py:312, tests/test_reroll_models.py:313 |
 
 ## The graph, before and after
 
