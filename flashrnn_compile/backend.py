@@ -12,6 +12,9 @@ nn.LSTM/GRU/RNN and never resumes, so nothing after the RNN would be compiled.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import pathlib
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
@@ -43,8 +46,53 @@ def _inner_compile(
         return lookup_backend("aot_eager")(gm, example_inputs)
     from torch._inductor.compile_fx import compile_fx
 
-    patches = torch._inductor.list_mode_options(mode) if mode else {}
+    patches = dict(torch._inductor.list_mode_options(mode)) if mode else {}
+    patches.update(_cache_salt_patch())
     return compile_fx(gm, example_inputs, config_patches=patches)
+
+
+@functools.lru_cache(maxsize=None)
+def _source_hash() -> str:
+    """sha256 of this package's Python sources (the fake kernels of our ops among them)."""
+    root = pathlib.Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _cache_salt_patch() -> Dict[str, Any]:
+    """Inductor config patch that puts `_source_hash()` into Inductor's FX-graph cache key.
+
+    The key covers the graph (our ops by name) but not our ops' fake kernels, so a graph compiled
+    by an older flashrnn_compile whose fake kernels gave other output strides was reused after an
+    upgrade, and Inductor's stride assertion failed at run time (seen on this project's own demo).
+    A no-op post-grad pass whose uuid is the hash salts the key. A pass the user set is kept and
+    runs first; one that is not a CustomGraphPass already keeps Inductor from caching: untouched."""
+    import importlib.util
+
+    from torch._inductor import config
+
+    if importlib.util.find_spec("torch._inductor.custom_graph_pass") is None or not hasattr(
+        config, "post_grad_custom_pre_pass"
+    ):
+        return {}  # a torch without custom graph passes: its cache key cannot be salted this way
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    user_pass = config.post_grad_custom_pre_pass
+    if user_pass is not None and not isinstance(user_pass, CustomGraphPass):
+        return {}
+
+    class SourceSalt(CustomGraphPass):
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            if user_pass is not None:
+                user_pass(graph)
+
+        def uuid(self) -> Any:
+            return f"flashrnn_compile-{_source_hash()}" + ("" if user_pass is None else f"+{user_pass.uuid()}")
+
+    return {"post_grad_custom_pre_pass": SourceSalt()}
 
 
 def flashrnn_backend(

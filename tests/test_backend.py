@@ -222,3 +222,58 @@ def test_choose_plan_only_picks_families_this_build_has(monkeypatch):
     assert plan.family == "reference" and "fused_cluster" in plan.reason
     context.choose_plan(PassContext(BackendOptions(plan="alternating")), "lstm", 16, 1, 768, torch.bfloat16, "cuda:0")
     assert asked[-1] == ("alternating",)
+
+
+# ---- Inductor's FX-graph cache is salted with our sources ---------------------------------------
+
+
+def _inductor_cache_counts(monkeypatch, cache_dir, source_hash):
+    """Compile x.sin() + 1 through the backend (inner Inductor, FX-graph cache in cache_dir, our
+    sources hashing to `source_hash`); Inductor's (hits, misses) for that compile."""
+    from torch._dynamo.utils import counters
+
+    from flashrnn_compile import backend
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
+    monkeypatch.setattr(backend, "_source_hash", lambda: source_hash)
+    torch._dynamo.reset()
+    counters.clear()
+    with torch._inductor.config.patch(fx_graph_cache=True, fx_graph_remote_cache=False):
+        fn = torch.compile(lambda x: x.sin() + 1, backend="flashrnn", options={"inner": "inductor"})
+        x = torch.randn(5)
+        torch.testing.assert_close(fn(x), x.sin() + 1)
+    return counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"]
+
+
+def test_inductor_cache_is_keyed_on_our_sources(monkeypatch, tmp_path):
+    """The same sources hit the cache; other sources (an upgrade, whose fake kernels may give other
+    strides) miss it: a stale compiled graph is never reused."""
+    assert _inductor_cache_counts(monkeypatch, tmp_path, "v1") == (0, 1)
+    assert _inductor_cache_counts(monkeypatch, tmp_path, "v1") == (1, 0)
+    assert _inductor_cache_counts(monkeypatch, tmp_path, "v2") == (0, 1)
+
+
+def test_cache_salt_keeps_the_users_pass():
+    """A user's CustomGraphPass still runs and its uuid stays in the key; a plain function pass
+    (which already keeps Inductor from caching) is left alone."""
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    from flashrnn_compile.backend import _cache_salt_patch, _source_hash
+
+    seen = []
+
+    class UserPass(CustomGraphPass):
+        def __call__(self, graph):
+            seen.append(graph)
+
+        def uuid(self):
+            return "user-pass-1"
+
+    with torch._inductor.config.patch(post_grad_custom_pre_pass=UserPass()):
+        salt = _cache_salt_patch()["post_grad_custom_pre_pass"]
+        salt("graph")
+        assert seen == ["graph"]
+        assert _source_hash() in salt.uuid() and "user-pass-1" in salt.uuid()
+    with torch._inductor.config.patch(post_grad_custom_pre_pass=lambda graph: None):
+        assert _cache_salt_patch() == {}
+    assert _source_hash() in _cache_salt_patch()["post_grad_custom_pre_pass"].uuid()
