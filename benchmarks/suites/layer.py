@@ -135,14 +135,7 @@ def ours_fns(cfg: Config, plan: str, device) -> Tuple[Callable, Callable]:
         gx = F.linear(x, W, b_in).view(T, B, NH, G, DH)  # [T, B, NH, G, DH]
         return recurrence(gx, R, b, s0, cell=cfg.cell, plan=plan)[0]  # [T, B, NH, DH]
 
-    def forward():
-        with torch.no_grad():
-            return run()
-
-    def forward_backward():
-        torch.autograd.grad(run(), leaves, dh)
-
-    return forward, forward_backward
+    return _timed_fns(run, leaves, dh)
 
 
 def projection_fn(cfg: Config, device) -> Callable:
@@ -156,22 +149,15 @@ def projection_fn(cfg: Config, device) -> Callable:
     return lambda: F.linear(x, W, b)
 
 
-def _timed_fns(run_mod: Callable, x: torch.Tensor, mod: torch.nn.Module, first: bool) -> Tuple[Callable, Callable]:
-    """(forward without grad, forward + backward to x and every parameter) of run_mod(x); `first`:
-    the module returns (output, states) and the output is timed."""
-    dy = torch.randn_like(x)  # the layers here map H to H
-    leaves = [x] + list(mod.parameters())
-
-    def out():
-        y = run_mod(x)
-        return y[0] if first else y
+def _timed_fns(run: Callable, leaves, dy: torch.Tensor) -> Tuple[Callable, Callable]:
+    """(forward without grad, forward + backward to `leaves` with upstream gradient dy) of run()."""
 
     def forward():
         with torch.no_grad():
-            return out()
+            return run()
 
     def forward_backward():
-        torch.autograd.grad(out(), leaves, dy)
+        torch.autograd.grad(run(), leaves, dy)
 
     return forward, forward_backward
 
@@ -181,14 +167,18 @@ def module_fns(cfg: Config, device, wrap: Callable = lambda m: m) -> Tuple[Calla
     cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cfg.cell]
     mod = cls(cfg.H, cfg.H).to(device, common.DTYPES[cfg.dtype])
     x = _randn(cfg.T, cfg.B, cfg.H, device=device, dtype=common.DTYPES[cfg.dtype], grad=True)  # [T, B, H]
-    return (*_timed_fns(wrap(mod), x, mod, first=True), mod)
+    run_mod = wrap(mod)
+    dy = torch.randn_like(x)  # [T, B, H]
+    return (*_timed_fns(lambda: run_mod(x)[0], [x, *mod.parameters()], dy), mod)
 
 
 def hand_fns(cfg: Config, device, wrap: Callable) -> Tuple[Callable, Callable]:
     """(forward, forward_backward) of the hand-written loop (dense H) on x [B, T, H], through `wrap`."""
     mod = models.HAND[cfg.cell](cfg.H, cfg.H).to(device, common.DTYPES[cfg.dtype])
     x = _randn(cfg.B, cfg.T, cfg.H, device=device, dtype=common.DTYPES[cfg.dtype], grad=True)  # [B, T, H]
-    return _timed_fns(wrap(mod), x, mod, first=False)
+    run_mod = wrap(mod)
+    dy = torch.randn_like(x)  # [B, T, H]
+    return _timed_fns(lambda: run_mod(x), [x, *mod.parameters()], dy)
 
 
 # ---- the run --------------------------------------------------------------------------------
