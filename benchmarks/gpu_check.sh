@@ -12,7 +12,7 @@
 # SKIP_SANITIZERS=1 (no fused memcheck/racecheck: intermediate runs only), FUSED_BENCH=0 (no fused
 # benchmark), HARNESS=1 (then `python -m benchmarks.run --suite floor,layer,model --preset headline`
 # into $OUT, budget HARNESS_SECONDS, default floor=30,layer=280,model=120; carry build/wheels for the
-# FlashRNN 1.0.8 rows).
+# FlashRNN 1.0.8 rows; HARNESS_SUITES picks fewer suites, HARNESS_TIMEOUT caps the run, default 600 s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
@@ -117,7 +117,7 @@ fi
 
 harness_rc=skipped
 if [ "${HARNESS:-0}" = 1 ]; then
-  timeout 600 "$PY" -m benchmarks.run --suite floor,layer,model --preset headline \
+  timeout "${HARNESS_TIMEOUT:-600}" "$PY" -m benchmarks.run --suite "${HARNESS_SUITES:-floor,layer,model}" --preset headline \
     --max-seconds "${HARNESS_SECONDS:-floor=30,layer=280,model=120}" --out "$OUT" >"$OUT/harness.log" 2>&1
   harness_rc=$?
 fi
