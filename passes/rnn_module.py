@@ -18,17 +18,23 @@ Left as written, with the reason recorded in ctx (one refusal per node):
     flags that are not constants; an unexpected weight list; missing example values;
     outputs used other than through getitem; a rewrite whose result metadata does not match
     (except the cuDNN LSTM's known wrong record of h_n / c_n, `_cudnn_lstm_fake_state`);
-    calls under CUDA autocast (the rewrite does not reproduce its casts there yet).
+    under autocast, a failed one-step probe of eager's dtypes (`_eager_dtypes`).
+
+Under autocast the recurrence runs in the dtype eager's kernel returns (learned by a one-step
+probe of the same op, since Dynamo's record can be wrong there), inside a region with autocast
+off and explicit casts, so the rewrite does exactly the casts eager does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import operator
-from typing import Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.fx
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from flashrnn_compile.cells import get_cell
@@ -157,25 +163,63 @@ def _parse(node: Node, op: RnnOp) -> Union[RnnCall, str]:
     )
 
 
-def _autocast_around(gm: torch.fx.GraphModule, node: Node, device_type: str) -> bool:
-    """Whether autocast may be on where `node` runs: inside an autocast region of the graph, or
-    around the whole compiled call (Dynamo guards on the ambient autocast state)."""
-    if torch.is_autocast_enabled(device_type):
-        return True
-    depth = 0
+def _autocast_regions(gm: torch.fx.GraphModule, node: Node, device_type: str) -> Optional[List[tuple]]:
+    """None when autocast cannot be on where `node` runs; else the args of the graph's autocast
+    regions open at `node`, outermost first (the process's ambient state, which Dynamo guards on,
+    applies beneath them)."""
+    open_regions: List[tuple] = []
     for n in gm.graph.nodes:
         if n is node:
-            return depth > 0
+            break
         if n.target is torch.amp.autocast_mode._enter_autocast:
-            depth += 1
-        elif n.target is torch.amp.autocast_mode._exit_autocast:
-            depth -= 1
-    return False
+            open_regions.append(tuple(n.args))
+        elif n.target is torch.amp.autocast_mode._exit_autocast and open_regions:
+            open_regions.pop()
+    if not open_regions and not torch.is_autocast_enabled(device_type):
+        return None
+    return open_regions
 
 
-def _same_meta(new: Optional[torch.Tensor], old: torch.Tensor) -> bool:
-    """Same dtype, shape and layout (strides of dims longer than 1), provably for every size."""
-    if new is None or new.dtype != old.dtype or new.dim() != old.dim():
+def _eager_dtypes(op_fn, call: RnnCall, regions: List[tuple]) -> Union[Tuple[torch.dtype, ...], str]:
+    """The output dtypes eager gives for this call under autocast, found by running the same op
+    on tiny real tensors of the same dtypes and device under the same autocast regions.
+
+    Dynamo's record can be wrong here: under CUDA autocast the cuDNN RNN casts to float16 inside
+    (ATen's autocast wrapper of _cudnn_rnn), while the recorded example values stay float32
+    (measured on an H100, torch 2.11). Which path eager takes depends only on dtypes, device and
+    flags, never on sizes, so a one-step, one-unit call shows it."""
+    xv = example_value(call.x)
+    w = call.weights[0]
+    H = 2 if call.proj else 1  # a projection needs P < H
+    P = 1 if call.proj else H
+    G = call.gates
+
+    def real(node: Optional[Node], *shape):
+        dtype = example_value(node).dtype if node is not None else xv.dtype
+        return torch.zeros(*shape, dtype=dtype, device=xv.device)
+
+    params = [real(w.w_ih, G * H, 1), real(w.w_hh, G * H, P)]
+    if w.b_ih is not None:
+        params += [real(w.b_ih, G * H), real(w.b_hh, G * H)]
+    if w.w_hr is not None:
+        params.append(real(w.w_hr, P, H))
+    x = real(call.x, 1, 1, 1)  # [T=1, B=1, I=1]
+    h0 = real(call.h0, 1, 1, P)
+    hx = (h0, real(call.c0, 1, 1, H)) if call.c0 is not None or call.cell == "lstm" else h0
+    try:
+        with unset_fake_temporarily(), torch.no_grad(), contextlib.ExitStack() as stack:
+            for args in regions:
+                stack.enter_context(torch.amp.autocast(*args))
+            outs = op_fn(x, hx, params, w.b_ih is not None, 1, 0.0, False, False, False)
+    except Exception as e:  # noqa: BLE001  (then the call stays as written, with this reason)
+        return f"autocast: running the op on a one-step probe to learn eager's dtypes failed ({type(e).__name__}: {e})"
+    return tuple(o.dtype for o in outs)
+
+
+def _same_meta(new: Optional[torch.Tensor], old: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Shape and layout (strides of dims longer than 1) of `old`, provably for every size, and
+    `dtype` (the recorded one, or eager's under autocast)."""
+    if new is None or new.dtype != dtype or new.dim() != old.dim():
         return False
     if not all(statically_known_true(a == b) for a, b in zip(new.shape, old.shape)):
         return False
@@ -185,7 +229,9 @@ def _same_meta(new: Optional[torch.Tensor], old: torch.Tensor) -> bool:
     )
 
 
-def _cudnn_lstm_fake_state(ours: Optional[torch.Tensor], recorded: torch.Tensor, op_name: str, index: int) -> bool:
+def _cudnn_lstm_fake_state(
+    ours: Optional[torch.Tensor], recorded: torch.Tensor, op_name: str, index: int, dtype: torch.dtype
+) -> bool:
     """PyTorch's fake kernel for the cuDNN LSTM records h_n / c_n with an extra size-1 dim 1
     ([L*D, 1, B, H] where eager returns [L*D, B, H]; pytorch/pytorch#130791, seen on torch 2.11
     + CUDA 13 on an H100). The recorded value is wrong, not the runtime one: ours must then match
@@ -195,7 +241,7 @@ def _cudnn_lstm_fake_state(ours: Optional[torch.Tensor], recorded: torch.Tensor,
     if recorded.dim() != ours.dim() + 1 or not statically_known_true(recorded.shape[1] == 1):
         return False
     shape = [recorded.shape[0], *recorded.shape[2:]]
-    if ours.dtype != recorded.dtype or not all(statically_known_true(a == b) for a, b in zip(ours.shape, shape)):
+    if ours.dtype != dtype or not all(statically_known_true(a == b) for a, b in zip(ours.shape, shape)):
         return False
     return _is_contiguous(recorded) and _is_contiguous(ours)
 
@@ -228,11 +274,15 @@ def _rewrite(gm: torch.fx.GraphModule, node: Node, op: RnnOp, ctx) -> Optional[s
     device = xv.device
     T, B = (xv.shape[1], xv.shape[0]) if call.batch_first else (xv.shape[0], xv.shape[1])
     outs = node.meta["example_value"]
-    autocast = _autocast_around(gm, node, device.type)
-    if autocast and device.type == "cuda":
-        # measured on an H100 (torch 2.11): under CUDA autocast eager's lstm / gru return float16
-        # where the rewrite returned float32, though the recorded example values agreed
-        return "CUDA autocast around the call: the rewrite does not reproduce autocast's casts on CUDA yet"
+    regions = _autocast_regions(gm, node, device.type)
+    autocast = regions is not None
+    if autocast:  # eager's dtypes, not the record's: the glue casts to them with autocast off
+        dtypes = _eager_dtypes(node.target, call, regions)
+        if isinstance(dtypes, str):
+            return dtypes
+        if len(dtypes) != len(call.out_dtypes) or dtypes[0] not in _DTYPES:
+            return f"autocast: eager's one-step probe gave outputs {dtypes}, recorded {call.out_dtypes}"
+        call = dataclasses.replace(call, dtype=dtypes[0], out_dtypes=dtypes)
     if _aten_is_faster(ctx, call, device, autocast):
         plan = _ATEN_PLAN
         node.target, node.args = torch.ops.flashrnn.aten_rnn.default, _aten_args(node)
@@ -301,8 +351,11 @@ def _emit(gm, node: Node, call: RnnCall, plan, outs, device, autocast: bool) -> 
         return f"internal: building the rewrite failed ({type(e).__name__}: {e})"
     bad = [
         i
-        for i, (r, o) in enumerate(zip(results, outs))
-        if not (_same_meta(example_value(r), o) or _cudnn_lstm_fake_state(example_value(r), o, call.cell, i))
+        for i, (r, o, want) in enumerate(zip(results, outs, call.out_dtypes))
+        if not (
+            _same_meta(example_value(r), o, want)
+            or _cudnn_lstm_fake_state(example_value(r), o, call.cell, i, want)
+        )
     ]
     if bad or len(results) != len(outs):
         bld.remove_all()

@@ -564,13 +564,64 @@ def test_cudnn_lstm_fake_state_rule():
     [L*D, B, H]): that one discrepancy is accepted, nothing near it."""
     from flashrnn_compile.passes.rnn_module import _cudnn_lstm_fake_state as rule
 
+    f32 = torch.float32
     ours = _fake((2, 4, 64), "cuda")
     recorded = _fake((2, 1, 4, 64), "cuda")
-    assert rule(ours, recorded, "lstm", 1) and rule(ours, recorded, "lstm", 2)
-    assert not rule(ours, recorded, "lstm", 0)  # the output sequence has no such record
-    assert not rule(ours, recorded, "gru", 1)
-    assert not rule(_fake((2, 4, 64), "cpu"), _fake((2, 1, 4, 64), "cpu"), "lstm", 1)
-    assert not rule(ours, _fake((2, 2, 4, 64), "cuda"), "lstm", 1)  # the extra dim is not size 1
-    assert not rule(ours, _fake((2, 1, 4, 32), "cuda"), "lstm", 1)  # another size
-    assert not rule(_fake((2, 4, 64), "cuda", torch.bfloat16), recorded, "lstm", 1)  # another dtype
-    assert not rule(_fake((4, 2, 64), "cuda").transpose(0, 1), recorded, "lstm", 1)  # not row-major
+    assert rule(ours, recorded, "lstm", 1, f32) and rule(ours, recorded, "lstm", 2, f32)
+    assert not rule(ours, recorded, "lstm", 0, f32)  # the output sequence has no such record
+    assert not rule(ours, recorded, "gru", 1, f32)
+    assert not rule(_fake((2, 4, 64), "cpu"), _fake((2, 1, 4, 64), "cpu"), "lstm", 1, f32)
+    assert not rule(ours, _fake((2, 2, 4, 64), "cuda"), "lstm", 1, f32)  # the extra dim is not size 1
+    assert not rule(ours, _fake((2, 1, 4, 32), "cuda"), "lstm", 1, f32)  # another size
+    assert not rule(_fake((2, 4, 64), "cuda", torch.bfloat16), recorded, "lstm", 1, f32)  # another dtype
+    assert not rule(_fake((4, 2, 64), "cuda").transpose(0, 1), recorded, "lstm", 1, f32)  # not row-major
+    # under autocast the wanted dtype is eager's (float16 from cuDNN), not the record's float32
+    half = _fake((2, 4, 64), "cuda", torch.float16)
+    assert rule(half, recorded, "lstm", 1, torch.float16) and not rule(half, recorded, "lstm", 1, f32)
+
+
+def _rnn_node(op, fake_device="cpu"):
+    """A graph with one `op` call (1 layer, I=8, H=16, T=5, B=3, biases) and fake example values."""
+    G = {torch.rnn_tanh: 1, torch.gru: 3, torch.lstm: 4}[op]
+    g = torch.fx.Graph()
+    x, h0 = g.placeholder("x"), g.placeholder("h0")
+    ws = [g.placeholder(f"w{i}") for i in range(4)]
+    hx = (h0, g.placeholder("c0")) if op is torch.lstm else h0
+    call = g.call_function(op, (x, hx, ws, True, 1, 0.0, True, False, False))
+    shapes = {"x": (5, 3, 8), "h0": (1, 3, 16), "c0": (1, 3, 16), "w0": (G * 16, 8), "w1": (G * 16, 16),
+              "w2": (G * 16,), "w3": (G * 16,)}
+    for n in g.nodes:
+        if n.op == "placeholder":
+            n.meta["example_value"] = _fake(shapes[n.name], fake_device)
+    outs = [_fake((5, 3, 16), fake_device), _fake((1, 3, 16), fake_device)]
+    call.meta["example_value"] = tuple(outs + ([_fake((1, 3, 16), fake_device)] if op is torch.lstm else []))
+    return call
+
+
+@pytest.mark.parametrize("op", [torch.rnn_tanh, torch.gru], ids=["rnn_tanh", "gru"])
+def test_eager_dtypes_probe(op):
+    """Under autocast the rewrite takes eager's dtypes from a one-step probe of the same op under
+    the same regions (ambient or in the graph; nested regions that switch it off count), not
+    Dynamo's record. On CPU autocast bf16 nn.RNN returns bfloat16 and nn.GRU float32."""
+    from flashrnn_compile.passes.rnn_module import RNN_OPS, _eager_dtypes, _parse
+
+    call = _parse(_rnn_node(op), RNN_OPS[op])
+    f32, bf16 = torch.float32, torch.bfloat16
+    low = bf16 if op is torch.rnn_tanh else f32
+    on, off = ("cpu", bf16, True, None), ("cpu", None, False, None)
+    assert _eager_dtypes(op, call, []) == (f32, f32)
+    assert _eager_dtypes(op, call, [on]) == (low, low)
+    assert _eager_dtypes(op, call, [on, off]) == (f32, f32)
+    with torch.autocast("cpu", dtype=bf16):
+        assert _eager_dtypes(op, call, []) == (low, low)
+    assert not torch.is_autocast_enabled("cpu")  # the probe leaves no autocast state behind
+
+
+def test_eager_dtypes_probe_failure_is_a_reason():
+    """A probe that cannot run (here: an autocast region for a device type that does not exist)
+    gives a reason string, so the call stays as written."""
+    from flashrnn_compile.passes.rnn_module import RNN_OPS, _eager_dtypes, _parse
+
+    call = _parse(_rnn_node(torch.gru), RNN_OPS[torch.gru])
+    reason = _eager_dtypes(torch.gru, call, [("no_such_device", None, True, None)])
+    assert isinstance(reason, str) and reason.startswith("autocast: running the op on a one-step probe")
