@@ -180,9 +180,12 @@ def _autocast_regions(gm: torch.fx.GraphModule, node: Node, device_type: str) ->
     return open_regions
 
 
-def _eager_dtypes(op_fn, call: RnnCall, regions: List[tuple]) -> Union[Tuple[torch.dtype, ...], str]:
-    """The output dtypes eager gives for this call under autocast, found by running the same op
-    on tiny real tensors of the same dtypes and device under the same autocast regions.
+def _eager_dtypes(
+    op_fn, call: RnnCall, regions: List[tuple]
+) -> Union[Tuple[Tuple[torch.dtype, ...], Optional[torch.dtype]], str]:
+    """(the output dtypes eager gives for this call under autocast, the autocast dtype in force
+    for the call's device or None where it is off there), found by running the same op on tiny
+    real tensors of the same dtypes and device under the same autocast regions.
 
     Dynamo's record can be wrong here: under CUDA autocast the cuDNN RNN casts to float16 inside
     (ATen's autocast wrapper of _cudnn_rnn), while the recorded example values stay float32
@@ -211,9 +214,11 @@ def _eager_dtypes(op_fn, call: RnnCall, regions: List[tuple]) -> Union[Tuple[tor
             for args in regions:
                 stack.enter_context(torch.amp.autocast(*args))
             outs = op_fn(x, hx, params, w.b_ih is not None, 1, 0.0, False, False, False)
+            dev = xv.device.type
+            in_force = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
     except Exception as e:  # noqa: BLE001  (then the call stays as written, with this reason)
         return f"autocast: running the op on a one-step probe to learn eager's dtypes failed ({type(e).__name__}: {e})"
-    return tuple(o.dtype for o in outs)
+    return tuple(o.dtype for o in outs), in_force
 
 
 def _same_meta(new: Optional[torch.Tensor], old: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -277,12 +282,24 @@ def _rewrite(gm: torch.fx.GraphModule, node: Node, op: RnnOp, ctx) -> Optional[s
     regions = _autocast_regions(gm, node, device.type)
     autocast = regions is not None
     if autocast:  # eager's dtypes, not the record's: the glue casts to them with autocast off
-        dtypes = _eager_dtypes(node.target, call, regions)
-        if isinstance(dtypes, str):
-            return dtypes
+        probe = _eager_dtypes(node.target, call, regions)
+        if isinstance(probe, str):
+            return probe
+        dtypes, in_force = probe
         if len(dtypes) != len(call.out_dtypes) or dtypes[0] not in _DTYPES:
             return f"autocast: eager's one-step probe gave outputs {dtypes}, recorded {call.out_dtypes}"
         call = dataclasses.replace(call, dtype=dtypes[0], out_dtypes=dtypes)
+        training = any(v.requires_grad for v in outs)
+        if training and device.type == "cuda" and in_force is not None and in_force != call.dtype:
+            # cuDNN casts once at entry and its backward is one op autocast leaves alone; AOTAutograd
+            # traces the rewrite's backward under the forward's autocast (its default
+            # backward_pass_autocast="same_as_forward"), which would recast the glue's backward
+            # GEMMs to `in_force` (measured on an H100: bf16 autocast, 5x eager's input-gradient error)
+            return (
+                f"autocast to {in_force} around a call eager's cuDNN kernel computes in {call.dtype}: the "
+                f"rewrite's backward would be traced under {in_force} autocast and lose precision eager keeps "
+                "(training calls stay as written; inference is rewritten)"
+            )
     if _aten_is_faster(ctx, call, device, autocast):
         plan = _ATEN_PLAN
         node.target, node.args = torch.ops.flashrnn.aten_rnn.default, _aten_args(node)

@@ -609,11 +609,11 @@ def test_eager_dtypes_probe(op):
     f32, bf16 = torch.float32, torch.bfloat16
     low = bf16 if op is torch.rnn_tanh else f32
     on, off = ("cpu", bf16, True, None), ("cpu", None, False, None)
-    assert _eager_dtypes(op, call, []) == (f32, f32)
-    assert _eager_dtypes(op, call, [on]) == (low, low)
-    assert _eager_dtypes(op, call, [on, off]) == (f32, f32)
+    assert _eager_dtypes(op, call, []) == ((f32, f32), None)
+    assert _eager_dtypes(op, call, [on]) == ((low, low), bf16)
+    assert _eager_dtypes(op, call, [on, off]) == ((f32, f32), None)
     with torch.autocast("cpu", dtype=bf16):
-        assert _eager_dtypes(op, call, []) == (low, low)
+        assert _eager_dtypes(op, call, []) == ((low, low), bf16)
     assert not torch.is_autocast_enabled("cpu")  # the probe leaves no autocast state behind
 
 
