@@ -148,7 +148,9 @@ def emit_rnn(bld: Builder, call: RnnCall, *, plan: str, save: bool, disable_auto
     ac = bld(torch.amp.autocast_mode._enter_autocast, device_type, None, False, None) if disable_autocast else None
     x = _cast(bld, call.x, dt)
     if call.batch_first:
-        x = bld("transpose", x, 0, 1)  # [T, B, I]
+        # [T, B, I]; contiguous, because F.linear on a transposed 3-D CUDA tensor reads its sizes as
+        # ints, which specialises B (one more recompile than eager when B changes; H100, torch 2.11)
+        x = bld("contiguous", bld("transpose", x, 0, 1))
     h0 = _cast(bld, call.h0, dt)  # [L*D, B, H]
     c0 = _cast(bld, call.c0, dt)  # [L*D, B, H]
     h_last: List[Node] = []  # L*D x [B, NH, DH] (unprojected with proj_size)
