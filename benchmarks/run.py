@@ -69,11 +69,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--max-seconds", default=None, help="time budget: N per suite, or floor=N,layer=N,model=N")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available; cpu with --quick)")
     p.add_argument("--prebuild", action="store_true", help="build fused_block variants + floor library ahead")
+    p.add_argument("--replot", default=None, metavar="DIR",
+                   help="redraw the layer plots from DIR/layer.json (e.g. a result set fetched without its PNGs)")
     p.add_argument("--list", action="store_true", help="print the layer preset's rows and expected seconds; run nothing")
     p.add_argument("--gpu", default="h100-sxm", help="--prebuild: planner preset of the target GPU")
     p.add_argument("--arch", default="9.0", help="--prebuild: compute capability to build for")
     args = p.parse_args(argv)
-    if not (args.prebuild or args.list):
+    if not (args.prebuild or args.list or args.replot):
         if not args.suite:
             p.error("--suite is required (floor, layer, model, or several comma-separated)")
         bad = [s for s in args.suite.split(",") if s not in SUITES]
@@ -163,6 +165,25 @@ def prebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def replot(folder: str) -> int:
+    """The layer suite's PNG plots again, from the rows of folder/layer.json."""
+    import json
+
+    from .suites import layer
+
+    why = common.plots_available()
+    if why:
+        raise SystemExit(f"--replot: {why}")
+    path = os.path.join(folder, "layer.json")
+    if not os.path.isfile(path):
+        raise SystemExit(f"--replot: expected a layer suite result {path}, not found")
+    with open(path, encoding="utf-8") as f:
+        rows = json.load(f)["rows"]
+    for written in layer.plots(rows, folder):
+        print(written)
+    return 0
+
+
 def list_rows(args: argparse.Namespace) -> int:
     """The layer preset's rows on a GPU, in run order, with the seconds each is expected to take."""
     from .suites import layer
@@ -221,6 +242,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return prebuild(args)
     if args.list:
         return list_rows(args)
+    if args.replot:
+        return replot(args.replot)
     device = pick_device(args)
     if device.type == "cpu":  # the CPU runs the quick sizes: tiny ops, where OpenMP barriers on a
         torch.set_num_threads(1)  # shared 2-core machine cost far more than they give

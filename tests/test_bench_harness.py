@@ -170,3 +170,23 @@ def test_timer_names_and_budgets():
     assert run.parse_budgets("30", ["floor", "model"]) == {"floor": 30.0, "model": 30.0}
     with pytest.raises(SystemExit, match="max-seconds"):
         run.parse_budgets("gpu=3", ["layer"])
+
+
+def test_replot_from_layer_json(tmp_path):
+    """--replot draws the layer plots from a result folder's layer.json; a folder without one is a
+    clear error naming the file."""
+
+    with pytest.raises(SystemExit, match="expected a layer suite result .*layer.json"):
+        run.main(["--replot", str(tmp_path / "none")])
+    rows = [{"system": s, "cell": "lstm", "dtype": "bf16", "B": 16, "T": 1024, "NH": 768 // dh, "DH": dh,
+             "heads": f"{768 // dh}x{dh}", "H": 768, "status": "ok", "fwd_ms": f, "fwd_bwd_ms": 3 * f,
+             "fwd_us_per_step": f, "fwd_bwd_us_per_step": 3 * f, "baseline": s.startswith("cuDNN")}
+            for s, dh, f in (("cuDNN nn.LSTM", 768, 18.0), ("ours fused_block", 64, 1.5), ("ours fused_block", 32, 1.3))]
+    layer._speedups(rows)
+    common.write_json(str(tmp_path / "layer.json"), {}, rows)
+    if common.plots_available() is not None:
+        with pytest.raises(SystemExit, match="matplotlib"):
+            run.main(["--replot", str(tmp_path)])
+        return
+    assert run.main(["--replot", str(tmp_path)]) == 0
+    assert (tmp_path / "layer_time_vs_head_dim.png").stat().st_size > 1000
