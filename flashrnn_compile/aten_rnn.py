@@ -1,11 +1,13 @@
-"""`flashrnn::aten_rnn`: ATen's own RNN kernel behind an opaque custom op (the CPU plan).
+"""`flashrnn::aten_rnn`: ATen's own RNN kernel behind an opaque custom op (the `aten` plan).
 
-On the CPU, ATen's nn.LSTM/GRU/RNN loop in C++ beats the core op's reference (a Python loop), so
-the module pass keeps ATen's kernel there. It still wraps the call in this op, because AOTAutograd
-would otherwise decompose `torch.lstm` into T unrolled steps (compile time growing with T, and
-Inductor then compiling them all). Forward: the very ATen call the user's module makes. Backward:
-the vjp of that call (one recomputation of the forward in ATen, then its autograd), so results and
-gradients are eager's own.
+On the CPU, ATen's nn.LSTM/GRU/RNN loop in C++ beats the core op's reference (a Python loop); on
+CUDA, cuDNN beats our alternating kernels for dense layers except in bf16 inference. There the
+module pass keeps ATen's kernel, wrapped in this op, because AOTAutograd would otherwise decompose
+`torch.lstm` into T unrolled steps (compile time growing with T, and Inductor then compiling them
+all). Forward: the very ATen call the user's module makes. Backward: the vjp of that call (one
+recomputation of the forward in ATen, then its autograd), so results and gradients are eager's own.
+The fake kernel computes the output shapes from the arguments (running ATen on fake CUDA tensors
+would give cuDNN's wrong [L*D, 1, B, H] record of h_n / c_n, pytorch/pytorch#130791).
 
     aten_rnn(mode, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
         mode: "lstm" | "gru" | "rnn_tanh" | "rnn_relu"; hx: [h0] or [h0, c0] (lstm); params: the
@@ -53,7 +55,12 @@ def aten_rnn(
 
 @aten_rnn.register_fake
 def _(mode, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
-    return _call(mode, x, hx, params, has_biases, num_layers, 0.0, False, bidirectional, batch_first)
+    if mode not in _ATEN:
+        raise ValueError(f"mode: expected one of {sorted(_ATEN)}, got {mode!r}")
+    # x [T, B, I] (batch_first: [B, T, I]); hx[0] [L*D, B, P or H], hx[1] [L*D, B, H] (lstm)
+    directions = 2 if bidirectional else 1
+    out = x.new_empty(x.shape[0], x.shape[1], directions * hx[0].shape[-1])  # [T, B, D*H] or [B, T, D*H]
+    return [out] + [h.new_empty(h.shape) for h in hx]  # h_n [L*D, B, H] (, c_n)
 
 
 @torch.library.custom_op("flashrnn::aten_rnn_backward", mutates_args=())
@@ -72,7 +79,9 @@ def aten_rnn_backward(
 ) -> List[Tensor]:
     """[dx, *dhx, *dparams]: the vjp of ATen's call (opaque, so AOTAutograd does not unroll it)."""
     flags = (has_biases, num_layers, dropout, train, bidirectional, batch_first)
-    # oneDNN's LSTM backward cannot run under torch.func's transform: recompute on ATen's native path
+    # torch.func.vjp: autograd is off below this op's dispatch, the transform turns it on again.
+    # oneDNN's LSTM backward cannot run under the transform: the CPU recomputes on ATen's native
+    # path; on CUDA the recomputation and its backward are cuDNN's
     with torch.backends.mkldnn.flags(enabled=False):
         _, vjp = torch.func.vjp(lambda x, hx, params: _call(mode, x, hx, params, *flags), x, list(hx), list(params))
         dx, dhx, dparams = vjp(list(grads))

@@ -300,15 +300,20 @@ def _rewrite(gm: torch.fx.GraphModule, node: Node, op: RnnOp, ctx) -> Optional[s
                 f"rewrite's backward would be traced under {in_force} autocast and lose precision eager keeps "
                 "(training calls stay as written; inference is rewritten)"
             )
-    if _aten_is_faster(ctx, call, device, autocast):
-        plan = _ATEN_PLAN
+    plan = _aten_plan(ctx, call, device, autocast, outs)
+    if plan is not None:
         node.target, node.args = torch.ops.flashrnn.aten_rnn.default, _aten_args(node)
         node.meta[REWRITTEN] = SOURCE
     else:
         plan = choose_plan(ctx, call.cell, _hint(B), 1, call.hidden, call.dtype, device)
-        reason = _emit(gm, node, call, plan, outs, device, autocast)
-        if reason is not None:
-            return reason
+        if _cudnn_is_faster(ctx, call, plan, device, autocast, outs):
+            plan = _cudnn_plan(plan, call, outs)
+            node.target, node.args = torch.ops.flashrnn.aten_rnn.default, _aten_args(node)
+            node.meta[REWRITTEN] = SOURCE
+        else:
+            reason = _emit(gm, node, call, plan, outs, device, autocast)
+            if reason is not None:
+                return reason
     ctx.rewrote(
         Rewrite(
             source=SOURCE,
@@ -335,14 +340,53 @@ _ATEN_PLAN = Plan(
 )
 
 
-def _aten_is_faster(ctx, call: RnnCall, device: torch.device, autocast: bool) -> bool:
-    train_dropout = call.train and call.layers > 1 and (isinstance(call.dropout, Node) or call.dropout > 0)
-    return (
+def _train_dropout(call: RnnCall) -> bool:
+    """Inter-layer dropout that draws masks (the aten plan's backward recomputes the forward,
+    which would draw new ones)."""
+    return call.train and call.layers > 1 and (isinstance(call.dropout, Node) or call.dropout > 0)
+
+
+def _aten_plan(ctx, call: RnnCall, device: torch.device, autocast: bool, outs) -> Optional[Plan]:
+    """The CPU plan: ATen's kernel, where the reference would be slower."""
+    use = (
         ctx.options.plan == "auto"
         and device.type == "cpu"
         and not autocast
-        and not train_dropout  # the backward's recomputation would draw new dropout masks
+        and not _train_dropout(call)
         and call.dtype in (torch.float32, torch.float64)
+    )
+    return _ATEN_PLAN if use else None
+
+
+# Dense (one head) layers with no fused kernel run our alternating kernels, which cuDNN beats except
+# in bf16 inference. H100 80GB HBM3, one layer, B16 T1024 H768, ms forward / forward+backward
+# (benchmarks/results/H100_80GB_HBM3/layer.md, 2026-11-26):
+#   LSTM bf16: cuDNN 16.55 / 27.34, ours alternating 10.51 / 36.97
+#   GRU  bf16: cuDNN 12.01 / 25.92, ours alternating  8.95 / 30.55
+#   LSTM fp16: cuDNN  2.25 /  6.96, ours alternating 10.57 / 37.39
+# (fp32: cuDNN runs TF32 tensor-core GEMMs by default; ours has no fp32 fused path either.)
+def _cudnn_is_faster(ctx, call: RnnCall, plan: Plan, device: torch.device, autocast: bool, outs) -> bool:
+    training = any(v.requires_grad for v in outs)
+    return (
+        ctx.options.plan == "auto"
+        and device.type == "cuda"
+        and plan.family == "alternating"
+        and not autocast
+        and not _train_dropout(call)
+        and call.dtype in (torch.float16, torch.float32, torch.bfloat16)
+        and (training or call.dtype != torch.bfloat16)
+    )
+
+
+def _cudnn_plan(chosen: Plan, call: RnnCall, outs) -> Plan:
+    mode = "training" if any(v.requires_grad for v in outs) else "inference"
+    return Plan(
+        "aten",
+        {},
+        f"on cuda no fused kernel takes a dense {call.hidden}-wide layer (the planner chose {chosen.family}); "
+        f"cuDNN is faster than our alternating kernels in {str(call.dtype).replace('torch.', '')} {mode} "
+        "(H100 layer suite): kept, wrapped in one opaque op so AOTAutograd does not unroll it "
+        "(options plan='alternating' forces ours)",
     )
 
 

@@ -625,3 +625,43 @@ def test_eager_dtypes_probe_failure_is_a_reason():
     call = _parse(_rnn_node(torch.gru), RNN_OPS[torch.gru])
     reason = _eager_dtypes(torch.gru, call, [("no_such_device", None, True, None)])
     assert isinstance(reason, str) and reason.startswith("autocast: running the op on a one-step probe")
+
+
+@pytest.mark.parametrize(
+    "dtype,training,kept",
+    [(torch.float16, True, True), (torch.float16, False, True), (torch.float32, False, True),
+     (torch.bfloat16, True, True), (torch.bfloat16, False, False)],
+    ids=["fp16-train", "fp16-infer", "fp32-infer", "bf16-train", "bf16-infer"],
+)
+def test_cudnn_kept_where_faster_than_alternating(dtype, training, kept):
+    """On CUDA a dense layer the planner gives to the alternating kernels keeps cuDNN (the aten
+    plan) where cuDNN measured faster: everything but bf16 inference. Never with a fused plan,
+    under autocast, with a forced plan, or with inter-layer dropout that draws masks."""
+    import dataclasses
+
+    from flashrnn_compile.passes.rnn_module import RNN_OPS, _cudnn_is_faster, _parse
+    from flashrnn_compile.planner import Plan
+
+    call = dataclasses.replace(_parse(_rnn_node(torch.lstm, "cuda"), RNN_OPS[torch.lstm]), dtype=dtype)
+    outs = [_fake((5, 3, 16), "cuda", dtype).requires_grad_(training)]
+    auto, forced = PassContext(BackendOptions(inner="eager")), PassContext(BackendOptions(inner="eager", plan="alternating"))
+    cuda, alternating = torch.device("cuda"), Plan("alternating", {}, "")
+    assert _cudnn_is_faster(auto, call, alternating, cuda, False, outs) is kept
+    assert not _cudnn_is_faster(auto, call, Plan("fused_block", {}, ""), cuda, False, outs)
+    assert not _cudnn_is_faster(auto, call, alternating, cuda, True, outs)  # autocast
+    assert not _cudnn_is_faster(forced, call, alternating, cuda, False, outs)
+    dropout = dataclasses.replace(call, layers=2, dropout=0.5, train=True)
+    assert not _cudnn_is_faster(auto, dropout, alternating, cuda, False, outs)
+
+
+def test_aten_rnn_fake_shapes_from_arguments():
+    """The aten plan's fake kernel derives its shapes from the arguments (on CUDA, ATen's own fake
+    run would give cuDNN's wrong [L*D, 1, B, H] h_n): batch_first, bidirectional, proj_size."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(4, 7, 8)  # [B, T, I], batch_first
+        hx = [torch.empty(4, 4, 3), torch.empty(4, 4, 6)]  # 2 layers x 2 directions, P=3, H=6
+        out, h_n, c_n = torch.ops.flashrnn.aten_rnn("lstm", x, hx, [], True, 2, 0.0, True, True, True)
+    assert (out.shape, h_n.shape, c_n.shape) == ((4, 7, 6), (4, 4, 3), (4, 4, 6))
+    assert out.is_contiguous() and h_n.is_contiguous()
