@@ -20,6 +20,10 @@ Left as written, with the reason recorded in ctx (one refusal per node):
     (except the cuDNN LSTM's known wrong record of h_n / c_n, `_cudnn_lstm_fake_state`);
     under autocast, a failed one-step probe of eager's dtypes (`_eager_dtypes`).
 
+Kept on ATen's kernel instead, wrapped whole in `flashrnn::aten_rnn` (plan family "aten"): on the
+CPU (ATen's C++ loop beats the reference) and on CUDA for dense layers the planner can only give to
+the alternating kernels, where cuDNN measured faster (`_cudnn_is_faster`).
+
 Under autocast the recurrence runs in the dtype eager's kernel returns (learned by a one-step
 probe of the same op, since Dynamo's record can be wrong there), inside a region with autocast
 off and explicit casts, so the rewrite does exactly the casts eager does.
