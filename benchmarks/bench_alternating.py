@@ -1,6 +1,6 @@
 """Time the alternating kernels (and cuDNN side by side) on the current GPU; print a table.
 
-    python benchmarks/bench_alternating.py [--out results.json] [--reps 20]
+    python benchmarks/bench_alternating.py [--out results.json] [--reps 20] [--configs 0,2] [--no-variants]
 
 Times are medians of CUDA-event timings after warm-up, on random inputs. Our kernels take the
 input pre-activations gx (x W^T is outside the core op, as in FlashRNN); cuDNN's times include
@@ -92,10 +92,11 @@ def cudnn(cell, H, dtype, B, T, reps):
 
 # Step-kernel launch settings tried on the first configuration (dense LSTM 1x768 bf16 B=16),
 # through the kernels' tuning overrides (csrc/alternating/step.cuh: env_int); same results.
+# FLASHRNN_STEP_KW sets the warps per block of the forward and the backward kernel alike.
 VARIANTS = [
     ("step: no PDL", {"FLASHRNN_STEP_PDL": "0"}),
     ("step: chunked", {"FLASHRNN_STEP_ALL_IN": "0"}),
-    ("step: KW=1", {"FLASHRNN_STEP_KW": "1"}),
+    ("step: KW=4", {"FLASHRNN_STEP_KW": "4"}),
     ("step: KW=6", {"FLASHRNN_STEP_KW": "6"}),
 ]
 
@@ -123,11 +124,13 @@ def main():
     p.add_argument("--out", default=None)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--no-variants", action="store_true", help="skip the step-kernel launch-setting rows")
+    p.add_argument("--configs", default=None, help="comma-separated indices into CONFIGS (default: all)")
     args = p.parse_args()
+    chosen = CONFIGS if args.configs is None else [CONFIGS[int(i)] for i in args.configs.split(",")]
     rows = []
     if not args.no_variants:
         rows += variants(*CONFIGS[0], args.reps)
-    for cell, NH, DH, dt, B, T in CONFIGS:
+    for cell, NH, DH, dt, B, T in chosen:
         for system, plan in PATHS.items():
             r = ours(plan, cell, NH, DH, DT[dt], B, T, args.reps)
             rows.append(dict(system=system, cell=cell, heads=f"{NH}x{DH}", dtype=dt, B=B, T=T, **r))

@@ -16,6 +16,12 @@
 //
 // Programmatic dependent launch (sm_90): the W rows (R, the same every step) are requested before
 // griddepcontrol.wait, i.e. while the previous step's kernel still runs; X (its output) after.
+//
+// Two versions: block_matvec (the forward: lane-strided k, all-in or chunked copies) and
+// block_matvec_wide (the backward, K = G * DH: 4 consecutive k per lane, the whole range copied in
+// 128-element phases that the FMAs follow; its section below). On H100 the backward's switch from
+// block_matvec (8 x 16 tile, chunked) to block_matvec_wide (12 x 8 tile, all in) took dense LSTM
+// 1x768 bf16 B16 T1024 fwd+bwd from 36.70 to 20.27 ms (alternating.md, session 3).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -38,8 +44,6 @@ struct FwdTile {
   static constexpr int UW = G >= 8 ? 1 : 8 / G;
   static constexpr int RW = UW * G;
 };
-// Units a backward block owns: one row of R^T each.
-constexpr int kBwdUnits = 8;
 
 // Accumulator type of R h: float64 for float32 inputs, else float32.
 template <typename T>
@@ -289,7 +293,7 @@ inline int env_int(const char* name, int fallback) {
   return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
 }
 
-// Launch settings shared by the forward and backward step kernels of one call.
+// Launch settings of the forward step kernel (block_matvec).
 struct Config {
   int KW;       // warps per block
   bool all_in;  // whole K ranges in shared memory
@@ -299,8 +303,7 @@ struct Config {
 
 // one_warp: prefer one warp per block whenever its whole range fits shared memory (the forward:
 // on H100, dense LSTM 1x768 bf16 B=16 ran 10.6 ms forward with one warp, 16.5 with three and 23.1
-// with six, benchmarks/results/H100_80GB_HBM3/alternating.md; the backward, K = G * DH, needs
-// its 8 warps).
+// with six, benchmarks/results/H100_80GB_HBM3/alternating.md). The backward has configure_wide.
 template <typename T, int RW, int BT>
 inline Config configure(long long blocks, int K, bool one_warp) {
   int device = 0, sms = 0, smem_optin = 0, major = 0;
@@ -316,6 +319,183 @@ inline Config configure(long long blocks, int K, bool one_warp) {
   c.all_in = env_int("FLASHRNN_STEP_ALL_IN", 1) != 0 && smem_bytes<T, RW, BT>(c.KW, K, true) <= all_in_limit;
   while (c.KW > 1 && smem_bytes<T, RW, BT>(c.KW, K, c.all_in) > smem_optin) --c.KW;  // fit the opt-in limit
   c.smem = smem_bytes<T, RW, BT>(c.KW, K, c.all_in);
+  c.pdl = major >= 9 && env_int("FLASHRNN_STEP_PDL", 1) != 0;
+  return c;
+}
+
+// ---- The backward's matvec (R^T d(rhb), K = G * DH): 4 consecutive k per lane, phased copies ----
+// A warp's K range is processed in rounds of at most `cap` elements (all of it in one round when it
+// fits shared memory, the common case). In a round the W rows are requested first (before
+// grid_dep_wait on the first round), then the X rows in phases of kPhase elements, one cp.async
+// group each (the last kMaxGroups - 1 share a group), so the FMAs of phase i run while later
+// phases still land. Lane l takes k = 4 l .. 4 l + 3 of each phase: 8- or 16-byte shared-memory
+// loads, 4 * RW * BT FMAs each. Rows in shared memory are `cap` long (a multiple of kPhase);
+// without 16-byte copies the elements are copied one by one and a range is padded with zeros to a
+// multiple of 4 (so the 4-wide loads never see garbage).
+constexpr int kPhase = 128;    // K elements per phase: one group of 4 per lane
+constexpr int kMaxGroups = 8;  // cp.async groups a round waits on one by one
+
+// Shared-memory bytes per K element of a warp's buffer: RW W values (dtype T) and BT X floats.
+template <typename T, int RW, int BT>
+__host__ __device__ constexpr int wide_elem_bytes() { return RW * (int)sizeof(T) + BT * 4; }
+
+// Where the partial sums start: after KW buffers of cap elements.
+template <typename T, int RW, int BT>
+__host__ __device__ inline int wide_part_offset(int KW, int cap) { return KW * cap * wide_elem_bytes<T, RW, BT>(); }
+
+// cp.async.wait_group with a run-time count (0 .. kMaxGroups - 1).
+__device__ __forceinline__ void cp_async_wait_n(int n) {
+  switch (n) {
+    case 0: cp_async_wait<0>(); break;
+    case 1: cp_async_wait<1>(); break;
+    case 2: cp_async_wait<2>(); break;
+    case 3: cp_async_wait<3>(); break;
+    case 4: cp_async_wait<4>(); break;
+    case 5: cp_async_wait<5>(); break;
+    case 6: cp_async_wait<6>(); break;
+    default: cp_async_wait<7>(); break;
+  }
+}
+
+// Copy one phase, elements [k0 + c0, k0 + c1) of `rows` rows (row r from src(r); c1 - c0 <= kPhase),
+// to dst[r * ld + c0 .. c1) with the 32 lanes of a warp. vec: 16-byte cp.async (c0, c1, ld and
+// every row start aligned); else one element per load, and columns in [c1, pad) are set to zero.
+template <typename E, typename Src>
+__device__ __forceinline__ void warp_copy_phase(E* dst, int ld, int rows, Src src, long long k0, int c0, int c1,
+                                                int pad, bool vec, int lane) {
+  if (vec) {
+    constexpr int per = 16 / sizeof(E), ops = kPhase / per;  // 16-byte pieces per row and phase
+    for (int o = lane; o < rows * ops; o += 32) {
+      const int r = o / ops, c = c0 + (o % ops) * per;
+      if (c < c1) cp_async16(dst + r * ld + c, src(r) + k0 + c);
+    }
+  } else {
+    for (int o = lane; o < rows * kPhase; o += 32) {
+      const int r = o / kPhase, c = c0 + o % kPhase;
+      if (c < pad) dst[r * ld + c] = c < c1 ? src(r)[k0 + c] : from_float<E>(0.0f);
+    }
+  }
+}
+
+// Four consecutive values of a shared-memory row as A (8- or 16-byte aligned loads).
+template <typename A>
+__device__ __forceinline__ void load4(A* out, const float* p) {
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+}
+template <typename A>
+__device__ __forceinline__ void load4(A* out, const __nv_bfloat16* p) {
+  const uint2 v = *reinterpret_cast<const uint2*>(p);
+  out[0] = __uint_as_float(v.x << 16); out[1] = __uint_as_float(v.x & 0xffff0000u);
+  out[2] = __uint_as_float(v.y << 16); out[3] = __uint_as_float(v.y & 0xffff0000u);
+}
+template <typename A>
+__device__ __forceinline__ void load4(A* out, const __half* p) {
+  const uint2 v = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&v.x));
+  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&v.y));
+  out[0] = a.x; out[1] = a.y; out[2] = b.x; out[3] = b.y;
+}
+
+// acc[r * BT + b] += sum_(q < 4) ws[r * ld + k + q] * xs[b * ld + k + q]
+template <typename T, int RW, int BT, typename A>
+__device__ __forceinline__ void accumulate4(A* acc, const T* ws, const float* xs, int ld, int k) {
+  A x[BT][4];
+#pragma unroll
+  for (int b = 0; b < BT; ++b) load4(x[b], xs + b * ld + k);
+#pragma unroll
+  for (int r = 0; r < RW; ++r) {
+    A w[4];
+    load4(w, ws + r * ld + k);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+#pragma unroll
+      for (int b = 0; b < BT; ++b) acc[r * BT + b] = fma(w[q], x[b][q], acc[r * BT + b]);
+    }
+  }
+}
+
+// As block_matvec (same W, X, part and result), with the 4-wide lanes and phased copies above.
+// cap: elements per round of a warp (a multiple of kPhase); smem: KW buffers of cap elements.
+template <typename T, int RW, int BT, typename WRow, typename XRow>
+__device__ __forceinline__ void block_matvec_wide(WRow W, XRow X, int K, bool vec, int cap, unsigned char* smem,
+                                                  typename Accum<T>::type* part) {
+  using A = typename Accum<T>::type;
+  constexpr int V = RW * BT;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, KW = blockDim.x >> 5;
+  const int span = warp_span(K, KW);  // this warp's K range: [kb, ke)
+  const int kb = min(K, w * span), ke = min(K, kb + span);
+  T* ws = reinterpret_cast<T*>(smem + (size_t)w * cap * wide_elem_bytes<T, RW, BT>());
+  float* xs = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(ws) + (size_t)RW * cap * sizeof(T));
+  A acc[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) acc[v] = 0;
+  bool waited = false;
+  for (int r0 = kb; r0 < ke || !waited; r0 += cap) {  // one round; a warp with no range still waits
+    const int n = max(0, min(cap, ke - r0)), n4 = (n + 3) & ~3;
+    const int phases = (n4 + kPhase - 1) / kPhase;
+    const int groups = min(phases, kMaxGroups);
+    for (int ph = 0; ph < phases; ++ph) {  // W first (in the first group)
+      const int c0 = ph * kPhase;
+      warp_copy_phase(ws, cap, RW, W, r0, c0, min(n, c0 + kPhase), min(n4, c0 + kPhase), vec, lane);
+    }
+    if (!waited) {
+      grid_dep_wait();
+      waited = true;
+    }
+    for (int ph = 0; ph < phases; ++ph) {  // X of phase ph
+      const int c0 = ph * kPhase;
+      warp_copy_phase(xs, cap, BT, X, r0, c0, min(n, c0 + kPhase), min(n4, c0 + kPhase), vec, lane);
+      if (ph < groups - 1 || ph == phases - 1) cp_async_commit();
+    }
+    for (int ph = 0; ph < phases; ++ph) {
+      cp_async_wait_n(groups - 1 - min(ph, groups - 1));  // phase ph has landed
+      __syncwarp();
+      const int k = ph * kPhase + 4 * lane;
+      if (k < n4) accumulate4<T, RW, BT>(acc, ws, xs, cap, k);
+    }
+    __syncwarp();  // the buffer is refilled by the next round
+    if (r0 >= ke) break;
+  }
+  int base = 0;
+  bool writer = true;
+  butterfly<V, 0>(acc, lane, base, writer);
+  if (writer) {
+#pragma unroll
+    for (int i = 0; i < kept(V, 0); ++i) part[w * V + base + i] = acc[i];
+  }
+  __syncthreads();
+}
+
+// Launch settings of the backward step kernel (block_matvec_wide).
+struct WideConfig {
+  int KW;    // warps per block
+  int cap;   // K elements per round of a warp (a multiple of kPhase)
+  int smem;  // dynamic shared memory bytes
+  bool pdl;  // programmatic dependent launch (compute capability 9.0+)
+};
+
+// Warps as warps_per_block (FLASHRNN_STEP_KW overrides); cap: the whole range of a warp when it
+// fits the opt-in shared memory, else as much as fits (FLASHRNN_STEP_ALL_IN=0: one phase per round,
+// for tests and benchmarks of the multi-round path).
+template <typename T, int RW, int BT>
+inline WideConfig configure_wide(long long blocks, int K) {
+  using A = typename Accum<T>::type;
+  int device = 0, sms = 0, smem_optin = 0, major = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  WideConfig c;
+  c.KW = env_int("FLASHRNN_STEP_KW", warps_per_block(blocks, K, sms));
+  c.KW = c.KW < 1 ? 1 : (c.KW > MAX_KW ? MAX_KW : c.KW);
+  const int part = c.KW * RW * BT * (int)sizeof(A);
+  const int whole = (warp_span(K, c.KW) + kPhase - 1) / kPhase * kPhase;
+  const int fit = (smem_optin - part) / (c.KW * wide_elem_bytes<T, RW, BT>()) / kPhase * kPhase;
+  c.cap = whole < fit ? whole : fit;
+  if (env_int("FLASHRNN_STEP_ALL_IN", 1) == 0) c.cap = kPhase;
+  if (c.cap < kPhase) c.cap = kPhase;  // at least one phase (fits: RW * BT is small)
+  c.smem = wide_part_offset<T, RW, BT>(c.KW, c.cap) + part;
   c.pdl = major >= 9 && env_int("FLASHRNN_STEP_PDL", 1) != 0;
   return c;
 }

@@ -1,9 +1,9 @@
 // Alternating backward, step-kernel path: ONE launch per time step (no cuBLAS in the loop). A block
-// owns kBwdUnits hidden units j of one head and a tile of BT batch rows. At processing step p
+// owns UW hidden units j of one head and a tile of BT batch rows (BwdTile). At processing step p
 // (t of the step; p runs T-1 .. 0):
 //
 //   rec[j, b] = sum_(g, i) RT[n, j, (g, i)] * drhb_prev[b, n, (g, i)]   (R^T d(rhb) of step p + 1,
-//                                                                      FMAs: step.cuh)
+//                                             FMAs: step.cuh block_matvec_wide)
 //   ds_new = ds (+ dh[t] + rec on h); (dgx[t], drhb, ds) = Cell::backward(...)   (own units)
 //
 // RT [NH, DH, G, DH] is R transposed once per call (rows of R^T contiguous); drhb is kept in fp32
@@ -18,9 +18,9 @@ namespace alternating {
 template <typename T>
 struct StepBwd {
   using DT = typename Acc<T>::DT;
-  int B, NH, DH, ublocks;  // ublocks: blocks per head (ceil(DH / kBwdUnits))
+  int B, NH, DH, ublocks;  // ublocks: blocks per head (ceil(DH / UW))
   bool vec;                // 16-byte copies of RT and drhb rows
-  bool all_in;             // whole K ranges in shared memory (step::Config)
+  int cap;                 // K elements per round of a warp (step::WideConfig)
   bool has_prev;           // a step was processed before this one: add R^T drhb_prev
   bool pointwise;          // false: only ds[0] += R^T drhb_prev (the launch after the loop)
   const T* RT;             // [NH, DH, G, DH]
@@ -37,16 +37,29 @@ struct StepBwd {
   DT* hin_t;               // [B, NH, DH]
 };
 
-template <typename Cell, typename T, int BT>
+// Tiles of the backward (units UW x batch rows BT per block): the block reads UW rows of R^T and
+// BT rows of drhb (fp32), each K = G * DH long, every step. B > 4: 12 x 8 (dense 1x768 LSTM bf16
+// B=16: 128 blocks of 175 KB, one per SM; 8 x 16 would need 245 KB), B <= 4: 6 x 4; float32
+// (float64 accumulators): 4 x 4.
+template <typename T, bool WIDE>
+struct BwdTile {
+  static constexpr int UW = WIDE ? 12 : 6, BT = WIDE ? 8 : 4;
+};
+template <bool WIDE>
+struct BwdTile<float, WIDE> {
+  static constexpr int UW = 4, BT = 4;
+};
+
+template <typename Cell, typename T, int UW, int BT>
 __global__ void __launch_bounds__(32 * step::MAX_KW) step_backward_kernel(StepBwd<T> p) {
-  constexpr int G = Cell::G, S = Cell::S, UW = step::kBwdUnits, RW = UW, V = RW * BT;
+  constexpr int G = Cell::G, S = Cell::S, RW = UW, V = RW * BT;
   using DT = typename Acc<T>::DT;
   using A = typename step::Accum<T>::type;
   extern __shared__ __align__(16) unsigned char smem[];
   const int KW = blockDim.x >> 5;
   const int n = blockIdx.x / p.ublocks, j0 = (blockIdx.x % p.ublocks) * UW, b0 = blockIdx.y * BT;
   const int B = p.B, NH = p.NH, DH = p.DH, K = G * DH;
-  A* part = reinterpret_cast<A*>(smem + step::part_offset<T, RW, BT>(KW, K, p.all_in));
+  A* part = reinterpret_cast<A*>(smem + step::wide_part_offset<T, RW, BT>(KW, p.cap));
   step::grid_dep_launch();  // the next step may start launching: it waits for this one to finish
   if (p.pointwise) {  // this step's inputs: DRAM -> L2 early
     for (int i = threadIdx.x; i < UW * BT; i += blockDim.x) {
@@ -65,7 +78,7 @@ __global__ void __launch_bounds__(32 * step::MAX_KW) step_backward_kernel(StepBw
   if (p.has_prev) {  // uniform over the grid
     auto W = [&](int r) { return p.RT + ((long long)n * DH + min(j0 + r, DH - 1)) * K; };
     auto X = [&](int b) { return p.dr_prev + ((long long)min(b0 + b, B - 1) * NH + n) * K; };
-    step::block_matvec<T, RW, BT>(W, X, K, p.vec, p.all_in, smem, part);  // waits for the previous step
+    step::block_matvec_wide<T, RW, BT>(W, X, K, p.vec, p.cap, smem, part);  // waits for the previous step
   } else {
     step::grid_dep_wait();
   }
@@ -122,9 +135,9 @@ __global__ void transpose_r_kernel(T* RT, const T* R, int NH, int G, int DH) {
   }
 }
 
-template <typename Cell, typename T, int BT>
+template <typename Cell, typename T, int UW, int BT>
 std::string run_step_backward(const BackwardArgs& a, cudaStream_t stream) {
-  constexpr int G = Cell::G, S = Cell::S, RW = step::kBwdUnits;
+  constexpr int G = Cell::G, S = Cell::S;
   using DT = typename Acc<T>::DT;
   const int T_ = a.shape.T, B = a.shape.B, NH = a.shape.NH, DH = a.shape.DH;
   const long long BND = (long long)B * NH * DH;
@@ -137,10 +150,10 @@ std::string run_step_backward(const BackwardArgs& a, cudaStream_t stream) {
   transpose_r_kernel<T><<<blocks_for((long long)NH * G * DH * DH), kThreads, 0, stream>>>(
       RT, static_cast<const T*>(a.R), NH, G, DH);
   if (!(err = last_error("transpose_r_kernel")).empty()) return err;
-  const int ublocks = (DH + RW - 1) / RW;
+  const int ublocks = (DH + UW - 1) / UW;
   const dim3 grid(NH * ublocks, (B + BT - 1) / BT);
-  const step::Config cfg = step::configure<T, RW, BT>((long long)grid.x * grid.y, K, /*one_warp=*/false);
-  auto kernel = step_backward_kernel<Cell, T, BT>;
+  const step::WideConfig cfg = step::configure_wide<T, UW, BT>((long long)grid.x * grid.y, K);
+  auto kernel = step_backward_kernel<Cell, T, UW, BT>;
   if (cfg.smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, cfg.smem);
   const bool vec = (K * (int)sizeof(T)) % 16 == 0 && K % 4 == 0 && step::aligned16(RT) && step::aligned16(a.dr_ws);
   float* dr[2] = {a.dr_ws, a.dr_ws + step_gx};  // drhb of processing step p: dr[p & 1]
@@ -149,7 +162,7 @@ std::string run_step_backward(const BackwardArgs& a, cudaStream_t stream) {
   for (int p = T_ - 1; p >= -1; --p) {  // p = -1: only ds[0] += R^T drhb of step 0
     const int t = a.reverse ? T_ - 1 - p : p;
     const bool pw = p >= 0;
-    StepBwd<T> sp{B, NH, DH, ublocks, vec, cfg.all_in, p < T_ - 1, pw, RT, dr[(p + 1) & 1], pw ? dr[p & 1] : nullptr,
+    StepBwd<T> sp{B, NH, DH, ublocks, vec, cfg.cap, p < T_ - 1, pw, RT, dr[(p + 1) & 1], pw ? dr[p & 1] : nullptr,
                   pw ? static_cast<const T*>(a.dh) + t * BND : nullptr,
                   pw ? static_cast<const T*>(a.gx) + t * step_gx : nullptr,
                   pw ? a.rhb + t * step_gx : nullptr,
@@ -169,8 +182,11 @@ std::string run_step_backward(const BackwardArgs& a, cudaStream_t stream) {
 template <typename Cell, typename T>
 struct RunStepBackward {
   static std::string run(const BackwardArgs& a, cudaStream_t stream) {
-    return a.shape.B <= 4 ? run_step_backward<Cell, T, 4>(a, stream)
-                          : run_step_backward<Cell, T, step::wide_tile<T>()>(a, stream);
+    using Small = BwdTile<T, false>;
+    using Wide = BwdTile<T, true>;
+    if (a.shape.B <= 4 || (Small::UW == Wide::UW && Small::BT == Wide::BT))
+      return run_step_backward<Cell, T, Small::UW, Small::BT>(a, stream);
+    return run_step_backward<Cell, T, Wide::UW, Wide::BT>(a, stream);
   }
 };
 

@@ -16,8 +16,9 @@ Matrix (step kernel): every cell x {1x768, 12x64, 3x5, 7x33} x B in {1, 3, 16} x
 both directions; T = 1024 on every cell with (1x768, B=16, forward), (12x64, B=16, reverse),
 (7x33, B=3, forward), (3x5, B=1, reverse). FLASHRNN_GPU_LONG=full runs T = 1024 on the whole
 matrix. cuBLAS path: every cell x shape x direction at B=3, T=17, and lstm (1x768, B=16, T=1024, fwd).
-B = 3 and 16 take the two batch tiles of the step kernel (4 and 16); 3x5 and 7x33 its unaligned
-copies, 1x768 and 12x64 its 16-byte cp.async copies.
+B = 3 and 16 take the two batch tiles of the step kernels (forward 4 and 16, backward 4 and 8 rows;
+float32: 4 and 8, backward 4); 3x5 and 7x33 their unaligned copies, 1x768 and 12x64 their 16-byte
+cp.async copies. The backward's launch overrides (multi-round copies, one warp per block) run too.
 """
 
 from __future__ import annotations
@@ -80,6 +81,28 @@ def test_kernels_are_built_and_used():
 def test_matches_float64_reference(path, cell, NH, DH, B, T, reverse):
     seed = zlib.crc32(f"{cell}-{NH}-{DH}-{B}-{T}-{reverse}".encode())
     failures = float64_failures(cell, NH, DH, B, T, reverse, seed, DTYPES, lambda dtype: PLANS[path])
+    assert not failures, "; ".join(failures)
+
+
+# The backward step kernel's launch overrides (csrc/alternating/step.cuh configure_wide): one phase
+# per round (FLASHRNN_STEP_ALL_IN=0: many rounds of one 128-element phase per warp, 16-byte and
+# unaligned copies), one warp per block (its whole K range in one round of more phases than
+# cp.async groups: 2304 = 18 phases at 1x768 GRU). Forward settings change with them; results must not.
+_OVERRIDES = [
+    ({"FLASHRNN_STEP_ALL_IN": "0"}, ("lstm", 1, 768, 16, 17, False)),
+    ({"FLASHRNN_STEP_ALL_IN": "0"}, ("slstm", 7, 33, 3, 17, True)),
+    ({"FLASHRNN_STEP_KW": "1"}, ("gru", 1, 768, 3, 5, False)),
+    ({"FLASHRNN_STEP_KW": "1", "FLASHRNN_STEP_ALL_IN": "0"}, ("elman_tanh", 3, 5, 1, 17, True)),
+]
+
+
+@pytest.mark.parametrize("env,case", _OVERRIDES, ids=[f"{'+'.join(e)}-{c[0]}" for e, c in _OVERRIDES])
+def test_step_kernel_launch_overrides(monkeypatch, env, case):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    cell, NH, DH, B, T, reverse = case
+    seed = zlib.crc32(f"override-{cell}-{NH}-{DH}".encode())
+    failures = float64_failures(cell, NH, DH, B, T, reverse, seed, DTYPES, lambda dtype: PLANS["step"])
     assert not failures, "; ".join(failures)
 
 
