@@ -19,6 +19,7 @@ does not use it there.
 
 from __future__ import annotations
 
+import contextlib
 from typing import List
 
 import torch
@@ -79,14 +80,31 @@ def aten_rnn_backward(
 ) -> List[Tensor]:
     """[dx, *dhx, *dparams]: the vjp of ATen's call (opaque, so AOTAutograd does not unroll it)."""
     flags = (has_biases, num_layers, dropout, train, bidirectional, batch_first)
-    # torch.func.vjp: autograd is off below this op's dispatch, the transform turns it on again.
-    # oneDNN's LSTM backward cannot run under the transform: the CPU recomputes on ATen's native
-    # path; on CUDA the recomputation and its backward are cuDNN's
-    with torch.backends.mkldnn.flags(enabled=False):
-        _, vjp = torch.func.vjp(lambda x, hx, params: _call(mode, x, hx, params, *flags), x, list(hx), list(params))
-        dx, dhx, dparams = vjp(list(grads))
+    inputs = [t.detach().requires_grad_() for t in (x, *hx, *params)]
+    n_hx = len(hx)
+    # the CPU recomputes on ATen's native path (oneDNN's bf16 LSTM has no backward on every CPU);
+    # on CUDA the recomputation and its backward are cuDNN's
+    with _autograd_on(), torch.backends.mkldnn.flags(enabled=False):
+        outs = _call(mode, inputs[0], inputs[1 : 1 + n_hx], inputs[1 + n_hx :], *flags)
+        d = torch.autograd.grad(outs, inputs, list(grads), allow_unused=True)
+    dx, dhx, dparams = d[0], d[1 : 1 + n_hx], d[1 + n_hx :]
     # each gradient laid out like its input, as the fake kernel says
-    return [torch.empty_like(t).copy_(g) for t, g in zip((x, *hx, *params), (dx, *dhx, *dparams))]
+    return [torch.zeros_like(t) if g is None else torch.empty_like(t).copy_(g)
+            for t, g in zip((x, *hx, *params), (dx, *dhx, *dparams))]
+
+
+@contextlib.contextmanager
+def _autograd_on():
+    """Autograd recording inside an op's kernel. A custom op's kernel runs with the autograd keys
+    in the thread's dispatch exclude set, so `torch.enable_grad()` alone records nothing; this
+    takes them out for the block. (torch.func.vjp would do it too, but cuDNN's RNN cannot read
+    the storage of functorch's wrapped tensors.)"""
+    keys = torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradFunctionality) | torch._C.DispatchKeySet(
+        torch._C.DispatchKey.ADInplaceOrView
+    )
+    include, exclude = torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set()
+    with torch._C._ForceDispatchKeyGuard(include, exclude - keys), torch.enable_grad():
+        yield
 
 
 @aten_rnn_backward.register_fake
