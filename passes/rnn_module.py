@@ -22,7 +22,7 @@ Left as written, with the reason recorded in ctx (one refusal per node):
 
 Kept on ATen's kernel instead, wrapped whole in `flashrnn::aten_rnn` (plan family "aten"): on the
 CPU (ATen's C++ loop beats the reference) and on CUDA for dense layers the planner can only give to
-the alternating kernels, where cuDNN measured faster (`_cudnn_is_faster`).
+the alternating kernels, in float16, where cuDNN measured faster (`_cudnn_is_faster`).
 
 Under autocast the recurrence runs in the dtype eager's kernel returns (learned by a one-step
 probe of the same op, since Dynamo's record can be wrong there), inside a region with autocast
@@ -362,23 +362,22 @@ def _aten_plan(ctx, call: RnnCall, device: torch.device, autocast: bool, outs) -
     return _ATEN_PLAN if use else None
 
 
-# Dense (one head) layers with no fused kernel run our alternating kernels, which cuDNN beats except
-# in bf16 inference. H100 80GB HBM3, one layer, B16 T1024 H768, ms forward / forward+backward
-# (benchmarks/results/H100_80GB_HBM3/layer.md, 2026-11-26):
-#   LSTM bf16: cuDNN 16.55 / 27.34, ours alternating 10.51 / 36.97
-#   GRU  bf16: cuDNN 12.01 / 25.92, ours alternating  8.95 / 30.55
-#   LSTM fp16: cuDNN  2.25 /  6.96, ours alternating 10.57 / 37.39
-# (fp32: cuDNN runs TF32 tensor-core GEMMs by default; ours has no fp32 fused path either.)
+# Dense (one head) layers with no fused kernel run our alternating kernels. cuDNN's fp16 kernels beat
+# them by far; its bf16 ones do not once the aten plan's backward recomputes the forward. H100 80GB
+# HBM3, ms forward / forward+backward (benchmarks/results/H100_80GB_HBM3/layer.md and model.md,
+# 2026-11-26):
+#   LSTM fp16 B16 T1024 H768: cuDNN 2.25 / 6.96 (aten plan ~ +2.25 recompute), ours 10.57 / 37.39
+#   LSTM bf16 B16 T1024 H768: cuDNN 16.55 / 27.34 (aten plan ~ 43.9), ours 10.51 / 36.97
+#   BiGRU encoder bf16 H512 B32 T128, training step: ours 6.68, aten plan 14.70, eager 9.90-13.56
+#   fp32: not measured; stays on ours.
 def _cudnn_is_faster(ctx, call: RnnCall, plan: Plan, device: torch.device, autocast: bool, outs) -> bool:
-    training = any(v.requires_grad for v in outs)
     return (
         ctx.options.plan == "auto"
         and device.type == "cuda"
         and plan.family == "alternating"
         and not autocast
         and not _train_dropout(call)
-        and call.dtype in (torch.float16, torch.float32, torch.bfloat16)
-        and (training or call.dtype != torch.bfloat16)
+        and call.dtype == torch.float16
     )
 
 
@@ -388,8 +387,7 @@ def _cudnn_plan(chosen: Plan, call: RnnCall, outs) -> Plan:
         "aten",
         {},
         f"on cuda no fused kernel takes a dense {call.hidden}-wide layer (the planner chose {chosen.family}); "
-        f"cuDNN is faster than our alternating kernels in {str(call.dtype).replace('torch.', '')} {mode} "
-        "(H100 layer suite): kept, wrapped in one opaque op so AOTAutograd does not unroll it "
+        f"cuDNN is faster than our alternating kernels in float16 {mode} (H100 layer suite): kept, wrapped in one opaque op so AOTAutograd does not unroll it "
         "(options plan='alternating' forces ours)",
     )
 
