@@ -214,7 +214,8 @@ def markdown(rows: List[Dict[str, Any]], env: Dict[str, Any]) -> str:
     return "\n".join([f"# Model suite on {env['card']}", "", common.env_header(env), "",
                       "Median step time after warm-up (CUDA events; CPU: perf_counter). Compile cold = first call "
                       "with empty Inductor caches; warm = first call after torch._dynamo.reset() with the caches "
-                      "filled (both include one step). 'torch.compile default' runs with allow_rnn off (RNN modules "
-                      "graph-break and run eagerly), as without flashrnn_compile. --quick compiles with aot_eager "
+                      "filled (both include one step). 'torch.compile default' runs with allow_rnn off, as without "
+                      "flashrnn_compile: Dynamo then refuses a whole frame holding an nn.LSTM/GRU/RNN ('Attempted "
+                      "to wrap RNN'), so such models run eagerly and their compile time is about 0. --quick compiles with aot_eager "
                       "behind Dynamo (no C++ builds; CPU plumbing check, the numbers mean nothing).", "",
                       common.markdown_table(rows, cols), ""])
