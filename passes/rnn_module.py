@@ -225,6 +225,29 @@ def _eager_dtypes(
     return tuple(o.dtype for o in outs), in_force
 
 
+def _under_autocast(node: Node, call: RnnCall, regions: List[tuple], device: torch.device, outs) -> Union[RnnCall, str]:
+    """`call` with eager's dtypes under autocast, or the reason to leave it as written."""
+    probe = _eager_dtypes(node.target, call, regions)
+    if isinstance(probe, str):
+        return probe
+    dtypes, in_force = probe
+    if len(dtypes) != len(call.out_dtypes) or dtypes[0] not in _DTYPES:
+        return f"autocast: eager's one-step probe gave outputs {dtypes}, recorded {call.out_dtypes}"
+    call = dataclasses.replace(call, dtype=dtypes[0], out_dtypes=dtypes)
+    training = any(v.requires_grad for v in outs)
+    if training and device.type == "cuda" and in_force is not None and in_force != call.dtype:
+        # cuDNN casts once at entry and its backward is one op autocast leaves alone; AOTAutograd
+        # traces the rewrite's backward under the forward's autocast (its default
+        # backward_pass_autocast="same_as_forward"), which would recast the glue's backward GEMMs
+        # to `in_force` (measured on an H100: bf16 autocast, 5x eager's input-gradient error)
+        return (
+            f"autocast to {in_force} around a call eager's cuDNN kernel computes in {call.dtype}: the "
+            f"rewrite's backward would be traced under {in_force} autocast and lose precision eager keeps "
+            "(training calls stay as written; inference is rewritten)"
+        )
+    return call
+
+
 def _same_meta(new: Optional[torch.Tensor], old: torch.Tensor, dtype: torch.dtype) -> bool:
     """Shape and layout (strides of dims longer than 1) of `old`, provably for every size, and
     `dtype` (the recorded one, or eager's under autocast)."""
@@ -286,38 +309,20 @@ def _rewrite(gm: torch.fx.GraphModule, node: Node, op: RnnOp, ctx) -> Optional[s
     regions = _autocast_regions(gm, node, device.type)
     autocast = regions is not None
     if autocast:  # eager's dtypes, not the record's: the glue casts to them with autocast off
-        probe = _eager_dtypes(node.target, call, regions)
-        if isinstance(probe, str):
-            return probe
-        dtypes, in_force = probe
-        if len(dtypes) != len(call.out_dtypes) or dtypes[0] not in _DTYPES:
-            return f"autocast: eager's one-step probe gave outputs {dtypes}, recorded {call.out_dtypes}"
-        call = dataclasses.replace(call, dtype=dtypes[0], out_dtypes=dtypes)
-        training = any(v.requires_grad for v in outs)
-        if training and device.type == "cuda" and in_force is not None and in_force != call.dtype:
-            # cuDNN casts once at entry and its backward is one op autocast leaves alone; AOTAutograd
-            # traces the rewrite's backward under the forward's autocast (its default
-            # backward_pass_autocast="same_as_forward"), which would recast the glue's backward
-            # GEMMs to `in_force` (measured on an H100: bf16 autocast, 5x eager's input-gradient error)
-            return (
-                f"autocast to {in_force} around a call eager's cuDNN kernel computes in {call.dtype}: the "
-                f"rewrite's backward would be traced under {in_force} autocast and lose precision eager keeps "
-                "(training calls stay as written; inference is rewritten)"
-            )
-    plan = _aten_plan(ctx, call, device, autocast, outs)
-    if plan is not None:
+        call = _under_autocast(node, call, regions, device, outs)
+        if isinstance(call, str):
+            return call
+    plan = _aten_plan(ctx, call, device, autocast)
+    if plan is None:
+        chosen = choose_plan(ctx, call.cell, _hint(B), 1, call.hidden, call.dtype, device)
+        plan = _cudnn_plan(chosen, call, outs) if _cudnn_is_faster(ctx, call, chosen, device, autocast) else chosen
+    if plan.family == "aten":
         node.target, node.args = torch.ops.flashrnn.aten_rnn.default, _aten_args(node)
         node.meta[REWRITTEN] = SOURCE
     else:
-        plan = choose_plan(ctx, call.cell, _hint(B), 1, call.hidden, call.dtype, device)
-        if _cudnn_is_faster(ctx, call, plan, device, autocast, outs):
-            plan = _cudnn_plan(plan, call, outs)
-            node.target, node.args = torch.ops.flashrnn.aten_rnn.default, _aten_args(node)
-            node.meta[REWRITTEN] = SOURCE
-        else:
-            reason = _emit(gm, node, call, plan, outs, device, autocast)
-            if reason is not None:
-                return reason
+        reason = _emit(gm, node, call, plan, outs, device, autocast)
+        if reason is not None:
+            return reason
     ctx.rewrote(
         Rewrite(
             source=SOURCE,
@@ -350,7 +355,7 @@ def _train_dropout(call: RnnCall) -> bool:
     return call.train and call.layers > 1 and (isinstance(call.dropout, Node) or call.dropout > 0)
 
 
-def _aten_plan(ctx, call: RnnCall, device: torch.device, autocast: bool, outs) -> Optional[Plan]:
+def _aten_plan(ctx, call: RnnCall, device: torch.device, autocast: bool) -> Optional[Plan]:
     """The CPU plan: ATen's kernel, where the reference would be slower."""
     use = (
         ctx.options.plan == "auto"
@@ -370,7 +375,7 @@ def _aten_plan(ctx, call: RnnCall, device: torch.device, autocast: bool, outs) -
 #   LSTM bf16 B16 T1024 H768: cuDNN 16.55 / 27.34 (aten plan ~ 43.9), ours 10.51 / 36.97
 #   BiGRU encoder bf16 H512 B32 T128, training step: ours 6.68, aten plan 14.70, eager 9.90-13.56
 #   fp32: not measured; stays on ours.
-def _cudnn_is_faster(ctx, call: RnnCall, plan: Plan, device: torch.device, autocast: bool, outs) -> bool:
+def _cudnn_is_faster(ctx, call: RnnCall, plan: Plan, device: torch.device, autocast: bool) -> bool:
     return (
         ctx.options.plan == "auto"
         and device.type == "cuda"
@@ -387,8 +392,8 @@ def _cudnn_plan(chosen: Plan, call: RnnCall, outs) -> Plan:
         "aten",
         {},
         f"on cuda no fused kernel takes a dense {call.hidden}-wide layer (the planner chose {chosen.family}); "
-        f"cuDNN is faster than our alternating kernels in float16 {mode} (H100 layer suite): kept, wrapped in one opaque op so AOTAutograd does not unroll it "
-        "(options plan='alternating' forces ours)",
+        f"cuDNN is faster than our alternating kernels in float16 {mode} (H100 layer suite): kept, "
+        "wrapped in one opaque op so AOTAutograd does not unroll it (options plan='alternating' forces ours)",
     )
 
 
