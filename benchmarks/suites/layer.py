@@ -77,6 +77,10 @@ def _headline() -> List[Config]:
         Config("gru", "bf16", 16, 1024, 24, 32),
         Config("lstm", "fp16", 16, 1024, 12, 64),
         Config("lstm", "fp16", 16, 1024, 1, 768),
+        Config("lstm", "fp32", 16, 1024, 12, 64, compiled=False),
+        Config("lstm", "bf16", 16, 1024, 6, 128, compiled=False),
+        Config("elman_tanh", "bf16", 16, 1024, 12, 64),
+        Config("slstm", "bf16", 16, 1024, 12, 64),  # no PyTorch module: no cuDNN row
     ]
     rows += [Config("lstm", "bf16", B, 1024, 12, 64, compiled=False) for B in (1, 64, 256)]
     rows.append(Config("lstm", "bf16", 16, 16, 1, 768, compiled=False, inductor=True))
@@ -162,10 +166,17 @@ def _timed_fns(run: Callable, leaves, dy: torch.Tensor) -> Tuple[Callable, Calla
     return forward, forward_backward
 
 
+# cells with a PyTorch module (cuDNN on CUDA): name, constructor (H -> module)
+MODULES: Dict[str, Tuple[str, Callable[[int], torch.nn.Module]]] = {
+    "lstm": ("nn.LSTM", lambda H: torch.nn.LSTM(H, H)),
+    "gru": ("nn.GRU", lambda H: torch.nn.GRU(H, H)),
+    "elman_tanh": ("nn.RNN", lambda H: torch.nn.RNN(H, H, nonlinearity="tanh")),
+}
+
+
 def module_fns(cfg: Config, device, wrap: Callable = lambda m: m) -> Tuple[Callable, Callable, torch.nn.Module]:
-    """(forward, forward_backward, module) of nn.LSTM/GRU(H, H) on x [T, B, H], through `wrap`."""
-    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cfg.cell]
-    mod = cls(cfg.H, cfg.H).to(device, common.DTYPES[cfg.dtype])
+    """(forward, forward_backward, module) of the cell's PyTorch module(H, H) on x [T, B, H], through `wrap`."""
+    mod = MODULES[cfg.cell][1](cfg.H).to(device, common.DTYPES[cfg.dtype])
     x = _randn(cfg.T, cfg.B, cfg.H, device=device, dtype=common.DTYPES[cfg.dtype], grad=True)  # [T, B, H]
     run_mod = wrap(mod)
     dy = torch.randn_like(x)  # [T, B, H]
@@ -272,7 +283,7 @@ def run_ours(cfg: Config, family: str, ctx: Ctx) -> Dict[str, Any]:
 
 
 def run_cudnn(cfg: Config, ctx: Ctx) -> Dict[str, Any]:
-    name = ("cuDNN" if ctx.device.type == "cuda" else "eager") + f" nn.{cfg.cell.upper()}"
+    name = ("cuDNN " if ctx.device.type == "cuda" else "eager ") + MODULES[cfg.cell][0]
     fwd, fwd_bwd, _ = module_fns(cfg, ctx.device)
     row = _row(cfg, name, ctx, **_time_pair(fwd, fwd_bwd, ctx, cfg.T, check=_finite))
     row.update(heads=f"1x{cfg.H}", NH=1, DH=cfg.H, baseline=True)
@@ -378,14 +389,14 @@ def jobs_for(cfg: Config, ctx: Ctx, baselines: set) -> List[Job]:
             return lambda: 0.2  # an n/a row
         return lambda: per_call + (0.0 if family in ctx.built or not gpu else first)
 
-    if cfg.cell in ("lstm", "gru") and base_key not in baselines:
+    if cfg.cell in MODULES and base_key not in baselines:
         baselines.add(base_key)
         jobs.append(Job(cfg, "cuDNN", lambda: run_cudnn(cfg, ctx), lambda: per_call))
     families = CUDA_FAMILIES if gpu else ("reference",)
     for fam in families:
         first = 25.0 if fam == "alternating" else 8.0 if fam == "fused_block" else 0.0  # JIT build
         jobs.append(Job(cfg, f"ours {fam}", lambda fam=fam: run_ours(cfg, fam, ctx), build_cost(fam, first)))
-    if cfg.compiled and cfg.NH == 1 and cfg.cell in ("lstm", "gru"):
+    if cfg.compiled and cfg.NH == 1 and cfg.cell in MODULES:
         jobs.append(Job(cfg, "torch.compile flashrnn", lambda: run_compiled(cfg, ctx), lambda: 30.0 if gpu else 5.0))
     for backend in cfg.flashrnn:
         jobs.append(Job(cfg, f"FlashRNN 1.0.8 {backend}", lambda b=backend: run_flashrnn(cfg, b, ctx),
