@@ -3,8 +3,8 @@
 non-zero on a wrong result.
 
     python tests/gpu/memcheck_case.py alternating   # float32 + bfloat16; the step kernel at DH=7
-        (unaligned copies) B=3 (batch tile of 4) and DH=8 (16-byte cp.async copies) B=5 (tile of
-        16), both tiles partly empty; the cuBLAS path at DH=7 B=3
+        (unaligned copies) B=3 (batch tile of 4) and DH=8 (16-byte cp.async copies) B=5 (forward
+        tile of 16, backward tile of 8), all tiles partly empty; the cuBLAS path at DH=7 B=3
     python tests/gpu/memcheck_case.py fused_block   # float16 + bfloat16, B=3 DH=16, tiling from
         the planner
 """
