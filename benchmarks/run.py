@@ -171,12 +171,12 @@ def replot(folder: str) -> int:
 
     from .suites import layer
 
-    why = common.plots_available()
-    if why:
-        raise SystemExit(f"--replot: {why}")
     path = os.path.join(folder, "layer.json")
     if not os.path.isfile(path):
         raise SystemExit(f"--replot: expected a layer suite result {path}, not found")
+    why = common.plots_available()
+    if why:
+        raise SystemExit(f"--replot: {why}")
     with open(path, encoding="utf-8") as f:
         rows = json.load(f)["rows"]
     for written in layer.plots(rows, folder):
