@@ -1,6 +1,10 @@
 """Time the fused_block kernels beside the alternating kernels and cuDNN on the current GPU.
 
     python benchmarks/bench_fused_block.py [--out results.json] [--reps 10] [--no-alternating]
+    python benchmarks/bench_fused_block.py --layer [--out layer.json]   the layer suite's timing of
+        our fused_block rows only (x W^T + b then the op; forward, and forward+backward to x, W, b_in,
+        R, b: benchmarks/suites/layer.py ours_fns with its timing settings), plus one profiled
+        forward+backward of LSTM 12x64 (device time per kernel, and the GPU-idle share of the call)
 
 Medians of CUDA-event timings after warm-up, random inputs, tiling from the planner for this GPU
 (fused_block only). Our kernels take the input pre-activations gx (x W^T is outside the core op,
@@ -41,12 +45,68 @@ def fused_plan(cell, NH, DH, dtype, B, gpu=None):
     return chosen
 
 
+# the layer suite's headline rows that run on fused_block: cell, dtype, B, NH, DH (T = 1024)
+LAYER_ROWS = [("lstm", "bf16", 16, 12, 64), ("lstm", "bf16", 16, 24, 32), ("gru", "bf16", 16, 12, 64),
+              ("gru", "bf16", 16, 24, 32), ("lstm", "fp16", 16, 12, 64), ("lstm", "bf16", 1, 12, 64),
+              ("lstm", "bf16", 64, 12, 64), ("lstm", "bf16", 256, 12, 64)]
+
+
+def layer_rows():
+    """Each LAYER_ROWS row timed as the layer suite times 'ours fused_block' (same callables, same
+    `common.measure` settings), so the numbers compare with `benchmarks.run --suite layer`."""
+    from suites import common, layer
+
+    out = []
+    for cell, dt, B, NH, DH in LAYER_ROWS:
+        cfg = layer.Config(cell, dt, B, 1024, NH, DH)
+        chosen = fused_plan(cell, NH, DH, DT[dt], B)
+        fwd, fwd_bwd = layer.ours_fns(cfg, runtime.plan_json(chosen.family, chosen.params), "cuda")
+        timing = dict(warmup=3, min_reps=10, max_reps=50, target_s=0.5)
+        f, fb = common.measure(fwd, "cuda", **timing), common.measure(fwd_bwd, "cuda", **timing)
+        out.append(dict(cell=cell, dtype=dt, B=B, heads=f"{NH}x{DH}", params=chosen.params,
+                        fwd_ms=round(f.median_ms, 4), fwd_bwd_ms=round(fb.median_ms, 4)))
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def layer_profile(cell="lstm", dt="bf16", B=16, NH=12, DH=64):
+    """Device time per kernel of one forward+backward layer call, and the call's wall time."""
+    from suites import layer
+
+    cfg = layer.Config(cell, dt, B, 1024, NH, DH)
+    chosen = fused_plan(cell, NH, DH, DT[dt], B)
+    _, fwd_bwd = layer.ours_fns(cfg, runtime.plan_json(chosen.family, chosen.params), "cuda")
+    for _ in range(3):
+        fwd_bwd()
+    torch.cuda.synchronize()
+    reps = 5
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fwd_bwd()
+        torch.cuda.synchronize()
+    kernels = {ev.key[:70]: round(ev.device_time_total / 1000 / reps, 4) for ev in prof.key_averages()
+               if ev.device_time_total > 0}
+    kernels = dict(sorted(kernels.items(), key=lambda kv: -kv[1]))
+    row = {"profile": f"{cell} {NH}x{DH} {dt} B{B} fwd+bwd", "device_ms_per_call": round(sum(kernels.values()), 4),
+           "kernels": kernels}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--no-alternating", action="store_true")
+    p.add_argument("--layer", action="store_true")
     args = p.parse_args()
+    if args.layer:
+        result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": layer_rows(),
+                  "profile": layer_profile()}
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=1)
+        return
     rows = []
     for cell, NH, DH, dt, B, T in CONFIGS:
         chosen = fused_plan(cell, NH, DH, DT[dt], B)

@@ -69,19 +69,24 @@ register(
 
 
 @functools.lru_cache(maxsize=1024)
-def _parse(plan: str) -> Tuple[str, str]:
+def _parse(plan: str) -> Tuple[str, Tuple[Tuple[str, Any], ...]]:
     try:
         obj = json.loads(plan)
     except (TypeError, json.JSONDecodeError) as e:
         raise ValueError(f"plan: expected a JSON object {{'family': ..., 'params': ...}}, got {plan!r}") from e
     if not isinstance(obj, dict) or obj.get("family") not in FAMILIES:
         raise ValueError(f"plan: expected 'family' in {FAMILIES}, got {plan!r}")
-    return obj["family"], json.dumps(obj.get("params", {}), sort_keys=True)
+    params = obj.get("params", {})
+    if not isinstance(params, dict):
+        raise ValueError(f"plan: expected 'params' to be an object, got {plan!r}")
+    return obj["family"], tuple(sorted(params.items()))
 
 
 def parse_plan(plan: str) -> ParsedPlan:
+    """The plan's family and a fresh params dict (parsed once per plan string: the op asks on
+    every call, and json.loads of the params cost more than the dict)."""
     family, params = _parse(plan)
-    return ParsedPlan(family, json.loads(params))
+    return ParsedPlan(family, dict(params))
 
 
 def plan_json(family: str, params: Optional[Dict[str, Any]] = None) -> str:

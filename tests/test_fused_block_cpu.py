@@ -94,6 +94,57 @@ def test_variant_build_carries_its_defines_and_is_cached(tmp_path, monkeypatch):
     assert build.variant_key(fused_block.SOURCE, other, ["9.0"]) != build.variant_key(fused_block.SOURCE, defs, ["9.0"])
 
 
+@pytest.mark.skipif(build.find_nvcc() is None, reason="needs nvcc to build a variant")
+def test_dr_in_kernel_is_reported_and_can_be_switched_off(tmp_path, monkeypatch):
+    """The library says whether its backward kernel accumulates dR / db (the Python side then passes
+    the per-batch-tile buffer instead of drhb); FRNN_DR_KERNEL=0 keeps the GEMM path, and a tiling
+    whose accumulators would crowd the registers (one warp over 8 m-tiles of dR) keeps it too."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    small = fused_block.defines("lstm", torch.bfloat16, 16, {"WARPS": 2, "BATCH_TILE": 8, "R_REG_TILES": 2})
+    crowded = fused_block.defines("lstm", torch.bfloat16, 32, {"WARPS": 2, "BATCH_TILE": 16, "R_REG_TILES": 2})
+    got = {name: fused_block.dr_in_kernel(ctypes.CDLL(str(build.ensure_variant(fused_block.SOURCE, d, ["9.0"]))))
+           for name, d in (("small", small), ("off", dict(small, FRNN_DR_KERNEL=0)), ("crowded", crowded))}
+    assert got == {"small": True, "off": False, "crowded": False}
+
+
+def test_tile_sums_add_the_batch_tiles_partials():
+    """dR | db partials per batch tile [NBT, NH, G*DH*DH + G*DH] -> dR [NH, G, DH, DH], db [NH, G, DH]."""
+    from flashrnn_compile.kernels.fused_block import _tile_sums
+
+    NBT, NH, G, DH = 3, 2, 4, 5
+    dw = torch.randn(NBT, NH, G * DH * DH + G * DH, generator=torch.Generator().manual_seed(1))
+    dR, db = _tile_sums(dw, NH, G, DH)
+    want = dw.double().sum(0)
+    torch.testing.assert_close(dR.double(), want[:, : G * DH * DH].reshape(NH, G, DH, DH))
+    torch.testing.assert_close(db.double(), want[:, G * DH * DH:].reshape(NH, G, DH))
+    dR1, db1 = _tile_sums(dw[:1], NH, G, DH)  # one tile: its partials as they are
+    assert torch.equal(dR1, dw[0, :, : G * DH * DH].reshape(NH, G, DH, DH))
+    assert torch.equal(db1, dw[0, :, G * DH * DH:].reshape(NH, G, DH))
+
+
+def test_parsed_plans_are_cached_but_their_params_are_fresh():
+    """runtime.parse_plan parses a plan string once (the op asks on every call); each call still
+    gets its own params dict, so a caller's change cannot leak into the next call."""
+    plan = runtime.plan_json("fused_block", P)
+    runtime._parse.cache_clear()
+    first = runtime.parse_plan(plan)
+    first.params["WARPS"] = 99
+    second = runtime.parse_plan(plan)
+    assert second.params == P and second.family == "fused_block"
+    assert runtime._parse.cache_info().hits == 1
+    with pytest.raises(ValueError, match="params"):
+        runtime.parse_plan('{"family": "fused_block", "params": [1]}')
+
+
+def test_unavailable_is_cached_per_device(monkeypatch):
+    """The runtime asks on every call; the checks (capability, nvcc on disk) run once per device."""
+    calls = []
+    monkeypatch.setattr(fused_block, "_UNAVAILABLE", {})
+    monkeypatch.setattr(fused_block, "_unavailable_uncached", lambda d: calls.append(d) or "no")
+    assert fused_block.unavailable(torch.device("cpu")) == "no" == fused_block.unavailable("cpu")
+    assert calls == [torch.device("cpu")]
+
+
 @pytest.mark.parametrize("start", ["none", "ieee", "tf32"])
 @pytest.mark.parametrize("tf32", [False, True])
 def test_weight_grads_leave_the_tf32_setting_as_it_was(start, tf32):
@@ -117,3 +168,4 @@ def test_weight_grads_leave_the_tf32_setting_as_it_was(start, tf32):
         torch.testing.assert_close(db.double(), drhb.double().sum((0, 1)), rtol=1e-5, atol=1e-5)
     finally:
         matmul.fp32_precision = saved
+

@@ -72,6 +72,10 @@ int frnn_config(int* out) {
 
 const char* frnn_error() { return g_error; }
 
+// 1: the backward kernel accumulates dR and db itself (frnn_backward's dw, drhb unused); 0: it
+// writes drhb and dR, db are one GEMM outside (fused_block.cuh Config::DR)
+int frnn_dr_in_kernel() { return Cfg::DR ? 1 : 0; }
+
 // pointers as in fused_block.cuh (FwdArgs); states_in = rhb = nullptr: save=false. 0 = queued.
 int frnn_forward(int T, int B, int NH, int reverse, const void* gx, const void* R, const void* b,
                  const void* s0, void* h, void* sT, float* states_in, float* rhb, void* stream) {
@@ -80,10 +84,12 @@ int frnn_forward(int T, int B, int NH, int reverse, const void* gx, const void* 
                 static_cast<cudaStream_t>(stream), &a, "fused_block forward");
 }
 
+// dw: with frnn_dr_in_kernel(), [ceil(B / BATCH_TILE)][NH][G * DH * DH + G * DH] fp32 (dR, db of
+// each batch tile); else nullptr and drhb [T, B, NH, G, DH] is written
 int frnn_backward(int T, int B, int NH, int reverse, const void* dh, const void* dsT, const void* gx,
                   const void* R, const float* states_in, const float* rhb, void* dgx, float* drhb,
-                  void* ds0, void* stream) {
-  BwdArgs a{T, B, NH, reverse, dh, dsT, gx, R, states_in, rhb, dgx, drhb, ds0};
+                  void* ds0, float* dw, void* stream) {
+  BwdArgs a{T, B, NH, reverse, dh, dsT, gx, R, states_in, rhb, dgx, drhb, ds0, dw};
   return launch(backward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, Cfg::bwd_smem(), B, NH,
                 static_cast<cudaStream_t>(stream), &a, "fused_block backward");
 }

@@ -4,7 +4,8 @@
 //   s0, sT [S, B, NH, DH] T_IN  h [T, B, NH, DH] T_IN
 //   states_in [T, S, B, NH, DH] fp32, rhb [T, B, NH, G, DH] fp32 (saved by the forward)
 //   backward: dh [T, B, NH, DH], dsT [S, B, NH, DH] -> dgx [T, B, NH, G, DH], ds0 [S, B, NH, DH],
-//             drhb [T, B, NH, G, DH] fp32 (dR and db are one GEMM / sum over it, outside)
+//             and dR, db per batch tile dw [NBT, NH, G*DH*DH + G*DH] fp32 (Config::DR, accumulated
+//             on chip: DrAcc), or else drhb [T, B, NH, G, DH] fp32 (dR, db one GEMM outside)
 //
 // Work split (both directions): the DH units of the head are cut into UG = DH / 16 groups of 16;
 // warp w owns unit group w % UG and NTW = (BATCH_TILE / 8) / (WARPS / UG) n-tiles (8 batch columns
@@ -14,6 +15,11 @@
 //             16 units), K = DH; lane (gq, t4) holds units gq, gq + 8 of columns 2 t4, 2 t4 + 1
 //   backward  rec[u, n] = sum_(g, o) R[g][o, u] drhb[g, o][n]   one m16 tile (the warp's units),
 //             K = G * DH; same lane layout, so ds[0] += rec needs no exchange either
+// With an even number of warps per unit group, a pair of warps ("row halves" rh = 0, 1) shares the
+// group: each runs the cell for 8 of its 16 units. The forward gives each half ceil(G / 2)
+// gate-pair tiles (rows 0-7 gate 2m, rows 8-15 gate 2m + 1 of its 8 units: the lane still holds all
+// gates of its unit); the backward splits K = (g, o) between the two and adds the other half's
+// partial sums of the lane's rows from shared memory behind a 64-thread pair barrier.
 // What crosses warps is the next step's right-hand side (h, or drhb), written to shared memory
 // (double-buffered: one __syncthreads per step). The per-step inputs (gx; in the backward also rhb,
 // states_in and dh) stream through a ring of NS shared-memory stages filled by cp.async NS - 1
@@ -39,6 +45,10 @@
 
 #ifndef FRNN_H_PIECES
 #define FRNN_H_PIECES 1
+#endif
+// 1: dR and db accumulated in the backward kernel where they fit (Config::DR); 0: never
+#ifndef FRNN_DR_KERNEL
+#define FRNN_DR_KERNEL 1
 #endif
 
 namespace flashrnn {
@@ -97,6 +107,29 @@ __device__ __forceinline__ void mma(float* d, const uint32_t* a, const uint32_t*
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// d += a b, m16n8k8 (a: 2 registers, b: 1), fp32 accumulate: the in-kernel dR (K = batch columns)
+__device__ __forceinline__ void mma_k8(float* d, const uint32_t* a, uint32_t b, __nv_bfloat16*) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(b));
+}
+__device__ __forceinline__ void mma_k8(float* d, const uint32_t* a, uint32_t b, __half*) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(b));
+}
+
+// two 8x8 16-bit matrices, transposed: lanes 0-15 give the row addresses (lane l: row l % 8 of
+// matrix l / 8); lane (gq, t4) gets {M[2 t4][gq], M[2 t4 + 1][gq]} of each
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t* r, uint32_t smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem));
+}
+
+// barrier of the 64 threads of a warp pair (ids 1..15; 0 is __syncthreads)
+__device__ __forceinline__ void pair_barrier(int id) { asm volatile("bar.sync %0, 64;\n" ::"r"(id) : "memory"); }
+
 // 16-byte global -> shared copy (shared-window address) that bypasses the registers (and L1)
 __device__ __forceinline__ void cp_async16(uint32_t smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem));
@@ -105,35 +138,42 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// One warp's share of a step's GEMM: acc[MT][NTW][4] = A_w[MT*16, KT*16] @ X[KT*16, its n-tiles].
+// One warp's share of a step's GEMM: acc[MT][NTW][4] = A_w[MT*16, K] @ X[K, its n-tiles] over the
+// warp's KT k-tiles kt0 .. kt0 + KT - 1 of the KTT in all (KT = KTT unless a warp pair splits K;
+// the second warp of an odd split has one k-tile less: kt0 + kt >= KTT is skipped).
 // A (the warp's rows of R or R^T) is loaded once as MT*KT m16k16 fragments: the first NREG in
 // registers, the rest in shared memory (per warp, fragment order, conflict-free). X sits in
 // shared memory as HP pieces [HP][BT][XK] (row = batch column, K contiguous, padded).
-template <typename Op, int MT, int KT, int NTW, int HP, int RREG, int WARPS>
+template <typename Op, int MT, int KT, int NTW, int HP, int RREG, int WARPS, int KTT = KT>
 struct WarpGemm {
   static constexpr int NFRAG = MT * KT;
   static constexpr int NREG = RREG < NFRAG ? RREG : NFRAG;
   static constexpr int NSMEM = NFRAG - NREG;
+  static constexpr bool GUARD = KTT % KT != 0;  // an odd split: the last k-tile may be past KTT
   // independent accumulator chains over k (more in flight when the warp has few output tiles)
   static constexpr int KS = MT * NTW >= 4 ? 1 : (KT >= 4 / (MT * NTW) ? 4 / (MT * NTW) : KT);
   __host__ __device__ static constexpr size_t smem_a_bytes() { return (size_t)WARPS * NSMEM * 4 * 32 * 4; }
 
   uint32_t areg[NREG > 0 ? NREG : 1][4];
+  int kt0;
 
-  // a(mt, r, k): element (row r of tile mt, column k) of the warp's A, as float; once, before the loop
+  // a(mt, r, k): element (row r of tile mt, column k of all K) of the warp's A, as float; once,
+  // before the loop; kt0_: the warp's first k-tile
   template <typename F>
-  __device__ void load(F a, uint32_t* a_smem, int warp, int lane) {
+  __device__ void load(F a, uint32_t* a_smem, int warp, int lane, int kt0_ = 0) {
+    kt0 = kt0_;
     const int gq = lane >> 2, t4 = lane & 3;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
       for (int kt = 0; kt < KT; ++kt) {
-        const int f = mt * KT + kt, k0 = kt * 16;
+        const int f = mt * KT + kt, k0 = (kt0 + kt) * 16;
+        const bool in = !GUARD || kt0 + kt < KTT;
         const int rows[8] = {gq, gq, gq + 8, gq + 8, gq, gq, gq + 8, gq + 8};
         const int cols[8] = {2 * t4, 2 * t4 + 1, 2 * t4, 2 * t4 + 1, 2 * t4 + 8, 2 * t4 + 9, 2 * t4 + 8, 2 * t4 + 9};
         Op pc[8];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) pc[e] = to_op(a(mt, rows[e], k0 + cols[e]), (Op*)nullptr);
+        for (int e = 0; e < 8; ++e) pc[e] = to_op(in ? a(mt, rows[e], k0 + cols[e]) : 0.0f, (Op*)nullptr);
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
           const uint32_t w = pack2(pc[2 * r], pc[2 * r + 1]);
@@ -160,12 +200,13 @@ struct WarpGemm {
           for (int r = 0; r < 4; ++r) part[s][mt][i][r] = 0.0f;
 #pragma unroll
     for (int kt = 0; kt < KT; ++kt) {
+      if (GUARD && kt0 + kt >= KTT) break;
       uint32_t bfr[HP][NTW][2];
 #pragma unroll
       for (int hp = 0; hp < HP; ++hp)
 #pragma unroll
         for (int i = 0; i < NTW; ++i) {
-          const int base = ((hp * BT + (nt0 + i) * 8 + gq) * XK + kt * 16) / 2 + t4;
+          const int base = ((hp * BT + (nt0 + i) * 8 + gq) * XK + (kt0 + kt) * 16) / 2 + t4;
           bfr[hp][i][0] = xw[base];
           bfr[hp][i][1] = xw[base + 4];
         }
@@ -215,7 +256,7 @@ template <> struct Precision<SlstmCell> {
 
 template <typename TIn, typename Cell, int DH, int WARPS, int BT, int RREG>
 struct Config {
-  static constexpr int G = Cell::G, S = Cell::S, THREADS = 32 * WARPS;
+  static constexpr int G = Cell::G, S = Cell::S, THREADS = 32 * WARPS, DH_ = DH, BT_ = BT, WARPS_ = WARPS;
   static constexpr int HP = Precision<Cell>::JUMPS ? 2 : FRNN_H_PIECES;
   using Math = typename Precision<Cell>::template MathFor<typename In<TIn>::Math>;
   // warps per unit group Q = RH x WN: RH = 2 row halves (both warps run the group's MMAs, each
@@ -228,9 +269,17 @@ struct Config {
   static_assert(WARPS % UG == 0 && Q > 0 && (Q == 1 || Q % 2 == 0) && NT % WN == 0,
                 "WARPS = DH / 16 x (1, or 2 x a divisor of BATCH_TILE / 8)");
   using Op = typename In<TIn>::Op;
-  // rows: G tiles of the warp's units; a row-half pair keeps the same tiles (R_REG_TILES each half)
-  using Fwd = WarpGemm<Op, G, KT, NTW, HP, RREG * RH, WARPS>;
-  using Bwd = WarpGemm<Op, 1, G * KT, NTW, HP, RREG * RH, WARPS>;  // rows: the warp's units; K = (g, o)
+  // forward rows: one warp (RH = 1) takes G tiles, tile g = gate g of its 16 units; a row half
+  // (RH = 2) takes FMT = ceil(G / 2) gate-pair tiles of its 8 units: rows 0-7 gate 2m, rows 8-15
+  // gate 2m + 1 (zero past G), so lane (gq, t4) holds every gate of unit gq: no MMA is duplicated
+  static constexpr int FMT = RH == 2 ? (G + 1) / 2 : G;
+  using Fwd = WarpGemm<Op, FMT, KT, NTW, HP, RREG * RH, WARPS>;
+  // backward rows: the warp's 16 units (one m16 tile), K = (g, o): a row-half pair splits K
+  // (KSPLIT = 2: each warp half of the k-tiles, then the two exchange the other half's rows
+  // through shared memory behind a pair barrier); with more than 15 pairs (barrier ids) both run all
+  static constexpr int KSPLIT = RH == 2 && WARPS / 2 <= 15 ? 2 : 1;
+  static constexpr int BKT = (G * KT + KSPLIT - 1) / KSPLIT;
+  using Bwd = WarpGemm<Op, 1, BKT, NTW, HP, RREG * RH, WARPS, G * KT>;
   // element e of lane (gq, t4) of warp (ug, rh, wn): n-tile wn * NTW + i, unit ug * 16 + gq + 8 j,
   // batch column 2 t4 + c of that n-tile
   // (jj: the index among the lane's JN units, compile-time once e is; j itself may be the warp's rh)
@@ -245,6 +294,30 @@ struct Config {
     if (RH == 1) return a[2 * el.jj + el.c];
     return el.j ? a[2 + el.c] : a[el.c];
   }
+  // gate g of the element in the forward accumulators (tile g, or gate-pair tile g / 2)
+  __device__ static float gate(const float (&acc)[FMT][NTW][4], int g, Elem el) {
+    if (RH == 1) return acc[g][el.i][2 * el.jj + el.c];
+    return acc[g / 2][el.i][2 * (g % 2) + el.c];
+  }
+  // forward A: element (row r of tile mt, column k) of R for the warp of unit group ug, half rh
+  template <typename RAt>
+  __device__ static float fwd_a(RAt R, int ug, int rh, int mt, int r, int k) {
+    if (RH == 1) return R(mt, ug * 16 + r, k);
+    const int g = 2 * mt + r / 8;
+    return g < G ? R(g, ug * 16 + 8 * rh + r % 8, k) : 0.0f;
+  }
+  // In-kernel dR and db (DR): dR[(g, o), u] += drhb[(g, o)][n] h_in[u][n] per step on the tensor
+  // cores (m16n8k8, K = the batch tile; drhb as the MMA's input-dtype pieces, h rounded to the
+  // input dtype), the M = G * DH rows spread over the warps (m-tile w + WARPS m), each all DH / 8
+  // n-tiles; db in fp32 from the cell's drhb. Kept when a rough count of the backward's long-lived
+  // registers (dR accumulators, a step's per-element inputs, R fragments) stays <= 160 of the 255
+  // (ptxas: no spills for the planner's tilings), else drhb goes out and one GEMM outside makes dR, db.
+  static constexpr int DR_MT = G * DH / 16, DR_MPW = (DR_MT + WARPS - 1) / WARPS, DR_NT = DH / 8;
+  static constexpr int DR_REGS = DR_MPW * DR_NT * 4 + E * (2 * G + 2 * S + 2) + Bwd::NREG * 4;
+  static constexpr bool DR = FRNN_DR_KERNEL != 0 && DR_REGS <= 160;
+  // h_in of a step for the dR MMA: [DH][HBW words] (row = unit, batch columns in pairs; HBW % 8 = 4:
+  // the B fragments are conflict-free)
+  static constexpr int HBW = BT / 2 + (12 - (BT / 2) % 8) % 8;
   // shared-memory rows (Op elements unless said), padded by 16 bytes: conflict-free fragments
   static constexpr int XF = DH + 8;        // forward X (h) row
   static constexpr int XB = G * DH + 8;    // backward X (drhb) row
@@ -270,7 +343,13 @@ struct Config {
   static constexpr size_t B_STAGE = B_DH + align16((size_t)BT * DHR * 2);
   static constexpr int B_NS = stages(B_STAGE);
   static constexpr size_t B_A = align16(Bwd::smem_a_bytes()), B_X = align16((size_t)2 * HP * BT * XB * 2);
-  __host__ __device__ static constexpr size_t bwd_smem() { return B_A + B_X + B_NS * B_STAGE; }
+  // after the ring: the K-split exchange [WARPS][NTW][32] float2 | h_in [2][DH][HBW] words (DR) |
+  // db partials [WN][G * DH] floats (DR)
+  static constexpr size_t B_XCH = KSPLIT == 2 ? align16((size_t)WARPS * NTW * 32 * 8) : 0;
+  static constexpr size_t B_HB = DR ? align16((size_t)2 * DH * HBW * 4) : 0;
+  static constexpr size_t B_DB = DR ? align16((size_t)WN * G * DH * 4) : 0;
+  static constexpr size_t B_TAIL = B_A + B_X + B_NS * B_STAGE;
+  __host__ __device__ static constexpr size_t bwd_smem() { return B_TAIL + B_XCH + B_HB + B_DB; }
 };
 
 struct FwdArgs {
@@ -284,6 +363,7 @@ struct BwdArgs {
   const void* dh; const void* dsT; const void* gx; const void* R;
   const float* states_in; const float* rhb;
   void* dgx; float* drhb; void* ds0;
+  float* dw;  // DR: per batch tile [NBT][NH][G * DH * DH (dR) + G * DH (db)]; else drhb is written
 };
 
 // One thread's share of streaming a tile of ROWS rows x ROW_CHUNKS 16-byte chunks into a ring
@@ -309,6 +389,87 @@ struct RowCopy {
 #pragma unroll
     for (int k = 0; k < CH; ++k)
       if (src[k] != nullptr) cp_async16(dst[k] + stage_off, src[k] + t_off);
+  }
+};
+
+// The backward block's share of dR and db (Config::DR): warp w accumulates the m-tiles w, w + WARPS,
+// ... of dR [(g, o)][u] (all DH / 8 n-tiles) on the tensor cores, one step at a time:
+//   dR[(g, o)][u] += sum_n drhb[(g, o)][n] h_in[u][n]   (m16n8k8, K = 8 batch columns)
+// A = drhb as the step's MMA pieces in shared memory [HP][BT][XB] (transposed by ldmatrix), B = h_in
+// rounded to the input dtype [DH][HBW words]; db[(g, o)] as fp32 sums of the lane's own elements.
+template <typename C>
+struct DrAcc {
+  using Op = typename C::Op;
+  static constexpr int MPW = C::DR ? C::DR_MPW : 1, NT = C::DR ? C::DR_NT : 1, G = C::G, DH = C::DH_, BT = C::BT_;
+  float acc[MPW][NT][4];
+  float db[C::JN][G];
+
+  __device__ void zero() {
+#pragma unroll
+    for (int mt = 0; mt < MPW; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0.0f;
+#pragma unroll
+    for (int jj = 0; jj < C::JN; ++jj)
+#pragma unroll
+      for (int g = 0; g < G; ++g) db[jj][g] = 0.0f;
+  }
+
+  // xsb: drhb pieces of one step [HP][BT][XB] (shared); hb: its h_in [DH][HBW] words (shared)
+  __device__ void step(const Op* xsb, const uint32_t* hb, int warp, int lane) {
+    const int gq = lane >> 2, t4 = lane & 3, l16 = lane & 15;
+    const uint32_t xs_s = (uint32_t)__cvta_generic_to_shared(xsb);
+#pragma unroll
+    for (int ks = 0; ks < BT / 8; ++ks) {
+      uint32_t bf[NT];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) bf[nt] = hb[(nt * 8 + gq) * C::HBW + ks * 4 + t4];
+#pragma unroll
+      for (int mt = 0; mt < MPW; ++mt) {
+        const int m = warp + mt * C::WARPS_;
+        if (C::DR_MT % C::WARPS_ != 0 && m >= C::DR_MT) break;
+#pragma unroll
+        for (int hp = 0; hp < C::HP; ++hp) {
+          uint32_t a[2];
+          ldmatrix_x2_trans(a, xs_s + (uint32_t)(((hp * BT + ks * 8 + (l16 & 7)) * C::XB + m * 16 + 8 * (l16 >> 3)) * 2));
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) mma_k8(acc[mt][nt], a, bf[nt], (Op*)nullptr);
+        }
+      }
+    }
+  }
+
+  // the block's partials: dw [G * DH][DH] (dR) then [G * DH] (db); dbs: [WN][G * DH] floats (shared)
+  __device__ void store(float* dw, float* dbs, int warp, int lane, int ug, int rh, int wn, int tid) {
+    const int gq = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int mt = 0; mt < MPW; ++mt) {
+      const int m = warp + mt * C::WARPS_;
+      if (C::DR_MT % C::WARPS_ != 0 && m >= C::DR_MT) break;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        float* row = dw + (size_t)(m * 16 + gq) * DH + nt * 8 + 2 * t4;
+        *reinterpret_cast<float2*>(row) = make_float2(acc[mt][nt][0], acc[mt][nt][1]);
+        *reinterpret_cast<float2*>(row + 8 * DH) = make_float2(acc[mt][nt][2], acc[mt][nt][3]);
+      }
+    }
+#pragma unroll
+    for (int jj = 0; jj < C::JN; ++jj)
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        float v = db[jj][g];
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        v += __shfl_xor_sync(0xffffffffu, v, 2);
+        if (t4 == 0) dbs[wn * G * DH + g * DH + ug * 16 + gq + 8 * (C::RH == 2 ? rh : jj)] = v;
+      }
+    __syncthreads();
+    for (int k = tid; k < G * DH; k += C::THREADS) {
+      float v = 0.0f;
+      for (int w = 0; w < C::WN; ++w) v += dbs[w * G * DH + k];
+      dw[(size_t)G * DH * DH + k] = v;
+    }
   }
 };
 
@@ -346,8 +507,9 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #pragma unroll 1
   for (int s = 0; s < NS - 1; ++s) prefetch(s);
 
-  Gm gemm;  // tile mt = gate mt, rows = the warp's 16 units
-  gemm.load([&](int mt, int r, int k) { return In<TIn>::load(R[(mt * DH + ug * 16 + r) * DH + k]); }, a_smem, warp, lane);
+  Gm gemm;  // C::fwd_a: tile mt = gate mt of the warp's 16 units, or gate pair mt of its 8
+  auto r_at = [&](int g, int u, int k) { return In<TIn>::load(R[(g * DH + u) * DH + k]); };
+  gemm.load([&](int mt, int r, int k) { return C::fwd_a(r_at, ug, rh, mt, r, k); }, a_smem, warp, lane);
   for (int i = tid; i < 2 * HP * BT * XF; i += C::THREADS) xs[i] = to_op(0.0f, (Op*)nullptr);
   __syncthreads();
 
@@ -365,6 +527,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
     const int i = el.i, j = el.j, n = (nt0 + i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * j;
     sidx[e] = n < nb ? ((bt0 + n) * NH + nh) * DH + u : -1;
     gidx[e] = ((bt0 + n) * NH + nh) * G * DH + u;
+#pragma unroll
+    for (int s = 0; s < S; ++s) st[e][s] = 0.0f;  // a column past the batch computes on zeros
     if (sidx[e] >= 0) {
       const TIn* s0 = static_cast<const TIn*>(p.s0);
 #pragma unroll
@@ -393,7 +557,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #pragma unroll
       for (int g = 0; g < G; ++g) gxe[e][g] = In<TIn>::load(gxs[n * GXR + g * DH + u]);
     }
-    float acc[G][NTW][4];
+    float acc[C::FMT][NTW][4];
     gemm.template run<BT, XF>(a_smem, xs + cur * HP * BT * XF, nt0, warp, lane, acc);
     Op* xn = xs + (cur ^ 1) * HP * BT * XF;
     TIn* ht = hout + (size_t)t * BND;
@@ -402,15 +566,17 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       const auto el = C::elem(e, rh);
-      const int i = el.i, j = el.j, n = (nt0 + i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * j;
-      if (sidx[e] < 0) continue;
+      const int n = (nt0 + el.i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * el.j;
+      // branch-free: a column past the batch runs the cell too (its results are never stored), so
+      // the lane's cells share one basic block and their latency chains overlap
+      const bool ok = sidx[e] >= 0;
       float gxv[G], rhb[G], sn[S];
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         gxv[g] = gxe[e][g];
-        rhb[g] = C::pick(acc[g][i], el) + bb[el.jj][g];
+        rhb[g] = C::gate(acc, g, el) + bb[el.jj][g];
       }
-      if (p.states_in != nullptr) {
+      if (ok && p.states_in != nullptr) {
 #pragma unroll
         for (int s = 0; s < S; ++s) sit[s * BND + sidx[e]] = st[e][s];
 #pragma unroll
@@ -419,11 +585,13 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
       Cell::template forward<M>(gxv, rhb, st[e], sn);
 #pragma unroll
       for (int s = 0; s < S; ++s) st[e][s] = sn[s];
-      ht[sidx[e]] = In<TIn>::store(sn[0]);
       Op pc[HP];
       split<Op, HP>(sn[0], pc);
+      if (ok) {
+        ht[sidx[e]] = In<TIn>::store(sn[0]);
 #pragma unroll
-      for (int hp = 0; hp < HP; ++hp) xn[(hp * BT + n) * XF + u] = pc[hp];
+        for (int hp = 0; hp < HP; ++hp) xn[(hp * BT + n) * XF + u] = pc[hp];
+      }
     }
     cp_async_wait<NS - 2>();  // this thread's copies of step + 1 landed; the barrier shows them to all
     __syncthreads();
@@ -489,9 +657,39 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
 #pragma unroll 1
   for (int s = 0; s < NS - 1; ++s) prefetch(s);
 
-  Gm gemm;  // A[r][(g, o)] = R[g][o][ug*16 + r]
-  gemm.load([&](int, int r, int k) { return In<TIn>::load(R[k * DH + ug * 16 + r]); }, a_smem, warp, lane);
+  Gm gemm;  // A[r][(g, o)] = R[g][o][ug*16 + r]; a K-split pair: the first or the second half of K
+  gemm.load([&](int, int r, int k) { return In<TIn>::load(R[k * DH + ug * 16 + r]); }, a_smem, warp, lane,
+            C::KSPLIT == 2 ? rh * C::BKT : 0);
   for (int i = tid; i < 2 * HP * BT * XB; i += C::THREADS) xs[i] = to_op(0.0f, (Op*)nullptr);
+  // in-kernel dR / db (C::DR): h_in of each step as MMA operand, double-buffered [2][DH][HBW]
+  // words, zero before the first step (its dR MMAs add zeros). Compile-time, not p.dw != nullptr:
+  // a runtime test would put the dR MMAs in a block of their own, away from the cells
+  constexpr bool dr_on = C::DR;
+  uint32_t* hb = reinterpret_cast<uint32_t*>(smem + C::B_TAIL + C::B_XCH);
+  if (C::DR)
+    for (int i = tid; i < 2 * DH * C::HBW; i += C::THREADS) hb[i] = 0u;
+  DrAcc<C> dr;
+  if (C::DR) dr.zero();
+  // R^T drhb of one step's X into acc; a K-split pair adds the partner's half of the lane's rows
+  // (after the exchange both halves of acc hold the sums, so C::pick needs no change)
+  float2* xch = reinterpret_cast<float2*>(smem + C::B_TAIL);  // [WARPS][NTW][32]
+  const int wn = warp / C::UG / C::RH, partner = warp + (rh ? -C::UG : C::UG);
+  auto rec = [&](const Op* xsb, float (&acc)[1][NTW][4]) {
+    gemm.template run<BT, XB>(a_smem, xsb, nt0, warp, lane, acc);
+    if (C::KSPLIT == 2) {
+#pragma unroll
+      for (int i = 0; i < NTW; ++i)
+        xch[(warp * NTW + i) * 32 + lane] = rh ? make_float2(acc[0][i][0], acc[0][i][1]) : make_float2(acc[0][i][2], acc[0][i][3]);
+      pair_barrier(1 + ug + C::UG * wn);
+#pragma unroll
+      for (int i = 0; i < NTW; ++i) {
+        const float2 v = xch[(partner * NTW + i) * 32 + lane];
+        const float k0 = (rh ? acc[0][i][2] : acc[0][i][0]) + v.x, k1 = (rh ? acc[0][i][3] : acc[0][i][1]) + v.y;
+        acc[0][i][0] = acc[0][i][2] = k0;
+        acc[0][i][1] = acc[0][i][3] = k1;
+      }
+    }
+  };
 
   float ds[E][S];
   int sidx[E], gidx[E];  // offsets in a [B, NH, DH] and a [B, NH, G, DH] slice (sidx -1: past the batch)
@@ -501,6 +699,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     const int i = el.i, j = el.j, n = (nt0 + i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * j;
     sidx[e] = n < nb ? ((bt0 + n) * NH + nh) * DH + u : -1;
     gidx[e] = ((bt0 + n) * NH + nh) * G * DH + u;
+#pragma unroll
+    for (int s = 0; s < S; ++s) ds[e][s] = 0.0f;  // a column past the batch computes on zeros
     if (sidx[e] >= 0) {
       const TIn* dsT = static_cast<const TIn*>(p.dsT);
 #pragma unroll
@@ -535,30 +735,44 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
 #pragma unroll
       for (int s = 0; s < S; ++s) sv[e][s] = sts[(s * BT + n) * C::STR + u];
       dhv[e] = In<TIn>::load(dhs[n * C::DHR + u]);
+      if (C::DR && el.c == 1) {  // h_in of the element pair e - 1, e (columns n - 1, n; 0 past the batch)
+        const int e0 = e > 0 ? e - 1 : 0;
+        const float h0 = sidx[e0] >= 0 ? sv[e0][0] : 0.0f, h1 = sidx[e] >= 0 ? sv[e][0] : 0.0f;
+        hb[(cur * DH + u) * C::HBW + (n - 1) / 2] = pack2(to_op(h0, (Op*)nullptr), to_op(h1, (Op*)nullptr));
+      }
     }
     float acc[1][NTW][4];  // R^T drhb of the step before (zero at the first)
-    gemm.template run<BT, XB>(a_smem, xs + cur * HP * BT * XB, nt0, warp, lane, acc);
+    rec(xs + cur * HP * BT * XB, acc);
+    // dR of the step before (its drhb is this step's X, its h_in in the other hb buffer; zeros at
+    // the first step): no branch, so its MMAs share a basic block with the cells below and ptxas
+    // interleaves them with the cells' latency chains
+    if (dr_on) dr.step(xs + cur * HP * BT * XB, hb + (cur ^ 1) * DH * C::HBW, warp, lane);
     Op* xn = xs + (cur ^ 1) * HP * BT * XB;
     TIn* dgt = dgx + (size_t)t * G * BND;
-    float* drt = p.drhb + (size_t)t * G * BND;
+    float* drt = dr_on ? nullptr : p.drhb + (size_t)t * G * BND;
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       const auto el = C::elem(e, rh);
-      const int i = el.i, j = el.j, n = (nt0 + i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * j;
-      if (sidx[e] < 0) continue;
+      const int n = (nt0 + el.i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * el.j;
+      // branch-free as in the forward: a column past the batch computes on what its ring slots
+      // hold and stores nothing (its drhb stays zero in xs, its db share is zero)
+      const bool ok = sidx[e] >= 0;
       float dsn[S], dgv[G], drv[G], dsi[S];
 #pragma unroll
       for (int s = 0; s < S; ++s) dsn[s] = ds[e][s];
-      dsn[0] += C::pick(acc[0][i], el) + dhv[e];
+      dsn[0] += C::pick(acc[0][el.i], el) + dhv[e];
       Cell::template backward<M>(gxv[e], rhv[e], sv[e], dsn, dgv, drv, dsi);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
-        dgt[gidx[e] + g * DH] = In<TIn>::store(dgv[g]);
-        drt[gidx[e] + g * DH] = drv[g];
+        if (C::DR) dr.db[el.jj][g] += ok ? drv[g] : 0.0f;
         Op pc[HP];
         split<Op, HP>(drv[g], pc);
+        if (ok) {
+          dgt[gidx[e] + g * DH] = In<TIn>::store(dgv[g]);
+          if (!dr_on) drt[gidx[e] + g * DH] = drv[g];
 #pragma unroll
-        for (int hp = 0; hp < HP; ++hp) xn[(hp * BT + n) * XB + g * DH + u] = pc[hp];
+          for (int hp = 0; hp < HP; ++hp) xn[(hp * BT + n) * XB + g * DH + u] = pc[hp];
+        }
       }
 #pragma unroll
       for (int s = 0; s < S; ++s) ds[e][s] = dsi[s];
@@ -567,9 +781,14 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     __syncthreads();
   }
   cp_async_wait<0>();
+  if (dr_on) {  // the last step's dR, then the block's partials
+    if (T > 0) dr.step(xs + (T & 1) * HP * BT * XB, hb + ((T - 1) & 1) * DH * C::HBW, warp, lane);
+    dr.store(p.dw + ((size_t)blockIdx.x * NH + nh) * (G * DH * DH + G * DH),
+             reinterpret_cast<float*>(smem + C::B_TAIL + C::B_XCH + C::B_HB), warp, lane, ug, rh, wn, tid);
+  }
   // ds0 = ds + R^T drhb of the last step
   float acc[1][NTW][4];
-  gemm.template run<BT, XB>(a_smem, xs + (T & 1) * HP * BT * XB, nt0, warp, lane, acc);
+  rec(xs + (T & 1) * HP * BT * XB, acc);
   TIn* ds0 = static_cast<TIn*>(p.ds0);
 #pragma unroll
   for (int e = 0; e < E; ++e) {

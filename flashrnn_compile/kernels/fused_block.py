@@ -7,8 +7,10 @@
 params are the planner's fused_block variables {WARPS, BATCH_TILE, R_REG_TILES} (empty: ask the
 planner for this device). Each configuration (cell, dtype, DH, WARPS, BATCH_TILE, R_REG_TILES) is
 its own small CUDA library (csrc/fused/fused_block.cu built with -D defines by
-`build.ensure_variant`, cached), called through ctypes on the current stream. dR and db are one
-GEMM / sum over the d(rhb) the backward kernel writes (float32; float64 for float32 inputs).
+`build.ensure_variant`, cached), called through ctypes on the current stream. dR and db: the
+backward kernel accumulates them per batch tile on the tensor cores where its accumulators fit
+(`dr_in_kernel`; the tiles' partials are summed here), else it writes d(rhb) and one float32 GEMM
+here makes them (`_weight_grads`).
 
 bfloat16 and float16 only (float32 raises: see TAKES). A configuration the kernel cannot take (DH not
 a multiple of 16, warps that do not divide the row tiles, ...) raises ValueError naming the parameter; one whose shared memory exceeds the device's
@@ -43,9 +45,19 @@ _BUILD_FAILURE: Dict[str, str] = {}
 _WARNED: set = set()
 
 
+_UNAVAILABLE: Dict[torch.device, Optional[str]] = {}
+
+
 def unavailable(device: torch.device) -> Optional[str]:
-    """None when the kernels can run on `device`, else why not."""
+    """None when the kernels can run on `device`, else why not (cached per device: the runtime
+    asks on every call)."""
     device = torch.device(device)
+    if device not in _UNAVAILABLE:
+        _UNAVAILABLE[device] = _unavailable_uncached(device)
+    return _UNAVAILABLE[device]
+
+
+def _unavailable_uncached(device: torch.device) -> Optional[str]:
     if device.type != "cuda":
         return f"the fused_block kernels need a CUDA device, got {device.type!r}"
     if torch.version.cuda is None or not torch.cuda.is_available():
@@ -95,18 +107,30 @@ def library(defs: Dict[str, object]) -> ctypes.CDLL:
         p, i = ctypes.c_void_p, ctypes.c_int
         lib.frnn_forward.argtypes = [i, i, i, i] + [p] * 9
         lib.frnn_forward.restype = i
-        lib.frnn_backward.argtypes = [i, i, i, i] + [p] * 10
+        lib.frnn_backward.argtypes = [i, i, i, i] + [p] * 11
         lib.frnn_backward.restype = i
         lib.frnn_config.argtypes = [p]
         lib.frnn_error.restype = ctypes.c_char_p
+        lib.frnn_dr_in_kernel.restype = i
         _LIBS[key] = lib
     return lib
 
 
-def smem_bytes(lib: ctypes.CDLL) -> Tuple[int, int]:
+def config(lib: ctypes.CDLL) -> Tuple[int, ...]:
+    """(G, S, DH, WARPS, BATCH_TILE, R_REG_TILES, dtype code, forward smem, backward smem) of a library."""
     out = (ctypes.c_int * 9)()
     lib.frnn_config(out)
-    return out[7], out[8]
+    return tuple(out)
+
+
+def smem_bytes(lib: ctypes.CDLL) -> Tuple[int, int]:
+    c = config(lib)
+    return c[7], c[8]
+
+
+def dr_in_kernel(lib: ctypes.CDLL) -> bool:
+    """Whether the library's backward kernel accumulates dR and db itself (per batch tile)."""
+    return bool(lib.frnn_dr_in_kernel())
 
 
 def _params(cell: str, gx: Tensor, params) -> Dict[str, object]:
@@ -131,7 +155,7 @@ _RESOLVED: Dict[tuple, tuple] = {}
 
 
 def _resolve(cell: str, gx: Tensor, params):
-    """(library, None) or (None, reason to use the alternating family); cached per configuration
+    """(Kernel, None) or (None, reason to use the alternating family); cached per configuration
     and device (the per-call cost counts: a forward of 1024 steps takes ~0.5 ms)."""
     key = (cell, gx.dtype, gx.shape[4], gx.device.index, tuple(sorted(params.items())) if params else
            tuple(gx.shape[1:3]))
@@ -148,7 +172,14 @@ def _resolve_uncached(cell: str, gx: Tensor, params):
     have = torch.cuda.get_device_properties(gx.device).shared_memory_per_block_optin
     if need > have:
         return None, f"configuration {defs} needs {need} B of shared memory per block, the device has {have}"
-    return lib, None
+    return Kernel(lib, config(lib)[4], dr_in_kernel(lib)), None
+
+
+class Kernel:
+    """A loaded configuration and what the Python side needs of it per call."""
+
+    def __init__(self, lib: ctypes.CDLL, batch_tile: int, dr_in_kernel: bool):
+        self.lib, self.batch_tile, self.dr_in_kernel = lib, batch_tile, dr_in_kernel
 
 
 INT_MAX = 2**31 - 1
@@ -177,8 +208,21 @@ def _ptr(t: Optional[Tensor]):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
-def _stream(device) -> ctypes.c_void_p:
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # int handle, no Stream object
+
+
+def _stream(device: torch.device) -> ctypes.c_void_p:
+    """The current CUDA stream of `device` as a handle for the kernels' launch."""
+    if _RAW_STREAM is not None:
+        return ctypes.c_void_p(_RAW_STREAM(device.index if device.index is not None else torch.cuda.current_device()))
     return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
+
+
+def _on(device: torch.device):
+    """Context making `device` current for the launch (a no-op context when it already is)."""
+    if device.index is None or device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
 
 
 def forward(gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, cell: str, reverse: bool, params,
@@ -186,8 +230,8 @@ def forward(gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, cell: str, reverse: bo
     if gx.dtype == torch.float64:
         _fallback("the reference", "no float64 path")
         return reference.forward(gx, R, b, s0, cell, reverse, save)
-    lib, reason = _resolve(cell, gx, params)
-    if lib is None:
+    kern, reason = _resolve(cell, gx, params)
+    if kern is None:
         from . import alternating
 
         _fallback("the alternating kernels", reason)
@@ -205,11 +249,11 @@ def forward(gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, cell: str, reverse: bo
     _poison(h, sT, states_in, rhb)
     if B == 0 or NH == 0:
         return h, sT, states_in, rhb
-    with torch.cuda.device(gx.device):
-        rc = lib.frnn_forward(T, B, NH, int(reverse), _ptr(gx), _ptr(R), _ptr(b), _ptr(s0), _ptr(h), _ptr(sT),
-                              _ptr(states_in) if save else None, _ptr(rhb) if save else None, _stream(gx.device))
+    with _on(gx.device):
+        rc = kern.lib.frnn_forward(T, B, NH, int(reverse), _ptr(gx), _ptr(R), _ptr(b), _ptr(s0), _ptr(h), _ptr(sT),
+                                   _ptr(states_in) if save else None, _ptr(rhb) if save else None, _stream(gx.device))
     if rc != 0:
-        raise RuntimeError(f"flashrnn fused_block forward ({cell}): {lib.frnn_error().decode()}")
+        raise RuntimeError(f"flashrnn fused_block forward ({cell}): {kern.lib.frnn_error().decode()}")
     return h, sT, states_in, rhb
 
 
@@ -218,8 +262,8 @@ def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, 
     if gx.dtype == torch.float64:
         _fallback("the reference", "no float64 path")
         return reference.backward(dh, dsT, gx, R, states_in, rhb, cell, reverse)
-    lib, reason = _resolve(cell, gx, params)
-    if lib is None:
+    kern, reason = _resolve(cell, gx, params)
+    if kern is None:
         from . import alternating
 
         _fallback("the alternating kernels", reason)
@@ -233,20 +277,37 @@ def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, 
     dh, gx = (_aligned(t.to(gx.dtype)) for t in (dh, gx))
     dsT, R = (t.to(gx.dtype).contiguous() for t in (dsT, R))
     states_in, rhb = _aligned(states_in.float()), _aligned(rhb.float())
+    f32 = dict(dtype=torch.float32, device=gx.device)
     dgx = torch.empty(T, B, NH, G, DH, dtype=gx.dtype, device=gx.device)  # [T, B, NH, G, DH]
-    drhb = torch.empty(T, B, NH, G, DH, dtype=torch.float32, device=gx.device)  # [T, B, NH, G, DH]
     ds0 = torch.empty(S, B, NH, DH, dtype=gx.dtype, device=gx.device)  # [S, B, NH, DH]
-    _poison(dgx, drhb, ds0)
+    if kern.dr_in_kernel:  # dR | db per batch tile: [NBT, NH, G*DH*DH + G*DH]
+        nbt = -(-B // kern.batch_tile)
+        dw, drhb = torch.empty(nbt, NH, G * DH * DH + G * DH, **f32), None
+        _poison(dgx, dw, ds0)
+    else:
+        dw, drhb = None, torch.empty(T, B, NH, G, DH, **f32)  # [T, B, NH, G, DH]
+        _poison(dgx, drhb, ds0)
     if B > 0 and NH > 0:
-        with torch.cuda.device(gx.device):
-            rc = lib.frnn_backward(T, B, NH, int(reverse), _ptr(dh), _ptr(dsT), _ptr(gx), _ptr(R), _ptr(states_in),
-                                   _ptr(rhb), _ptr(dgx), _ptr(drhb), _ptr(ds0), _stream(gx.device))
+        with _on(gx.device):
+            rc = kern.lib.frnn_backward(T, B, NH, int(reverse), _ptr(dh), _ptr(dsT), _ptr(gx), _ptr(R),
+                                        _ptr(states_in), _ptr(rhb), _ptr(dgx), _ptr(drhb), _ptr(ds0), _ptr(dw),
+                                        _stream(gx.device))
         if rc != 0:
-            raise RuntimeError(f"flashrnn fused_block backward ({cell}): {lib.frnn_error().decode()}")
-    if T == 0:
+            raise RuntimeError(f"flashrnn fused_block backward ({cell}): {kern.lib.frnn_error().decode()}")
+    if T == 0 or B == 0:
         return dgx, torch.zeros_like(R), torch.zeros(NH, G, DH, dtype=R.dtype, device=R.device), ds0
-    dR, db = _weight_grads(drhb, states_in, tf32=gx.dtype == torch.bfloat16)
+    if dw is not None:
+        dR, db = _tile_sums(dw, NH, G, DH)
+    else:
+        dR, db = _weight_grads(drhb, states_in, tf32=gx.dtype == torch.bfloat16)
     return dgx, dR.to(R.dtype), db.to(R.dtype), ds0
+
+
+def _tile_sums(dw: Tensor, NH: int, G: int, DH: int) -> Tuple[Tensor, Tensor]:
+    """dR [NH, G, DH, DH] and db [NH, G, DH] from the backward kernel's per-batch-tile partials
+    dw [NBT, NH, G*DH*DH + G*DH] (summed in a fixed order: deterministic)."""
+    w = dw[0] if dw.shape[0] == 1 else dw.sum(0)  # [NH, G*DH*DH + G*DH]
+    return w[:, : G * DH * DH].reshape(NH, G, DH, DH), w[:, G * DH * DH:].reshape(NH, G, DH)
 
 
 def _weight_grads(drhb: Tensor, states_in: Tensor, tf32: bool) -> Tuple[Tensor, Tensor]:
