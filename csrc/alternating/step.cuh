@@ -159,6 +159,20 @@ __device__ __forceinline__ void butterfly(A* acc, int lane, int& base, bool& wri
   }
 }
 
+// The warp's V sums over its lanes (the butterfly: halve the values while their count is even,
+// else sum all of them) into part[w * V + v], each written once; then a block barrier.
+template <int V, typename A>
+__device__ __forceinline__ void store_warp_sums(A* acc, int lane, int w, A* part) {
+  int base = 0;
+  bool writer = true;
+  butterfly<V, 0>(acc, lane, base, writer);
+  if (writer) {
+#pragma unroll
+    for (int i = 0; i < kept(V, 0); ++i) part[w * V + base + i] = acc[i];
+  }
+  __syncthreads();
+}
+
 // Compute-on-chunk: acc[r * BT + b] += sum over k < n of ws[r * ld + k] * xs[b * ld + k].
 template <typename T, int RW, int BT, typename A>
 __device__ __forceinline__ void accumulate(A* acc, const T* ws, const float* xs, int ld, int n, int lane) {
@@ -176,6 +190,18 @@ __device__ __forceinline__ void accumulate(A* acc, const T* ws, const float* xs,
   }
 }
 
+// The calling warp's lane, index w, the block's warp count KW, and the warp's share [kb, ke) (at
+// most span elements) of a K range split over the block's warps.
+struct WarpSlice {
+  int lane, w, KW, span, kb, ke;
+};
+__device__ __forceinline__ WarpSlice warp_slice(int K) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, KW = blockDim.x >> 5;
+  const int span = warp_span(K, KW);
+  const int kb = min(K, w * span);
+  return {lane, w, KW, span, kb, min(K, kb + span)};
+}
+
 // Sums of the block: part[w * V + v] for warp w, v = r * BT + b (each v written once per warp).
 // W(r): pointer to row r of W (K elements); X(b): pointer to row b of X (K floats).
 // vec: 16-byte copies are allowed (K, both row strides and base pointers 16-byte aligned);
@@ -186,9 +212,8 @@ __device__ __forceinline__ void block_matvec(WRow W, XRow X, int K, bool vec, bo
                                              typename Accum<T>::type* part) {
   using A = typename Accum<T>::type;
   constexpr int V = RW * BT;
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, KW = blockDim.x >> 5;
-  const int span = warp_span(K, KW);  // this warp's K range: [kb, ke)
-  const int kb = min(K, w * span), ke = min(K, kb + span);
+  const WarpSlice sl = warp_slice(K);  // this warp's K range: [kb, ke)
+  const int lane = sl.lane, w = sl.w, span = sl.span, kb = sl.kb, ke = sl.ke;
   A acc[V];
 #pragma unroll
   for (int v = 0; v < V; ++v) acc[v] = 0;
@@ -237,15 +262,7 @@ __device__ __forceinline__ void block_matvec(WRow W, XRow X, int K, bool vec, bo
       __syncwarp();  // stage c % NST is refilled by the next iteration (chunk c + NST)
     }
   }
-  // butterfly over the lanes: halve the values while their count is even, else sum all of them
-  int base = 0;
-  bool writer = true;
-  butterfly<V, 0>(acc, lane, base, writer);
-  if (writer) {
-#pragma unroll
-    for (int i = 0; i < kept(V, 0); ++i) part[w * V + base + i] = acc[i];
-  }
-  __syncthreads();
+  store_warp_sums<V>(acc, lane, w, part);
 }
 
 // The total of v over the block's warps (after block_matvec).
@@ -422,9 +439,8 @@ __device__ __forceinline__ void block_matvec_wide(WRow W, XRow X, int K, bool ve
                                                   typename Accum<T>::type* part) {
   using A = typename Accum<T>::type;
   constexpr int V = RW * BT;
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, KW = blockDim.x >> 5;
-  const int span = warp_span(K, KW);  // this warp's K range: [kb, ke)
-  const int kb = min(K, w * span), ke = min(K, kb + span);
+  const WarpSlice sl = warp_slice(K);  // this warp's K range: [kb, ke)
+  const int lane = sl.lane, w = sl.w, kb = sl.kb, ke = sl.ke;
   T* ws = reinterpret_cast<T*>(smem + (size_t)w * cap * wide_elem_bytes<T, RW, BT>());
   float* xs = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(ws) + (size_t)RW * cap * sizeof(T));
   A acc[V];
@@ -457,14 +473,7 @@ __device__ __forceinline__ void block_matvec_wide(WRow W, XRow X, int K, bool ve
     __syncwarp();  // the buffer is refilled by the next round
     if (r0 >= ke) break;
   }
-  int base = 0;
-  bool writer = true;
-  butterfly<V, 0>(acc, lane, base, writer);
-  if (writer) {
-#pragma unroll
-    for (int i = 0; i < kept(V, 0); ++i) part[w * V + base + i] = acc[i];
-  }
-  __syncthreads();
+  store_warp_sums<V>(acc, lane, w, part);
 }
 
 // Launch settings of the backward step kernel (block_matvec_wide).
