@@ -86,6 +86,18 @@ __device__ __forceinline__ void split_store(T* out, long long lo_offset, float x
   if (KS == 2) out[lo_offset] = Traits<T>::store(x - Traits<T>::load(hi));
 }
 
+// The forward's saved tensors of one element (when saving): its S states in, at
+// states_in_t[k * BND + idx], and its G pre-activations R h + b, at rhb_t[gbase + g * DH].
+template <int S, int G>
+__device__ __forceinline__ void save_states_rhb(float* states_in_t, float* rhb_t, const float* s, const float* rhb,
+                                                long long idx, long long gbase, long long BND, int DH) {
+  if (states_in_t == nullptr) return;
+#pragma unroll
+  for (int k = 0; k < S; ++k) states_in_t[k * BND + idx] = s[k];
+#pragma unroll
+  for (int g = 0; g < G; ++g) rhb_t[gbase + (long long)g * DH] = rhb[g];
+}
+
 template <typename To>
 __device__ __forceinline__ To from_float(float x);
 template <>

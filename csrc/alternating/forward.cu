@@ -45,12 +45,7 @@ __global__ void step_forward_kernel(StepForward<T> p) {
 #pragma unroll
     for (int k = 0; k < S; ++k) s[k] = p.state[k * BND + idx];
     Cell::forward(gx, rhb, s, s_new);
-    if (p.states_in_t != nullptr) {
-#pragma unroll
-      for (int k = 0; k < S; ++k) p.states_in_t[k * BND + idx] = s[k];
-#pragma unroll
-      for (int g = 0; g < G; ++g) p.rhb_t[gbase + (long long)g * p.DH] = rhb[g];
-    }
+    save_states_rhb<S, G>(p.states_in_t, p.rhb_t, s, rhb, idx, gbase, BND, p.DH);
 #pragma unroll
     for (int k = 0; k < S; ++k) p.state[k * BND + idx] = s_new[k];
     split_store<T, KS>(p.hsplit + idx, BND, s_new[0]);
