@@ -63,31 +63,104 @@ def run_with_grads(fn, inputs, dh, dsT):
     return (h.detach(), sT.detach()) + tuple(grads)
 
 
+# Outputs this small (B * NH * DH elements per state) pool several independent draws: with ~30
+# numbers at the unit roundoff, err(ours) / err(torch) swings by 2x from seed to seed on its own
+# (lstm 3x5 B1 T1024 float32 ds0 over 10 seeds: median 0.95, max 1.52; 2.2 at one seed in session 3;
+# benchmarks/results/H100_80GB_HBM3/alternating_fp32_seeds.log).
+SMALL_ELEMENTS = 64
+SMALL_DRAWS = 4
+
+
+def relu_subgradient_grads(gx, R, b, s0, h, dh, dsT, reverse, mask):
+    """Float64 gradients (dgx, dR, db, ds0) of an elman_relu recurrence whose ReLU derivative is
+    taken from `mask` [T, B, NH, DH] (bool) instead of the sign of the float64 pre-activation: the
+    exact subgradient at the kinks another implementation chose. h [T, B, NH, DH]: the float64
+    forward's outputs (the forward is continuous: kinks change only the derivative)."""
+    T, B, NH, _, DH = gx.shape
+    order = list(range(T - 1, -1, -1)) if reverse else list(range(T))
+    R0 = R[:, 0]  # [NH, DH(out), DH(in)]
+    dgx, dR, db = torch.zeros_like(gx), torch.zeros_like(R), torch.zeros_like(b)
+    carry = dsT[0].clone()  # [B, NH, DH]  dloss / d(h of the last processed step), beyond dh
+    for i in range(T - 1, -1, -1):
+        t = order[i]
+        h_prev = h[order[i - 1]] if i > 0 else s0[0]  # [B, NH, DH]
+        d_pre = (dh[t] + carry) * mask[t]  # [B, NH, DH]
+        dgx[t, :, :, 0] = d_pre
+        db[:, 0] += d_pre.sum(0)
+        dR[:, 0] += torch.einsum("bnd,bnk->ndk", d_pre, h_prev)
+        carry = torch.einsum("bnd,ndk->bnk", d_pre, R0)
+    return dgx, dR, db, carry.unsqueeze(0)
+
+
+def relu_flips_outside_rounding(gx, R, b, s0, h, reverse, mask, dtype):
+    """Elements where `mask` disagrees with the sign of the float64 pre-activation although that
+    pre-activation is farther from the kink than the forward's rounding can move it (64 unit
+    roundoffs of the dtype times the sum of the absolute values of its terms): a real error."""
+    T = gx.shape[0]
+    u = torch.finfo(dtype).eps / 2
+    h_prev = torch.cat([s0[:1], h[:-1]]) if not reverse else torch.cat([h[1:], s0[:1]])  # [T, B, NH, DH]
+    R0, b0 = R[:, 0], b[:, 0]
+    pre = gx[:, :, :, 0] + torch.einsum("tbnk,ndk->tbnd", h_prev, R0) + b0  # [T, B, NH, DH]
+    scale = gx[:, :, :, 0].abs() + torch.einsum("tbnk,ndk->tbnd", h_prev.abs(), R0.abs()) + b0.abs()
+    flipped = mask != (pre > 0)
+    return int((flipped & (pre.abs() > 64 * u * scale)).sum()), int(flipped.sum())
+
+
 def float64_failures(cell, NH, DH, B, T, reverse, seed, dtypes, plan_for_dtype):
     """Run the op with the plan of each dtype against the float64 reference; the list of
     (dtype, output) whose error exceeds 2x PyTorch's own error in that dtype. A fallback to the
-    reference (a RuntimeWarning) fails the test."""
+    reference (a RuntimeWarning) fails the test.
+
+    Errors are norms over SMALL_DRAWS independent draws (seeds seed, seed + 1, ...) when a state has
+    fewer than SMALL_ELEMENTS elements, else over one. elman_relu in float32: a pre-activation within
+    rounding of ReLU's kink may land on either side, and one such flip moves a T=1024 gradient by
+    ~1e-4 (session 4 probe: 0 to 3 flips per run for ours and for PyTorch's float32). There each
+    implementation's gradients are compared with the float64 subgradient at its own kinks
+    (`relu_subgradient_grads`), and any flip not within rounding of the kink is a failure. (In bf16
+    and float16 flips are many for both and the plain comparison holds; float16 h can also underflow
+    to 0, so h > 0 is not a witness of the kernel's kinks there.)"""
     import warnings
 
     from flashrnn_compile import reference
     from flashrnn_compile.ops import recurrence
-    from flashrnn_compile.testing import rel_err, within
+    from flashrnn_compile.testing import within
 
-    gx, R, b, s0, dh, dsT = make_inputs(cell, T, B, NH, DH, seed)
-    ref = run_with_grads(lambda *a: reference.forward(*a, cell, reverse, False)[:2], (gx, R, b, s0), dh, dsT)
+    draws = SMALL_DRAWS if B * NH * DH < SMALL_ELEMENTS else 1
+    sq = {}  # (dtype, name) -> [|ours - ref|^2, |torch - ref|^2, |ref|^2, |ref'|^2], summed over draws
     failures = []
-    for dtype in dtypes:
-        plan = plan_for_dtype(dtype)
-        low = [t.to(dtype) for t in (gx, R, b, s0)]
-        dh_d, dsT_d = dh.to(dtype), dsT.to(dtype)
-        native = run_with_grads(lambda *a: reference.forward(*a, cell, reverse, False, compute_dtype=dtype)[:2],
-                                low, dh_d, dsT_d)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", RuntimeWarning)
-            ours = run_with_grads(lambda *a: recurrence(*a, cell=cell, reverse=reverse, plan=plan), low, dh_d, dsT_d)
-        for name, o, n, r in zip(NAMES, ours, native, ref):
-            assert o.dtype == dtype and o.shape == r.shape, (name, o.dtype, o.shape)
-            e_ours, e_torch = rel_err(o, r), rel_err(n, r)
-            if not within(e_ours, e_torch):
-                failures.append(f"{dtype} {name}: ours {e_ours:.3g} > 2 x torch {e_torch:.3g}")
+    for k in range(draws):
+        gx, R, b, s0, dh, dsT = make_inputs(cell, T, B, NH, DH, seed + k)
+        ref = run_with_grads(lambda *a: reference.forward(*a, cell, reverse, False)[:2], (gx, R, b, s0), dh, dsT)
+        for dtype in dtypes:
+            plan = plan_for_dtype(dtype)
+            low = [t.to(dtype) for t in (gx, R, b, s0)]
+            dh_d, dsT_d = dh.to(dtype), dsT.to(dtype)
+            native = run_with_grads(lambda *a: reference.forward(*a, cell, reverse, False, compute_dtype=dtype)[:2],
+                                    low, dh_d, dsT_d)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                ours = run_with_grads(lambda *a: recurrence(*a, cell=cell, reverse=reverse, plan=plan), low, dh_d, dsT_d)
+            ref_ours, ref_torch = ref, ref
+            if cell == "elman_relu" and dtype == torch.float32:
+                refs = []
+                for who, out in (("ours", ours), ("torch", native)):
+                    mask = out[0] > 0  # [T, B, NH, DH]  h = relu(pre) > 0 exactly where pre > 0
+                    bad, flips = relu_flips_outside_rounding(gx, R, b, s0, ref[0], reverse, mask, dtype)
+                    if bad:
+                        failures.append(f"{dtype} {who}: {bad} of {flips} ReLU flips are not within rounding of the kink")
+                    refs.append(ref[:2] + relu_subgradient_grads(gx, R, b, s0, ref[0], dh, dsT, reverse, mask))
+                ref_ours, ref_torch = refs
+            for name, o, n, r_o, r_n in zip(NAMES, ours, native, ref_ours, ref_torch):
+                assert o.dtype == dtype and o.shape == r_o.shape, (name, o.dtype, o.shape)
+                acc = sq.setdefault((dtype, name), [0.0, 0.0, 0.0, 0.0])
+                o64, n64 = o.double(), n.double()
+                acc[0] += (o64 - r_o).square().sum().item() if torch.isfinite(o64).all() else float("nan")
+                acc[1] += (n64 - r_n).square().sum().item()
+                acc[2] += r_o.square().sum().item()
+                acc[3] += r_n.square().sum().item()
+    for (dtype, name), (d_o, d_n, r_o, r_n) in sq.items():
+        e_ours = (d_o / r_o) ** 0.5 if r_o > 0 else d_o ** 0.5
+        e_torch = (d_n / r_n) ** 0.5 if r_n > 0 else d_n ** 0.5
+        if not within(e_ours, e_torch):
+            failures.append(f"{dtype} {name}: ours {e_ours:.3g} > 2 x torch {e_torch:.3g}")
     return failures

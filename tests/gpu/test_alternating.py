@@ -7,7 +7,10 @@ of float32, bfloat16, float16
     err(torch) = rel_err(reference computed natively in that dtype, float64 reference)
 
 for h, sT and the gradients of gx, R, b, s0 (through the core op's autograd, i.e. our backward
-kernel), each required to satisfy err(ours) <= 2 err(torch).
+kernel), each required to satisfy err(ours) <= 2 err(torch). Two rules of conftest.float64_failures
+keep that comparison about rounding: shapes with fewer than 64 elements per state pool 4 draws, and
+elman_relu in float32 compares each side's gradients with the float64 subgradient at its own ReLU
+kinks, failing any kink flip not within rounding (one flip moves a T=1024 gradient by 1e-4).
 
 Both paths of the family: the step kernel (STEP_KERNEL=1, one launch per step; also what a plan
 without STEP_KERNEL runs) on the whole matrix, the cuBLAS path (STEP_KERNEL=0) on part of it.
