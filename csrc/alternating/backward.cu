@@ -14,54 +14,23 @@ namespace alternating {
 
 template <typename T>
 struct StepBackward {
-  using DT = typename Acc<T>::DT;
   int B, NH, DH;
-  const T* dh_t;           // [B, NH, DH]
-  const T* gx_t;           // [B, NH, G, DH]
-  const float* rhb_t;      // [B, NH, G, DH]
-  const float* states_t;   // [S, B, NH, DH]
-  float* ds;               // [S, B, NH, DH]  in place: ds_new in, ds_in out
-  T* dgx_t;                // [B, NH, G, DH]
-  T* dsplit;               // [B, NH, KS, G, DH]
-  DT* drhb_t;              // [B, NH, G, DH]
-  double* db;              // [B, NH, G, DH]  accumulated over t
-  DT* hin_t;               // [B, NH, DH]
+  BwdStep<T> io;  // the step's tensors (common.cuh)
+  T* dsplit;      // [B, NH, KS, G, DH]  drhb split into KS pieces of T, for the cuBLAS GEMM
 };
 
 template <typename Cell, typename T>
 __global__ void step_backward_kernel(StepBackward<T> p) {
-  constexpr int G = Cell::G, S = Cell::S, KS = Acc<T>::KS;
-  using DT = typename Acc<T>::DT;
+  constexpr int G = Cell::G, KS = Acc<T>::KS;
   const long long BND = (long long)p.B * p.NH * p.DH;
   FLASHRNN_GRID_STRIDE(idx, BND) {
     const int d = static_cast<int>(idx % p.DH);
     const long long bn = idx / p.DH;
-    const long long gbase = bn * G * p.DH + d;
-    float gx[G], rhb[G], s[S], ds_new[S], dgx[G], drhb[G], ds[S];
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      gx[g] = Traits<T>::load(p.gx_t[gbase + (long long)g * p.DH]);
-      rhb[g] = p.rhb_t[gbase + (long long)g * p.DH];
-    }
-#pragma unroll
-    for (int k = 0; k < S; ++k) {
-      s[k] = p.states_t[k * BND + idx];
-      ds_new[k] = p.ds[k * BND + idx];
-    }
-    ds_new[0] += Traits<T>::load(p.dh_t[idx]);
-    Cell::backward(gx, rhb, s, ds_new, dgx, drhb, ds);
     const long long sbase = bn * KS * G * p.DH + d;  // [B, NH, KS, G, DH]
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      const long long o = gbase + (long long)g * p.DH;
-      p.dgx_t[o] = Traits<T>::store(dgx[g]);
-      p.drhb_t[o] = from_float<DT>(drhb[g]);
-      p.db[o] += static_cast<double>(drhb[g]);
-      split_store<T, KS>(p.dsplit + sbase + (long long)g * p.DH, (long long)G * p.DH, drhb[g]);
-    }
-#pragma unroll
-    for (int k = 0; k < S; ++k) p.ds[k * BND + idx] = ds[k];
-    p.hin_t[idx] = from_float<DT>(s[0]);
+    // rec = -0.0f: no R^T drhb here (the GEMM adds it to ds[0]); x + -0 is x exactly, and folds away
+    pointwise_backward<Cell, T>(p.io, idx, bn * G * p.DH + d, p.DH, BND, -0.0f, [&](int g, long long, float drhb) {
+      split_store<T, KS>(p.dsplit + sbase + (long long)g * p.DH, (long long)G * p.DH, drhb);
+    });
   }
 }
 
@@ -98,16 +67,16 @@ struct RunBackward {
     for (int p = T_ - 1; p >= 0; --p) {
       const int t = a.reverse ? T_ - 1 - p : p;
       StepBackward<T> sp{B, NH, DH,
-                         static_cast<const T*>(a.dh) + t * BND,
-                         static_cast<const T*>(a.gx) + t * step_gx,
-                         a.rhb + t * step_gx,
-                         a.states_in + (long long)t * S * BND,
-                         a.ds_ws,
-                         static_cast<T*>(a.dgx) + t * step_gx,
-                         dsplit,
-                         drhb + t * step_gx,
-                         a.db_ws,
-                         hin + t * BND};
+                         {static_cast<const T*>(a.dh) + t * BND,
+                          static_cast<const T*>(a.gx) + t * step_gx,
+                          a.rhb + t * step_gx,
+                          a.states_in + (long long)t * S * BND,
+                          a.ds_ws,
+                          static_cast<T*>(a.dgx) + t * step_gx,
+                          drhb + t * step_gx,
+                          a.db_ws,
+                          hin + t * BND},
+                         dsplit};
       step_backward_kernel<Cell, T><<<blocks_for(BND), kThreads, 0, stream>>>(sp);
       if (!(err = last_error("step_backward_kernel")).empty()) return err;
       // ds[0][b, n, j] += sum_(k, gi) RR[n, k, gi, j] dsplit[b, n, k, gi]; column-major per head n:

@@ -109,6 +109,58 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { re
 template <>
 __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
 
+// One time step's tensors of the pointwise backward, shared by both backward paths (backward.cu:
+// cuBLAS for R^T drhb; step_backward.cu: the step kernel).
+template <typename T>
+struct BwdStep {
+  using DT = typename Acc<T>::DT;
+  const T* dh_t;           // [B, NH, DH]
+  const T* gx_t;           // [B, NH, G, DH]
+  const float* rhb_t;      // [B, NH, G, DH]
+  const float* states_t;   // [S, B, NH, DH]
+  float* ds;               // [S, B, NH, DH]  in place: ds_new in, ds_in out
+  T* dgx_t;                // [B, NH, G, DH]
+  DT* drhb_t;              // [B, NH, G, DH]
+  double* db;              // [B, NH, G, DH]  accumulated over t
+  DT* hin_t;               // [B, NH, DH]
+};
+
+// The cell's backward for one element: idx into [B, NH, DH], gbase its gate 0 in [B, NH, G, DH].
+// ds[0] += dh[t] + rec (rec: R^T drhb of the step after, in the accumulator type A); then dgx,
+// drhb (DT), db += drhb, the states' gradient ds (in place) and hin = h in (for dR) are written.
+// `each_gate(g, o, drhb_g)` runs for every gate g after its stores (o: its offset in [B, NH, G, DH]),
+// for what a path keeps of drhb itself.
+template <typename Cell, typename T, typename A, typename EachGate>
+__device__ __forceinline__ void pointwise_backward(const BwdStep<T>& p, long long idx, long long gbase, int DH,
+                                                   long long BND, A rec, EachGate each_gate) {
+  constexpr int G = Cell::G, S = Cell::S;
+  using DT = typename Acc<T>::DT;
+  float gx[G], rhb[G], s[S], ds_new[S], dgx[G], drhb[G], ds[S];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    gx[g] = Traits<T>::load(p.gx_t[gbase + (long long)g * DH]);
+    rhb[g] = p.rhb_t[gbase + (long long)g * DH];
+  }
+#pragma unroll
+  for (int k = 0; k < S; ++k) {
+    s[k] = p.states_t[k * BND + idx];
+    ds_new[k] = p.ds[k * BND + idx];
+  }
+  ds_new[0] = static_cast<float>(ds_new[0] + (Traits<T>::load(p.dh_t[idx]) + rec));
+  Cell::backward(gx, rhb, s, ds_new, dgx, drhb, ds);
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const long long o = gbase + (long long)g * DH;
+    p.dgx_t[o] = Traits<T>::store(dgx[g]);
+    p.drhb_t[o] = from_float<DT>(drhb[g]);
+    p.db[o] += static_cast<double>(drhb[g]);
+    each_gate(g, o, drhb[g]);
+  }
+#pragma unroll
+  for (int k = 0; k < S; ++k) p.ds[k * BND + idx] = ds[k];
+  p.hin_t[idx] = from_float<DT>(s[0]);
+}
+
 template <typename To, typename From>
 __global__ void convert_kernel(To* out, const From* in, long long n) {
   FLASHRNN_GRID_STRIDE(i, n) { out[i] = from_float<To>(to_float<From>(in[i])); }

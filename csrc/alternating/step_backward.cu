@@ -17,7 +17,6 @@ namespace alternating {
 
 template <typename T>
 struct StepBwd {
-  using DT = typename Acc<T>::DT;
   int B, NH, DH, ublocks;  // ublocks: blocks per head (ceil(DH / UW))
   bool vec;                // 16-byte copies of RT and drhb rows
   int cap;                 // K elements per round of a warp (step::WideConfig)
@@ -26,15 +25,7 @@ struct StepBwd {
   const T* RT;             // [NH, DH, G, DH]
   const float* dr_prev;    // [B, NH, G, DH]
   float* dr_cur;           // [B, NH, G, DH]
-  const T* dh_t;           // [B, NH, DH]
-  const T* gx_t;           // [B, NH, G, DH]
-  const float* rhb_t;      // [B, NH, G, DH]
-  const float* states_t;   // [S, B, NH, DH]
-  float* ds;               // [S, B, NH, DH]  in place: ds_new in, ds_in out
-  T* dgx_t;                // [B, NH, G, DH]
-  DT* drhb_t;              // [B, NH, G, DH]
-  double* db;              // [B, NH, G, DH]  accumulated over t
-  DT* hin_t;               // [B, NH, DH]
+  BwdStep<T> io;           // the step's tensors (common.cuh; io.ds is used by the last launch too)
 };
 
 // Tiles of the backward (units UW x batch rows BT per block): the block reads UW rows of R^T and
@@ -52,8 +43,7 @@ struct BwdTile<float, WIDE> {
 
 template <typename Cell, typename T, int UW, int BT>
 __global__ void __launch_bounds__(32 * step::MAX_KW) step_backward_kernel(StepBwd<T> p) {
-  constexpr int G = Cell::G, S = Cell::S, RW = UW, V = RW * BT;
-  using DT = typename Acc<T>::DT;
+  constexpr int G = Cell::G, RW = UW, V = RW * BT;
   using A = typename step::Accum<T>::type;
   extern __shared__ __align__(16) unsigned char smem[];
   const int KW = blockDim.x >> 5;
@@ -68,10 +58,10 @@ __global__ void __launch_bounds__(32 * step::MAX_KW) step_backward_kernel(StepBw
         const long long gb = ((long long)bb * NH + n) * G * DH + j;
 #pragma unroll
         for (int g = 0; g < G; ++g) {
-          step::prefetch_l2(p.gx_t + gb + (long long)g * DH);
-          step::prefetch_l2(p.rhb_t + gb + (long long)g * DH);
+          step::prefetch_l2(p.io.gx_t + gb + (long long)g * DH);
+          step::prefetch_l2(p.io.rhb_t + gb + (long long)g * DH);
         }
-        step::prefetch_l2(p.dh_t + ((long long)bb * NH + n) * DH + j);
+        step::prefetch_l2(p.io.dh_t + ((long long)bb * NH + n) * DH + j);
       }
     }
   }
@@ -89,34 +79,11 @@ __global__ void __launch_bounds__(32 * step::MAX_KW) step_backward_kernel(StepBw
     const long long idx = ((long long)bb * NH + n) * DH + j;
     const A rec = p.has_prev ? step::block_sum<V>(part, u * BT + b) : A(0);
     if (!p.pointwise) {
-      p.ds[idx] = static_cast<float>(p.ds[idx] + rec);
+      p.io.ds[idx] = static_cast<float>(p.io.ds[idx] + rec);
       continue;
     }
-    const long long gbase = ((long long)bb * NH + n) * G * DH + j;
-    float gx[G], rhb[G], s[S], ds_new[S], dgx[G], drhb[G], ds[S];
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      gx[g] = Traits<T>::load(p.gx_t[gbase + (long long)g * DH]);
-      rhb[g] = p.rhb_t[gbase + (long long)g * DH];
-    }
-#pragma unroll
-    for (int k = 0; k < S; ++k) {
-      s[k] = p.states_t[k * BND + idx];
-      ds_new[k] = p.ds[k * BND + idx];
-    }
-    ds_new[0] = static_cast<float>(ds_new[0] + (Traits<T>::load(p.dh_t[idx]) + rec));
-    Cell::backward(gx, rhb, s, ds_new, dgx, drhb, ds);
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      const long long o = gbase + (long long)g * DH;
-      p.dgx_t[o] = Traits<T>::store(dgx[g]);
-      p.drhb_t[o] = from_float<DT>(drhb[g]);
-      p.db[o] += static_cast<double>(drhb[g]);
-      p.dr_cur[o] = drhb[g];
-    }
-#pragma unroll
-    for (int k = 0; k < S; ++k) p.ds[k * BND + idx] = ds[k];
-    p.hin_t[idx] = from_float<DT>(s[0]);
+    pointwise_backward<Cell, T>(p.io, idx, ((long long)bb * NH + n) * G * DH + j, DH, BND, rec,
+                                [&](int, long long o, float drhb) { p.dr_cur[o] = drhb; });
   }
 }
 
@@ -163,15 +130,15 @@ std::string run_step_backward(const BackwardArgs& a, cudaStream_t stream) {
     const int t = a.reverse ? T_ - 1 - p : p;
     const bool pw = p >= 0;
     StepBwd<T> sp{B, NH, DH, ublocks, vec, cfg.cap, p < T_ - 1, pw, RT, dr[(p + 1) & 1], pw ? dr[p & 1] : nullptr,
-                  pw ? static_cast<const T*>(a.dh) + t * BND : nullptr,
-                  pw ? static_cast<const T*>(a.gx) + t * step_gx : nullptr,
-                  pw ? a.rhb + t * step_gx : nullptr,
-                  pw ? a.states_in + (long long)t * S * BND : nullptr,
-                  a.ds_ws,
-                  pw ? static_cast<T*>(a.dgx) + t * step_gx : nullptr,
-                  pw ? drhb + t * step_gx : nullptr,
-                  a.db_ws,
-                  pw ? hin + t * BND : nullptr};
+                  {pw ? static_cast<const T*>(a.dh) + t * BND : nullptr,
+                   pw ? static_cast<const T*>(a.gx) + t * step_gx : nullptr,
+                   pw ? a.rhb + t * step_gx : nullptr,
+                   pw ? a.states_in + (long long)t * S * BND : nullptr,
+                   a.ds_ws,
+                   pw ? static_cast<T*>(a.dgx) + t * step_gx : nullptr,
+                   pw ? drhb + t * step_gx : nullptr,
+                   a.db_ws,
+                   pw ? hin + t * BND : nullptr}};
     // the first step waits for everything before it in the stream (RT, ds_ws, db_ws) in full
     const cudaError_t e = step::launch(kernel, grid, 32 * cfg.KW, cfg.smem, stream, cfg.pdl && p < T_ - 1, sp);
     if (e != cudaSuccess) return std::string("step_backward_kernel: ") + cudaGetErrorString(e);
