@@ -48,22 +48,42 @@ int cell_size(int (*count)(const std::string&), const std::string& functor) {
   return n;
 }
 
+// What both entry points read off gx and the functor: the cell's gates G and states S, the device,
+// dtype and the sizes T, B, NH, DH of gx [T, B, NH, G, DH]; and step_kernel checked (0 or 1).
+struct Call {
+  int G, S;
+  at::Device dev;
+  DType dtype;
+  at::ScalarType st;
+  int64_t T, B, NH, DH;
+  bool step;
+};
+
+Call describe(const at::Tensor& gx, const std::string& functor, int64_t step_kernel) {
+  const int G = cell_size(flashrnn::alternating::num_gates, functor);
+  const int S = cell_size(flashrnn::alternating::num_states, functor);
+  TORCH_CHECK(gx.dim() == 5 && gx.size(3) == G, "flashrnn_alternating: gx: expected [T, B, NH, ", G,
+              ", DH], got ", gx.sizes());
+  TORCH_CHECK(gx.device().is_cuda(), "flashrnn_alternating: gx: expected a CUDA tensor, got ", gx.device());
+  TORCH_CHECK(step_kernel == 0 || step_kernel == 1, "flashrnn_alternating: step_kernel: expected 0 or 1, got ",
+              step_kernel);
+  return {G, S, gx.device(), dtype_of(gx, "gx"), gx.scalar_type(),
+          gx.size(0), gx.size(1), gx.size(2), gx.size(4), step_kernel == 1};
+}
+
+flashrnn::alternating::Shape shape_of(const Call& c) {
+  return {static_cast<int>(c.T), static_cast<int>(c.B), static_cast<int>(c.NH), static_cast<int>(c.DH)};
+}
+
 // gx [T, B, NH, G, DH], R [NH, G, DH, DH], b [NH, G, DH], s0 [S, B, NH, DH] ->
 // writes h [T, B, NH, DH], sT [S, B, NH, DH], states_in [T, S, B, NH, DH] and rhb [T, B, NH, G, DH]
 // (fp32; both empty: save=false); step_kernel: 1 = one launch per step (step_forward.cu), 0 = cuBLAS
 void forward(const at::Tensor& gx_, const at::Tensor& R_, const at::Tensor& b_, const at::Tensor& s0_,
              const std::string& functor, bool reverse, at::Tensor& h, at::Tensor& sT,
              at::Tensor& states_in, at::Tensor& rhb, int64_t step_kernel) {
-  const int G = cell_size(flashrnn::alternating::num_gates, functor);
-  const int S = cell_size(flashrnn::alternating::num_states, functor);
-  TORCH_CHECK(gx_.dim() == 5 && gx_.size(3) == G, "flashrnn_alternating: gx: expected [T, B, NH, ", G,
-              ", DH], got ", gx_.sizes());
-  const auto dev = gx_.device();
-  TORCH_CHECK(dev.is_cuda(), "flashrnn_alternating: gx: expected a CUDA tensor, got ", dev);
+  const Call c = describe(gx_, functor, step_kernel);
+  const auto& [G, S, dev, dtype, st, T, B, NH, DH, step] = c;
   c10::cuda::CUDAGuard guard(dev);
-  const DType dtype = dtype_of(gx_, "gx");
-  const auto st = gx_.scalar_type();
-  const int64_t T = gx_.size(0), B = gx_.size(1), NH = gx_.size(2), DH = gx_.size(4);
   at::Tensor gx = gx_.contiguous(), R = R_.contiguous(), b = b_.contiguous(), s0 = s0_.contiguous();
   check(R, "R", {NH, G, DH, DH}, st, dev);
   check(b, "b", {NH, G, DH}, st, dev);
@@ -79,9 +99,6 @@ void forward(const at::Tensor& gx_, const at::Tensor& R_, const at::Tensor& b_, 
                 "flashrnn_alternating: states_in, rhb: expected both [T, S, B, NH, DH] / [T, B, NH, G, DH] "
                 "(save) or both empty");
   }
-  TORCH_CHECK(step_kernel == 0 || step_kernel == 1, "flashrnn_alternating: step_kernel: expected 0 or 1, got ",
-              step_kernel);
-  const bool step = step_kernel == 1;
   const int64_t KS = flashrnn::alternating::gemm_splits(dtype);
   const int64_t BG = step ? 0 : B;  // cuBLAS-path workspaces are empty on the step path
   auto f32 = gx.options().dtype(at::kFloat);
@@ -90,8 +107,7 @@ void forward(const at::Tensor& gx_, const at::Tensor& R_, const at::Tensor& b_, 
   at::Tensor rh_ws = at::empty({KS * BG, NH, G, DH}, f32);          // [KS*B, NH, G, DH]
   at::Tensor h2_ws = at::empty({step ? B : 0, NH, DH}, f32);        // [B, NH, DH]
   flashrnn::alternating::ForwardArgs args{
-      {static_cast<int>(T), static_cast<int>(B), static_cast<int>(NH), static_cast<int>(DH)},
-      dtype, reverse,
+      shape_of(c), dtype, reverse,
       gx.data_ptr(), R.data_ptr(), b.data_ptr(), s0.data_ptr(), h.data_ptr(), sT.data_ptr(),
       save ? states_in.data_ptr<float>() : nullptr, save ? rhb.data_ptr<float>() : nullptr,
       state_ws.data_ptr<float>(), hsplit_ws.data_ptr(), rh_ws.data_ptr<float>(), step, h2_ws.data_ptr<float>()};
@@ -106,16 +122,9 @@ void backward(const at::Tensor& dh_, const at::Tensor& dsT_, const at::Tensor& g
               const at::Tensor& states_in_, const at::Tensor& rhb_, const std::string& functor,
               bool reverse, at::Tensor& dgx, at::Tensor& dR, at::Tensor& db, at::Tensor& ds0,
               int64_t step_kernel) {
-  const int G = cell_size(flashrnn::alternating::num_gates, functor);
-  const int S = cell_size(flashrnn::alternating::num_states, functor);
-  TORCH_CHECK(gx_.dim() == 5 && gx_.size(3) == G, "flashrnn_alternating: gx: expected [T, B, NH, ", G,
-              ", DH], got ", gx_.sizes());
-  const auto dev = gx_.device();
-  TORCH_CHECK(dev.is_cuda(), "flashrnn_alternating: gx: expected a CUDA tensor, got ", dev);
+  const Call c = describe(gx_, functor, step_kernel);
+  const auto& [G, S, dev, dtype, st, T, B, NH, DH, step] = c;
   c10::cuda::CUDAGuard guard(dev);
-  const DType dtype = dtype_of(gx_, "gx");
-  const auto st = gx_.scalar_type();
-  const int64_t T = gx_.size(0), B = gx_.size(1), NH = gx_.size(2), DH = gx_.size(4);
   at::Tensor gx = gx_.contiguous(), R = R_.contiguous(), dh = dh_.contiguous(), dsT = dsT_.contiguous();
   at::Tensor states_in = states_in_.contiguous(), rhb = rhb_.contiguous();
   check(R, "R", {NH, G, DH, DH}, st, dev);
@@ -127,9 +136,6 @@ void backward(const at::Tensor& dh_, const at::Tensor& dsT_, const at::Tensor& g
   check(dR, "dR", {NH, G, DH, DH}, st, dev);
   check(db, "db", {NH, G, DH}, st, dev);
   check(ds0, "ds0", {S, B, NH, DH}, st, dev);
-  TORCH_CHECK(step_kernel == 0 || step_kernel == 1, "flashrnn_alternating: step_kernel: expected 0 or 1, got ",
-              step_kernel);
-  const bool step = step_kernel == 1;
   const int64_t KS = flashrnn::alternating::gemm_splits(dtype);
   const bool f64 = flashrnn::alternating::dR_dtype(dtype) == DType::kFloat64;
   auto f32 = gx.options().dtype(at::kFloat), f64o = gx.options().dtype(at::kDouble);
@@ -144,8 +150,7 @@ void backward(const at::Tensor& dh_, const at::Tensor& dsT_, const at::Tensor& g
   at::Tensor hin_ws = at::empty({T, B, NH, DH}, dto);                    // [T, B, NH, DH]
   at::Tensor dR64_ws = at::empty({f64 ? NH : 0, G, DH, DH}, f64o);       // [NH, G, DH, DH]
   flashrnn::alternating::BackwardArgs args{
-      {static_cast<int>(T), static_cast<int>(B), static_cast<int>(NH), static_cast<int>(DH)},
-      dtype, reverse,
+      shape_of(c), dtype, reverse,
       dh.data_ptr(), dsT.data_ptr(), gx.data_ptr(), R.data_ptr(),
       T > 0 ? states_in.data_ptr<float>() : nullptr, T > 0 ? rhb.data_ptr<float>() : nullptr,
       dgx.data_ptr(), dR.data_ptr(), db.data_ptr(), ds0.data_ptr(),
