@@ -1,6 +1,6 @@
 """The benchmark harness: one entry point for the floor, layer and model suites.
 
-    python -m benchmarks.run --suite layer|model|floor[,...] [--preset headline|full|quick]
+    python -m benchmarks.run --suite layer|model|floor[,...] [--preset headline|cluster|full|quick]
                              [--quick] [--out DIR] [--max-seconds N | floor=N,layer=N,model=N]
                              [--device cuda|cpu]
     python -m benchmarks.run --prebuild [--preset headline] [--gpu h100-sxm] [--arch 9.0]
@@ -63,7 +63,7 @@ def parse_budgets(text: Optional[str], suites: Sequence[str]) -> Dict[str, Optio
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     p.add_argument("--suite", default=None, help="floor, layer, model, or several comma-separated")
-    p.add_argument("--preset", default=None, help="layer suite: headline (default on CUDA), full, quick")
+    p.add_argument("--preset", default=None, help="layer suite: headline (default on CUDA), cluster (issue 8 shapes), full, quick")
     p.add_argument("--quick", action="store_true", help="small sizes on the CPU (CI)")
     p.add_argument("--out", default=None, help="results root (default benchmarks/results); files go to OUT/<card>/")
     p.add_argument("--max-seconds", default=None, help="time budget: N per suite, or floor=N,layer=N,model=N")

@@ -98,6 +98,21 @@ def _full() -> List[Config]:
     return out
 
 
+def _cluster() -> List[Config]:
+    """Issue 8's rows: heads too large for one block (dense 768 to 2048, 2x512), bf16 against
+    cuDNN in bf16 and fp16 and FlashRNN 1.0.8, B in {1, 16, 64, 256} at 1x768."""
+    rows = [
+        Config("lstm", "bf16", 16, 1024, 1, 768, flashrnn=("fused", "alternating"), compiled=False),
+        Config("lstm", "fp16", 16, 1024, 1, 768, compiled=False),
+        Config("gru", "bf16", 16, 1024, 1, 768, compiled=False),
+        Config("lstm", "bf16", 16, 1024, 2, 512, compiled=False),
+        Config("lstm", "bf16", 16, 1024, 1, 1024, compiled=False),
+        Config("lstm", "bf16", 16, 1024, 1, 2048, compiled=False),
+    ]
+    rows += [Config("lstm", "bf16", B, 1024, 1, 768, compiled=False) for B in (1, 64, 256)]
+    return rows
+
+
 def _quick() -> List[Config]:
     """Tiny shapes that run on the CPU in seconds (plumbing check; numbers mean nothing)."""
     return [
@@ -107,7 +122,8 @@ def _quick() -> List[Config]:
     ]
 
 
-PRESETS: Dict[str, Callable[[], List[Config]]] = {"headline": _headline, "full": _full, "quick": _quick}
+PRESETS: Dict[str, Callable[[], List[Config]]] = {"headline": _headline, "full": _full, "quick": _quick,
+                                                  "cluster": _cluster}
 
 
 # ---- inputs and callables per system -----------------------------------------------------------
@@ -394,7 +410,7 @@ def jobs_for(cfg: Config, ctx: Ctx, baselines: set) -> List[Job]:
         jobs.append(Job(cfg, "cuDNN", lambda: run_cudnn(cfg, ctx), lambda: per_call))
     families = CUDA_FAMILIES if gpu else ("reference",)
     for fam in families:
-        first = 25.0 if fam == "alternating" else 8.0 if fam == "fused_block" else 0.0  # JIT build
+        first = {"alternating": 25.0, "fused_block": 8.0, "fused_cluster": 20.0}.get(fam, 0.0)  # JIT build
         jobs.append(Job(cfg, f"ours {fam}", lambda fam=fam: run_ours(cfg, fam, ctx), build_cost(fam, first)))
     if cfg.compiled and cfg.NH == 1 and cfg.cell in MODULES:
         jobs.append(Job(cfg, "torch.compile flashrnn", lambda: run_compiled(cfg, ctx), lambda: 30.0 if gpu else 5.0))
