@@ -4,6 +4,8 @@
                   (csrc/alternating, built by flashrnn_compile.build on first use)
     fused_block   one persistent block per (head, batch tile) for all steps (csrc/fused, one small
                   library per configuration, built by flashrnn_compile.build.ensure_variant)
+    fused_cluster R of a head split over a thread-block cluster (sm_90), one persistent cluster per
+                  (head, batch tile); its backward is the alternating family's, from the saved states
 
 The runtime imports this package the first time a non-reference plan runs. Each family's
 `unavailable(device)` gives the reason it cannot run there (not CUDA, no nvcc, build failed), and
@@ -11,7 +13,7 @@ the runtime then warns once and uses the reference.
 """
 
 from .. import runtime
-from . import alternating, fused_block
+from . import alternating, fused_block, fused_cluster
 
 runtime.register(
     runtime.Implementation(
@@ -28,5 +30,14 @@ runtime.register(
         forward=fused_block.forward,
         backward=fused_block.backward,
         unavailable=fused_block.unavailable,
+    )
+)
+
+runtime.register(
+    runtime.Implementation(
+        "fused_cluster",
+        forward=fused_cluster.forward,
+        backward=fused_cluster.backward,
+        unavailable=fused_cluster.unavailable,
     )
 )

@@ -1,0 +1,177 @@
+"""Time the fused_cluster forward beside cuDNN (fp16 and bf16) and the alternating kernels.
+
+    python benchmarks/bench_fused_cluster.py [--out results.json] [--reps 10] [--quick]
+    python benchmarks/bench_fused_cluster.py --prebuild h100-sxm [--jobs 2]   build the variants first
+
+Medians of CUDA-event timings after warm-up (bench_alternating.timeit), random inputs. Rows:
+fused_cluster with the planner's tiling for this GPU and with EXPLICIT tilings; the alternating
+step kernel; cuDNN nn.LSTM / nn.GRU in fp16 and bf16 (its times include the input projection,
+ours take gx). fwd+bwd of fused_cluster is its forward plus the alternating backward. --quick: only
+the dense LSTM 1x768 bf16 B16 T1024 rows, forward and forward keeping states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_alternating import DT, cudnn, ours, timeit  # noqa: E402
+
+from flashrnn_compile import planner, runtime  # noqa: E402
+from flashrnn_compile.cells import get_cell  # noqa: E402
+
+CONFIGS = [  # cell, NH, DH, dtype, B, T
+    ("lstm", 1, 768, "bf16", 16, 1024),
+    ("gru", 1, 768, "bf16", 16, 1024),
+    ("lstm", 1, 768, "fp16", 16, 1024),
+    ("lstm", 2, 512, "bf16", 16, 1024),
+    ("lstm", 1, 768, "bf16", 1, 1024),
+    ("lstm", 1, 768, "bf16", 64, 1024),
+]
+# tilings the planner does not pick, for dense LSTM 1x768 (which of them is fastest on the card)
+EXPLICIT = [
+    {"CLUSTER_SIZE": 16, "WARPS": 6, "BATCH_TILE": 8, "R_REG_TILES": 43},
+]
+ALT = runtime.plan_json("alternating", {"STEP_KERNEL": 1})
+# --ablate: the planner's tiling for dense LSTM 1x768 bf16 B16 T1024 with one kernel switch each
+# (fused_cluster.cuh FRNN_CLUSTER_*): where a step's time goes. ABLATE rows compute wrong results.
+ABLATIONS = [("one cluster barrier per step", {"SYNC": 0}),
+             ("cluster barrier, 4-byte stores per unit pair", {"SYNC": 0, "VEC": 0}), ("no stores to peers", {"ABLATE": 1}),
+             ("block barrier, not cluster", {"ABLATE": 2}), ("no MMAs", {"ABLATE": 3})]
+
+
+def variants(gpu: str):
+    """(cell, dtype, DH, params) of every configuration the GPU tests and this benchmark run on
+    `gpu` (a preset name), for --prebuild."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests.gpu import test_fused_cluster as t
+
+    out = set()
+    planned = [(c, nh, dh, b, d) for c, nh, dh, b in t.PLANNED for d in t.DTYPES]
+    planned += [(c, nh, dh, b, DT[d]) for c, nh, dh, d, b, _ in CONFIGS]
+    for cell, NH, DH, B, dtype in planned:
+        chosen = planner.plan(cell, B, NH, DH, dtype, gpu=gpu, families=("fused_cluster",))
+        if chosen.family == "fused_cluster":
+            out.add((cell, dtype, DH, tuple(sorted(chosen.params.items()))))
+    for cell in sorted(t.CELLS):
+        for NH, DH, B, prm, _ in t.EXPLICIT:
+            for dtype in t.DTYPES:
+                out.add((cell, dtype, DH, tuple(sorted(prm.items()))))
+    for prm in EXPLICIT:
+        out.add(("lstm", torch.bfloat16, 768, tuple(sorted(prm.items()))))
+    base = planner.plan("lstm", 16, 1, 768, torch.bfloat16, gpu=gpu, families=("fused_cluster",)).params
+    for _, knob in ABLATIONS:
+        out.add(("lstm", torch.bfloat16, 768, tuple(sorted({**base, **knob}.items()))))
+    return sorted(out, key=str)
+
+
+def ablation_rows(reps):
+    """Forward of dense LSTM 1x768 bf16 B16 T1024 with the planner's tiling and each ABLATIONS switch."""
+    chosen = planner.plan("lstm", 16, 1, 768, torch.bfloat16, families=("fused_cluster",))
+    base = dict(cell="lstm", heads="1x768", dtype="bf16", B=16, T=1024)
+    rows = []
+    for name, knob in [("kernel", {})] + ABLATIONS:
+        prm = {**chosen.params, **knob}
+        r = forward_only(runtime.plan_json("fused_cluster", prm), "lstm", 1, 768, torch.bfloat16, 16, 1024, reps)
+        rows.append(dict(system=f"ablate: {name}", params=knob, **base, **r))
+    return rows
+
+
+def prebuild(gpu: str, jobs: int) -> None:
+    """Build every configuration of `variants(gpu)` into the variant cache, `jobs` at a time."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flashrnn_compile import build
+    from flashrnn_compile.kernels import fused_cluster
+
+    todo = [fused_cluster.defines(c, d, dh, dict(p)) for c, d, dh, p in variants(gpu)]
+    start = time.time()
+    with ThreadPoolExecutor(jobs) as pool:
+        for defs, path in zip(todo, pool.map(lambda d: build.ensure_variant(fused_cluster.SOURCE, d), todo)):
+            print(f"{time.time() - start:7.1f} s  {path.parent.name}  {defs}", flush=True)
+
+
+def forward_only(plan, cell, NH, DH, dtype, B, T, reps):
+    """Forward (inference) and forward keeping states of the core op under `plan`, ms."""
+    spec = get_cell(cell)
+    G, S = spec.num_gates, spec.num_states
+    gx = torch.randn(T, B, NH, G, DH, device="cuda", dtype=dtype)  # [T, B, NH, G, DH]
+    R = (torch.randn(NH, G, DH, DH, device="cuda") / DH**0.5).to(dtype)  # [NH, G, DH, DH]
+    b = 0.1 * torch.randn(NH, G, DH, device="cuda", dtype=dtype)  # [NH, G, DH]
+    s0 = 0.5 * torch.randn(S, B, NH, DH, device="cuda", dtype=dtype)  # [S, B, NH, DH]
+    fwd = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, False)  # noqa: E731
+    fwd_save = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, True)  # noqa: E731
+    return {"forward_ms": timeit(fwd, reps), "forward_save_ms": timeit(fwd_save, reps), "fwd_bwd_ms": None}
+
+
+def rows_for(cell, NH, DH, dt, B, T, reps, quick):
+    dtype = DT[dt]
+    run = forward_only if quick else ours
+    chosen = planner.plan(cell, B, NH, DH, dtype, families=("fused_cluster",))
+    out = []
+    base = dict(cell=cell, heads=f"{NH}x{DH}", dtype=dt, B=B, T=T)
+    if chosen.family == "fused_cluster":
+        plan = runtime.plan_json("fused_cluster", chosen.params)
+        out.append(dict(system="fused_cluster (planner)", params=chosen.params, **base, **run(plan, cell, NH, DH, dtype, B, T, reps)))
+    else:
+        out.append(dict(system="fused_cluster (planner)", params=None, refused=chosen.reason, **base,
+                        forward_ms=None, forward_save_ms=None, fwd_bwd_ms=None))
+    if (cell, NH, DH) == ("lstm", 1, 768) and B == 16:
+        for prm in EXPLICIT:
+            plan = runtime.plan_json("fused_cluster", prm)
+            out.append(dict(system="fused_cluster (explicit)", params=prm, **base, **run(plan, cell, NH, DH, dtype, B, T, reps)))
+    if quick:
+        return out
+    out.append(dict(system="alternating step", params=None, **base, **ours(ALT, cell, NH, DH, dtype, B, T, reps)))
+    if NH == 1 and cell in ("lstm", "gru"):
+        for cdt in ("fp16", "bf16"):
+            c = cudnn(cell, DH, DT[cdt], B, T, reps)
+            out.append(dict(system=f"cuDNN nn.{cell.upper()} {cdt}", params=None, **{**base, "dtype": cdt},
+                            forward_save_ms=None, **c))
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=None)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--configs", default=None, help="comma-separated indices into CONFIGS (default: all)")
+    p.add_argument("--prebuild", default=None, metavar="GPU_PRESET", help="only build the variants the tests and "
+                   "this benchmark need on that preset (e.g. h100-sxm) into the cache, then exit")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--ablate", action="store_true", help="also the ABLATIONS rows (timing probes)")
+    args = p.parse_args()
+    if args.prebuild:
+        prebuild(args.prebuild, args.jobs)
+        return
+    chosen = CONFIGS if args.configs is None else [CONFIGS[int(i)] for i in args.configs.split(",")]
+    if args.quick:
+        chosen = chosen[:1]
+    rows = []
+    for cfg in chosen:
+        rows += rows_for(*cfg, args.reps, args.quick)
+    if args.ablate:
+        rows += ablation_rows(args.reps)
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "rows": rows}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    print(f"\n{result['device']}, torch {result['torch']}; median ms over {args.reps} runs")
+    print(f"{'system':<26} {'cell':<5} {'NHxDH':<7} {'dt':<4} {'B':>3} {'T':>5} {'fwd':>8} {'fwd+save':>9} {'fwd+bwd':>8}  params")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for r in rows:
+        print(f"{r['system']:<26} {r['cell']:<5} {r['heads']:<7} {r['dtype']:<4} {r['B']:>3} {r['T']:>5} "
+              f"{fmt(r['forward_ms']):>8} {fmt(r['forward_save_ms']):>9} {fmt(r['fwd_bwd_ms']):>8}  "
+              f"{r.get('params') or r.get('refused', '')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+// One fused_cluster configuration as a small shared library with a C entry API (no torch): built
+// per configuration by flashrnn_compile/build.py (`ensure_variant`) with
+//   -DFRNN_CELL=LstmCell -DFRNN_DTYPE=1 (1 bfloat16, 2 float16) -DFRNN_DH=768 -DFRNN_CLUSTER_SIZE=16
+//   -DFRNN_WARPS=6 -DFRNN_BATCH_TILE=8 -DFRNN_R_REG_TILES=40
+// and called through ctypes by flashrnn_compile/kernels/fused_cluster.py on the caller's stream.
+// The kernel needs sm_90 (thread-block clusters, distributed shared memory): for older targets its
+// body is a trap and frnn_forward refuses a device below compute capability 9.0 with a message.
+// Without defines (CI's nvcc_check, sm_80 and sm_90) it compiles a small default configuration.
+#include <cuda_runtime.h>
+#include <stdio.h>
+
+#include "fused/fused_cluster.cuh"
+
+#ifndef FRNN_CELL
+#define FRNN_CELL LstmCell
+#endif
+#ifndef FRNN_DTYPE
+#define FRNN_DTYPE 1
+#endif
+#ifndef FRNN_DH
+#define FRNN_DH 64
+#endif
+#ifndef FRNN_CLUSTER_SIZE
+#define FRNN_CLUSTER_SIZE 2
+#endif
+#ifndef FRNN_WARPS
+#define FRNN_WARPS 4
+#endif
+#ifndef FRNN_BATCH_TILE
+#define FRNN_BATCH_TILE 8
+#endif
+#ifndef FRNN_R_REG_TILES
+#define FRNN_R_REG_TILES 8
+#endif
+
+namespace {
+using namespace flashrnn;
+using namespace flashrnn::fused_cluster;
+#if FRNN_DTYPE == 1
+using TIn = __nv_bfloat16;
+#elif FRNN_DTYPE == 2
+using TIn = __half;
+#else
+#error "fused_cluster takes bfloat16 (FRNN_DTYPE=1) and float16 (2)"
+#endif
+using Cell = flashrnn::FRNN_CELL;
+constexpr int DH = FRNN_DH, CS = FRNN_CLUSTER_SIZE, WARPS = FRNN_WARPS, BT = FRNN_BATCH_TILE, RREG = FRNN_R_REG_TILES;
+using Cfg = Config<TIn, Cell, DH, CS, WARPS, BT, RREG>;
+
+thread_local char g_error[512];
+
+int fail(const char* what, cudaError_t e) {
+  snprintf(g_error, sizeof(g_error), "%s: %s", what, cudaGetErrorString(e));
+  return 1;
+}
+
+int fail_msg(const char* msg) {
+  snprintf(g_error, sizeof(g_error), "%s", msg);
+  return 1;
+}
+
+auto kernel() { return forward_kernel<TIn, Cell, DH, CS, WARPS, BT, RREG>; }
+
+cudaLaunchConfig_t launch_config(dim3 grid, cudaStream_t stream, cudaLaunchAttribute* attr) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(32 * WARPS);
+  cfg.dynamicSmemBytes = Cfg::smem();
+  cfg.stream = stream;
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = CS;
+  attr->val.clusterDim.y = 1;
+  attr->val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
+// once per device: the kernel attributes, and whether one cluster of this configuration fits
+// (cached: 0 ready, else the message of the first failure)
+int prepare(int device) {
+  static int done[64] = {0};
+  static int status[64] = {0};
+  static char message[64][512];
+  if (device < 0 || device >= 64) return fail_msg("fused_cluster: device index out of range");
+  if (done[device]) {
+    if (status[device] != 0) snprintf(g_error, sizeof(g_error), "%s", message[device]);
+    return status[device];
+  }
+  int rc = 0;
+  int major = 0;
+  cudaError_t e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (e != cudaSuccess) rc = fail("fused_cluster: compute capability", e);
+  else if (major < 9) rc = fail_msg("fused_cluster needs compute capability 9.0 or newer (thread-block clusters)");
+  if (rc == 0) {
+    e = cudaFuncSetAttribute(kernel(), cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Cfg::smem());
+    if (e != cudaSuccess) rc = fail("fused_cluster: shared memory attribute", e);
+  }
+  if (rc == 0 && CS > 8) {
+    e = cudaFuncSetAttribute(kernel(), cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (e != cudaSuccess) rc = fail("fused_cluster: non-portable cluster size refused", e);
+  }
+  if (rc == 0) {
+    cudaLaunchAttribute attr;
+    cudaLaunchConfig_t cfg = launch_config(dim3(CS, 1), nullptr, &attr);
+    int clusters = 0;
+    e = cudaOccupancyMaxActiveClusters(&clusters, kernel(), &cfg);
+    if (e != cudaSuccess) rc = fail("fused_cluster: cudaOccupancyMaxActiveClusters", e);
+    else if (clusters < 1)
+      rc = fail_msg("fused_cluster: no cluster of this configuration fits on the device (blocks per cluster, "
+                    "shared memory or registers per block)");
+  }
+  if (rc != 0) snprintf(message[device], sizeof(message[device]), "%s", g_error);
+  status[device] = rc;
+  done[device] = 1;
+  return rc;
+}
+}  // namespace
+
+extern "C" {
+
+// the configuration this library was built for, and its shared memory per block (bytes)
+int frnn_config(int* out) {
+  out[0] = Cell::G; out[1] = Cell::S; out[2] = DH; out[3] = CS; out[4] = WARPS; out[5] = BT; out[6] = RREG;
+  out[7] = FRNN_DTYPE; out[8] = (int)Cfg::smem(); out[9] = Cfg::HP;
+  return 0;
+}
+
+const char* frnn_error() { return g_error; }
+
+// 0 when one cluster of this configuration can run on `device`, else 1 and frnn_error() says why
+int frnn_check(int device) { return prepare(device); }
+
+// pointers as in fused_cluster.cuh (FwdArgs); states_in = rhb = nullptr: save=false. 0 = queued.
+int frnn_forward(int device, int T, int B, int NH, int reverse, const void* gx, const void* R, const void* b,
+                 const void* s0, void* h, void* sT, float* states_in, float* rhb, void* stream) {
+  int rc = prepare(device);
+  if (rc != 0) return rc;
+  FwdArgs a{T, B, NH, reverse, gx, R, b, s0, h, sT, states_in, rhb};
+  cudaLaunchAttribute attr;
+  cudaLaunchConfig_t cfg = launch_config(dim3(CS * ((B + BT - 1) / BT), NH), static_cast<cudaStream_t>(stream), &attr);
+  cudaError_t e = cudaLaunchKernelEx(&cfg, kernel(), a);
+  if (e != cudaSuccess) return fail("fused_cluster forward", e);
+  return 0;
+}
+
+}  // extern "C"

@@ -1,0 +1,150 @@
+"""The fused_cluster forward kernel (sm_90) against the float64 reference, within 2x PyTorch's error.
+
+As tests/gpu/test_fused_block.py: fresh inputs exact in every dtype, outputs NaN-poisoned before
+each kernel run, and for bfloat16 and float16 err(ours) <= 2 err(PyTorch natively in that dtype)
+against float64 for h, sT and the gradients of gx, R, b, s0. The gradients come from this family's
+backward, which is the alternating step kernel run from the states our forward saved: the test
+checks that what the forward saves is what that backward needs.
+
+Matrix: PLANNED (the planner's fused_cluster choice for this GPU, as the backend would get it:
+dense 1x768 LSTM, GRU and sLSTM at B16, 2x512 LSTM, elman 1x768 at B3) at T in {1, 17}, both directions,
+plus LSTM 1x768 B16 T1024 forward unless FLASHRNN_GPU_LONG=0; EXPLICIT small tilings of every cell
+(clusters of 2, 4 and 16 blocks, K slices 1 to 4, several batch tiles with a partial last one,
+R partly in shared memory) at T in {1, 17}, both directions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import zlib
+
+import pytest
+import torch
+
+from flashrnn_compile import planner, runtime
+from flashrnn_compile.cells import CELLS
+from flashrnn_compile.kernels import fused_cluster
+from flashrnn_compile.ops import recurrence
+
+from .conftest import float64_failures, make_inputs
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+    reason="fused_cluster needs a CUDA device of compute capability 9.0 or newer")
+
+DTYPES = (torch.bfloat16, torch.float16)
+LONG = os.environ.get("FLASHRNN_GPU_LONG") != "0"
+
+# (cell, NH, DH, B) the planner gives to fused_cluster on an H100
+PLANNED = [("lstm", 1, 768, 16), ("gru", 1, 768, 16), ("lstm", 2, 512, 16), ("elman_tanh", 1, 768, 3),
+           ("elman_relu", 1, 768, 3), ("slstm", 1, 768, 16)]
+PLANNED_CASES = [(c, nh, dh, b, T, r) for c, nh, dh, b in PLANNED for T in (1, 17) for r in (False, True)]
+if LONG:
+    PLANNED_CASES.append(("lstm", 1, 768, 16, 1024, False))
+
+# (NH, DH, B, params, what the layout exercises), run for every cell
+EXPLICIT = [
+    (2, 64, 3, {"CLUSTER_SIZE": 2, "WARPS": 4, "BATCH_TILE": 8, "R_REG_TILES": 4},
+     "cluster of 2, 2 unit groups x 2 K slices, R partly in shared memory, partial batch tile"),
+    (1, 128, 19, {"CLUSTER_SIZE": 4, "WARPS": 2, "BATCH_TILE": 16, "R_REG_TILES": 64},
+     "cluster of 4, one K slice, 2 batch tiles (the second partial), all of R in registers"),
+    (1, 256, 9, {"CLUSTER_SIZE": 16, "WARPS": 4, "BATCH_TILE": 8, "R_REG_TILES": 2},
+     "non-portable cluster of 16, one unit group x 4 K slices, 2 batch tiles"),
+]
+EXPLICIT_CASES = [(c, nh, dh, b, prm, T, r) for c in sorted(CELLS) for nh, dh, b, prm, _ in EXPLICIT
+                  for T in (1, 17) for r in (False, True)]
+
+
+def plan_for(cell, B, NH, DH, dtype) -> str:
+    chosen = planner.plan(cell, B, NH, DH, dtype, families=("fused_cluster",))
+    assert chosen.family == "fused_cluster", chosen.reason
+    return runtime.plan_json("fused_cluster", chosen.params)
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    from flashrnn_compile.kernels import alternating
+
+    monkeypatch.setattr(fused_cluster, "POISON", True)
+    monkeypatch.setattr(alternating, "POISON", True)
+
+
+def test_kernels_are_available_and_the_planner_uses_them():
+    assert fused_cluster.unavailable(torch.device("cuda")) is None
+    chosen = planner.plan("lstm", 16, 1, 768, torch.bfloat16)
+    assert chosen.family == "fused_cluster", chosen.reason
+    plan = runtime.plan_json("fused_cluster", chosen.params)
+    assert runtime.implementation(plan, torch.device("cuda")).family == "fused_cluster"
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,T,reverse", PLANNED_CASES,
+                         ids=[f"{c}-{nh}x{dh}-B{b}-T{t}-{'rev' if r else 'fwd'}" for c, nh, dh, b, t, r in PLANNED_CASES])
+def test_planned_matches_float64_reference(cell, NH, DH, B, T, reverse):
+    seed = zlib.crc32(f"cluster-{cell}-{NH}-{DH}-{B}-{T}-{reverse}".encode())
+    failures = float64_failures(cell, NH, DH, B, T, reverse, seed, DTYPES, lambda dtype: plan_for(cell, B, NH, DH, dtype))
+    assert not failures, "; ".join(failures)
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", EXPLICIT_CASES,
+                         ids=[f"{c}-{nh}x{dh}-B{b}-CS{p['CLUSTER_SIZE']}-W{p['WARPS']}-BT{p['BATCH_TILE']}-T{t}-{'rev' if r else 'fwd'}"
+                              for c, nh, dh, b, p, t, r in EXPLICIT_CASES])
+def test_explicit_tilings_match_float64_reference(cell, NH, DH, B, params, T, reverse):
+    seed = zlib.crc32(f"cluster-explicit-{cell}-{NH}-{DH}-{B}-{T}-{reverse}".encode())
+    plan = runtime.plan_json("fused_cluster", params)
+    failures = float64_failures(cell, NH, DH, B, T, reverse, seed, DTYPES, lambda dtype: plan)
+    assert not failures, "; ".join(failures)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_save_false_matches_save_true(cell):
+    """The inference forward (no states kept) gives the same h and sT, bit for bit."""
+    gx, R, b, s0, _, _ = make_inputs(cell, 9, 5, 1, 64, seed=11)
+    gx, R, b, s0 = (t.bfloat16() for t in (gx, R, b, s0))
+    plan = runtime.plan_json("fused_cluster", EXPLICIT[0][3])
+    h1, s1, si, rh = torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, True)
+    h2, s2, si2, rh2 = torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, False)
+    assert torch.equal(h1, h2) and torch.equal(s1, s2)
+    assert si2.numel() == 0 and rh2.numel() == 0 and torch.isfinite(si).all() and torch.isfinite(rh).all()
+
+
+def test_empty_sequence_and_noncontiguous_input():
+    gx, R, b, s0, _, _ = make_inputs("lstm", 0, 3, 1, 64, seed=1)
+    gx, R, b, s0 = (t.half() for t in (gx, R, b, s0))
+    plan = runtime.plan_json("fused_cluster", EXPLICIT[0][3])
+    h, sT = recurrence(gx, R, b, s0, cell="lstm", plan=plan)
+    assert h.shape == (0, 3, 1, 64) and torch.equal(sT, s0)
+    gx, R, b, s0, _, _ = make_inputs("gru", 6, 3, 1, 64, seed=3)
+    gx = gx.half().transpose(0, 1).contiguous().transpose(0, 1)  # [T, B, ...] view, not contiguous
+    R, b, s0 = R.half(), b.half(), s0.half()
+    h, sT = recurrence(gx, R, b, s0, cell="gru", plan=plan)
+    h_c, sT_c = recurrence(gx.contiguous(), R, b, s0, cell="gru", plan=plan)
+    assert torch.equal(h, h_c) and torch.equal(sT, sT_c)
+
+
+def test_dense_1024_is_refused_by_the_planner_with_the_reason():
+    p = planner.plan("lstm", 16, 1, 1024, torch.bfloat16, families=("fused_cluster",))
+    assert p.family != "fused_cluster"
+    assert "fused_cluster" in p.reason and "R of one head (8388608 B)" in p.reason, p.reason
+
+
+def sanitizer_case() -> None:
+    """A small forward of every cell on the explicit tilings (clusters of 2 and 16), both
+    directions, T=5, states kept, for `compute-sanitizer --tool memcheck | racecheck`; raises on an
+    h further than 0.05 (relative) from the float64 reference."""
+    from flashrnn_compile import reference
+    from flashrnn_compile.testing import rel_err
+
+    for cell, (NH, DH, B, prm, _), reverse in itertools.product(sorted(CELLS), (EXPLICIT[0], EXPLICIT[2]), (False, True)):
+        gx, R, b, s0, _, _ = make_inputs(cell, 5, B, NH, DH, seed=5)
+        low = [t.bfloat16() for t in (gx, R, b, s0)]
+        h, sT, si, rh = torch.ops.flashrnn.recurrence_fwd(*low, cell, reverse, runtime.plan_json("fused_cluster", prm), True)
+        h_ref, _, _, _ = reference.forward(gx, R, b, s0, cell, reverse, False)
+        err = rel_err(h, h_ref)
+        assert err < 0.05 and torch.isfinite(si).all() and torch.isfinite(rh).all(), (cell, prm, reverse, err)
+    torch.cuda.synchronize()
+    print("sanitizer case: ok")
+
+
+if __name__ == "__main__":  # python -m tests.gpu.test_fused_cluster (from the repository root)
+    sanitizer_case()
