@@ -70,27 +70,29 @@ def layer_rows():
 
 
 def layer_profile(cell="lstm", dt="bf16", B=16, NH=12, DH=64):
-    """Device time per kernel of one forward+backward layer call, and the call's wall time."""
+    """Device time per kernel of one forward and of one forward+backward layer call."""
     from suites import layer
 
     cfg = layer.Config(cell, dt, B, 1024, NH, DH)
     chosen = fused_plan(cell, NH, DH, DT[dt], B)
-    _, fwd_bwd = layer.ours_fns(cfg, runtime.plan_json(chosen.family, chosen.params), "cuda")
-    for _ in range(3):
-        fwd_bwd()
-    torch.cuda.synchronize()
-    reps = 5
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fwd_bwd()
+    fwd, fwd_bwd = layer.ours_fns(cfg, runtime.plan_json(chosen.family, chosen.params), "cuda")
+    rows = []
+    for what, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+        for _ in range(3):
+            fn()
         torch.cuda.synchronize()
-    kernels = {ev.key[:70]: round(ev.device_time_total / 1000 / reps, 4) for ev in prof.key_averages()
-               if ev.device_time_total > 0}
-    kernels = dict(sorted(kernels.items(), key=lambda kv: -kv[1]))
-    row = {"profile": f"{cell} {NH}x{DH} {dt} B{B} fwd+bwd", "device_ms_per_call": round(sum(kernels.values()), 4),
-           "kernels": kernels}
-    print(json.dumps(row), flush=True)
-    return row
+        reps = 5
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                fn()
+            torch.cuda.synchronize()
+        kernels = {ev.key[:70]: round(ev.device_time_total / 1000 / reps, 4) for ev in prof.key_averages()
+                   if ev.device_time_total > 0}
+        kernels = dict(sorted(kernels.items(), key=lambda kv: -kv[1]))
+        rows.append({"profile": f"{cell} {NH}x{DH} {dt} B{B} {what}",
+                     "device_ms_per_call": round(sum(kernels.values()), 4), "kernels": kernels})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def main():

@@ -49,10 +49,15 @@ int fail(const char* what, cudaError_t e) {
   return 1;
 }
 
+// `set`: the kernel's shared-memory opt-in is done (once per process and kernel, not per launch)
 template <typename K>
-int launch(K kernel, size_t smem, int B, int NH, cudaStream_t stream, void* args, const char* what) {
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-  if (e != cudaSuccess) return fail(what, e);
+int launch(K kernel, size_t smem, int B, int NH, cudaStream_t stream, void* args, const char* what, bool& set) {
+  cudaError_t e;
+  if (!set) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return fail(what, e);
+    set = true;
+  }
   dim3 grid((B + BT - 1) / BT, NH), block(32 * WARPS);
   void* kargs[] = {args};
   e = cudaLaunchKernel((const void*)kernel, grid, block, kargs, smem, stream);
@@ -80,8 +85,12 @@ int frnn_dr_in_kernel() { return Cfg::DR ? 1 : 0; }
 int frnn_forward(int T, int B, int NH, int reverse, const void* gx, const void* R, const void* b,
                  const void* s0, void* h, void* sT, float* states_in, float* rhb, void* stream) {
   FwdArgs a{T, B, NH, reverse, gx, R, b, s0, h, sT, states_in, rhb};
-  return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, Cfg::fwd_smem(), B, NH,
-                static_cast<cudaStream_t>(stream), &a, "fused_block forward");
+  static bool set_save = false, set_plain = false;
+  if (states_in != nullptr)
+    return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, true>, Cfg::fwd_smem(), B, NH,
+                  static_cast<cudaStream_t>(stream), &a, "fused_block forward", set_save);
+  return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, false>, Cfg::fwd_smem(), B, NH,
+                static_cast<cudaStream_t>(stream), &a, "fused_block forward", set_plain);
 }
 
 // dw: with frnn_dr_in_kernel(), [ceil(B / BATCH_TILE)][NH][G * DH * DH + G * DH] fp32 (dR, db of
@@ -90,8 +99,9 @@ int frnn_backward(int T, int B, int NH, int reverse, const void* dh, const void*
                   const void* R, const float* states_in, const float* rhb, void* dgx, float* drhb,
                   void* ds0, float* dw, void* stream) {
   BwdArgs a{T, B, NH, reverse, dh, dsT, gx, R, states_in, rhb, dgx, drhb, ds0, dw};
+  static bool set = false;
   return launch(backward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, Cfg::bwd_smem(), B, NH,
-                static_cast<cudaStream_t>(stream), &a, "fused_block backward");
+                static_cast<cudaStream_t>(stream), &a, "fused_block backward", set);
 }
 
 }  // extern "C"

@@ -21,9 +21,12 @@
 // gates of its unit); the backward splits K = (g, o) between the two and adds the other half's
 // partial sums of the lane's rows from shared memory behind a 64-thread pair barrier.
 // What crosses warps is the next step's right-hand side (h, or drhb), written to shared memory
-// (double-buffered: one __syncthreads per step). The per-step inputs (gx; in the backward also rhb,
-// states_in and dh) stream through a ring of NS shared-memory stages filled by cp.async NS - 1
-// steps ahead, so DRAM latency never sits on the recurrence; outputs are plain stores.
+// (double-buffered: one __syncthreads per step; the backward keeps drhb transposed, X^T
+// [(g, o)][batch column], so a lane's two columns are one word and ldmatrix.trans gives the B
+// fragments). The per-step inputs (gx; in the backward also rhb, states_in and dh) stream through a
+// ring of NS shared-memory stages filled by cp.async NS - 1 steps ahead, so DRAM latency never sits
+// on the recurrence; outputs are plain stores through per-element pointers, placed in the step
+// where they cost least (measured: see the kernels).
 //
 // Precision: MMA operands are 16-bit (bf16, or fp16 for fp16 inputs), fp32 accumulate. R is exact
 // in the input dtype. The fp32 right-hand side (h or drhb) is rounded to HP pieces of the input
@@ -127,6 +130,20 @@ __device__ __forceinline__ void ldmatrix_x2_trans(uint32_t* r, uint32_t smem) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem));
 }
 
+// four 8x8 16-bit matrices, transposed: lanes 8 m .. 8 m + 7 give the row addresses of matrix m
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, uint32_t smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem));
+}
+// not transposed: lane (gq, t4) gets {M[gq][2 t4], M[gq][2 t4 + 1]} of each matrix
+__device__ __forceinline__ void ldmatrix_x2(uint32_t* r, uint32_t smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, uint32_t smem) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem));
+}
+
 // barrier of the 64 threads of a warp pair (ids 1..15; 0 is __syncthreads)
 __device__ __forceinline__ void pair_barrier(int id) { asm volatile("bar.sync %0, 64;\n" ::"r"(id) : "memory"); }
 
@@ -185,8 +202,10 @@ struct WarpGemm {
   }
 
   // xs: this step's X [HP][BT][XK]; nt0: the warp's first n-tile
-  template <int BT, int XK>
-  __device__ void run(const uint32_t* a_smem, const Op* xs, int nt0, int warp, int lane, float (&acc)[MT][NTW][4]) const {
+  // `between()` runs after the fragment loads are issued and before the MMAs (work for the wait)
+  template <int BT, int XK, typename F>
+  __device__ void run(const uint32_t* a_smem, const Op* xs, int nt0, int warp, int lane, float (&acc)[MT][NTW][4],
+                      F between) const {
     const int gq = lane >> 2, t4 = lane & 3;
     const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);
     float part[KS][MT][NTW][4];
@@ -198,18 +217,23 @@ struct WarpGemm {
         for (int i = 0; i < NTW; ++i)
 #pragma unroll
           for (int r = 0; r < 4; ++r) part[s][mt][i][r] = 0.0f;
+    uint32_t bfr[KT][HP][NTW][2];
 #pragma unroll
     for (int kt = 0; kt < KT; ++kt) {
       if (GUARD && kt0 + kt >= KTT) break;
-      uint32_t bfr[HP][NTW][2];
 #pragma unroll
       for (int hp = 0; hp < HP; ++hp)
 #pragma unroll
         for (int i = 0; i < NTW; ++i) {
           const int base = ((hp * BT + (nt0 + i) * 8 + gq) * XK + (kt0 + kt) * 16) / 2 + t4;
-          bfr[hp][i][0] = xw[base];
-          bfr[hp][i][1] = xw[base + 4];
+          bfr[kt][hp][i][0] = xw[base];
+          bfr[kt][hp][i][1] = xw[base + 4];
         }
+    }
+    between();
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) {
+      if (GUARD && kt0 + kt >= KTT) break;
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         const int f = mt * KT + kt;
@@ -220,7 +244,76 @@ struct WarpGemm {
 #pragma unroll
         for (int hp = HP - 1; hp >= 0; --hp)
 #pragma unroll
-          for (int i = 0; i < NTW; ++i) mma(part[kt % KS][mt][i], a, bfr[hp][i], (Op*)nullptr);
+          for (int i = 0; i < NTW; ++i) mma(part[kt % KS][mt][i], a, bfr[kt][hp][i], (Op*)nullptr);
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < NTW; ++i)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          float s = part[0][mt][i][r];
+#pragma unroll
+          for (int k = 1; k < KS; ++k) s += part[k][mt][i][r];
+          acc[mt][i][r] = s;
+        }
+  }
+
+  // The same product with X stored transposed, X^T [HP][KTT * 16][XN] (row = k, the batch columns
+  // contiguous; XN * 2 bytes an odd multiple of 16: conflict-free): the B fragments of two k-tiles
+  // come from one ldmatrix.x4.trans (lane l gives the row address of k = 16 kt + l). xs_s: the
+  // shared-window address of X^T.
+  // `between()` runs after the fragment loads are issued and before the MMAs (work for the wait)
+  template <int XN, typename F>
+  __device__ void run_t(const uint32_t* a_smem, uint32_t xs_s, int nt0, int warp, int lane, float (&acc)[MT][NTW][4],
+                        F between) const {
+    float part[KS][MT][NTW][4];
+#pragma unroll
+    for (int s = 0; s < KS; ++s)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int i = 0; i < NTW; ++i)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) part[s][mt][i][r] = 0.0f;
+    constexpr int KP = (KT + 1) / 2;
+    uint32_t bfr[KP][HP][NTW][4];
+#pragma unroll
+    for (int kt = 0; kt < KT; kt += 2) {
+      // both k-tiles of the pair exist (compile-time unless an odd split guards the last one)
+      const bool two = kt + 1 < KT && (!GUARD || kt0 + kt + 1 < KTT);
+      if (GUARD && kt0 + kt >= KTT) break;
+#pragma unroll
+      for (int hp = 0; hp < HP; ++hp)
+#pragma unroll
+        for (int i = 0; i < NTW; ++i) {
+          const int row = hp * KTT * 16 + (kt0 + kt) * 16 + (two ? lane : (lane & 15));
+          const uint32_t addr = xs_s + (uint32_t)((row * XN + (nt0 + i) * 8) * 2);
+          if (two) ldmatrix_x4_trans(bfr[kt / 2][hp][i], addr);
+          else ldmatrix_x2_trans(bfr[kt / 2][hp][i], addr);
+        }
+    }
+    between();
+#pragma unroll
+    for (int kt = 0; kt < KT; kt += 2) {
+      const bool two = kt + 1 < KT && (!GUARD || kt0 + kt + 1 < KTT);
+      if (GUARD && kt0 + kt >= KTT) break;
+#pragma unroll
+      for (int h2 = 0; h2 < 2; ++h2) {
+        if (h2 == 1 && !two) break;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          const int f = mt * KT + kt + h2;
+          uint32_t a[4];
+#pragma unroll
+          for (int r = 0; r < 4; ++r)
+            a[r] = f < NREG ? areg[f < NREG ? f : 0][r] : a_smem[((warp * NSMEM + (f - NREG)) * 4 + r) * 32 + lane];
+#pragma unroll
+          for (int hp = HP - 1; hp >= 0; --hp)
+#pragma unroll
+            for (int i = 0; i < NTW; ++i) mma(part[(kt + h2) % KS][mt][i], a, &bfr[kt / 2][hp][i][2 * h2], (Op*)nullptr);
+        }
       }
     }
 #pragma unroll
@@ -320,7 +413,10 @@ struct Config {
   static constexpr int HBW = BT / 2 + (12 - (BT / 2) % 8) % 8;
   // shared-memory rows (Op elements unless said), padded by 16 bytes: conflict-free fragments
   static constexpr int XF = DH + 8;        // forward X (h) row
-  static constexpr int XB = G * DH + 8;    // backward X (drhb) row
+  // backward X (drhb) transposed, [HP][G * DH][XN]: row = (g, o), the batch columns contiguous;
+  // XN * 2 bytes an odd multiple of 16 (conflict-free ldmatrix rows and pair stores)
+  static constexpr int XN = BT + ((BT / 8) % 2 == 0 ? 8 : 0);
+  static constexpr int XT = HP * G * DH * XN;  // Op elements of one step's X^T
   static constexpr int GXR = G * DH + 8;   // gx row of a stage
   static constexpr int RHR = G * DH + 4;   // rhb row (floats)
   static constexpr int STR = DH + 4;       // states_in row (floats)
@@ -342,7 +438,7 @@ struct Config {
   static constexpr size_t B_DH = B_ST + align16((size_t)S * BT * STR * 4);
   static constexpr size_t B_STAGE = B_DH + align16((size_t)BT * DHR * 2);
   static constexpr int B_NS = stages(B_STAGE);
-  static constexpr size_t B_A = align16(Bwd::smem_a_bytes()), B_X = align16((size_t)2 * HP * BT * XB * 2);
+  static constexpr size_t B_A = align16(Bwd::smem_a_bytes()), B_X = align16((size_t)2 * XT * 2);
   // after the ring: the K-split exchange [WARPS][NTW][32] float2 | h_in [2][DH][HBW] words (DR) |
   // db partials [WN][G * DH] floats (DR)
   static constexpr size_t B_XCH = KSPLIT == 2 ? align16((size_t)WARPS * NTW * 32 * 8) : 0;
@@ -367,35 +463,44 @@ struct BwdArgs {
 };
 
 // One thread's share of streaming a tile of ROWS rows x ROW_CHUNKS 16-byte chunks into a ring
-// stage each step: its chunk slots' shared addresses (stage 0) and global addresses (t = 0) are
-// fixed before the time loop; a step adds the stage's and the time step's byte offsets.
+// stage each step: its chunk slots' shared addresses (stage 0) and global addresses (the first
+// step) are fixed before the time loop; `issue` adds the stage's byte offset, `advance` moves the
+// global addresses by one step (a 64-bit add per chunk: no per-step index math, no predicates but
+// for a partial last slot). A row past the batch copies the tile's first row (src_of gives its
+// address): finite values for the columns that compute and store nothing.
 template <int THREADS, int ROWS, int ROW_CHUNKS>
 struct RowCopy {
   static constexpr int TOTAL = ROWS * ROW_CHUNKS, CH = (TOTAL + THREADS - 1) / THREADS;
+  static constexpr bool PARTIAL = TOTAL % THREADS != 0;  // the last slot is past the tile for some threads
   uint32_t dst[CH];
-  const unsigned char* src[CH];  // nullptr: a slot past the tile or a row past the batch
-  // row r lands at dst_base + r * dst_row; src_of(r): its global address at t = 0, or nullptr
+  const unsigned char* src[CH];
+  bool last_in;
+  // row r lands at dst_base + r * dst_row; src_of(r): its global address at the first step
   template <typename F>
   __device__ void init(uint32_t dst_base, int dst_row, F src_of, int tid) {
 #pragma unroll
     for (int k = 0; k < CH; ++k) {
-      const int i = k * THREADS + tid, r = i / ROW_CHUNKS, c = i % ROW_CHUNKS;
-      const unsigned char* row = i < TOTAL ? src_of(r) : nullptr;
+      const int i = k * THREADS + tid, r = i < TOTAL ? i / ROW_CHUNKS : 0, c = i % ROW_CHUNKS;
       dst[k] = dst_base + r * dst_row + c * 16;
-      src[k] = row != nullptr ? row + c * 16 : nullptr;
+      src[k] = src_of(r) + c * 16;
     }
+    last_in = (CH - 1) * THREADS + tid < TOTAL;
   }
-  __device__ void issue(uint32_t stage_off, long long t_off) const {
+  __device__ void issue(uint32_t stage_off) const {
 #pragma unroll
     for (int k = 0; k < CH; ++k)
-      if (src[k] != nullptr) cp_async16(dst[k] + stage_off, src[k] + t_off);
+      if (!PARTIAL || k < CH - 1 || last_in) cp_async16(dst[k] + stage_off, src[k]);
+  }
+  __device__ void advance(long long bytes) {
+#pragma unroll
+    for (int k = 0; k < CH; ++k) src[k] += bytes;
   }
 };
 
 // The backward block's share of dR and db (Config::DR): warp w accumulates the m-tiles w, w + WARPS,
 // ... of dR [(g, o)][u] (all DH / 8 n-tiles) on the tensor cores, one step at a time:
 //   dR[(g, o)][u] += sum_n drhb[(g, o)][n] h_in[u][n]   (m16n8k8, K = 8 batch columns)
-// A = drhb as the step's MMA pieces in shared memory [HP][BT][XB] (transposed by ldmatrix), B = h_in
+// A = drhb as the step's MMA pieces in shared memory X^T [HP][G * DH][XN] (ldmatrix), B = h_in
 // rounded to the input dtype [DH][HBW words]; db[(g, o)] as fp32 sums of the lane's own elements.
 template <typename C>
 struct DrAcc {
@@ -417,25 +522,34 @@ struct DrAcc {
       for (int g = 0; g < G; ++g) db[jj][g] = 0.0f;
   }
 
-  // xsb: drhb pieces of one step [HP][BT][XB] (shared); hb: its h_in [DH][HBW] words (shared)
+  // xsb: drhb pieces of one step, X^T [HP][G * DH][XN] (shared); hb: its h_in [DH][HBW] words (shared)
   __device__ void step(const Op* xsb, const uint32_t* hb, int warp, int lane) {
-    const int gq = lane >> 2, t4 = lane & 3, l16 = lane & 15;
+    const int gq = lane >> 2, t4 = lane & 3;
     const uint32_t xs_s = (uint32_t)__cvta_generic_to_shared(xsb);
+    // two m-tiles per ldmatrix.x4 where both exist (lanes 16-31 address the second)
+    constexpr bool X4 = MPW % 2 == 0 && C::DR_MT % C::WARPS_ == 0;
 #pragma unroll
     for (int ks = 0; ks < BT / 8; ++ks) {
       uint32_t bf[NT];
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) bf[nt] = hb[(nt * 8 + gq) * C::HBW + ks * 4 + t4];
 #pragma unroll
-      for (int mt = 0; mt < MPW; ++mt) {
+      for (int mt = 0; mt < MPW; mt += X4 ? 2 : 1) {
         const int m = warp + mt * C::WARPS_;
-        if (C::DR_MT % C::WARPS_ != 0 && m >= C::DR_MT) break;
+        if (!X4 && C::DR_MT % C::WARPS_ != 0 && m >= C::DR_MT) break;
 #pragma unroll
         for (int hp = 0; hp < C::HP; ++hp) {
-          uint32_t a[2];
-          ldmatrix_x2_trans(a, xs_s + (uint32_t)(((hp * BT + ks * 8 + (l16 & 7)) * C::XB + m * 16 + 8 * (l16 >> 3)) * 2));
+          uint32_t a[4];  // A = drhb^T rows (g, o) of m-tile m (and m + WARPS), k = batch columns
+          const int row = hp * G * DH + (X4 ? m + (lane >> 4) * C::WARPS_ : m) * 16 + (lane & 15);
+          const uint32_t addr = xs_s + (uint32_t)((row * C::XN + ks * 8) * 2);
+          if (X4) ldmatrix_x4(a, addr);
+          else ldmatrix_x2(a, addr);
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) mma_k8(acc[mt][nt], a, bf[nt], (Op*)nullptr);
+          if (X4) {
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) mma_k8(acc[X4 ? mt + 1 : mt][nt], a + 2, bf[nt], (Op*)nullptr);
+          }
         }
       }
     }
@@ -473,7 +587,8 @@ struct DrAcc {
   }
 };
 
-template <typename TIn, typename Cell, int DH, int WARPS, int BT, int RREG>
+// SAVE: states_in and rhb are written (p.states_in, p.rhb not null), for the backward
+template <typename TIn, typename Cell, int DH, int WARPS, int BT, int RREG, bool SAVE>
 __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   using C = Config<TIn, Cell, DH, WARPS, BT, RREG>;
   using Gm = typename C::Fwd;
@@ -499,9 +614,14 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   const size_t gx_row = (size_t)NH * G * DH * sizeof(TIn);
   RowCopy<C::THREADS, BT, G * DH * 2 / 16> gxc;
   gxc.init((uint32_t)__cvta_generic_to_shared(ring), GXR * 2,
-           [&](int n) { return n < nb ? gx0 + n * gx_row : nullptr; }, tid);
-  auto prefetch = [&](int step) {  // the gx stage of `step` (if any), one commit group always
-    if (step < T) gxc.issue((uint32_t)((step % NS) * C::F_STAGE), (long long)(t_first + dstep * step) * gx_t);
+           [&](int n) { return gx0 + (n < nb ? n : 0) * gx_row + (long long)t_first * gx_t; }, tid);
+  uint32_t pf_stage = 0;  // the ring stage the next prefetch fills (bytes)
+  // the gx stage of the next step in order (calls go step 0, 1, ...; none past T), one commit
+  // group always
+  auto prefetch = [&](int step) {
+    if (step < T) gxc.issue(pf_stage);
+    gxc.advance(dstep * gx_t);
+    pf_stage = pf_stage + C::F_STAGE == NS * C::F_STAGE ? 0u : pf_stage + (uint32_t)C::F_STAGE;
     cp_async_commit();
   };
 #pragma unroll 1
@@ -539,16 +659,47 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
       for (int hp = 0; hp < HP; ++hp) xs[(hp * BT + n) * XF + u] = pc[hp];
     }
   }
-  TIn* hout = static_cast<TIn*>(p.h);
+  // a step's outputs (h; with SAVE, states_in and rhb), through per-element pointers that move one
+  // step per store. Where they go in the step (measured on the H100, LSTM 12x64 / 24x32 bf16 B16):
+  // with SAVE during the next step's MMAs (forward 0.579 / 0.303 ms, at the step's end 0.594 /
+  // 0.291); without, h at the step's end and the prefetch between the fragment loads and the MMAs
+  // (0.323 / 0.187 ms, the SAVE placement 0.339 / 0.217)
+  TIn* hpe[E];
+  float *spe[E], *rpe[E];
+  float hv[E], sin_[E][S], rv[E][G];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    hpe[e] = static_cast<TIn*>(p.h) + (long long)t_first * BND + sidx[e];
+    spe[e] = p.states_in + (long long)t_first * S * BND + sidx[e];
+    rpe[e] = p.rhb + (long long)t_first * G * BND + gidx[e];
+  }
+  auto store_outputs = [&]() {
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      if (sidx[e] >= 0) {
+        *hpe[e] = In<TIn>::store(hv[e]);
+        if (SAVE) {
+#pragma unroll
+          for (int s = 0; s < S; ++s) spe[e][s * BND] = sin_[e][s];
+#pragma unroll
+          for (int g = 0; g < G; ++g) rpe[e][g * DH] = rv[e][g];
+        }
+      }
+      hpe[e] += (long long)dstep * BND;
+      spe[e] += (long long)dstep * S * BND;
+      rpe[e] += (long long)dstep * G * BND;
+    }
+  };
+  uint32_t rd_stage = 0;  // the ring stage of this step (bytes)
   cp_async_wait<NS - 2>();
   __syncthreads();
 
 #pragma unroll 1
   for (int step = 0; step < T; ++step) {
-    const int t = t_first + dstep * step, cur = step & 1;
-    prefetch(step + NS - 1);  // into the stage step - 1 used (every warp is past it)
+    const int cur = step & 1;
     // this step's gx (landed before the last barrier), read before the MMAs: off the critical path
-    const Op* gxs = reinterpret_cast<const Op*>(ring + (step % NS) * C::F_STAGE);
+    const Op* gxs = reinterpret_cast<const Op*>(ring + rd_stage);
+    rd_stage = rd_stage + C::F_STAGE == NS * C::F_STAGE ? 0u : rd_stage + (uint32_t)C::F_STAGE;
     float gxe[E][G];
 #pragma unroll
     for (int e = 0; e < E; ++e) {
@@ -558,44 +709,43 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
       for (int g = 0; g < G; ++g) gxe[e][g] = In<TIn>::load(gxs[n * GXR + g * DH + u]);
     }
     float acc[C::FMT][NTW][4];
-    gemm.template run<BT, XF>(a_smem, xs + cur * HP * BT * XF, nt0, warp, lane, acc);
+    // the prefetch fills the stage step - 1 used (every warp is past it)
+    gemm.template run<BT, XF>(a_smem, xs + cur * HP * BT * XF, nt0, warp, lane, acc, [&]() {
+      if (!SAVE) prefetch(step + NS - 1);
+    });
+    if (SAVE) {
+      prefetch(step + NS - 1);
+      if (step > 0) store_outputs();  // the last step's
+    }
     Op* xn = xs + (cur ^ 1) * HP * BT * XF;
-    TIn* ht = hout + (size_t)t * BND;
-    float* sit = p.states_in + (size_t)t * S * BND;  // (unused without save)
-    float* rht = p.rhb + (size_t)t * G * BND;
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       const auto el = C::elem(e, rh);
       const int n = (nt0 + el.i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * el.j;
-      // branch-free: a column past the batch runs the cell too (its results are never stored), so
-      // the lane's cells share one basic block and their latency chains overlap
-      const bool ok = sidx[e] >= 0;
-      float gxv[G], rhb[G], sn[S];
+      // branch-free: a column past the batch runs the cell too (on the copied first row of gx; its
+      // results are never stored, and its h only meets its own column in R h)
+      float gxv[G], sn[S];
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         gxv[g] = gxe[e][g];
-        rhb[g] = C::gate(acc, g, el) + bb[el.jj][g];
+        rv[e][g] = C::gate(acc, g, el) + bb[el.jj][g];
       }
-      if (ok && p.states_in != nullptr) {
 #pragma unroll
-        for (int s = 0; s < S; ++s) sit[s * BND + sidx[e]] = st[e][s];
-#pragma unroll
-        for (int g = 0; g < G; ++g) rht[gidx[e] + g * DH] = rhb[g];
-      }
-      Cell::template forward<M>(gxv, rhb, st[e], sn);
+      for (int s = 0; s < S; ++s) sin_[e][s] = st[e][s];
+      Cell::template forward<M>(gxv, rv[e], st[e], sn);
 #pragma unroll
       for (int s = 0; s < S; ++s) st[e][s] = sn[s];
+      hv[e] = sn[0];
       Op pc[HP];
       split<Op, HP>(sn[0], pc);
-      if (ok) {
-        ht[sidx[e]] = In<TIn>::store(sn[0]);
 #pragma unroll
-        for (int hp = 0; hp < HP; ++hp) xn[(hp * BT + n) * XF + u] = pc[hp];
-      }
+      for (int hp = 0; hp < HP; ++hp) xn[(hp * BT + n) * XF + u] = pc[hp];
     }
+    if (!SAVE) store_outputs();  // this step's h
     cp_async_wait<NS - 2>();  // this thread's copies of step + 1 landed; the barrier shows them to all
     __syncthreads();
   }
+  if (SAVE && T > 0) store_outputs();
   cp_async_wait<0>();
   TIn* sT = static_cast<TIn*>(p.sT);
 #pragma unroll
@@ -611,11 +761,12 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   using Gm = typename C::Bwd;
   using Op = typename C::Op;
   using M = typename C::Math;
-  constexpr int G = C::G, S = C::S, HP = C::HP, NTW = C::NTW, NS = C::B_NS, XB = C::XB, E = C::E;
+  constexpr int G = C::G, S = C::S, HP = C::HP, NTW = C::NTW, NS = C::B_NS, XN = C::XN, XT = C::XT, E = C::E;
   extern __shared__ __align__(16) unsigned char smem[];
   uint32_t* a_smem = reinterpret_cast<uint32_t*>(smem);
-  Op* xs = reinterpret_cast<Op*>(smem + C::B_A);                   // [2][HP][BT][XB]
+  Op* xs = reinterpret_cast<Op*>(smem + C::B_A);                   // [2][HP][G * DH][XN] (X^T)
   unsigned char* ring = smem + C::B_A + C::B_X;                   // NS x (gx, rhb, states_in, dh)
+  const uint32_t xs_s = (uint32_t)__cvta_generic_to_shared(xs);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, t4 = lane & 3;
   const int ug = warp % C::UG, rh = (warp / C::UG) % C::RH, nt0 = (warp / C::UG / C::RH) * NTW;
@@ -626,32 +777,40 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   // processing order: reverse time of the forward
   const int dstep = p.reverse ? 1 : -1, t_first = p.reverse ? 0 : T - 1;
   const size_t gxe = (((size_t)bt0 * NH + nh) * G * DH);  // element offset of (t=0, bt0, nh) in gx / rhb
-  const unsigned char* gx0 = static_cast<const unsigned char*>(p.gx) + gxe * sizeof(TIn);
-  const unsigned char* rh0 = reinterpret_cast<const unsigned char*>(p.rhb + gxe);
-  const unsigned char* st0 = reinterpret_cast<const unsigned char*>(p.states_in + ((size_t)bt0 * NH + nh) * DH);
-  const unsigned char* dh0 = static_cast<const unsigned char*>(p.dh) + ((size_t)bt0 * NH + nh) * DH * sizeof(TIn);
   const long long gx_t = (long long)B * NH * G * DH;  // elements per step of gx / rhb
+  const unsigned char* gx0 = static_cast<const unsigned char*>(p.gx) + (gxe + t_first * gx_t) * sizeof(TIn);
+  const unsigned char* rh0 = reinterpret_cast<const unsigned char*>(p.rhb + gxe + t_first * gx_t);
+  const unsigned char* st0 = reinterpret_cast<const unsigned char*>(p.states_in + ((size_t)bt0 * NH + nh) * DH +
+                                                                    (long long)t_first * S * BND);
+  const unsigned char* dh0 = static_cast<const unsigned char*>(p.dh) +
+                             (((size_t)bt0 * NH + nh) * DH + (long long)t_first * BND) * sizeof(TIn);
   const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
   RowCopy<C::THREADS, BT, G * DH * 2 / 16> gxc;      // gx [BT][G*DH]
   RowCopy<C::THREADS, BT, G * DH * 4 / 16> rhc;      // rhb [BT][G*DH] f32
   RowCopy<C::THREADS, S * BT, DH * 4 / 16> stc;      // states_in [S][BT][DH] f32
   RowCopy<C::THREADS, BT, DH * 2 / 16> dhc;          // dh [BT][DH]
-  gxc.init(ring_s + C::B_GX, C::GXR * 2, [&](int n) { return n < nb ? gx0 + n * (size_t)NH * G * DH * sizeof(TIn) : nullptr; }, tid);
-  rhc.init(ring_s + C::B_RH, C::RHR * 4, [&](int n) { return n < nb ? rh0 + n * (size_t)NH * G * DH * 4 : nullptr; }, tid);
+  // rows past the batch copy the tile's first row (RowCopy)
+  gxc.init(ring_s + C::B_GX, C::GXR * 2, [&](int n) { return gx0 + (n < nb ? n : 0) * (size_t)NH * G * DH * sizeof(TIn); }, tid);
+  rhc.init(ring_s + C::B_RH, C::RHR * 4, [&](int n) { return rh0 + (n < nb ? n : 0) * (size_t)NH * G * DH * 4; }, tid);
   stc.init(ring_s + C::B_ST, C::STR * 4, [&](int r) {
     const int s = r / BT, n = r % BT;
-    return n < nb ? st0 + ((size_t)s * BND + (size_t)n * NH * DH) * 4 : nullptr;
+    return st0 + ((size_t)s * BND + (size_t)(n < nb ? n : 0) * NH * DH) * 4;
   }, tid);
-  dhc.init(ring_s + C::B_DH, C::DHR * 2, [&](int n) { return n < nb ? dh0 + n * (size_t)NH * DH * sizeof(TIn) : nullptr; }, tid);
+  dhc.init(ring_s + C::B_DH, C::DHR * 2, [&](int n) { return dh0 + (n < nb ? n : 0) * (size_t)NH * DH * sizeof(TIn); }, tid);
+  uint32_t pf_stage = 0;  // the ring stage the next prefetch fills (bytes)
+  // the stage of the next step in order (calls go step 0, 1, ...; none past T), one commit group always
   auto prefetch = [&](int step) {
     if (step < T) {
-      const long long t = t_first + dstep * step;
-      const uint32_t stage = (uint32_t)((step % NS) * C::B_STAGE);
-      gxc.issue(stage, t * gx_t * (long long)sizeof(TIn));
-      rhc.issue(stage, t * gx_t * 4);
-      stc.issue(stage, t * S * BND * 4);
-      dhc.issue(stage, t * BND * (long long)sizeof(TIn));
+      gxc.issue(pf_stage);
+      rhc.issue(pf_stage);
+      stc.issue(pf_stage);
+      dhc.issue(pf_stage);
     }
+    gxc.advance(dstep * gx_t * (long long)sizeof(TIn));
+    rhc.advance(dstep * gx_t * 4);
+    stc.advance((long long)dstep * S * BND * 4);
+    dhc.advance((long long)dstep * BND * (long long)sizeof(TIn));
+    pf_stage = pf_stage + C::B_STAGE == NS * C::B_STAGE ? 0u : pf_stage + (uint32_t)C::B_STAGE;
     cp_async_commit();
   };
 #pragma unroll 1
@@ -660,7 +819,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   Gm gemm;  // A[r][(g, o)] = R[g][o][ug*16 + r]; a K-split pair: the first or the second half of K
   gemm.load([&](int, int r, int k) { return In<TIn>::load(R[k * DH + ug * 16 + r]); }, a_smem, warp, lane,
             C::KSPLIT == 2 ? rh * C::BKT : 0);
-  for (int i = tid; i < 2 * HP * BT * XB; i += C::THREADS) xs[i] = to_op(0.0f, (Op*)nullptr);
+  for (int i = tid; i < 2 * XT; i += C::THREADS) xs[i] = to_op(0.0f, (Op*)nullptr);
   // in-kernel dR / db (C::DR): h_in of each step as MMA operand, double-buffered [2][DH][HBW]
   // words, zero before the first step (its dR MMAs add zeros). Compile-time, not p.dw != nullptr:
   // a runtime test would put the dR MMAs in a block of their own, away from the cells
@@ -670,12 +829,11 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     for (int i = tid; i < 2 * DH * C::HBW; i += C::THREADS) hb[i] = 0u;
   DrAcc<C> dr;
   if (C::DR) dr.zero();
-  // R^T drhb of one step's X into acc; a K-split pair adds the partner's half of the lane's rows
-  // (after the exchange both halves of acc hold the sums, so C::pick needs no change)
+  // a K-split pair adds the partner's half of the lane's rows of R^T drhb (after the exchange both
+  // halves of acc hold the sums, so C::pick needs no change)
   float2* xch = reinterpret_cast<float2*>(smem + C::B_TAIL);  // [WARPS][NTW][32]
   const int wn = warp / C::UG / C::RH, partner = warp + (rh ? -C::UG : C::UG);
-  auto rec = [&](const Op* xsb, float (&acc)[1][NTW][4]) {
-    gemm.template run<BT, XB>(a_smem, xsb, nt0, warp, lane, acc);
+  auto exchange = [&](float (&acc)[1][NTW][4]) {
     if (C::KSPLIT == 2) {
 #pragma unroll
       for (int i = 0; i < NTW; ++i)
@@ -707,17 +865,46 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
       for (int s = 0; s < S; ++s) ds[e][s] = In<TIn>::load(dsT[s * BND + sidx[e]]);
     }
   }
-  TIn* dgx = static_cast<TIn*>(p.dgx);
+  // dgx of a step is stored at the step's end, after its drhb (the next step's operand), through
+  // per-element pointers that move one step per store (no per-step index math)
+  float dgp[E][G];
+  TIn* dge[E];
+  float mk[E];  // 1 for a column in the batch, 0 past it (its db share)
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    dge[e] = static_cast<TIn*>(p.dgx) + (long long)t_first * G * BND + gidx[e];
+    mk[e] = sidx[e] >= 0 ? 1.0f : 0.0f;
+  }
+  auto store_dgx = [&]() {
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      if (sidx[e] >= 0)
+#pragma unroll
+        for (int g = 0; g < G; ++g) dge[e][g * DH] = In<TIn>::store(dgp[e][g]);
+      dge[e] += (long long)dstep * G * BND;
+    }
+  };
+  uint32_t rd_stage = 0;  // the ring stage of this step (bytes)
   cp_async_wait<NS - 2>();
   __syncthreads();
 
 #pragma unroll 1
   for (int step = 0; step < T; ++step) {
     const int t = t_first + dstep * step, cur = step & 1;
-    prefetch(step + NS - 1);
-    // this step's inputs (landed before the last barrier), read before the MMAs: the cell's gate
-    // math does not wait for R^T drhb and can overlap it
-    const unsigned char* stage = ring + (step % NS) * C::B_STAGE;
+    // R^T drhb of the step before (zero at the first): its fragments first, right after the barrier
+    float acc[1][NTW][4];
+    // the prefetch (into the stage step - 1 used: every warp is past it) between the fragment loads
+    // and the MMAs; this step's dgx goes out at the step's end. Measured on the H100 (LSTM 12x64 bf16
+    // B16, backward kernel): 0.805 ms; prefetch and the last step's dgx after the MMAs, before the
+    // K-split exchange: 0.954 (the pointer registers of the stores and copies waited on the LSU
+    // reading them: ncu long-scoreboard stalls on register moves, 27% of the samples); both before
+    // the MMAs 0.962; prefetch first, dgx at the end 0.808; the dR MMAs before the exchange 0.820
+    gemm.template run_t<XN>(a_smem, xs_s + (uint32_t)(cur * XT * 2), nt0, warp, lane, acc,
+                            [&]() { prefetch(step + NS - 1); });
+    // this step's inputs (landed before the last barrier): the cell's gate math does not wait for
+    // R^T drhb and can overlap it
+    const unsigned char* stage = ring + rd_stage;
+    rd_stage = rd_stage + C::B_STAGE == NS * C::B_STAGE ? 0u : rd_stage + (uint32_t)C::B_STAGE;
     const Op* gxs = reinterpret_cast<const Op*>(stage + C::B_GX);
     const float* rhs = reinterpret_cast<const float*>(stage + C::B_RH);
     const float* sts = reinterpret_cast<const float*>(stage + C::B_ST);
@@ -741,54 +928,61 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
         hb[(cur * DH + u) * C::HBW + (n - 1) / 2] = pack2(to_op(h0, (Op*)nullptr), to_op(h1, (Op*)nullptr));
       }
     }
-    float acc[1][NTW][4];  // R^T drhb of the step before (zero at the first)
-    rec(xs + cur * HP * BT * XB, acc);
+    // in the MMAs' shadow: the ring stage step - 1 used (every warp is past it), the last step's dgx
+    exchange(acc);
     // dR of the step before (its drhb is this step's X, its h_in in the other hb buffer; zeros at
     // the first step): no branch, so its MMAs share a basic block with the cells below and ptxas
     // interleaves them with the cells' latency chains
-    if (dr_on) dr.step(xs + cur * HP * BT * XB, hb + (cur ^ 1) * DH * C::HBW, warp, lane);
-    Op* xn = xs + (cur ^ 1) * HP * BT * XB;
-    TIn* dgt = dgx + (size_t)t * G * BND;
+    if (dr_on) dr.step(xs + cur * XT, hb + (cur ^ 1) * DH * C::HBW, warp, lane);
+    uint32_t* xn = reinterpret_cast<uint32_t*>(xs + (cur ^ 1) * XT);  // this step's drhb, X^T word pairs
     float* drt = dr_on ? nullptr : p.drhb + (size_t)t * G * BND;
+    float drv[E][G];
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       const auto el = C::elem(e, rh);
-      const int n = (nt0 + el.i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * el.j;
-      // branch-free as in the forward: a column past the batch computes on what its ring slots
-      // hold and stores nothing (its drhb stays zero in xs, its db share is zero)
-      const bool ok = sidx[e] >= 0;
-      float dsn[S], dgv[G], drv[G], dsi[S];
+      // branch-free as in the forward: a column past the batch computes on the copied first row
+      // (finite values; its h_in is zero, so its drhb adds nothing to dR) and stores nothing
+      float dsn[S], dsi[S];
 #pragma unroll
       for (int s = 0; s < S; ++s) dsn[s] = ds[e][s];
       dsn[0] += C::pick(acc[0][el.i], el) + dhv[e];
-      Cell::template backward<M>(gxv[e], rhv[e], sv[e], dsn, dgv, drv, dsi);
+      Cell::template backward<M>(gxv[e], rhv[e], sv[e], dsn, dgp[e], drv[e], dsi);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
-        if (C::DR) dr.db[el.jj][g] += ok ? drv[g] : 0.0f;
-        Op pc[HP];
-        split<Op, HP>(drv[g], pc);
-        if (ok) {
-          dgt[gidx[e] + g * DH] = In<TIn>::store(dgv[g]);
-          if (!dr_on) drt[gidx[e] + g * DH] = drv[g];
-#pragma unroll
-          for (int hp = 0; hp < HP; ++hp) xn[(hp * BT + n) * XB + g * DH + u] = pc[hp];
-        }
+        if (C::DR) dr.db[el.jj][g] = fmaf(mk[e], drv[e][g], dr.db[el.jj][g]);
+        if (!dr_on && sidx[e] >= 0) drt[gidx[e] + g * DH] = drv[e][g];
       }
 #pragma unroll
       for (int s = 0; s < S; ++s) ds[e][s] = dsi[s];
     }
+    // the element pairs (columns 2 t4, 2 t4 + 1 of one unit) as one word per (piece, gate)
+#pragma unroll
+    for (int e = 0; e < E; e += 2) {
+      const auto el = C::elem(e, rh);
+      const int n = (nt0 + el.i) * 8 + 2 * t4, u = ug * 16 + gq + 8 * el.j;
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        Op p0[HP], p1[HP];
+        split<Op, HP>(drv[e][g], p0);
+        split<Op, HP>(drv[e + 1][g], p1);
+#pragma unroll
+        for (int hp = 0; hp < HP; ++hp) xn[((hp * G * DH + g * DH + u) * XN + n) / 2] = pack2(p0[hp], p1[hp]);
+      }
+    }
+    store_dgx();
     cp_async_wait<NS - 2>();
     __syncthreads();
   }
   cp_async_wait<0>();
   if (dr_on) {  // the last step's dR, then the block's partials
-    if (T > 0) dr.step(xs + (T & 1) * HP * BT * XB, hb + ((T - 1) & 1) * DH * C::HBW, warp, lane);
+    if (T > 0) dr.step(xs + (T & 1) * XT, hb + ((T - 1) & 1) * DH * C::HBW, warp, lane);
     dr.store(p.dw + ((size_t)blockIdx.x * NH + nh) * (G * DH * DH + G * DH),
              reinterpret_cast<float*>(smem + C::B_TAIL + C::B_XCH + C::B_HB), warp, lane, ug, rh, wn, tid);
   }
   // ds0 = ds + R^T drhb of the last step
   float acc[1][NTW][4];
-  rec(xs + (T & 1) * HP * BT * XB, acc);
+  gemm.template run_t<XN>(a_smem, xs_s + (uint32_t)((T & 1) * XT * 2), nt0, warp, lane, acc, [] {});
+  exchange(acc);
   TIn* ds0 = static_cast<TIn*>(p.ds0);
 #pragma unroll
   for (int e = 0; e < E; ++e) {
