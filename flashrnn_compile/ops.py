@@ -136,6 +136,9 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(gx, R, states_in, rhb)
     ctx.cell, ctx.reverse, ctx.plan = cell, reverse, plan
     ctx.s0_shape = s0.shape
+    # outputs without a gradient (states_in and rhb always; h or sT when unused) arrive as None,
+    # not as zero tensors filled on every call (rhb alone is [T, B, NH, G, DH])
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dh, dsT, _d_states_in, _d_rhb):

@@ -21,8 +21,8 @@ Left as written, with the reason recorded in ctx (one refusal per node):
     under autocast, a failed one-step probe of eager's dtypes (`_eager_dtypes`).
 
 Kept on ATen's kernel instead, wrapped whole in `flashrnn::aten_rnn` (plan family "aten"): on the
-CPU (ATen's C++ loop beats the reference) and on CUDA for dense layers the planner can only give to
-the alternating kernels, in float16, where cuDNN measured faster (`_cudnn_is_faster`).
+CPU (ATen's C++ loop beats the reference) and on CUDA for dense layers no block-fused kernel takes
+where cuDNN measured faster: the LSTM in float16 from batch 16 (`_cudnn_is_faster`).
 
 Under autocast the recurrence runs in the dtype eager's kernel returns (learned by a one-step
 probe of the same op, since Dynamo's record can be wrong there), inside a region with autocast
@@ -315,7 +315,8 @@ def _rewrite(gm: torch.fx.GraphModule, node: Node, op: RnnOp, ctx) -> Optional[s
     plan = _aten_plan(ctx, call, device, autocast)
     if plan is None:
         chosen = choose_plan(ctx, call.cell, _hint(B), 1, call.hidden, call.dtype, device)
-        plan = _cudnn_plan(chosen, call, outs) if _cudnn_is_faster(ctx, call, chosen, device, autocast) else chosen
+        faster = _cudnn_is_faster(ctx, call, chosen, device, autocast, _hint(B))
+        plan = _cudnn_plan(chosen, call, outs) if faster else chosen
     if plan.family == "aten":
         node.target, node.args = torch.ops.flashrnn.aten_rnn.default, _aten_args(node)
         node.meta[REWRITTEN] = SOURCE
@@ -375,14 +376,25 @@ def _aten_plan(ctx, call: RnnCall, device: torch.device, autocast: bool) -> Opti
 #   LSTM bf16 B16 T1024 H768: cuDNN 16.55 / 27.34 (aten plan ~ 43.9), ours 10.51 / 36.97
 #   BiGRU encoder bf16 H512 B32 T128, training step: ours 6.68, aten plan 14.70, eager 9.90-13.56
 #   fp32: not measured; stays on ours.
-def _cudnn_is_faster(ctx, call: RnnCall, plan: Plan, device: torch.device, autocast: bool) -> bool:
+# Where cuDNN measured faster than our kernels for a dense layer (H100, bf16/fp16 B16 T1024, 1x768;
+# benchmarks/results/H100_80GB_HBM3/layer.md, fused_cluster.md): only the LSTM in float16 from a
+# batch of 16 (its persistent kernel): 2.4 / 7.1 ms against fused_cluster's 3.1 / 12.3 and the
+# alternating kernels' 10.2 / 20.3; at B=64 training 20.8 against 57.9. Not at B=1 (12.0 / 29.2
+# against 3.1 / 8.6), not for the GRU (12.3 / 29.6 against 2.65 / 10.8), never in bfloat16 (12-17 / 27-39).
+CUDNN_FASTER_CELLS = ("lstm",)
+CUDNN_FASTER_MIN_BATCH = 16
+
+
+def _cudnn_is_faster(ctx, call: RnnCall, plan: Plan, device: torch.device, autocast: bool, batch: int) -> bool:
     return (
         ctx.options.plan == "auto"
         and device.type == "cuda"
-        and plan.family == "alternating"
+        and plan.family in ("alternating", "fused_cluster")
         and not autocast
         and not _train_dropout(call)
         and call.dtype == torch.float16
+        and call.cell in CUDNN_FASTER_CELLS
+        and batch >= CUDNN_FASTER_MIN_BATCH
     )
 
 
@@ -391,9 +403,10 @@ def _cudnn_plan(chosen: Plan, call: RnnCall, outs) -> Plan:
     return Plan(
         "aten",
         {},
-        f"on cuda no fused kernel takes a dense {call.hidden}-wide layer (the planner chose {chosen.family}); "
-        f"cuDNN is faster than our alternating kernels in float16 {mode} (H100 layer suite): kept, "
-        "wrapped in one opaque op so AOTAutograd does not unroll it (options plan='alternating' forces ours)",
+        f"on cuda no block-fused kernel takes a dense {call.hidden}-wide layer (the planner chose {chosen.family}); "
+        f"cuDNN's float16 {call.cell} from batch {CUDNN_FASTER_MIN_BATCH} is faster than ours in {mode} "
+        "(H100 layer suite): kept, wrapped in one opaque op so AOTAutograd does not unroll it "
+        "(options plan='alternating' forces ours)",
     )
 
 

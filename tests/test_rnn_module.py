@@ -630,10 +630,11 @@ def test_eager_dtypes_probe_failure_is_a_reason():
 @pytest.mark.parametrize(
     "dtype,kept", [(torch.float16, True), (torch.float32, False), (torch.bfloat16, False)], ids=["fp16", "fp32", "bf16"]
 )
-def test_cudnn_kept_where_faster_than_alternating(dtype, kept):
-    """On CUDA a dense layer the planner gives to the alternating kernels keeps cuDNN (the aten
-    plan) where cuDNN measured faster: float16. Never with a fused plan, under autocast, with a
-    forced plan, or with inter-layer dropout that draws masks."""
+def test_cudnn_kept_where_faster_than_ours(dtype, kept):
+    """On CUDA a dense LSTM the planner gives to the alternating or fused_cluster kernels keeps
+    cuDNN (the aten plan) where cuDNN measured faster: float16 from batch 16. Never with
+    fused_block, a GRU, batch 1, under autocast, with a forced plan, or with inter-layer dropout
+    that draws masks."""
     import dataclasses
 
     from flashrnn_compile.passes.rnn_module import RNN_OPS, _cudnn_is_faster, _parse
@@ -641,13 +642,16 @@ def test_cudnn_kept_where_faster_than_alternating(dtype, kept):
 
     call = dataclasses.replace(_parse(_rnn_node(torch.lstm, "cuda"), RNN_OPS[torch.lstm]), dtype=dtype)
     auto, forced = PassContext(BackendOptions(inner="eager")), PassContext(BackendOptions(inner="eager", plan="alternating"))
-    cuda, alternating = torch.device("cuda"), Plan("alternating", {}, "")
-    assert _cudnn_is_faster(auto, call, alternating, cuda, False) is kept
-    assert not _cudnn_is_faster(auto, call, Plan("fused_block", {}, ""), cuda, False)
-    assert not _cudnn_is_faster(auto, call, alternating, cuda, True)  # autocast
-    assert not _cudnn_is_faster(forced, call, alternating, cuda, False)
+    cuda, alternating, cluster = torch.device("cuda"), Plan("alternating", {}, ""), Plan("fused_cluster", {}, "")
+    assert _cudnn_is_faster(auto, call, alternating, cuda, False, 16) is kept
+    assert _cudnn_is_faster(auto, call, cluster, cuda, False, 64) is kept
+    assert not _cudnn_is_faster(auto, call, cluster, cuda, False, 1)
+    assert not _cudnn_is_faster(auto, call, Plan("fused_block", {}, ""), cuda, False, 16)
+    assert not _cudnn_is_faster(auto, dataclasses.replace(call, cell="gru"), cluster, cuda, False, 16)
+    assert not _cudnn_is_faster(auto, call, alternating, cuda, True, 16)  # autocast
+    assert not _cudnn_is_faster(forced, call, alternating, cuda, False, 16)
     dropout = dataclasses.replace(call, layers=2, dropout=0.5, train=True)
-    assert not _cudnn_is_faster(auto, dropout, alternating, cuda, False)
+    assert not _cudnn_is_faster(auto, dropout, alternating, cuda, False, 16)
 
 
 def test_aten_rnn_fake_shapes_from_arguments():
