@@ -12,7 +12,10 @@
 # SKIP_SANITIZERS=1 (no fused memcheck/racecheck: intermediate runs only), FUSED_BENCH=0 (no fused
 # benchmark), HARNESS=1 (then `python -m benchmarks.run --suite floor,layer,model --preset headline`
 # into $OUT, budget HARNESS_SECONDS, default floor=30,layer=280,model=120; carry build/wheels for the
-# FlashRNN 1.0.8 rows; HARNESS_SUITES picks fewer suites, HARNESS_TIMEOUT caps the run, default 600 s).
+# FlashRNN 1.0.8 rows; HARNESS_SUITES picks fewer suites, HARNESS_PRESET the layer preset (headline),
+# HARNESS_TIMEOUT caps the run, default 600 s). ALT_BENCH=0 (no bench_alternating: the harness has
+# the rows). XDIST=N (pytest over N processes with pytest-xdist where installed), PARALLEL=1 (the
+# sanitizer runs beside pytest: both check correctness only, and every timing step comes after them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
@@ -68,41 +71,46 @@ tail -n 3 "$OUT/build.log"
 fi
 [ $build_rc -ne 0 ] && { echo "BUILD FAILED"; tail -n 60 "$OUT/build.log"; ls "$TORCH_EXTENSIONS_DIR"/flashrnn_compile; cat "$TORCH_EXTENSIONS_DIR"/flashrnn_compile/*failed.log 2>/dev/null | grep -iE "error|undefined" | head -30; }
 
+# the sanitizer runs: each writes its exit code and seconds to $OUT/<name>.rc / .secs
+sanitize() {  # name tool family timeout
+  local t; t=$(date +%s.%N)
+  timeout "$4" compute-sanitizer --tool "$2" --error-exitcode 9 "$PY" tests/gpu/memcheck_case.py "$3" >"$OUT/$1.log" 2>&1
+  echo $? >"$OUT/$1.rc"; secs "$t" >"$OUT/$1.secs"
+}
+sanitizers() {
+  if [ "$SKIP_ALT" != 1 ] && [ "$ALT_CHECKS" != 0 ]; then sanitize memcheck memcheck alternating 240; fi
+  if [ "$SKIP_FUSED" != 1 ] && [ "${SKIP_SANITIZERS:-0}" != 1 ]; then
+    sanitize fused_memcheck memcheck fused_block 240
+    sanitize fused_racecheck racecheck fused_block 300
+  fi
+}
+# PARALLEL=1: the sanitizers run beside pytest (correctness only: no timing runs meanwhile);
+# XDIST=N: pytest over N worker processes (pytest-xdist, where installed)
+XDIST_ARGS=""
+if [ -n "${XDIST:-}" ] && "$PY" -c "import xdist" 2>/dev/null; then XDIST_ARGS="-n $XDIST"; fi
+san_pid=""
+if [ "${PARALLEL:-0}" = 1 ]; then sanitizers & san_pid=$!; fi
 t=$(date +%s.%N)
-timeout "${PYTEST_TIMEOUT:-360}" "$PY" -m pytest -q -p no:cacheprovider -rf --tb=line --durations=5 $TESTS >"$OUT/pytest.log" 2>&1
+timeout "${PYTEST_TIMEOUT:-360}" "$PY" -m pytest -q -p no:cacheprovider -rf --tb=line --durations=5 $XDIST_ARGS $TESTS >"$OUT/pytest.log" 2>&1
 pytest_rc=$?
 ptime=$(secs "$t")
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -40
 tail -n 12 "$OUT/pytest.log"
-
-mc_rc=skipped; mtime=0
-if [ "$SKIP_ALT" != 1 ] && [ "$ALT_CHECKS" != 0 ]; then
-t=$(date +%s.%N)
-timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tests/gpu/memcheck_case.py alternating >"$OUT/memcheck.log" 2>&1
-mc_rc=$?
-mtime=$(secs "$t")
-tail -n 4 "$OUT/memcheck.log"
-fi
+if [ -n "$san_pid" ]; then wait "$san_pid"; else sanitizers; fi
+rc_of() { cat "$OUT/$1.rc" 2>/dev/null || echo skipped; }
+secs_of() { cat "$OUT/$1.secs" 2>/dev/null || echo 0; }
+mc_rc=$(rc_of memcheck); mtime=$(secs_of memcheck)
+fmc_rc=$(rc_of fused_memcheck); fmtime=$(secs_of fused_memcheck)
+frc_rc=$(rc_of fused_racecheck); frtime=$(secs_of fused_racecheck)
+for f in memcheck fused_memcheck fused_racecheck; do [ -f "$OUT/$f.log" ] && tail -n 3 "$OUT/$f.log"; done
 
 bench_rc=skipped
-if [ "$SKIP_ALT" != 1 ] && [ "$ALT_CHECKS" != 0 ]; then
+if [ "$SKIP_ALT" != 1 ] && [ "$ALT_CHECKS" != 0 ] && [ "${ALT_BENCH:-1}" != 0 ]; then
 timeout 240 "$PY" benchmarks/bench_alternating.py --out "$OUT/bench.json" >"$OUT/bench.log" 2>&1
 bench_rc=$?
 fi
 
 if [ "$SKIP_FUSED" != 1 ]; then
-if [ "${SKIP_SANITIZERS:-0}" != 1 ]; then  # SKIP_SANITIZERS=1: no fused memcheck/racecheck (intermediate runs)
-t=$(date +%s.%N)
-timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$PY" tests/gpu/memcheck_case.py fused_block >"$OUT/fused_memcheck.log" 2>&1
-fmc_rc=$?
-fmtime=$(secs "$t")
-tail -n 3 "$OUT/fused_memcheck.log"
-t=$(date +%s.%N)
-timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$PY" tests/gpu/memcheck_case.py fused_block >"$OUT/fused_racecheck.log" 2>&1
-frc_rc=$?
-frtime=$(secs "$t")
-tail -n 3 "$OUT/fused_racecheck.log"
-fi
 if [ "${PROFILE:-0}" = 1 ] && command -v ncu >/dev/null; then  # stall reasons of one fwd + bwd kernel
   timeout 60 ncu --section SpeedOfLight --section WarpStateStats -k regex:"forward_kernel|backward_kernel" -c 2 \
     "$PY" benchmarks/profile_fused.py >"$OUT/fused_ncu.log" 2>&1
@@ -117,7 +125,7 @@ fi
 
 harness_rc=skipped
 if [ "${HARNESS:-0}" = 1 ]; then
-  timeout "${HARNESS_TIMEOUT:-600}" "$PY" -m benchmarks.run --suite "${HARNESS_SUITES:-floor,layer,model}" --preset headline \
+  timeout "${HARNESS_TIMEOUT:-600}" "$PY" -m benchmarks.run --suite "${HARNESS_SUITES:-floor,layer,model}" --preset "${HARNESS_PRESET:-headline}" \
     --max-seconds "${HARNESS_SECONDS:-floor=30,layer=280,model=120}" --out "$OUT" >"$OUT/harness.log" 2>&1
   harness_rc=$?
 fi
