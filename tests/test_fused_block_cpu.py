@@ -139,8 +139,8 @@ def test_parsed_plans_are_cached_but_their_params_are_fresh():
 def test_unavailable_is_cached_per_device(monkeypatch):
     """The runtime asks on every call; the checks (capability, nvcc on disk) run once per device."""
     calls = []
-    monkeypatch.setattr(fused_block, "_UNAVAILABLE", {})
-    monkeypatch.setattr(fused_block, "_unavailable_uncached", lambda d: calls.append(d) or "no")
+    monkeypatch.setattr(fused_block._FAMILY, "_unavailable", {})
+    monkeypatch.setattr(fused_block._FAMILY, "_unavailable_uncached", lambda d: calls.append(d) or "no")
     assert fused_block.unavailable(torch.device("cpu")) == "no" == fused_block.unavailable("cpu")
     assert calls == [torch.device("cpu")]
 

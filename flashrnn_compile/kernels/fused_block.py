@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
-import warnings
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 
-from .. import build, reference
+from .. import reference
 from ..cells import get_cell
+from . import _variants
+from ._variants import aligned as _aligned, on as _on, ptr as _ptr, stream as _stream
 
 Tensor = torch.Tensor
 
-POISON = os.environ.get("FLASHRNN_POISON", "") not in ("", "0")
+POISON = _variants.POISON  # NaN-fill outputs before the kernels write them (FLASHRNN_POISON=1)
 SOURCE = "fused/fused_block.cu"
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
 # dtypes the family takes: the float32 path (3 bf16 pieces on the tensor cores) measured up to 3x
@@ -40,34 +40,24 @@ DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # the ker
 # (fused_block.cint), this module and the kernel source (FRNN_DTYPE=0 is an #error) refuse it
 TAKES = (torch.bfloat16, torch.float16)
 
-_LIBS: Dict[str, ctypes.CDLL] = {}
-_BUILD_FAILURE: Dict[str, str] = {}
-_WARNED: set = set()
+
+def _bind(lib: ctypes.CDLL) -> None:
+    """The ctypes signatures of a loaded configuration's library."""
+    p, i = ctypes.c_void_p, ctypes.c_int
+    lib.frnn_forward.argtypes = [i, i, i, i] + [p] * 9
+    lib.frnn_forward.restype = i
+    lib.frnn_backward.argtypes = [i, i, i, i] + [p] * 11
+    lib.frnn_backward.restype = i
+    lib.frnn_config.argtypes = [p]
+    lib.frnn_error.restype = ctypes.c_char_p
+    lib.frnn_dr_in_kernel.restype = i
 
 
-_UNAVAILABLE: Dict[torch.device, Optional[str]] = {}
-
-
-def unavailable(device: torch.device) -> Optional[str]:
-    """None when the kernels can run on `device`, else why not (cached per device: the runtime
-    asks on every call)."""
-    device = torch.device(device)
-    if device not in _UNAVAILABLE:
-        _UNAVAILABLE[device] = _unavailable_uncached(device)
-    return _UNAVAILABLE[device]
-
-
-def _unavailable_uncached(device: torch.device) -> Optional[str]:
-    if device.type != "cuda":
-        return f"the fused_block kernels need a CUDA device, got {device.type!r}"
-    if torch.version.cuda is None or not torch.cuda.is_available():
-        return "CUDA is not available to torch"
-    if torch.cuda.get_device_capability(device)[0] < 8:
-        return "the fused_block kernels need compute capability 8.0 or newer (bf16 mma.sync)"
-    if build.find_nvcc() is None:
-        return "nvcc not found (install the CUDA toolkit or set CUDA_HOME), cannot build the kernels"
-    return None
-
+_FAMILY = _variants.Family("fused_block", SOURCE, (8, "bf16 mma.sync"), _bind)
+unavailable = _FAMILY.unavailable  # None when the kernels can run on a device, else why not (cached per device)
+library = _FAMILY.library  # the loaded library of one configuration's defines (built first if needed)
+_fallback = _FAMILY.fallback
+_check_sizes = _FAMILY.check_sizes
 
 
 def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]:
@@ -98,24 +88,6 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
             "FRNN_WARPS": warps, "FRNN_BATCH_TILE": bt, "FRNN_R_REG_TILES": rreg}
 
 
-def library(defs: Dict[str, object]) -> ctypes.CDLL:
-    """The loaded library of one configuration (built first if needed)."""
-    key = repr(sorted(defs.items()))
-    lib = _LIBS.get(key)
-    if lib is None:
-        lib = ctypes.CDLL(str(build.ensure_variant(SOURCE, defs)))
-        p, i = ctypes.c_void_p, ctypes.c_int
-        lib.frnn_forward.argtypes = [i, i, i, i] + [p] * 9
-        lib.frnn_forward.restype = i
-        lib.frnn_backward.argtypes = [i, i, i, i] + [p] * 11
-        lib.frnn_backward.restype = i
-        lib.frnn_config.argtypes = [p]
-        lib.frnn_error.restype = ctypes.c_char_p
-        lib.frnn_dr_in_kernel.restype = i
-        _LIBS[key] = lib
-    return lib
-
-
 def config(lib: ctypes.CDLL) -> Tuple[int, ...]:
     """(G, S, DH, WARPS, BATCH_TILE, R_REG_TILES, dtype code, forward smem, backward smem) of a library."""
     out = (ctypes.c_int * 9)()
@@ -133,45 +105,16 @@ def dr_in_kernel(lib: ctypes.CDLL) -> bool:
     return bool(lib.frnn_dr_in_kernel())
 
 
-def _params(cell: str, gx: Tensor, params) -> Dict[str, object]:
-    if params:
-        return dict(params)
-    from .. import planner  # empty params: the planner's fused_block choice for this device
-
-    T, B, NH, G, DH = gx.shape
-    chosen = planner.plan(cell, B, NH, DH, gx.dtype, gpu=gx.device.index or 0, families=("fused_block",))
-    if chosen.family != "fused_block":
-        raise ValueError(f"fused_block: no fused_block configuration for this shape: {chosen.reason}")
-    return dict(chosen.params)
-
-
-def _fallback(what: str, reason: str) -> None:
-    if (what, reason) not in _WARNED:
-        _WARNED.add((what, reason))
-        warnings.warn(f"flashrnn: fused_block: {reason}; running {what}", RuntimeWarning, stacklevel=3)
-
-
-_RESOLVED: Dict[tuple, tuple] = {}
-
-
 def _resolve(cell: str, gx: Tensor, params):
     """(Kernel, None) or (None, reason to use the alternating family); cached per configuration
-    and device (the per-call cost counts: a forward of 1024 steps takes ~0.5 ms)."""
-    key = (cell, gx.dtype, gx.shape[4], gx.device.index, tuple(sorted(params.items())) if params else
-           tuple(gx.shape[1:3]))
-    hit = _RESOLVED.get(key)
-    if hit is None:
-        hit = _RESOLVED[key] = _resolve_uncached(cell, gx, params)
-    return hit
+    and device."""
+    return _FAMILY.resolve(cell, gx, params, _resolve_uncached)
 
 
 def _resolve_uncached(cell: str, gx: Tensor, params):
-    defs = defines(cell, gx.dtype, gx.shape[4], _params(cell, gx, params))
-    lib = library(defs)
-    need = max(smem_bytes(lib))
-    have = torch.cuda.get_device_properties(gx.device).shared_memory_per_block_optin
-    if need > have:
-        return None, f"configuration {defs} needs {need} B of shared memory per block, the device has {have}"
+    lib, defs, reason = _FAMILY.configured(cell, gx, params, defines, lambda lib: max(smem_bytes(lib)))
+    if reason is not None:
+        return None, reason
     return Kernel(lib, config(lib)[4], dr_in_kernel(lib)), None
 
 
@@ -182,47 +125,8 @@ class Kernel:
         self.lib, self.batch_tile, self.dr_in_kernel = lib, batch_tile, dr_in_kernel
 
 
-INT_MAX = 2**31 - 1
-
-
-def _check_sizes(B: int, NH: int, G: int, S: int, DH: int) -> None:
-    """The kernels index one time step's [S or G, B, NH, DH] slice in 32-bit ints."""
-    if max(G, S) * B * NH * DH > INT_MAX:
-        raise ValueError(f"fused_block: B={B}, NH={NH}, DH={DH}: one step's {max(G, S)} x B x NH x DH values "
-                         f"exceed 2**31 - 1 (32-bit indexing); split the batch")
-
-
-def _aligned(t: Tensor) -> Tensor:
-    """t contiguous with a 16-byte-aligned start (the kernels stream it with 16-byte cp.async)."""
-    t = t.contiguous()
-    return t if t.data_ptr() % 16 == 0 else t.clone()
-
-
 def _poison(*tensors: Tensor) -> None:
-    if POISON:
-        for t in tensors:
-            t.fill_(float("nan"))
-
-
-def _ptr(t: Optional[Tensor]):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
-
-
-_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # int handle, no Stream object
-
-
-def _stream(device: torch.device) -> ctypes.c_void_p:
-    """The current CUDA stream of `device` as a handle for the kernels' launch."""
-    if _RAW_STREAM is not None:
-        return ctypes.c_void_p(_RAW_STREAM(device.index if device.index is not None else torch.cuda.current_device()))
-    return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
-
-
-def _on(device: torch.device):
-    """Context making `device` current for the launch (a no-op context when it already is)."""
-    if device.index is None or device.index == torch.cuda.current_device():
-        return contextlib.nullcontext()
-    return torch.cuda.device(device)
+    _variants.poison(POISON, tensors)
 
 
 def forward(gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, cell: str, reverse: bool, params,
@@ -241,11 +145,7 @@ def forward(gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, cell: str, reverse: bo
     T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
     S = s0.shape[0]
     _check_sizes(B, NH, G, S, DH)
-    h = gx.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
-    sT = gx.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
-    f32 = dict(dtype=torch.float32, device=gx.device)
-    states_in = torch.empty((T, S, B, NH, DH) if save else (0,), **f32)  # [T, S, B, NH, DH]
-    rhb = torch.empty((T, B, NH, G, DH) if save else (0,), **f32)  # [T, B, NH, G, DH]
+    h, sT, states_in, rhb = _variants.forward_outputs(gx, S, save)
     _poison(h, sT, states_in, rhb)
     if B == 0 or NH == 0:
         return h, sT, states_in, rhb

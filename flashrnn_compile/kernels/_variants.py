@@ -1,0 +1,164 @@
+"""What the families built as one small CUDA library per configuration share (fused_block,
+fused_cluster): the per-device availability check, the loaded libraries, the once-per-reason
+fallback warning, the per-configuration resolution, the 32-bit size check, NaN poisoning of
+outputs, and the ctypes launch helpers (pointers, the current stream, the current device).
+
+Each family module holds one `Family` (its name, source and the ctypes signatures of its library)
+and keeps its own defines, launch and `POISON` flag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import warnings
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+
+from .. import build
+
+Tensor = torch.Tensor
+
+POISON = os.environ.get("FLASHRNN_POISON", "") not in ("", "0")  # each family's POISON starts as this
+INT_MAX = 2**31 - 1
+
+
+class Family:
+    """One family's caches and messages. `capability`: (the least major compute capability, what
+    it brings); `bind(lib)` sets the ctypes signatures of a freshly loaded library."""
+
+    def __init__(self, name: str, source: str, capability: Tuple[int, str], bind: Callable[[ctypes.CDLL], None]):
+        self.name, self.source, self.capability, self.bind = name, source, capability, bind
+        self._unavailable: Dict[torch.device, Optional[str]] = {}
+        self._libs: Dict[str, ctypes.CDLL] = {}
+        self._warned: set = set()
+        self._resolved: Dict[tuple, tuple] = {}
+
+    def unavailable(self, device: torch.device) -> Optional[str]:
+        """None when the kernels can run on `device`, else why not (cached per device: the runtime
+        asks on every call)."""
+        device = torch.device(device)
+        if device not in self._unavailable:
+            self._unavailable[device] = self._unavailable_uncached(device)
+        return self._unavailable[device]
+
+    def _unavailable_uncached(self, device: torch.device) -> Optional[str]:
+        if device.type != "cuda":
+            return f"the {self.name} kernels need a CUDA device, got {device.type!r}"
+        if torch.version.cuda is None or not torch.cuda.is_available():
+            return "CUDA is not available to torch"
+        major, brings = self.capability
+        if torch.cuda.get_device_capability(device)[0] < major:
+            return f"the {self.name} kernels need compute capability {major}.0 or newer ({brings})"
+        if build.find_nvcc() is None:
+            return "nvcc not found (install the CUDA toolkit or set CUDA_HOME), cannot build the kernels"
+        return None
+
+    def library(self, defs: Dict[str, object]) -> ctypes.CDLL:
+        """The loaded library of one configuration (built first if needed)."""
+        key = repr(sorted(defs.items()))
+        lib = self._libs.get(key)
+        if lib is None:
+            lib = ctypes.CDLL(str(build.ensure_variant(self.source, defs)))
+            self.bind(lib)
+            self._libs[key] = lib
+        return lib
+
+    def params(self, cell: str, gx: Tensor, params) -> Dict[str, object]:
+        """`params` as a dict; empty: the planner's choice in this family for gx's shape and device."""
+        if params:
+            return dict(params)
+        from .. import planner
+
+        T, B, NH, G, DH = gx.shape
+        chosen = planner.plan(cell, B, NH, DH, gx.dtype, gpu=gx.device.index or 0, families=(self.name,))
+        if chosen.family != self.name:
+            raise ValueError(f"{self.name}: no {self.name} configuration for this shape: {chosen.reason}")
+        return dict(chosen.params)
+
+    def fallback(self, what: str, reason: str) -> None:
+        """Warn once per (what, reason) that `what` runs instead (stacklevel: the forward's or
+        backward's caller, when they call this directly)."""
+        if (what, reason) not in self._warned:
+            self._warned.add((what, reason))
+            warnings.warn(f"flashrnn: {self.name}: {reason}; running {what}", RuntimeWarning, stacklevel=3)
+
+    def resolve(self, cell: str, gx: Tensor, params, uncached: Callable[[str, Tensor, object], tuple]) -> tuple:
+        """uncached(cell, gx, params), cached per configuration and device (the per-call cost
+        counts: a forward of 1024 steps takes ~0.5 ms)."""
+        key = (cell, gx.dtype, gx.shape[4], gx.device.index, tuple(sorted(params.items())) if params else
+               tuple(gx.shape[1:3]))
+        hit = self._resolved.get(key)
+        if hit is None:
+            hit = self._resolved[key] = uncached(cell, gx, params)
+        return hit
+
+    def configured(self, cell: str, gx: Tensor, params, defines, smem: Callable[[ctypes.CDLL], int]):
+        """(library, defines, None) of the configuration `params` (empty: the planner's), or
+        (library, defines, why not) when its shared memory `smem(library)` exceeds the device's."""
+        defs = defines(cell, gx.dtype, gx.shape[4], self.params(cell, gx, params))
+        lib = self.library(defs)
+        need = smem(lib)
+        have = torch.cuda.get_device_properties(gx.device).shared_memory_per_block_optin
+        if need > have:
+            return lib, defs, f"configuration {defs} needs {need} B of shared memory per block, the device has {have}"
+        return lib, defs, None
+
+    def check_sizes(self, B: int, NH: int, G: int, S: int, DH: int) -> None:
+        """The kernels index one time step's [S or G, B, NH, DH] slice in 32-bit ints."""
+        if max(G, S) * B * NH * DH > INT_MAX:
+            raise ValueError(f"{self.name}: B={B}, NH={NH}, DH={DH}: one step's {max(G, S)} x B x NH x DH values "
+                             f"exceed 2**31 - 1 (32-bit indexing); split the batch")
+
+
+def forward_outputs(gx: Tensor, S: int, save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The forward's outputs, unwritten: h, sT in gx's dtype; states_in and rhb float32 (empty
+    unless `save`)."""
+    T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
+    h = gx.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
+    sT = gx.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
+    f32 = dict(dtype=torch.float32, device=gx.device)
+    states_in = torch.empty((T, S, B, NH, DH) if save else (0,), **f32)  # [T, S, B, NH, DH]
+    rhb = torch.empty((T, B, NH, G, DH) if save else (0,), **f32)  # [T, B, NH, G, DH]
+    return h, sT, states_in, rhb
+
+
+def poison(enabled: bool, tensors) -> None:
+    """Fill each tensor with NaN when `enabled` (a test then sees any element a kernel leaves unwritten)."""
+    if enabled:
+        for t in tensors:
+            t.fill_(float("nan"))
+
+
+def aligned(t: Tensor) -> Tensor:
+    """t contiguous with a 16-byte-aligned start (the kernels stream it with 16-byte cp.async)."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+def ptr(t: Optional[Tensor]):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def device_index(device: torch.device) -> int:
+    """The CUDA device's index (the current device's for a bare "cuda")."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # int handle, no Stream object
+
+
+def stream(device: torch.device) -> ctypes.c_void_p:
+    """The current CUDA stream of `device` as a handle for the kernels' launch."""
+    if _RAW_STREAM is not None:
+        return ctypes.c_void_p(_RAW_STREAM(device_index(device)))
+    return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
+
+
+def on(device: torch.device):
+    """Context making `device` current for the launch (a no-op context when it already is)."""
+    if device.index is None or device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
