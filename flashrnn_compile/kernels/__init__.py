@@ -15,29 +15,8 @@ the runtime then warns once and uses the reference.
 from .. import runtime
 from . import alternating, fused_block, fused_cluster
 
-runtime.register(
-    runtime.Implementation(
-        "alternating",
-        forward=alternating.forward,
-        backward=alternating.backward,
-        unavailable=alternating.unavailable,
+for _name, _module in (("alternating", alternating), ("fused_block", fused_block), ("fused_cluster", fused_cluster)):
+    runtime.register(
+        runtime.Implementation(_name, forward=_module.forward, backward=_module.backward, unavailable=_module.unavailable)
     )
-)
-
-runtime.register(
-    runtime.Implementation(
-        "fused_block",
-        forward=fused_block.forward,
-        backward=fused_block.backward,
-        unavailable=fused_block.unavailable,
-    )
-)
-
-runtime.register(
-    runtime.Implementation(
-        "fused_cluster",
-        forward=fused_cluster.forward,
-        backward=fused_cluster.backward,
-        unavailable=fused_cluster.unavailable,
-    )
-)
+del _name, _module

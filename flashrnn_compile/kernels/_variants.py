@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from .. import build
+from .. import build, reference
 
 Tensor = torch.Tensor
 
@@ -78,12 +78,47 @@ class Family:
             raise ValueError(f"{self.name}: no {self.name} configuration for this shape: {chosen.reason}")
         return dict(chosen.params)
 
-    def fallback(self, what: str, reason: str) -> None:
-        """Warn once per (what, reason) that `what` runs instead (stacklevel: the forward's or
-        backward's caller, when they call this directly)."""
+    def fallback(self, what: str, reason: str, stacklevel: int = 3) -> None:
+        """Warn once per (what, reason) that `what` runs instead. stacklevel 3: the caller of the
+        function that calls this (a family's forward or backward)."""
         if (what, reason) not in self._warned:
             self._warned.add((what, reason))
-            warnings.warn(f"flashrnn: {self.name}: {reason}; running {what}", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"flashrnn: {self.name}: {reason}; running {what}", RuntimeWarning, stacklevel=stacklevel)
+
+    def forward(self, gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, cell: str, reverse: bool, params, save: bool, *,
+                resolve, launch, poison_outputs: bool, alternating_params) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """A family's forward (called by the family module's forward; its outputs, see there).
+        float64 runs the reference, a configuration `resolve(cell, gx, params)` turns down runs the
+        alternating family with `alternating_params` (one warning each); else the outputs are
+        allocated (NaN first when `poison_outputs`) and `launch(handle, gx, R, b, s0, h, sT,
+        states_in, rhb, reverse, save)` runs the kernel on gx's device, returning the library's error or None."""
+        if gx.dtype == torch.float64:
+            self.fallback("the reference", "no float64 path", stacklevel=4)
+            return reference.forward(gx, R, b, s0, cell, reverse, save)
+        handle, reason = resolve(cell, gx, params)
+        if handle is None:
+            from . import alternating
+
+            self.fallback("the alternating kernels", reason, stacklevel=4)
+            return alternating.forward(gx, R, b, s0, cell, reverse, alternating_params, save)
+        gx = aligned(gx)
+        R, b, s0 = (t.contiguous() for t in (R, b, s0))
+        T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
+        S = s0.shape[0]
+        self.check_sizes(B, NH, G, S, DH)
+        h = gx.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
+        sT = gx.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
+        f32 = dict(dtype=torch.float32, device=gx.device)
+        states_in = torch.empty((T, S, B, NH, DH) if save else (0,), **f32)  # [T, S, B, NH, DH]
+        rhb = torch.empty((T, B, NH, G, DH) if save else (0,), **f32)  # [T, B, NH, G, DH]
+        poison(poison_outputs, (h, sT, states_in, rhb))
+        if B == 0 or NH == 0:
+            return h, sT, states_in, rhb
+        with on(gx.device):
+            error = launch(handle, gx, R, b, s0, h, sT, states_in, rhb, reverse, save)
+        if error is not None:
+            raise RuntimeError(f"flashrnn {self.name} forward ({cell}): {error}")
+        return h, sT, states_in, rhb
 
     def resolve(self, cell: str, gx: Tensor, params, uncached: Callable[[str, Tensor, object], tuple]) -> tuple:
         """uncached(cell, gx, params), cached per configuration and device (the per-call cost
@@ -111,18 +146,6 @@ class Family:
         if max(G, S) * B * NH * DH > INT_MAX:
             raise ValueError(f"{self.name}: B={B}, NH={NH}, DH={DH}: one step's {max(G, S)} x B x NH x DH values "
                              f"exceed 2**31 - 1 (32-bit indexing); split the batch")
-
-
-def forward_outputs(gx: Tensor, S: int, save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The forward's outputs, unwritten: h, sT in gx's dtype; states_in and rhb float32 (empty
-    unless `save`)."""
-    T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
-    h = gx.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
-    sT = gx.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
-    f32 = dict(dtype=torch.float32, device=gx.device)
-    states_in = torch.empty((T, S, B, NH, DH) if save else (0,), **f32)  # [T, S, B, NH, DH]
-    rhb = torch.empty((T, B, NH, G, DH) if save else (0,), **f32)  # [T, B, NH, G, DH]
-    return h, sT, states_in, rhb
 
 
 def poison(enabled: bool, tensors) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -84,8 +84,9 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
     if warps % groups != 0 or not (q == 1 or (q % 2 == 0 and (bt // 8) % (q // 2) == 0)):
         raise ValueError(f"fused_block: WARPS={warps}: expected DH / 16 = {groups} unit groups times 1, or times 2 x a "
                          f"divisor of the BATCH_TILE / 8 = {bt // 8} n-tiles")
+    v2 = {"FRNN_SAVE_V2": 1} if __import__("os").environ.get("FLASHRNN_FUSED_V2") == "1" else {}  # A/B knob: fused_block.cuh
     return {"FRNN_CELL": spec.functor, "FRNN_DTYPE": DTYPE_CODES[dtype], "FRNN_DH": DH,
-            "FRNN_WARPS": warps, "FRNN_BATCH_TILE": bt, "FRNN_R_REG_TILES": rreg}
+            "FRNN_WARPS": warps, "FRNN_BATCH_TILE": bt, "FRNN_R_REG_TILES": rreg, **v2}
 
 
 def config(lib: ctypes.CDLL) -> Tuple[int, ...]:
@@ -131,30 +132,16 @@ def _poison(*tensors: Tensor) -> None:
 
 def forward(gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, cell: str, reverse: bool, params,
             save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    if gx.dtype == torch.float64:
-        _fallback("the reference", "no float64 path")
-        return reference.forward(gx, R, b, s0, cell, reverse, save)
-    kern, reason = _resolve(cell, gx, params)
-    if kern is None:
-        from . import alternating
+    return _FAMILY.forward(gx, R, b, s0, cell, reverse, params, save, resolve=_resolve, launch=_launch_forward,
+                           poison_outputs=POISON, alternating_params=params)
 
-        _fallback("the alternating kernels", reason)
-        return alternating.forward(gx, R, b, s0, cell, reverse, params, save)
-    gx = _aligned(gx)
-    R, b, s0 = (t.contiguous() for t in (R, b, s0))
+
+def _launch_forward(kern: Kernel, gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, h: Tensor, sT: Tensor,
+                    states_in: Tensor, rhb: Tensor, reverse: bool, save: bool) -> Optional[str]:
     T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
-    S = s0.shape[0]
-    _check_sizes(B, NH, G, S, DH)
-    h, sT, states_in, rhb = _variants.forward_outputs(gx, S, save)
-    _poison(h, sT, states_in, rhb)
-    if B == 0 or NH == 0:
-        return h, sT, states_in, rhb
-    with _on(gx.device):
-        rc = kern.lib.frnn_forward(T, B, NH, int(reverse), _ptr(gx), _ptr(R), _ptr(b), _ptr(s0), _ptr(h), _ptr(sT),
-                                   _ptr(states_in) if save else None, _ptr(rhb) if save else None, _stream(gx.device))
-    if rc != 0:
-        raise RuntimeError(f"flashrnn fused_block forward ({cell}): {kern.lib.frnn_error().decode()}")
-    return h, sT, states_in, rhb
+    rc = kern.lib.frnn_forward(T, B, NH, int(reverse), _ptr(gx), _ptr(R), _ptr(b), _ptr(s0), _ptr(h), _ptr(sT),
+                               _ptr(states_in) if save else None, _ptr(rhb) if save else None, _stream(gx.device))
+    return None if rc == 0 else kern.lib.frnn_error().decode()
 
 
 def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, rhb: Tensor, cell: str,

@@ -22,51 +22,38 @@ family instead, with one warning.
 from __future__ import annotations
 
 import ctypes
-import os
-import warnings
 from typing import Dict, Optional, Tuple
 
 import torch
 
-from .. import build, reference
 from ..cells import get_cell
-from . import alternating
-from .fused_block import _aligned, _on, _ptr, _stream
+from . import _variants, alternating
+from ._variants import device_index as _device_index, on as _on, ptr as _ptr, stream as _stream
 
 Tensor = torch.Tensor
 
-POISON = os.environ.get("FLASHRNN_POISON", "") not in ("", "0")
+POISON = _variants.POISON  # NaN-fill outputs before the kernels write them (FLASHRNN_POISON=1)
 SOURCE = "fused/fused_cluster.cu"
 DTYPE_CODES = {torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
 TAKES = tuple(DTYPE_CODES)
 PARAMS = ("CLUSTER_SIZE", "WARPS", "BATCH_TILE", "R_REG_TILES")
 KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1), "ABLATE": (0, 1, 2, 3)}  # test and timing switches (defines)
-INT_MAX = 2**31 - 1
-
-_LIBS: Dict[str, ctypes.CDLL] = {}
-_WARNED: set = set()
-_UNAVAILABLE: Dict[torch.device, Optional[str]] = {}
-_RESOLVED: Dict[tuple, tuple] = {}
 
 
-def unavailable(device: torch.device) -> Optional[str]:
-    """None when the kernels can run on `device`, else why not (cached per device)."""
-    device = torch.device(device)
-    if device not in _UNAVAILABLE:
-        _UNAVAILABLE[device] = _unavailable_uncached(device)
-    return _UNAVAILABLE[device]
+def _bind(lib: ctypes.CDLL) -> None:
+    """The ctypes signatures of a loaded configuration's library."""
+    p, i = ctypes.c_void_p, ctypes.c_int
+    lib.frnn_forward.argtypes = [i, i, i, i, i] + [p] * 9
+    lib.frnn_forward.restype = i
+    lib.frnn_check.argtypes = [i]
+    lib.frnn_check.restype = i
+    lib.frnn_config.argtypes = [p]
+    lib.frnn_error.restype = ctypes.c_char_p
 
 
-def _unavailable_uncached(device: torch.device) -> Optional[str]:
-    if device.type != "cuda":
-        return f"the fused_cluster kernels need a CUDA device, got {device.type!r}"
-    if torch.version.cuda is None or not torch.cuda.is_available():
-        return "CUDA is not available to torch"
-    if torch.cuda.get_device_capability(device)[0] < 9:
-        return "the fused_cluster kernels need compute capability 9.0 or newer (thread-block clusters)"
-    if build.find_nvcc() is None:
-        return "nvcc not found (install the CUDA toolkit or set CUDA_HOME), cannot build the kernels"
-    return None
+_FAMILY = _variants.Family("fused_cluster", SOURCE, (9, "thread-block clusters"), _bind)
+unavailable = _FAMILY.unavailable  # None when the kernels can run on a device, else why not (cached per device)
+library = _FAMILY.library  # the loaded library of one configuration's defines (built first if needed)
 
 
 def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]:
@@ -109,23 +96,6 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
     return defs
 
 
-def library(defs: Dict[str, object]) -> ctypes.CDLL:
-    """The loaded library of one configuration (built first if needed)."""
-    key = repr(sorted(defs.items()))
-    lib = _LIBS.get(key)
-    if lib is None:
-        lib = ctypes.CDLL(str(build.ensure_variant(SOURCE, defs)))
-        p, i = ctypes.c_void_p, ctypes.c_int
-        lib.frnn_forward.argtypes = [i, i, i, i, i] + [p] * 9
-        lib.frnn_forward.restype = i
-        lib.frnn_check.argtypes = [i]
-        lib.frnn_check.restype = i
-        lib.frnn_config.argtypes = [p]
-        lib.frnn_error.restype = ctypes.c_char_p
-        _LIBS[key] = lib
-    return lib
-
-
 def config(lib: ctypes.CDLL) -> Tuple[int, ...]:
     """(G, S, DH, CLUSTER_SIZE, WARPS, BATCH_TILE, R_REG_TILES, dtype code, smem bytes, h pieces)."""
     out = (ctypes.c_int * 10)()
@@ -133,91 +103,35 @@ def config(lib: ctypes.CDLL) -> Tuple[int, ...]:
     return tuple(out)
 
 
-def _params(cell: str, gx: Tensor, params) -> Dict[str, object]:
-    if params:
-        return dict(params)
-    from .. import planner  # empty params: the planner's fused_cluster choice for this device
-
-    T, B, NH, G, DH = gx.shape
-    chosen = planner.plan(cell, B, NH, DH, gx.dtype, gpu=gx.device.index or 0, families=("fused_cluster",))
-    if chosen.family != "fused_cluster":
-        raise ValueError(f"fused_cluster: no fused_cluster configuration for this shape: {chosen.reason}")
-    return dict(chosen.params)
-
-
-def _fallback(what: str, reason: str) -> None:
-    if (what, reason) not in _WARNED:
-        _WARNED.add((what, reason))
-        warnings.warn(f"flashrnn: fused_cluster: {reason}; running {what}", RuntimeWarning, stacklevel=3)
-
-
 def _resolve(cell: str, gx: Tensor, params):
     """(library, None) or (None, why the alternating family runs instead); cached per
     configuration and device."""
-    key = (cell, gx.dtype, gx.shape[4], gx.device.index,
-           tuple(sorted(params.items())) if params else tuple(gx.shape[1:3]))
-    hit = _RESOLVED.get(key)
-    if hit is None:
-        hit = _RESOLVED[key] = _resolve_uncached(cell, gx, params)
-    return hit
+    return _FAMILY.resolve(cell, gx, params, _resolve_uncached)
 
 
 def _resolve_uncached(cell: str, gx: Tensor, params):
-    defs = defines(cell, gx.dtype, gx.shape[4], _params(cell, gx, params))
-    lib = library(defs)
-    need = config(lib)[8]
-    have = torch.cuda.get_device_properties(gx.device).shared_memory_per_block_optin
-    if need > have:
-        return None, f"configuration {defs} needs {need} B of shared memory per block, the device has {have}"
-    index = gx.device.index if gx.device.index is not None else torch.cuda.current_device()
+    lib, defs, reason = _FAMILY.configured(cell, gx, params, defines, lambda lib: config(lib)[8])
+    if reason is not None:
+        return None, reason
     with _on(gx.device):
-        if lib.frnn_check(index) != 0:
+        if lib.frnn_check(_device_index(gx.device)) != 0:
             return None, f"configuration {defs}: {lib.frnn_error().decode()}"
     return lib, None
 
 
-def _check_sizes(B: int, NH: int, G: int, S: int, DH: int) -> None:
-    """The kernel indexes one time step's [S or G, B, NH, DH] slice in 32-bit ints."""
-    if max(G, S) * B * NH * DH > INT_MAX:
-        raise ValueError(f"fused_cluster: B={B}, NH={NH}, DH={DH}: one step's {max(G, S)} x B x NH x DH values "
-                         f"exceed 2**31 - 1 (32-bit indexing); split the batch")
-
-
-def _poison(*tensors: Tensor) -> None:
-    if POISON:
-        for t in tensors:
-            t.fill_(float("nan"))
-
-
 def forward(gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, cell: str, reverse: bool, params,
             save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    if gx.dtype == torch.float64:
-        _fallback("the reference", "no float64 path")
-        return reference.forward(gx, R, b, s0, cell, reverse, save)
-    lib, reason = _resolve(cell, gx, params)
-    if lib is None:
-        _fallback("the alternating kernels", reason)
-        return alternating.forward(gx, R, b, s0, cell, reverse, {}, save)
-    gx = _aligned(gx)
-    R, b, s0 = (t.contiguous() for t in (R, b, s0))
+    return _FAMILY.forward(gx, R, b, s0, cell, reverse, params, save, resolve=_resolve, launch=_launch_forward,
+                           poison_outputs=POISON, alternating_params={})
+
+
+def _launch_forward(lib: ctypes.CDLL, gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, h: Tensor, sT: Tensor,
+                    states_in: Tensor, rhb: Tensor, reverse: bool, save: bool) -> Optional[str]:
     T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
-    S = s0.shape[0]
-    _check_sizes(B, NH, G, S, DH)
-    h = gx.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
-    sT = gx.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
-    f32 = dict(dtype=torch.float32, device=gx.device)
-    states_in = torch.empty((T, S, B, NH, DH) if save else (0,), **f32)  # [T, S, B, NH, DH]
-    rhb = torch.empty((T, B, NH, G, DH) if save else (0,), **f32)  # [T, B, NH, G, DH]
-    _poison(h, sT, states_in, rhb)
-    if B == 0 or NH == 0:
-        return h, sT, states_in, rhb
-    index = gx.device.index if gx.device.index is not None else torch.cuda.current_device()
-    with _on(gx.device):
-        rc = lib.frnn_forward(index, T, B, NH, int(reverse), _ptr(gx), _ptr(R), _ptr(b), _ptr(s0), _ptr(h), _ptr(sT),
-                              _ptr(states_in) if save else None, _ptr(rhb) if save else None, _stream(gx.device))
-    if rc != 0:
-        raise RuntimeError(f"flashrnn fused_cluster forward ({cell}): {lib.frnn_error().decode()}")
-    return h, sT, states_in, rhb
+    rc = lib.frnn_forward(_device_index(gx.device), T, B, NH, int(reverse), _ptr(gx), _ptr(R), _ptr(b), _ptr(s0),
+                          _ptr(h), _ptr(sT), _ptr(states_in) if save else None, _ptr(rhb) if save else None,
+                          _stream(gx.device))
+    return None if rc == 0 else lib.frnn_error().decode()
 
 
 def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, rhb: Tensor, cell: str,
