@@ -6,6 +6,8 @@ them exactly (one float64 reference serves the three dtypes).
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 
@@ -104,6 +106,69 @@ def relu_flips_outside_rounding(gx, R, b, s0, h, reverse, mask, dtype):
     scale = gx[:, :, :, 0].abs() + torch.einsum("tbnk,ndk->tbnd", h_prev.abs(), R0.abs()) + b0.abs()
     flipped = mask != (pre > 0)
     return int((flipped & (pre.abs() > 64 * u * scale)).sum()), int(flipped.sum())
+
+
+def family_plan(family: str, cell: str, B: int, NH: int, DH: int, dtype, gpu=None) -> str:
+    """The plan string of the planner's choice within `family` for this shape (asserted to be in
+    `family`), as the backend would get it."""
+    from flashrnn_compile import planner, runtime
+
+    chosen = planner.plan(cell, B, NH, DH, dtype, gpu=gpu, families=(family,))
+    assert chosen.family == family, chosen.reason
+    return runtime.plan_json(family, chosen.params)
+
+
+def case_id(cell: str, NH: int, DH: int, B: int, T: int, reverse: bool, tiling: str = "") -> str:
+    """A test id: cell-NHxDH-B<B><tiling>-T<T>-fwd|rev."""
+    return f"{cell}-{NH}x{DH}-B{B}{tiling}-T{T}-{'rev' if reverse else 'fwd'}"
+
+
+def assert_matches_float64(tag: str, cell, NH, DH, B, T, reverse, dtypes, plan_for_dtype) -> None:
+    """float64_failures of one case, seeded by `tag` and the case, asserted to be none."""
+    seed = zlib.crc32(f"{tag}-{cell}-{NH}-{DH}-{B}-{T}-{reverse}".encode())
+    failures = float64_failures(cell, NH, DH, B, T, reverse, seed, dtypes, plan_for_dtype)
+    assert not failures, "; ".join(failures)
+
+
+def saved_states(gx, R, b, s0, cell: str, plan: str):
+    """states_in, rhb of the op's forward with save=True (forward direction), after asserting that
+    the forward with save=False gives the same h and sT, bit for bit, and saves nothing."""
+    h1, s1, si, rh = torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, True)
+    h2, s2, si2, rh2 = torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, False)
+    assert torch.equal(h1, h2) and torch.equal(s1, s2)
+    assert si2.numel() == 0 and rh2.numel() == 0
+    return si, rh
+
+
+def sgd_losses(runs, fns, x, target, lr: float, output=lambda out: out):
+    """3 SGD steps (learning rate lr) of each module in runs {"eager", "ours", "f64"} on the mean
+    squared error of output(fns[name](x)) against target, in float64 for "f64" and bfloat16 for the
+    others; {name: [the 3 losses]}."""
+    losses = {k: [] for k in runs}
+    for _ in range(3):
+        for name, mod in runs.items():
+            dt = torch.float64 if name == "f64" else torch.bfloat16
+            mod.zero_grad()
+            loss = ((output(fns[name](x.to(dt))) - target.to(dt)) ** 2).mean()
+            loss.backward()
+            with torch.no_grad():
+                for p in mod.parameters():
+                    p -= lr * p.grad
+            losses[name].append(loss.item())
+    return losses
+
+
+def assert_trains_like_eager(runs, losses) -> None:
+    """After sgd_losses: "ours"'s losses, and each of its parameters, within 2x eager's error
+    against the float64 run's."""
+    from flashrnn_compile.testing import rel_err, within
+
+    l64 = torch.tensor(losses["f64"])
+    e_ours, e_eager = rel_err(torch.tensor(losses["ours"]), l64), rel_err(torch.tensor(losses["eager"]), l64)
+    assert within(e_ours, e_eager), (losses, e_ours, e_eager)
+    for (name, p), p_e, p64 in zip(runs["ours"].named_parameters(), runs["eager"].parameters(), runs["f64"].parameters()):
+        e_ours, e_eager = rel_err(p.detach(), p64.detach()), rel_err(p_e.detach(), p64.detach())
+        assert within(e_ours, e_eager), (name, e_ours, e_eager)
 
 
 def float64_failures(cell, NH, DH, B, T, reverse, seed, dtypes, plan_for_dtype):

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import itertools
 import os
-import zlib
 
 import pytest
 import torch
 
-from flashrnn_compile import planner, reference, runtime
+from flashrnn_compile import reference, runtime
 from flashrnn_compile.cells import CELLS
 from flashrnn_compile.kernels import fused_block
 from flashrnn_compile.ops import recurrence
 from flashrnn_compile.testing import rel_err, within
 
-from .conftest import float64_failures, make_inputs
+from .conftest import assert_matches_float64, case_id, family_plan, make_inputs, saved_states, sgd_losses
 
 DTYPES = (torch.bfloat16, torch.float16)  # the family refuses float32 (kernels/fused_block.py TAKES)
 SHAPES = ((12, 64, 16), (24, 32, 3), (5, 48, 3), (2, 16, 1), (6, 128, 16))  # (NH, DH, B)
@@ -63,9 +62,7 @@ EXPLICIT_CASES = [(c, nh, dh, b, prm, T, r) for c, nh, dh, b, prm, _ in EXPLICIT
 
 
 def plan_for(cell, B, NH, DH, dtype, gpu=None) -> str:
-    chosen = planner.plan(cell, B, NH, DH, dtype, gpu=gpu, families=("fused_block",))
-    assert chosen.family == "fused_block", chosen.reason
-    return runtime.plan_json("fused_block", chosen.params)
+    return family_plan("fused_block", cell, B, NH, DH, dtype, gpu)
 
 
 @pytest.fixture(autouse=True)
@@ -80,22 +77,18 @@ def test_kernels_are_available_and_used():
 
 
 @pytest.mark.parametrize("cell,NH,DH,B,T,reverse", CASES,
-                         ids=[f"{c}-{nh}x{dh}-B{b}-T{t}-{'rev' if r else 'fwd'}" for c, nh, dh, b, t, r in CASES])
+                         ids=[case_id(*case) for case in CASES])
 def test_matches_float64_reference(cell, NH, DH, B, T, reverse):
-    seed = zlib.crc32(f"fused-{cell}-{NH}-{DH}-{B}-{T}-{reverse}".encode())
-    failures = float64_failures(cell, NH, DH, B, T, reverse, seed, DTYPES, lambda dtype: plan_for(cell, B, NH, DH, dtype))
-    assert not failures, "; ".join(failures)
+    assert_matches_float64("fused", cell, NH, DH, B, T, reverse, DTYPES, lambda dtype: plan_for(cell, B, NH, DH, dtype))
 
 
 @pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", EXPLICIT_CASES,
-                         ids=[f"{c}-{nh}x{dh}-B{b}-W{p['WARPS']}-BT{p['BATCH_TILE']}-RREG{p['R_REG_TILES']}-T{t}-{'rev' if r else 'fwd'}"
+                         ids=[case_id(c, nh, dh, b, t, r, f"-W{p['WARPS']}-BT{p['BATCH_TILE']}-RREG{p['R_REG_TILES']}")
                               for c, nh, dh, b, p, t, r in EXPLICIT_CASES])
 def test_explicit_tilings_match_float64_reference(cell, NH, DH, B, params, T, reverse):
     """Layouts the planner does not choose here (EXPLICIT): same float64 comparison, same bound."""
-    seed = zlib.crc32(f"fused-explicit-{cell}-{NH}-{DH}-{B}-{T}-{reverse}".encode())
     plan = runtime.plan_json("fused_block", params)
-    failures = float64_failures(cell, NH, DH, B, T, reverse, seed, DTYPES, lambda dtype: plan)
-    assert not failures, "; ".join(failures)
+    assert_matches_float64("fused-explicit", cell, NH, DH, B, T, reverse, DTYPES, lambda dtype: plan)
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
@@ -103,10 +96,7 @@ def test_save_false_matches_save_true(cell):
     gx, R, b, s0, _, _ = make_inputs(cell, 9, 3, 2, 16, seed=7)
     gx, R, b, s0 = (t.half() for t in (gx, R, b, s0))
     plan = plan_for(cell, 3, 2, 16, torch.float16)
-    h1, s1, si, rh = torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, True)
-    h2, s2, si2, rh2 = torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, False)
-    assert torch.equal(h1, h2) and torch.equal(s1, s2)
-    assert si2.numel() == 0 and rh2.numel() == 0
+    si, rh = saved_states(gx, R, b, s0, cell, plan)
     _, _, si_ref, rh_ref = reference.forward(gx.double(), R.double(), b.double(), s0.double(), cell, False, True)
     # PyTorch natively in float16 (the kernel takes h in float16 for R h, as cuDNN, with fp32 states)
     _, _, si_16, rh_16 = reference.forward(gx, R, b, s0, cell, False, True, compute_dtype=torch.float16)
@@ -169,24 +159,13 @@ def test_backend_picks_fused_block_and_trains_like_eager():
     compiled = torch.compile(ours_mod, backend=functools.partial(flashrnn_backend, options={"inner": "aot_eager"}))
     x = torch.randn(12, 4, 32, device="cuda").to(torch.bfloat16)  # [T, B, input]
     target = torch.randn(12, 4, 64, device="cuda").to(torch.bfloat16)  # [T, B, hidden]
-    runs = {"eager": (eager, eager), "ours": (ours_mod, compiled), "f64": (f64, f64)}
+    runs = {"eager": eager, "ours": ours_mod, "f64": f64}
     context.reset_stats()
-    losses = {k: [] for k in runs}
-    for _ in range(3):
-        for name, (mod, fn) in runs.items():
-            dt = torch.float64 if name == "f64" else torch.bfloat16
-            mod.zero_grad()
-            y, _ = fn(x.to(dt))
-            loss = ((y - target.to(dt)) ** 2).mean()
-            loss.backward()
-            with torch.no_grad():
-                for p in mod.parameters():
-                    p -= 0.1 * p.grad
-            losses[name].append(loss.item())
+    losses = sgd_losses(runs, dict(runs, ours=compiled), x, target, lr=0.1, output=lambda out: out[0])
     reports = context.reports()
     families = [r["plan"]["family"] for rep in reports for r in rep["rewrites"]]
     assert families and all(f == "fused_block" for f in families), reports
-    flat = {k: torch.cat([p.detach().double().flatten() for p in m.parameters()]) for k, (m, _) in runs.items()}
+    flat = {k: torch.cat([p.detach().double().flatten() for p in m.parameters()]) for k, m in runs.items()}
     l64 = torch.tensor(losses["f64"])
     e_ours, e_torch = rel_err(torch.tensor(losses["ours"]), l64), rel_err(torch.tensor(losses["eager"]), l64)
     assert within(e_ours, e_torch), (losses, e_ours, e_torch)

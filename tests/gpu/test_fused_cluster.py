@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import zlib
 
 import pytest
 import torch
@@ -27,7 +26,7 @@ from flashrnn_compile.cells import CELLS
 from flashrnn_compile.kernels import fused_cluster
 from flashrnn_compile.ops import recurrence
 
-from .conftest import float64_failures, make_inputs
+from .conftest import assert_matches_float64, case_id, family_plan, make_inputs, saved_states
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
@@ -56,12 +55,6 @@ EXPLICIT_CASES = [(c, nh, dh, b, prm, T, r) for c in sorted(CELLS) for nh, dh, b
                   for T in (1, 17) for r in (False, True)]
 
 
-def plan_for(cell, B, NH, DH, dtype) -> str:
-    chosen = planner.plan(cell, B, NH, DH, dtype, families=("fused_cluster",))
-    assert chosen.family == "fused_cluster", chosen.reason
-    return runtime.plan_json("fused_cluster", chosen.params)
-
-
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
     from flashrnn_compile.kernels import alternating
@@ -79,21 +72,18 @@ def test_kernels_are_available_and_the_planner_uses_them():
 
 
 @pytest.mark.parametrize("cell,NH,DH,B,T,reverse", PLANNED_CASES,
-                         ids=[f"{c}-{nh}x{dh}-B{b}-T{t}-{'rev' if r else 'fwd'}" for c, nh, dh, b, t, r in PLANNED_CASES])
+                         ids=[case_id(*case) for case in PLANNED_CASES])
 def test_planned_matches_float64_reference(cell, NH, DH, B, T, reverse):
-    seed = zlib.crc32(f"cluster-{cell}-{NH}-{DH}-{B}-{T}-{reverse}".encode())
-    failures = float64_failures(cell, NH, DH, B, T, reverse, seed, DTYPES, lambda dtype: plan_for(cell, B, NH, DH, dtype))
-    assert not failures, "; ".join(failures)
+    assert_matches_float64("cluster", cell, NH, DH, B, T, reverse, DTYPES,
+                           lambda dtype: family_plan("fused_cluster", cell, B, NH, DH, dtype))
 
 
 @pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", EXPLICIT_CASES,
-                         ids=[f"{c}-{nh}x{dh}-B{b}-CS{p['CLUSTER_SIZE']}-W{p['WARPS']}-BT{p['BATCH_TILE']}-T{t}-{'rev' if r else 'fwd'}"
+                         ids=[case_id(c, nh, dh, b, t, r, f"-CS{p['CLUSTER_SIZE']}-W{p['WARPS']}-BT{p['BATCH_TILE']}")
                               for c, nh, dh, b, p, t, r in EXPLICIT_CASES])
 def test_explicit_tilings_match_float64_reference(cell, NH, DH, B, params, T, reverse):
-    seed = zlib.crc32(f"cluster-explicit-{cell}-{NH}-{DH}-{B}-{T}-{reverse}".encode())
     plan = runtime.plan_json("fused_cluster", params)
-    failures = float64_failures(cell, NH, DH, B, T, reverse, seed, DTYPES, lambda dtype: plan)
-    assert not failures, "; ".join(failures)
+    assert_matches_float64("cluster-explicit", cell, NH, DH, B, T, reverse, DTYPES, lambda dtype: plan)
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
@@ -102,10 +92,8 @@ def test_save_false_matches_save_true(cell):
     gx, R, b, s0, _, _ = make_inputs(cell, 9, 5, 1, 64, seed=11)
     gx, R, b, s0 = (t.bfloat16() for t in (gx, R, b, s0))
     plan = runtime.plan_json("fused_cluster", EXPLICIT[0][3])
-    h1, s1, si, rh = torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, True)
-    h2, s2, si2, rh2 = torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, False)
-    assert torch.equal(h1, h2) and torch.equal(s1, s2)
-    assert si2.numel() == 0 and rh2.numel() == 0 and torch.isfinite(si).all() and torch.isfinite(rh).all()
+    si, rh = saved_states(gx, R, b, s0, cell, plan)
+    assert torch.isfinite(si).all() and torch.isfinite(rh).all()
 
 
 def test_empty_sequence_and_noncontiguous_input():

@@ -28,6 +28,8 @@ from tests.rnn_cases import (
     make_rnn,
 )
 
+from .conftest import assert_trains_like_eager, sgd_losses
+
 
 def _to_cuda(args):
     return tuple(tuple(t.cuda() for t in a) if isinstance(a, tuple) else a.cuda() for a in args)
@@ -204,23 +206,8 @@ def test_module_trains_on_fused_block(kind):
     x = torch.randn(B, T, I, device="cuda", generator=g)  # [B, T, I]
     target = torch.randn(B, T, H, device="cuda", generator=g)  # [B, T, H]
     reset_stats()
-    losses = {k: [] for k in runs}
-    for _ in range(3):
-        for name, mod in runs.items():
-            dt = torch.float64 if name == "f64" else torch.bfloat16
-            mod.zero_grad()
-            loss = ((fns[name](x.to(dt))[0] - target.to(dt)) ** 2).mean()
-            loss.backward()
-            with torch.no_grad():
-                for p in mod.parameters():
-                    p -= 0.5 * p.grad
-            losses[name].append(loss.item())
+    losses = sgd_losses(runs, fns, x, target, lr=0.5, output=lambda out: out[0])
     rewrites, refusals = _module_report()
     assert len(rewrites) == 1 and not refusals, (rewrites, refusals)
     assert rewrites[0]["plan"]["family"] == "fused_block", rewrites[0]["plan"]
-    l64 = torch.tensor(losses["f64"])
-    e_ours, e_eager = rel_err(torch.tensor(losses["ours"]), l64), rel_err(torch.tensor(losses["eager"]), l64)
-    assert within(e_ours, e_eager), (losses, e_ours, e_eager)
-    for (name, p), p_e, p64 in zip(runs["ours"].named_parameters(), runs["eager"].parameters(), runs["f64"].parameters()):
-        e_ours, e_eager = rel_err(p.detach(), p64.detach()), rel_err(p_e.detach(), p64.detach())
-        assert within(e_ours, e_eager), (name, e_ours, e_eager)
+    assert_trains_like_eager(runs, losses)
