@@ -15,7 +15,8 @@
 # FlashRNN 1.0.8 rows; HARNESS_SUITES picks fewer suites, HARNESS_PRESET the layer preset (headline),
 # HARNESS_TIMEOUT caps the run, default 600 s). ALT_BENCH=0 (no bench_alternating: the harness has
 # the rows). XDIST=N (pytest over N processes with pytest-xdist where installed), PARALLEL=1 (the
-# sanitizer runs beside pytest: both check correctness only, and every timing step comes after them).
+# sanitizer runs beside pytest: both check correctness only, and every timing step comes after them),
+# PARALLEL_EXTRA='cmd' (one more correctness command beside pytest), SANITIZER_TIMEOUT (240 s each).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
@@ -77,19 +78,23 @@ sanitize() {  # name tool family timeout
   timeout "$4" compute-sanitizer --tool "$2" --error-exitcode 9 "$PY" tests/gpu/memcheck_case.py "$3" >"$OUT/$1.log" 2>&1
   echo $? >"$OUT/$1.rc"; secs "$t" >"$OUT/$1.secs"
 }
-sanitizers() {
-  if [ "$SKIP_ALT" != 1 ] && [ "$ALT_CHECKS" != 0 ]; then sanitize memcheck memcheck alternating 240; fi
+sanitizers() {  # the three runs side by side (SANITIZER_TIMEOUT caps each, default 240 s)
+  local st="${SANITIZER_TIMEOUT:-240}" pids=()
+  if [ "$SKIP_ALT" != 1 ] && [ "$ALT_CHECKS" != 0 ]; then sanitize memcheck memcheck alternating "$st" & pids+=($!); fi
   if [ "$SKIP_FUSED" != 1 ] && [ "${SKIP_SANITIZERS:-0}" != 1 ]; then
-    sanitize fused_memcheck memcheck fused_block 240
-    sanitize fused_racecheck racecheck fused_block 300
+    sanitize fused_memcheck memcheck fused_block "$st" & pids+=($!)
+    sanitize fused_racecheck racecheck fused_block "$st" & pids+=($!)
   fi
+  for p in "${pids[@]}"; do wait "$p"; done
 }
 # PARALLEL=1: the sanitizers run beside pytest (correctness only: no timing runs meanwhile);
 # XDIST=N: pytest over N worker processes (pytest-xdist, where installed)
 XDIST_ARGS=""
 if [ -n "${XDIST:-}" ] && "$PY" -c "import xdist" 2>/dev/null; then XDIST_ARGS="-n $XDIST"; fi
-san_pid=""
+san_pid=""; extra_pid=""
 if [ "${PARALLEL:-0}" = 1 ]; then sanitizers & san_pid=$!; fi
+# PARALLEL_EXTRA: one more correctness command beside pytest (log: $OUT/parallel_extra.log)
+if [ -n "${PARALLEL_EXTRA:-}" ]; then bash -c "$PARALLEL_EXTRA" >"$OUT/parallel_extra.log" 2>&1 & extra_pid=$!; fi
 t=$(date +%s.%N)
 timeout "${PYTEST_TIMEOUT:-360}" "$PY" -m pytest -q -p no:cacheprovider -rf --tb=line --durations=5 $XDIST_ARGS $TESTS >"$OUT/pytest.log" 2>&1
 pytest_rc=$?
@@ -97,6 +102,8 @@ ptime=$(secs "$t")
 grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -40
 tail -n 12 "$OUT/pytest.log"
 if [ -n "$san_pid" ]; then wait "$san_pid"; else sanitizers; fi
+extra_rc=skipped
+if [ -n "$extra_pid" ]; then wait "$extra_pid"; extra_rc=$?; tail -n 5 "$OUT/parallel_extra.log"; fi
 rc_of() { cat "$OUT/$1.rc" 2>/dev/null || echo skipped; }
 secs_of() { cat "$OUT/$1.secs" 2>/dev/null || echo 0; }
 mc_rc=$(rc_of memcheck); mtime=$(secs_of memcheck)
@@ -145,6 +152,7 @@ fi
   echo "| fused_block: compute-sanitizer racecheck (small case) | exit $frc_rc, ${frtime} s: $(grep -o 'ERROR SUMMARY.*' "$OUT/fused_racecheck.log" | tail -n 1) |"
   echo "| fused_block benchmark | exit $fbench_rc |"
   echo "| benchmark harness (floor, layer, model; harness.log) | exit $harness_rc |"
+  echo "| PARALLEL_EXTRA (parallel_extra.log) | exit $extra_rc: $(tail -n 1 "$OUT/parallel_extra.log" 2>/dev/null) |"
   echo
   echo '```'
   [ -f "$OUT/bench.log" ] && tail -n 24 "$OUT/bench.log"
