@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One whole device call from a committed snapshot: gpu_check.sh (builds, tests/gpu over xdist
+# workers with the sanitizers beside them, the layer harness), then an optional A/B timing script,
+# and everything packed into $OUT/all.tar.gz (the device tool returns at most 8 files) beside
+# $OUT/summary.md. Every step has its own timeout, so the pack runs even when a step overruns.
+#
+# Here, before the call (the fused variants are torch-free libraries: host-built ones load there):
+#   rm -rf build/snap && mkdir -p build/snap && git archive HEAD | tar -x -C build/snap
+#   git rev-parse HEAD > build/snap/SNAPSHOT_COMMIT
+#   (cd build/snap && PYTHONPATH=$PWD TORCH_EXTENSIONS_DIR=$PWD/build/fused_cache \
+#      python -m benchmarks.run --prebuild --preset headline --gpu h200 --arch 9.0 && \
+#      python benchmarks/prebuild_fused.py --gpu h200 --arch 9.0 && \
+#      python benchmarks/bench_fused_cluster.py --prebuild h200)
+# The call (device tool, carry ["build/snap"]):  bash build/snap/benchmarks/device_call.sh
+# Env: everything gpu_check.sh reads; AB='cmd' (a timing command run after the harness, alone on
+# the GPU; log ab.log); defaults below are sized for a ~6-minute call.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:?set by the device tool}"
+R="$OUT/r"
+mkdir -p "$R"
+export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
+{ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv,noheader
+  uname -r
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+  git log -1 --format='%H %s' 2>/dev/null || cat SNAPSHOT_COMMIT 2>/dev/null; } >"$R/card.txt" 2>&1
+export XDIST="${XDIST:-8}" PARALLEL="${PARALLEL:-1}" ALT_BENCH="${ALT_BENCH:-0}" FUSED_BENCH="${FUSED_BENCH:-0}"
+export PYTEST_TIMEOUT="${PYTEST_TIMEOUT:-130}" SANITIZER_TIMEOUT="${SANITIZER_TIMEOUT:-140}"
+export HARNESS="${HARNESS:-1}" HARNESS_SUITES="${HARNESS_SUITES:-floor,layer}"
+export HARNESS_SECONDS="${HARNESS_SECONDS:-floor=15,layer=115}" HARNESS_TIMEOUT="${HARNESS_TIMEOUT:-150}"
+OUT="$R" bash benchmarks/gpu_check.sh
+if [ -n "${AB:-}" ]; then timeout "${AB_TIMEOUT:-35}" bash -c "$AB" >"$R/ab.log" 2>&1; echo "A/B exit $?"; cat "$R/ab.log" | tail -n 20; fi
+cp "$R/summary.md" "$OUT/summary.md" 2>/dev/null
+tar -czf "$OUT/all.tar.gz" -C "$R" .
