@@ -53,6 +53,12 @@
 #ifndef FRNN_DR_KERNEL
 #define FRNN_DR_KERNEL 1
 #endif
+// 1: the forward with SAVE stages a step's rhb and states_in in shared memory and writes them (and
+// h, from the next step's X) during the next step as 16-byte row chunks (Config::F_STAGED); 0: each
+// lane stores its elements (4-byte stores, a quarter of a sector row each)
+#ifndef FRNN_SAVE_V2
+#define FRNN_SAVE_V2 0
+#endif
 
 namespace flashrnn {
 namespace fused {
@@ -431,7 +437,14 @@ struct Config {
   static constexpr size_t F_STAGE = align16((size_t)BT * GXR * 2);
   static constexpr int F_NS = stages(F_STAGE);
   static constexpr size_t F_A = align16(Fwd::smem_a_bytes()), F_X = align16((size_t)2 * HP * BT * XF * 2);
-  __host__ __device__ static constexpr size_t fwd_smem() { return F_A + F_X + F_NS * F_STAGE; }
+  // FRNN_SAVE_V2: after the ring, the staging of a step's rhb [2][BT][RHR] f32 and states_in
+  // [2][S][BT][STR] f32 (double-buffered by step parity; RHR, STR = 4 mod 16 floats: a lane's
+  // scalar writes are conflict-free), where it fits
+  static constexpr size_t F_SR = align16((size_t)2 * BT * RHR * 4), F_SS = align16((size_t)2 * S * BT * STR * 4);
+  static constexpr bool F_STAGED = FRNN_SAVE_V2 != 0 && F_A + F_X + F_NS * F_STAGE + F_SR + F_SS <= 200 * 1024;
+  __host__ __device__ static constexpr size_t fwd_smem() {
+    return F_A + F_X + F_NS * F_STAGE + (F_STAGED ? F_SR + F_SS : 0);
+  }
   // backward stage: gx [BT][GXR] | rhb [BT][RHR] f32 | states_in [S][BT][STR] f32 | dh [BT][DHR]
   static constexpr size_t B_GX = 0, B_RH = align16((size_t)BT * GXR * 2);
   static constexpr size_t B_ST = B_RH + align16((size_t)BT * RHR * 4);
@@ -494,6 +507,45 @@ struct RowCopy {
   __device__ void advance(long long bytes) {
 #pragma unroll
     for (int k = 0; k < CH; ++k) src[k] += bytes;
+  }
+};
+
+// One thread's share of writing a tile of ROWS rows x ROW_CHUNKS 16-byte chunks from shared memory
+// (a double buffer: `flush` takes the buffer's byte offset) to global rows each step (FRNN_SAVE_V2):
+// as RowCopy, the chunk slots' shared addresses and the first step's global addresses are fixed
+// before the time loop and `advance` moves the global ones by a step; a row past the batch
+// (dst_of gives nullptr) is never written.
+template <int THREADS, int ROWS, int ROW_CHUNKS>
+struct RowStore {
+  static constexpr int TOTAL = ROWS * ROW_CHUNKS, CH = (TOTAL + THREADS - 1) / THREADS;
+  uint32_t src[CH];
+  unsigned char* dst[CH];
+  bool in[CH];  // the slot is in the tile and its row in the batch
+  // row r sits at src_base + r * src_row (buffer 0); dst_of(r): its global address at the first
+  // step, nullptr past the batch
+  template <typename F>
+  __device__ void init(uint32_t src_base, int src_row, F dst_of, int tid) {
+#pragma unroll
+    for (int k = 0; k < CH; ++k) {
+      const int i = k * THREADS + tid, r = i < TOTAL ? i / ROW_CHUNKS : 0, c = i % ROW_CHUNKS;
+      unsigned char* row = dst_of(r);
+      src[k] = src_base + r * src_row + c * 16;
+      dst[k] = row + c * 16;
+      in[k] = i < TOTAL && row != nullptr;
+    }
+  }
+  __device__ void flush(uint32_t buf_off) const {
+#pragma unroll
+    for (int k = 0; k < CH; ++k)
+      if (in[k]) {
+        uint32_t v0, v1, v2, v3;
+        asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v0), "=r"(v1), "=r"(v2), "=r"(v3) : "r"(src[k] + buf_off) : "memory");
+        asm volatile("st.global.v4.u32 [%0], {%1,%2,%3,%4};\n" ::"l"(dst[k]), "r"(v0), "r"(v1), "r"(v2), "r"(v3) : "memory");
+      }
+  }
+  __device__ void advance(long long bytes) {
+#pragma unroll
+    for (int k = 0; k < CH; ++k) dst[k] += bytes;
   }
 };
 
@@ -690,6 +742,42 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
       rpe[e] += (long long)dstep * G * BND;
     }
   };
+  // FRNN_SAVE_V2 (C::F_STAGED): the cells write rhb and states_in to the staging buffer of the
+  // step's parity; the next step (or the end) writes the buffer and h (piece 0 of the next step's X
+  // is h rounded to the input dtype: the same value) as 16-byte row chunks. The buffer written in
+  // step k is read in step k + 1 and written again in step k + 2: one barrier between each.
+  constexpr bool STG = SAVE && C::F_STAGED;
+  float* srs = reinterpret_cast<float*>(smem + C::F_A + C::F_X + NS * C::F_STAGE);               // [2][BT][RHR]
+  float* sss = reinterpret_cast<float*>(smem + C::F_A + C::F_X + NS * C::F_STAGE + C::F_SR);     // [2][S][BT][STR]
+  RowStore<C::THREADS, BT, G * DH * 4 / 16> rhw;     // rhb rows [BT][G * DH] f32
+  RowStore<C::THREADS, S * BT, DH * 4 / 16> stw;     // states_in rows [S][BT][DH] f32
+  RowStore<C::THREADS, BT, DH * sizeof(TIn) / 16> hw;  // h rows [BT][DH]
+  if (STG) {
+    const uint32_t smem_s = (uint32_t)__cvta_generic_to_shared(smem);
+    rhw.init(smem_s + (uint32_t)(C::F_A + C::F_X + NS * C::F_STAGE), C::RHR * 4, [&](int n) {
+      return n < nb ? reinterpret_cast<unsigned char*>(p.rhb + (long long)t_first * G * BND + ((size_t)(bt0 + n) * NH + nh) * G * DH)
+                    : nullptr;
+    }, tid);
+    stw.init(smem_s + (uint32_t)(C::F_A + C::F_X + NS * C::F_STAGE + C::F_SR), C::STR * 4, [&](int r) {
+      const int s = r / BT, n = r % BT;
+      return n < nb ? reinterpret_cast<unsigned char*>(p.states_in + (long long)t_first * S * BND + (long long)s * BND +
+                                                       ((size_t)(bt0 + n) * NH + nh) * DH)
+                    : nullptr;
+    }, tid);
+    hw.init(smem_s + (uint32_t)C::F_A, XF * 2, [&](int n) {
+      return n < nb ? reinterpret_cast<unsigned char*>(static_cast<TIn*>(p.h) + (long long)t_first * BND + ((size_t)(bt0 + n) * NH + nh) * DH)
+                    : nullptr;
+    }, tid);
+  }
+  // the outputs of the step whose rhb / states_in sit in staging buffer sb and whose h is X buffer xb
+  auto flush = [&](int sb, int xb) {
+    rhw.flush((uint32_t)(sb * BT * C::RHR * 4));
+    stw.flush((uint32_t)(sb * S * BT * C::STR * 4));
+    hw.flush((uint32_t)(xb * HP * BT * XF * 2));
+    rhw.advance((long long)dstep * G * BND * 4);
+    stw.advance((long long)dstep * S * BND * 4);
+    hw.advance((long long)dstep * BND * (long long)sizeof(TIn));
+  };
   uint32_t rd_stage = 0;  // the ring stage of this step (bytes)
   cp_async_wait<NS - 2>();
   __syncthreads();
@@ -715,7 +803,11 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
     });
     if (SAVE) {
       prefetch(step + NS - 1);
-      if (step > 0) store_outputs();  // the last step's
+      if (STG) {
+        if (step > 0) flush(cur ^ 1, cur);  // the last step's (its h is this step's X)
+      } else if (step > 0) {
+        store_outputs();  // the last step's
+      }
     }
     Op* xn = xs + (cur ^ 1) * HP * BT * XF;
 #pragma unroll
@@ -729,9 +821,13 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
       for (int g = 0; g < G; ++g) {
         gxv[g] = gxe[e][g];
         rv[e][g] = C::gate(acc, g, el) + bb[el.jj][g];
+        if (STG) srs[(cur * BT + n) * C::RHR + g * DH + u] = rv[e][g];
       }
 #pragma unroll
-      for (int s = 0; s < S; ++s) sin_[e][s] = st[e][s];
+      for (int s = 0; s < S; ++s) {
+        sin_[e][s] = st[e][s];
+        if (STG) sss[((cur * S + s) * BT + n) * C::STR + u] = st[e][s];
+      }
       Cell::template forward<M>(gxv, rv[e], st[e], sn);
 #pragma unroll
       for (int s = 0; s < S; ++s) st[e][s] = sn[s];
@@ -745,7 +841,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
     cp_async_wait<NS - 2>();  // this thread's copies of step + 1 landed; the barrier shows them to all
     __syncthreads();
   }
-  if (SAVE && T > 0) store_outputs();
+  if (STG && T > 0) flush((T - 1) & 1, T & 1);  // the last step's (its h is X buffer T & 1)
+  else if (SAVE && T > 0) store_outputs();
   cp_async_wait<0>();
   TIn* sT = static_cast<TIn*>(p.sT);
 #pragma unroll
