@@ -17,7 +17,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:?set by the device tool}"
-R="$OUT/r"
+R="$(mktemp -d)"  # the logs; only the tarball and the summary go to $OUT
 mkdir -p "$R"
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv,noheader
