@@ -53,6 +53,12 @@ def make_inputs(cell: str, T: int, B: int, NH: int, DH: int, seed: int, device="
     return tuple(t.to(device) for t in (gx, R, b, s0, dh, dsT))
 
 
+def inputs_in(dtype, cell: str, T: int, B: int, NH: int, DH: int, seed: int, device="cuda"):
+    """make_inputs' gx, R, b, s0 converted to `dtype` (exact: the values are exact in every dtype)."""
+    gx, R, b, s0, _, _ = make_inputs(cell, T, B, NH, DH, seed, device)
+    return tuple(t.to(dtype) for t in (gx, R, b, s0))
+
+
 NAMES = ("h", "sT", "dgx", "dR", "db", "ds0")
 
 
@@ -123,6 +129,13 @@ def case_id(cell: str, NH: int, DH: int, B: int, T: int, reverse: bool, tiling: 
     return f"{cell}-{NH}x{DH}-B{B}{tiling}-T{T}-{'rev' if reverse else 'fwd'}"
 
 
+def tiling_case_ids(cases, abbreviations) -> list:
+    """case_id of each (cell, NH, DH, B, params, T, reverse), the params named by `abbreviations`
+    {param: short name} in its order (e.g. -W4-BT16)."""
+    return [case_id(c, nh, dh, b, t, r, "".join(f"-{short}{p[key]}" for key, short in abbreviations.items()))
+            for c, nh, dh, b, p, t, r in cases]
+
+
 def assert_matches_float64(tag: str, cell, NH, DH, B, T, reverse, dtypes, plan_for_dtype) -> None:
     """float64_failures of one case, seeded by `tag` and the case, asserted to be none."""
     seed = zlib.crc32(f"{tag}-{cell}-{NH}-{DH}-{B}-{T}-{reverse}".encode())
@@ -169,6 +182,14 @@ def assert_trains_like_eager(runs, losses) -> None:
     for (name, p), p_e, p64 in zip(runs["ours"].named_parameters(), runs["eager"].parameters(), runs["f64"].parameters()):
         e_ours, e_eager = rel_err(p.detach(), p64.detach()), rel_err(p_e.detach(), p64.detach())
         assert within(e_ours, e_eager), (name, e_ours, e_eager)
+
+
+def assert_tiling_matches_float64(family: str, params, tag: str, cell, NH, DH, B, T, reverse, dtypes) -> None:
+    """assert_matches_float64 under the explicit plan `params` of `family` (every dtype)."""
+    from flashrnn_compile import runtime
+
+    plan = runtime.plan_json(family, params)
+    assert_matches_float64(tag, cell, NH, DH, B, T, reverse, dtypes, lambda dtype: plan)
 
 
 def float64_failures(cell, NH, DH, B, T, reverse, seed, dtypes, plan_for_dtype):

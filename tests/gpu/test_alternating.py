@@ -39,7 +39,7 @@ from flashrnn_compile.kernels import alternating
 from flashrnn_compile.ops import recurrence
 from flashrnn_compile.testing import rel_err
 
-from .conftest import NAMES, float64_failures, make_inputs, run_with_grads, saved_states
+from .conftest import NAMES, float64_failures, inputs_in, make_inputs, run_with_grads, saved_states
 
 PLAN = runtime.plan_json("alternating")  # no STEP_KERNEL: the step kernel
 PLANS = {"step": runtime.plan_json("alternating", {"STEP_KERNEL": 1}),
@@ -112,8 +112,7 @@ def test_step_kernel_launch_overrides(monkeypatch, env, case):
 @pytest.mark.parametrize("path", sorted(PLANS))
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_save_false_matches_save_true(cell, path):
-    gx, R, b, s0, _, _ = make_inputs(cell, 9, 3, 2, 16, seed=7)
-    gx, R, b, s0 = (t.float() for t in (gx, R, b, s0))
+    gx, R, b, s0 = inputs_in(torch.float32, cell, 9, 3, 2, 16, seed=7)
     si, rh = saved_states(gx, R, b, s0, cell, PLANS[path])
     _, _, si_ref, rh_ref = reference.forward(gx.double(), R.double(), b.double(), s0.double(), cell, False, True)
     assert rel_err(si, si_ref) < 1e-5 and rel_err(rh, rh_ref) < 1e-5
@@ -130,8 +129,7 @@ def test_step_kernel_agrees_with_cublas_path_in_float32():
 
 
 def test_step_kernel_param_is_checked():
-    gx, R, b, s0, _, _ = make_inputs("gru", 2, 1, 1, 4, seed=2)
-    gx, R, b, s0 = (t.float() for t in (gx, R, b, s0))
+    gx, R, b, s0 = inputs_in(torch.float32, "gru", 2, 1, 1, 4, seed=2)
     with pytest.raises(ValueError, match="STEP_KERNEL"):
         recurrence(gx, R, b, s0, cell="gru", plan=runtime.plan_json("alternating", {"STEP_KERNEL": 2}))
 
@@ -156,8 +154,7 @@ def test_float64_runs_the_reference():
 
 
 def test_empty_sequence():
-    gx, R, b, s0, _, _ = make_inputs("lstm", 0, 2, 1, 8, seed=1)
-    gx, R, b, s0 = (t.float().requires_grad_(True) for t in (gx, R, b, s0))
+    gx, R, b, s0 = (t.requires_grad_(True) for t in inputs_in(torch.float32, "lstm", 0, 2, 1, 8, seed=1))
     h, sT = recurrence(gx, R, b, s0, cell="lstm", plan=PLAN)
     assert h.shape == (0, 2, 1, 8) and torch.equal(sT, s0)
     (sT.sum()).backward()
@@ -165,8 +162,7 @@ def test_empty_sequence():
 
 
 def test_bad_functor_is_a_clear_error():
-    gx, R, b, s0, _, _ = make_inputs("lstm", 2, 1, 1, 4, seed=2)
-    gx, R, b, s0 = (t.float() for t in (gx, R, b, s0))
+    gx, R, b, s0 = inputs_in(torch.float32, "lstm", 2, 1, 1, 4, seed=2)
     h = gx.new_empty(2, 1, 1, 4)
     with pytest.raises(RuntimeError, match="functor"):
         torch.ops.flashrnn_alternating.forward(gx, R, b, s0, "NoSuchCell", False, h, s0.clone(),

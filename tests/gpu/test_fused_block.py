@@ -27,7 +27,8 @@ from flashrnn_compile.kernels import fused_block
 from flashrnn_compile.ops import recurrence
 from flashrnn_compile.testing import rel_err, within
 
-from .conftest import assert_matches_float64, case_id, family_plan, make_inputs, saved_states, sgd_losses
+from .conftest import (assert_matches_float64, assert_tiling_matches_float64, case_id, family_plan, inputs_in, make_inputs,
+                       saved_states, sgd_losses, tiling_case_ids)
 
 DTYPES = (torch.bfloat16, torch.float16)  # the family refuses float32 (kernels/fused_block.py TAKES)
 SHAPES = ((12, 64, 16), (24, 32, 3), (5, 48, 3), (2, 16, 1), (6, 128, 16))  # (NH, DH, B)
@@ -83,18 +84,15 @@ def test_matches_float64_reference(cell, NH, DH, B, T, reverse):
 
 
 @pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", EXPLICIT_CASES,
-                         ids=[case_id(c, nh, dh, b, t, r, f"-W{p['WARPS']}-BT{p['BATCH_TILE']}-RREG{p['R_REG_TILES']}")
-                              for c, nh, dh, b, p, t, r in EXPLICIT_CASES])
+                         ids=tiling_case_ids(EXPLICIT_CASES, {"WARPS": "W", "BATCH_TILE": "BT", "R_REG_TILES": "RREG"}))
 def test_explicit_tilings_match_float64_reference(cell, NH, DH, B, params, T, reverse):
     """Layouts the planner does not choose here (EXPLICIT): same float64 comparison, same bound."""
-    plan = runtime.plan_json("fused_block", params)
-    assert_matches_float64("fused-explicit", cell, NH, DH, B, T, reverse, DTYPES, lambda dtype: plan)
+    assert_tiling_matches_float64("fused_block", params, "fused-explicit", cell, NH, DH, B, T, reverse, DTYPES)
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_save_false_matches_save_true(cell):
-    gx, R, b, s0, _, _ = make_inputs(cell, 9, 3, 2, 16, seed=7)
-    gx, R, b, s0 = (t.half() for t in (gx, R, b, s0))
+    gx, R, b, s0 = inputs_in(torch.float16, cell, 9, 3, 2, 16, seed=7)
     plan = plan_for(cell, 3, 2, 16, torch.float16)
     si, rh = saved_states(gx, R, b, s0, cell, plan)
     _, _, si_ref, rh_ref = reference.forward(gx.double(), R.double(), b.double(), s0.double(), cell, False, True)
@@ -115,8 +113,7 @@ def test_noncontiguous_inputs():
 
 
 def test_empty_sequence():
-    gx, R, b, s0, _, _ = make_inputs("lstm", 0, 2, 1, 16, seed=1)
-    gx, R, b, s0 = (t.half().requires_grad_(True) for t in (gx, R, b, s0))
+    gx, R, b, s0 = (t.requires_grad_(True) for t in inputs_in(torch.float16, "lstm", 0, 2, 1, 16, seed=1))
     h, sT = recurrence(gx, R, b, s0, cell="lstm", plan=plan_for("lstm", 2, 1, 16, torch.float16))
     assert h.shape == (0, 2, 1, 16) and torch.equal(sT, s0)
     (sT.sum()).backward()
@@ -124,8 +121,7 @@ def test_empty_sequence():
 
 
 def test_unsupported_config_is_a_clear_error():
-    gx, R, b, s0, _, _ = make_inputs("lstm", 2, 1, 1, 24, seed=2)
-    gx, R, b, s0 = (t.half() for t in (gx, R, b, s0))
+    gx, R, b, s0 = inputs_in(torch.float16, "lstm", 2, 1, 1, 24, seed=2)
     plan = runtime.plan_json("fused_block", {"WARPS": 4, "BATCH_TILE": 8, "R_REG_TILES": 0})
     with pytest.raises(ValueError, match="DH=24"):
         recurrence(gx, R, b, s0, cell="lstm", plan=plan)

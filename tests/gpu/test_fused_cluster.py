@@ -26,7 +26,8 @@ from flashrnn_compile.cells import CELLS
 from flashrnn_compile.kernels import fused_cluster
 from flashrnn_compile.ops import recurrence
 
-from .conftest import assert_matches_float64, case_id, family_plan, make_inputs, saved_states
+from .conftest import (assert_matches_float64, assert_tiling_matches_float64, case_id, family_plan, inputs_in, make_inputs,
+                       saved_states, tiling_case_ids)
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
@@ -79,26 +80,22 @@ def test_planned_matches_float64_reference(cell, NH, DH, B, T, reverse):
 
 
 @pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", EXPLICIT_CASES,
-                         ids=[case_id(c, nh, dh, b, t, r, f"-CS{p['CLUSTER_SIZE']}-W{p['WARPS']}-BT{p['BATCH_TILE']}")
-                              for c, nh, dh, b, p, t, r in EXPLICIT_CASES])
+                         ids=tiling_case_ids(EXPLICIT_CASES, {"CLUSTER_SIZE": "CS", "WARPS": "W", "BATCH_TILE": "BT"}))
 def test_explicit_tilings_match_float64_reference(cell, NH, DH, B, params, T, reverse):
-    plan = runtime.plan_json("fused_cluster", params)
-    assert_matches_float64("cluster-explicit", cell, NH, DH, B, T, reverse, DTYPES, lambda dtype: plan)
+    assert_tiling_matches_float64("fused_cluster", params, "cluster-explicit", cell, NH, DH, B, T, reverse, DTYPES)
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_save_false_matches_save_true(cell):
     """The inference forward (no states kept) gives the same h and sT, bit for bit."""
-    gx, R, b, s0, _, _ = make_inputs(cell, 9, 5, 1, 64, seed=11)
-    gx, R, b, s0 = (t.bfloat16() for t in (gx, R, b, s0))
+    gx, R, b, s0 = inputs_in(torch.bfloat16, cell, 9, 5, 1, 64, seed=11)
     plan = runtime.plan_json("fused_cluster", EXPLICIT[0][3])
     si, rh = saved_states(gx, R, b, s0, cell, plan)
     assert torch.isfinite(si).all() and torch.isfinite(rh).all()
 
 
 def test_empty_sequence_and_noncontiguous_input():
-    gx, R, b, s0, _, _ = make_inputs("lstm", 0, 3, 1, 64, seed=1)
-    gx, R, b, s0 = (t.half() for t in (gx, R, b, s0))
+    gx, R, b, s0 = inputs_in(torch.float16, "lstm", 0, 3, 1, 64, seed=1)
     plan = runtime.plan_json("fused_cluster", EXPLICIT[0][3])
     h, sT = recurrence(gx, R, b, s0, cell="lstm", plan=plan)
     assert h.shape == (0, 3, 1, 64) and torch.equal(sT, s0)
