@@ -10,8 +10,6 @@ kernel (STEP_KERNEL=1, one launch per step) and cuBLAS (STEP_KERNEL=0, GEMM + po
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 
@@ -20,6 +18,7 @@ import torch
 from flashrnn_compile import runtime
 from flashrnn_compile.cells import get_cell
 from flashrnn_compile.ops import recurrence
+from suites import common
 
 PATHS = {"ours step kernel": runtime.plan_json("alternating", {"STEP_KERNEL": 1}),
          "ours cuBLAS": runtime.plan_json("alternating", {"STEP_KERNEL": 0})}
@@ -50,17 +49,23 @@ def timeit(fn, reps: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def ours(plan, cell, NH, DH, dtype, B, T, reps):
-    """Forward, forward keeping states, and forward+backward of the core op under `plan`, ms."""
+def core_inputs(cell, NH, DH, dtype, B, T, dev="cuda"):
+    """Random inputs of the core op: gx, R (scaled by DH**-0.5), b, s0 (sLSTM's n positive)."""
     spec = get_cell(cell)
     G, S = spec.num_gates, spec.num_states
-    dev = "cuda"
     gx = torch.randn(T, B, NH, G, DH, device=dev, dtype=dtype)  # [T, B, NH, G, DH]
     R = (torch.randn(NH, G, DH, DH, device=dev) / DH**0.5).to(dtype)  # [NH, G, DH, DH]
     b = 0.1 * torch.randn(NH, G, DH, device=dev, dtype=dtype)  # [NH, G, DH]
     s0 = 0.5 * torch.randn(S, B, NH, DH, device=dev, dtype=dtype)  # [S, B, NH, DH]
     if cell == "slstm":
         s0[2] = 1.0 + s0[2].abs()
+    return gx, R, b, s0
+
+
+def ours(plan, cell, NH, DH, dtype, B, T, reps):
+    """Forward, forward keeping states, and forward+backward of the core op under `plan`, ms."""
+    dev = "cuda"
+    gx, R, b, s0 = core_inputs(cell, NH, DH, dtype, B, T, dev)
     dh = torch.randn(T, B, NH, DH, device=dev, dtype=dtype)
     fwd = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, False)  # noqa: E731
     fwd_save = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, True)  # noqa: E731
@@ -120,9 +125,7 @@ def variants(cell, NH, DH, dtype, B, T, reps):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", default=None)
-    p.add_argument("--reps", type=int, default=10)
+    p = common.bench_parser()
     p.add_argument("--no-variants", action="store_true", help="skip the step-kernel launch-setting rows")
     p.add_argument("--configs", default=None, help="comma-separated indices into CONFIGS (default: all)")
     args = p.parse_args()
@@ -138,17 +141,17 @@ def main():
             c = cudnn(cell, DH, DT[dt], B, T, args.reps)
             rows.append(dict(system="cuDNN nn." + cell.upper(), cell=cell, heads=f"1x{DH}", dtype=dt, B=B, T=T,
                              forward_save_ms=None, **c))
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "rows": rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-    print(f"\n{result['device']}, torch {result['torch']}; median ms over {args.reps} runs")
-    print(f"{'system':<20} {'cell':<6} {'NHxDH':<7} {'dtype':<5} {'B':>3} {'T':>5} {'fwd':>8} {'fwd+save':>9} {'fwd+bwd':>8}")
-    for r in rows:
-        fs = "-" if r["forward_save_ms"] is None else f"{r['forward_save_ms']:.2f}"
-        print(f"{r['system']:<20} {r['cell']:<6} {r['heads']:<7} {r['dtype']:<5} {r['B']:>3} {r['T']:>5} "
-              f"{r['forward_ms']:>8.2f} {fs:>9} {r['fwd_bwd_ms']:>8.2f}")
+    common.bench_report(rows, args.out, args.reps, table_columns(system=20, cell=6, dtype=("dtype", 5), digits=2))
+
+
+def table_columns(system: int, cell: int, dtype=("dtype", 5), digits: int = 3):
+    """The columns of the bench_*.py tables (suites.common.text_table): the system and cell columns
+    `system` and `cell` wide, the dtype column (header, width), times with `digits` decimals."""
+    dtype_header, dtype_width = dtype
+    return [("system", "system", -system, None), ("cell", "cell", -cell, None), ("NHxDH", "heads", -7, None),
+            (dtype_header, "dtype", -dtype_width, None), ("B", "B", 3, None), ("T", "T", 5, None),
+            ("fwd", "forward_ms", 8, digits), ("fwd+save", "forward_save_ms", 9, digits),
+            ("fwd+bwd", "fwd_bwd_ms", 8, digits)]
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ as in FlashRNN); cuDNN's times include its input projection (nn.LSTM 1x768).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,7 +20,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_alternating import DT, cudnn, ours  # noqa: E402
+from bench_alternating import DT, cudnn, ours, table_columns  # noqa: E402
+from suites import common  # noqa: E402
 
 from flashrnn_compile import planner, runtime  # noqa: E402
 
@@ -96,9 +96,7 @@ def layer_profile(cell="lstm", dt="bf16", B=16, NH=12, DH=64):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", default=None)
-    p.add_argument("--reps", type=int, default=10)
+    p = common.bench_parser()
     p.add_argument("--no-alternating", action="store_true")
     p.add_argument("--layer", action="store_true")
     args = p.parse_args()
@@ -128,17 +126,7 @@ def main():
         c = cudnn("lstm", 768, DT[dt], 16, 1024, args.reps)
         rows.append(dict(system="cuDNN nn.LSTM", cell="lstm", heads="1x768", dtype=dt, B=16, T=1024,
                          forward_save_ms=None, **c))
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "rows": rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    print(f"\n{result['device']}, torch {result['torch']}; median ms over {args.reps} runs")
-    print(f"{'system':<18} {'cell':<10} {'NHxDH':<7} {'dtype':<5} {'B':>3} {'T':>5} {'fwd':>8} {'fwd+save':>9} {'fwd+bwd':>8}")
-    for r in rows:
-        print(f"{r['system']:<18} {r['cell']:<10} {r['heads']:<7} {r['dtype']:<5} {r['B']:>3} {r['T']:>5} "
-              f"{f(r['forward_ms']):>8} {f(r['forward_save_ms']):>9} {f(r['fwd_bwd_ms']):>8}")
+    common.bench_report(rows, args.out, args.reps, table_columns(system=18, cell=10))
 
 
 if __name__ == "__main__":

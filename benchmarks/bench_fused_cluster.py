@@ -12,18 +12,16 @@ the dense LSTM 1x768 bf16 B16 T1024 rows, forward and forward keeping states.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_alternating import DT, cudnn, ours, timeit  # noqa: E402
+from bench_alternating import DT, core_inputs, cudnn, ours, table_columns, timeit  # noqa: E402
+from suites import common  # noqa: E402
 
 from flashrnn_compile import planner, runtime  # noqa: E402
-from flashrnn_compile.cells import get_cell  # noqa: E402
 
 CONFIGS = [  # cell, NH, DH, dtype, B, T
     ("lstm", 1, 768, "bf16", 16, 1024),
@@ -99,12 +97,7 @@ def prebuild(gpu: str, jobs: int) -> None:
 
 def forward_only(plan, cell, NH, DH, dtype, B, T, reps):
     """Forward (inference) and forward keeping states of the core op under `plan`, ms."""
-    spec = get_cell(cell)
-    G, S = spec.num_gates, spec.num_states
-    gx = torch.randn(T, B, NH, G, DH, device="cuda", dtype=dtype)  # [T, B, NH, G, DH]
-    R = (torch.randn(NH, G, DH, DH, device="cuda") / DH**0.5).to(dtype)  # [NH, G, DH, DH]
-    b = 0.1 * torch.randn(NH, G, DH, device="cuda", dtype=dtype)  # [NH, G, DH]
-    s0 = 0.5 * torch.randn(S, B, NH, DH, device="cuda", dtype=dtype)  # [S, B, NH, DH]
+    gx, R, b, s0 = core_inputs(cell, NH, DH, dtype, B, T)
     fwd = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, False)  # noqa: E731
     fwd_save = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, True)  # noqa: E731
     return {"forward_ms": timeit(fwd, reps), "forward_save_ms": timeit(fwd_save, reps), "fwd_bwd_ms": None}
@@ -138,9 +131,7 @@ def rows_for(cell, NH, DH, dt, B, T, reps, quick):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", default=None)
-    p.add_argument("--reps", type=int, default=10)
+    p = common.bench_parser()
     p.add_argument("--quick", action="store_true")
     p.add_argument("--configs", default=None, help="comma-separated indices into CONFIGS (default: all)")
     p.add_argument("--prebuild", default=None, metavar="GPU_PRESET", help="only build the variants the tests and "
@@ -159,18 +150,8 @@ def main():
         rows += rows_for(*cfg, args.reps, args.quick)
     if args.ablate:
         rows += ablation_rows(args.reps)
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "rows": rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-    print(f"\n{result['device']}, torch {result['torch']}; median ms over {args.reps} runs")
-    print(f"{'system':<26} {'cell':<5} {'NHxDH':<7} {'dt':<4} {'B':>3} {'T':>5} {'fwd':>8} {'fwd+save':>9} {'fwd+bwd':>8}  params")
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    for r in rows:
-        print(f"{r['system']:<26} {r['cell']:<5} {r['heads']:<7} {r['dtype']:<4} {r['B']:>3} {r['T']:>5} "
-              f"{fmt(r['forward_ms']):>8} {fmt(r['forward_save_ms']):>9} {fmt(r['fwd_bwd_ms']):>8}  "
-              f"{r.get('params') or r.get('refused', '')}")
+    params = (" params", lambda r: f" {r.get('params') or r.get('refused', '')}", -1, None)  # after two spaces
+    common.bench_report(rows, args.out, args.reps, table_columns(system=26, cell=5, dtype=("dt", 4)) + [params])
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ of timed calls adapts to the cost of one call (at least `min_reps`, at most `max
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -201,6 +202,42 @@ def markdown_table(rows: Iterable[Dict[str, Any]], columns: Sequence[tuple]) -> 
             cells.append(fmt(v, digits).replace("|", "/"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def text_table(rows: Iterable[Dict[str, Any]], columns: Sequence[tuple]) -> str:
+    """A fixed-width text table, one space between columns; columns are (header, key or
+    callable(row), width, digits): width < 0 left-aligns the column in -width characters, width > 0
+    right-aligns it; values through `fmt` (None: "-")."""
+    def cell(v: Any, width: int) -> str:
+        return f"{v:<{-width}}" if width < 0 else f"{v:>{width}}"
+
+    lines = [" ".join(cell(header, width) for header, _, width, _ in columns)]
+    for r in rows:
+        lines.append(" ".join(cell(fmt(key(r) if callable(key) else r.get(key), digits), width)
+                              for _, key, width, digits in columns))
+    return "\n".join(lines)
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    """The arguments every benchmarks/bench_*.py takes: --out (the JSON file) and --reps (timed
+    calls per median, default 10)."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=None)
+    p.add_argument("--reps", type=int, default=10)
+    return p
+
+
+def bench_report(rows: List[Dict[str, Any]], out: Optional[str], reps: int, columns: Sequence[tuple]) -> Dict[str, Any]:
+    """The end of a benchmarks/bench_*.py run: {device, torch, cuda, rows} written to `out` (JSON,
+    when given), then the rows as a `text_table` under a line naming the card and the repetitions."""
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "rows": rows}
+    if out:
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+    print(f"\n{result['device']}, torch {result['torch']}; median ms over {reps} runs")
+    print(text_table(rows, columns))
+    return result
 
 
 def write_json(path: str, env: Dict[str, Any], rows: List[Dict[str, Any]], extra: Optional[Dict[str, Any]] = None) -> None:
