@@ -152,6 +152,12 @@ def timing(reps: int) -> None:
                 fused_block.backward(dh, dsT, gx, R, si2, rh2, cell, False, prm)
 
             fns[(knob, "fwd_bwd")] = both
+        # the knob must reach the build: knob 1's configuration carries FRNN_SAVE_V2 and resolves to
+        # another library than knob 0's
+        libs = {k: {getattr(v[0], "lib", None) for v in _CACHES[k].values() if v and v[0] is not None} for k in (0, 1)}
+        use(1)
+        assert fused_block.defines(cell, dtype, DH, prm).get("FRNN_SAVE_V2") == 1, "knob 1 without FRNN_SAVE_V2"
+        assert libs[0] and libs[1] and not (libs[0] & libs[1]), f"knob 0 / 1 share a library: {libs}"
         # interleave the knob values within each rep (drift hits both alike)
         order = [(k, w) for w in ("fwd", "fwd_save", "bwd", "fwd_bwd") for k in (0, 1)]
         med = median_ms({key: fns[key] for key in order}, reps)
