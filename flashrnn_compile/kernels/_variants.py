@@ -1,10 +1,11 @@
 """What the families built as one small CUDA library per configuration share (fused_block,
 fused_cluster): the per-device availability check, the loaded libraries, the once-per-reason
-fallback warning, the per-configuration resolution, the 32-bit size check, NaN poisoning of
-outputs, and the ctypes launch helpers (pointers, the current stream, the current device).
+fallback warning, the per-configuration resolution, the 32-bit size check, the forward around
+the launch (fallbacks, alignment, output allocation, NaN poisoning, the error), and the ctypes
+launch helpers (pointers, the current stream, the current device).
 
 Each family module holds one `Family` (its name, source and the ctypes signatures of its library)
-and keeps its own defines, launch and `POISON` flag.
+and keeps its own defines, launch call, backward and `POISON` flag.
 """
 
 from __future__ import annotations
