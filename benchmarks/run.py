@@ -72,6 +72,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--replot", default=None, metavar="DIR",
                    help="redraw the layer plots from DIR/layer.json (e.g. a result set fetched without its PNGs)")
     p.add_argument("--list", action="store_true", help="print the layer preset's rows and expected seconds; run nothing")
+    p.add_argument("--skip", default="", help="layer suite: comma-separated prefixes of systems not to run: cuDNN, "
+                   "'ours <family>', torch.compile, FlashRNN, Inductor; their rows say so")
     p.add_argument("--gpu", default="h100-sxm", help="--prebuild: planner preset of the target GPU")
     p.add_argument("--arch", default="9.0", help="--prebuild: compute capability to build for")
     args = p.parse_args(argv)
@@ -110,7 +112,8 @@ def run_layer(device, budget, env, args, folder, floors: Dict[str, float]) -> Li
     from .suites import layer
 
     preset = args.preset or ("quick" if args.quick or device.type != "cuda" else "headline")
-    rows = layer.run(preset, device, budget, env, quick=args.quick or device.type != "cuda", floors=floors)
+    skip = [x.strip() for x in args.skip.split(",") if x.strip()]
+    rows = layer.run(preset, device, budget, env, quick=args.quick or device.type != "cuda", floors=floors, skip=skip)
     extra = {"preset": preset, "floors_us_per_step": floors,
              "flashrnn_108": {"available": flashrnn_108.available(), "reason": flashrnn_108.reason(),
                               "notes": flashrnn_108.notes()}}

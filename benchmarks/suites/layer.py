@@ -26,7 +26,7 @@ import dataclasses
 import itertools
 import os
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -213,8 +213,10 @@ def hand_fns(cfg: Config, device, wrap: Callable) -> Tuple[Callable, Callable]:
 class Ctx:
     """What the rows of one layer-suite run share."""
 
-    def __init__(self, device, budget: common.Budget, env: Dict[str, Any], quick: bool, floors: Dict[str, float]):
+    def __init__(self, device, budget: common.Budget, env: Dict[str, Any], quick: bool, floors: Dict[str, float],
+                 skip: Tuple[str, ...] = ()):
         self.device = torch.device(device)
+        self.skip = skip  # prefixes of system names not to run (--skip)
         self.budget = budget
         self.env = env
         self.quick = quick
@@ -450,17 +452,18 @@ def _speedups(rows: List[Dict[str, Any]]) -> None:
 
 
 def run(preset: str, device, budget: common.Budget, env: Dict[str, Any], quick: bool = False,
-        floors: Optional[Dict[str, float]] = None) -> List[Dict[str, Any]]:
-    """All rows of `preset` (headline / full / quick), skipping what the budget cannot fit."""
+        floors: Optional[Dict[str, float]] = None, skip: Sequence[str] = ()) -> List[Dict[str, Any]]:
+    """All rows of `preset` (headline / full / quick), skipping what the budget cannot fit and the
+    systems whose names start with one of `skip` (e.g. "torch.compile", "FlashRNN")."""
     if preset not in PRESETS:
         raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
-    return run_configs(PRESETS[preset](), device, budget, env, quick, floors)
+    return run_configs(PRESETS[preset](), device, budget, env, quick, floors, skip)
 
 
 def run_configs(configs: List[Config], device, budget: common.Budget, env: Dict[str, Any], quick: bool = False,
-                floors: Optional[Dict[str, float]] = None) -> List[Dict[str, Any]]:
+                floors: Optional[Dict[str, float]] = None, skip: Sequence[str] = ()) -> List[Dict[str, Any]]:
     """The rows of `configs`, in order, one progress line each; speed-ups filled in last."""
-    ctx = Ctx(device, budget, env, quick, floors or {})
+    ctx = Ctx(device, budget, env, quick, floors or {}, tuple(skip))
     baselines: set = set()
     jobs = [j for cfg in configs for j in jobs_for(cfg, ctx, baselines)]
     # the cheap rows of every config first; FlashRNN (a JIT build per config) and Inductor (an
@@ -478,6 +481,8 @@ def run_configs(configs: List[Config], device, budget: common.Budget, env: Dict[
 
 
 def _run_job(job: Job, ctx: Ctx) -> Dict[str, Any]:
+    if ctx.skip and job.system.startswith(ctx.skip):
+        return _row(job.cfg, job.system, ctx, status="skipped", reason=f"--skip {','.join(ctx.skip)}")
     skip = ctx.budget.refuse(job.expected_s())
     if skip:
         return _row(job.cfg, job.system, ctx, status="skipped", reason=skip)
