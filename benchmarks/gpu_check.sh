@@ -13,8 +13,8 @@
 # benchmark), HARNESS=1 (then `python -m benchmarks.run --suite floor,layer,model --preset headline`
 # into $OUT, budget HARNESS_SECONDS, default floor=30,layer=280,model=120; carry build/wheels for the
 # FlashRNN 1.0.8 rows; HARNESS_SUITES picks fewer suites, HARNESS_PRESET the layer preset (headline),
-# HARNESS_TIMEOUT caps the run, default 600 s). ALT_BENCH=0 (no bench_alternating: the harness has
-# the rows). XDIST=N (pytest over N processes with pytest-xdist where installed), PARALLEL=1 (the
+# HARNESS_SKIP the layer systems left out (--skip), HARNESS_TIMEOUT caps the run, default 600 s).
+# ALT_BENCH=0 (no bench_alternating: the harness has the rows). XDIST=N (pytest over N processes with pytest-xdist where installed), PARALLEL=1 (the
 # sanitizer runs beside pytest: both check correctness only, and every timing step comes after them),
 # PARALLEL_EXTRA='cmd' (one more correctness command beside pytest), SANITIZER_TIMEOUT (240 s each).
 set -uo pipefail
@@ -133,7 +133,7 @@ fi
 harness_rc=skipped
 if [ "${HARNESS:-0}" = 1 ]; then
   timeout "${HARNESS_TIMEOUT:-600}" "$PY" -m benchmarks.run --suite "${HARNESS_SUITES:-floor,layer,model}" --preset "${HARNESS_PRESET:-headline}" \
-    --max-seconds "${HARNESS_SECONDS:-floor=30,layer=280,model=120}" --out "$OUT" >"$OUT/harness.log" 2>&1
+    --max-seconds "${HARNESS_SECONDS:-floor=30,layer=280,model=120}" --skip "${HARNESS_SKIP:-}" --out "$OUT" >"$OUT/harness.log" 2>&1
   harness_rc=$?
 fi
 
