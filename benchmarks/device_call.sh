@@ -20,10 +20,12 @@ OUT="${OUT:?set by the device tool}"
 R="$(mktemp -d)"  # the logs; only the tarball and the summary go to $OUT
 mkdir -p "$R"
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
+# the snapshot's commit (the device copy's own .git, if any, is not this snapshot's)
+[ -f SNAPSHOT_COMMIT ] && export BENCH_COMMIT="$(cut -c1-7 SNAPSHOT_COMMIT)"
 { nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv,noheader
   uname -r
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
-  git log -1 --format='%H %s' 2>/dev/null || cat SNAPSHOT_COMMIT 2>/dev/null; } >"$R/card.txt" 2>&1
+  echo "snapshot ${BENCH_COMMIT:-unknown}"; } >"$R/card.txt" 2>&1
 export XDIST="${XDIST:-8}" PARALLEL="${PARALLEL:-1}" ALT_BENCH="${ALT_BENCH:-0}" FUSED_BENCH="${FUSED_BENCH:-0}"
 export PYTEST_TIMEOUT="${PYTEST_TIMEOUT:-120}" SANITIZER_TIMEOUT="${SANITIZER_TIMEOUT:-120}"
 export HARNESS="${HARNESS:-1}" HARNESS_SUITES="${HARNESS_SUITES:-floor,layer}"

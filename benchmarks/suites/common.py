@@ -108,7 +108,8 @@ def sanitise(name: str) -> str:
 
 
 def _git_commit() -> Optional[str]:
-    """The checkout's commit; $BENCH_COMMIT where the copy has no .git (the device machine)."""
+    """$BENCH_COMMIT where set (a snapshot run inside another checkout, whose .git is not its own:
+    benchmarks/device_call.sh sets it), else the checkout's commit."""
     root = os.path.dirname(os.path.dirname(RESULTS_ROOT))
     try:
         out = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -116,7 +117,7 @@ def _git_commit() -> Optional[str]:
         commit = out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         commit = ""
-    return commit or os.environ.get("BENCH_COMMIT") or None
+    return os.environ.get("BENCH_COMMIT") or commit or None
 
 
 def environment(device, argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
