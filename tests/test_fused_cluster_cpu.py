@@ -16,12 +16,7 @@ from flashrnn_compile.kernels import fused_cluster
 P = {"CLUSTER_SIZE": 2, "WARPS": 4, "BATCH_TILE": 8, "R_REG_TILES": 4}
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLASHRNN_CACHE_DIR", str(tmp_path / "cache"))
-    planner.clear_memory_cache()
-    yield
-    planner.clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("isolated_plan_cache")
 
 
 def plan(cell, B, NH, DH, dtype=torch.bfloat16, **kw):

@@ -13,12 +13,7 @@ import flashrnn_compile
 from flashrnn_compile import constrint, hardware, planner, runtime
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLASHRNN_CACHE_DIR", str(tmp_path / "cache"))
-    planner.clear_memory_cache()
-    yield
-    planner.clear_memory_cache()
+pytestmark = pytest.mark.usefixtures("isolated_plan_cache")
 
 
 def lstm(batch, heads, head_dim, dtype=torch.bfloat16, gpu="h100-sxm", **kw):
