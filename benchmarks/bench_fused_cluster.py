@@ -6,12 +6,16 @@
 Medians of CUDA-event timings after warm-up (bench_alternating.timeit), random inputs. Rows:
 fused_cluster with the planner's tiling for this GPU and with EXPLICIT tilings; the alternating
 step kernel; cuDNN nn.LSTM / nn.GRU in fp16 and bf16 (its times include the input projection,
-ours take gx). fwd+bwd of fused_cluster is its forward plus the alternating backward. --quick: only
-the dense LSTM 1x768 bf16 B16 T1024 rows, forward and forward keeping states.
+ours take gx). fwd+bwd of fused_cluster is its forward plus the alternating backward; the rows
+"..., own bwd" time the same with FLASHRNN_CLUSTER_BWD=1 (the family's own backward kernel). --quick:
+only the dense LSTM 1x768 bf16 B16 T1024 rows, forward and forward keeping states.
+--prebuild also builds the backward libraries (FRNN_CLUSTER_BWD=1) of every configuration whose
+backward the tests or this benchmark run (with or without FLASHRNN_CLUSTER_BWD in the environment).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -68,6 +72,40 @@ def variants(gpu: str):
     return sorted(out, key=str)
 
 
+def bwd_variants(gpu: str):
+    """(cell, dtype, DH, params) of every configuration whose own backward (FRNN_CLUSTER_BWD=1) the
+    GPU tests or this benchmark run on `gpu`: all of variants(gpu) but the timing switches, and the
+    tests' backward-only tilings."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests.gpu import test_fused_cluster as t
+
+    out = {v for v in variants(gpu) if not any(k in dict(v[3]) for k in ("ABLATE", "SYNC", "VEC", "H_PIECES"))}
+    for cell in sorted(t.CELLS):
+        for NH, DH, B, prm, _ in t.BWD_EXPLICIT:
+            for dtype in t.DTYPES:
+                out.add((cell, dtype, DH, tuple(sorted(prm.items()))))
+    return sorted(out, key=str)
+
+
+@contextlib.contextmanager
+def cluster_bwd(on: bool):
+    """FLASHRNN_CLUSTER_BWD set to 1 (on) or unset inside, as it was after."""
+    from flashrnn_compile.kernels import fused_cluster
+
+    before = os.environ.get(fused_cluster.BWD_ENV)
+    if on:
+        os.environ[fused_cluster.BWD_ENV] = "1"
+    else:
+        os.environ.pop(fused_cluster.BWD_ENV, None)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(fused_cluster.BWD_ENV, None)
+        else:
+            os.environ[fused_cluster.BWD_ENV] = before
+
+
 def ablation_rows(reps):
     """Forward of dense LSTM 1x768 bf16 B16 T1024 with the planner's tiling and each ABLATIONS switch."""
     chosen = planner.plan("lstm", 16, 1, 768, torch.bfloat16, families=("fused_cluster",))
@@ -89,6 +127,7 @@ def prebuild(gpu: str, jobs: int) -> None:
     from flashrnn_compile.kernels import fused_cluster
 
     todo = [fused_cluster.defines(c, d, dh, dict(p)) for c, d, dh, p in variants(gpu)]
+    todo += [fused_cluster.backward_defines(c, d, dh, dict(p)) for c, d, dh, p in bwd_variants(gpu)]
     start = time.time()
     with ThreadPoolExecutor(jobs) as pool:
         for defs, path in zip(todo, pool.map(lambda d: build.ensure_variant(fused_cluster.SOURCE, d), todo)):
@@ -111,14 +150,21 @@ def rows_for(cell, NH, DH, dt, B, T, reps, quick):
     base = dict(cell=cell, heads=f"{NH}x{DH}", dtype=dt, B=B, T=T)
     if chosen.family == "fused_cluster":
         plan = runtime.plan_json("fused_cluster", chosen.params)
-        out.append(dict(system="fused_cluster (planner)", params=chosen.params, **base, **run(plan, cell, NH, DH, dtype, B, T, reps)))
+        with cluster_bwd(False):
+            out.append(dict(system="fused_cluster (planner)", params=chosen.params, **base,
+                            **run(plan, cell, NH, DH, dtype, B, T, reps)))
+        if not quick:  # the same with the family's own backward kernel
+            with cluster_bwd(True):
+                out.append(dict(system="fused_cluster (planner), own bwd", params=chosen.params, **base,
+                                **run(plan, cell, NH, DH, dtype, B, T, reps)))
     else:
         out.append(dict(system="fused_cluster (planner)", params=None, refused=chosen.reason, **base,
                         forward_ms=None, forward_save_ms=None, fwd_bwd_ms=None))
     if (cell, NH, DH) == ("lstm", 1, 768) and B == 16:
         for prm in EXPLICIT:
             plan = runtime.plan_json("fused_cluster", prm)
-            out.append(dict(system="fused_cluster (explicit)", params=prm, **base, **run(plan, cell, NH, DH, dtype, B, T, reps)))
+            with cluster_bwd(False):
+                out.append(dict(system="fused_cluster (explicit)", params=prm, **base, **run(plan, cell, NH, DH, dtype, B, T, reps)))
     if quick:
         return out
     out.append(dict(system="alternating step", params=None, **base, **ours(ALT, cell, NH, DH, dtype, B, T, reps)))

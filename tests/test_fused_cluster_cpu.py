@@ -92,3 +92,152 @@ def test_registered_and_off_cuda_the_reference_runs():
         h, sT = recurrence(gx, R, b, s0, cell="lstm", plan=runtime.plan_json("fused_cluster", P))
     h_ref, sT_ref, _, _ = reference.forward(gx, R, b, s0, "lstm", False, False)
     assert torch.allclose(h, h_ref) and torch.allclose(sT, sT_ref)
+
+
+# ---- the backward kernel's decomposition (csrc/fused/fused_cluster.cuh backward_kernel) in float64 ----
+
+def cluster_backward_model(dh, dsT, gx, R, states_in, rhb, cell, reverse, CS, WARPS, BT):
+    """What fused_cluster's backward kernel computes, with its work split spelled out: clusters of
+    CS blocks per (head, batch tile), block r owning units r * DHB ..; per step each block's
+    pointwise backward of its units, its PARTIAL R^T d(rhb) for all DH units split over warps
+    (mg, kk) as the kernel's BwdConfig (MG = gcd(WARPS, DH / 16) m-tile groups x BKS k-slices), each
+    partial stored into its owner's recv[step % 2][slot = r * BKS + kk] (NaN before: a slot left
+    unwritten poisons the result), the owner summing its slots the next step; ds0 from the last
+    step's slots; dR, db by fused_block._weight_grads from d(rhb) and states_in. float64 throughout.
+    -> dgx [T,B,NH,G,DH], dR [NH,G,DH,DH], db [NH,G,DH], ds0 [S,B,NH,DH]."""
+    import math
+
+    from flashrnn_compile.cells import get_cell
+    from flashrnn_compile.kernels.fused_block import _weight_grads
+    from flashrnn_compile.reference import _step_vjp
+
+    spec = get_cell(cell)
+    pw = spec.step_backward or _step_vjp(spec.step)
+    T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
+    S = dsT.shape[0]
+    DHB, KT = DH // CS, DH // 16
+    MG = math.gcd(WARPS, KT)
+    BKS, MT = WARPS // MG, KT // MG
+    KTW = G * DHB // 16 // BKS
+    NSLOT = CS * BKS
+    dgx = torch.full_like(gx, float("nan"))  # [T, B, NH, G, DH]
+    drhb = torch.full_like(gx, float("nan"))  # [T, B, NH, G, DH]
+    ds0 = torch.full_like(dsT, float("nan"))  # [S, B, NH, DH]
+    order = range(T) if reverse else range(T - 1, -1, -1)  # the reverse of the forward's
+    for nh in range(NH):
+        for bt0 in range(0, B, BT):
+            nb = min(BT, B - bt0)
+            cols = slice(bt0, bt0 + nb)
+            ds = torch.zeros(S, BT, DH, dtype=gx.dtype)  # [S, BT, DH]  columns past the batch: zeros
+            ds[:, :nb] = dsT[:, cols, nh]
+            recv = torch.full((CS, 2, NSLOT, BT, DHB), float("nan"), dtype=gx.dtype)  # per block
+            for step, t in enumerate(order):
+                X = torch.zeros(CS, BT, G * DHB, dtype=gx.dtype)  # per block [BT][(g, o)]
+                for r in range(CS):
+                    U = slice(r * DHB, (r + 1) * DHB)
+                    dsn = ds[:, :, U].clone()  # [S, BT, DHB]
+                    if step > 0:
+                        dsn[0] += recv[r, (step - 1) % 2].sum(0)
+                    dsn[0, :nb] += dh[t, cols, nh, U]
+                    gx_in = torch.zeros(BT, G, DHB, dtype=gx.dtype)
+                    rh_in = torch.zeros(BT, G, DHB, dtype=gx.dtype)
+                    st_in = torch.zeros(S, BT, DHB, dtype=gx.dtype)
+                    gx_in[:nb], rh_in[:nb], st_in[:, :nb] = gx[t, cols, nh, :, U], rhb[t, cols, nh, :, U], states_in[t, :, cols, nh, U]
+                    if cell == "slstm":
+                        st_in[2, nb:] = 1.0  # (the kernel's zeros past the batch stay in their own columns; n = 1 keeps the model finite)
+                    dg, dr, dsi = pw(gx_in, rh_in, tuple(st_in.unbind(0)), tuple(dsn.unbind(0)))
+                    ds[:, :, U] = torch.stack(dsi)
+                    dr = dr.clone()
+                    dr[nb:] = 0.0  # past the batch: nothing into X
+                    dgx[t, cols, nh, :, U], drhb[t, cols, nh, :, U] = dg[:nb], dr[:nb]
+                    X[r] = dr.reshape(BT, G * DHB)
+                for r in range(CS):
+                    # A[k][(g, o)] = R[nh, g, r * DHB + o, k]
+                    A = R[nh, :, r * DHB:(r + 1) * DHB, :].reshape(G * DHB, DH).t()  # [DH, G * DHB]
+                    for w in range(WARPS):
+                        mg, kk = w % MG, w // MG
+                        K = slice(kk * KTW * 16, (kk + 1) * KTW * 16)
+                        for mt in range(MT):
+                            m0 = (mg * MT + mt) * 16
+                            part = A[m0:m0 + 16, K] @ X[r][:, K].t()  # [16 units, BT]
+                            d, ul = m0 // DHB, m0 % DHB
+                            recv[d, step % 2, r * BKS + kk, :, ul:ul + 16] = part.t()
+            for r in range(CS):
+                U = slice(r * DHB, (r + 1) * DHB)
+                last = ds[:, :nb, U].clone()
+                if T > 0:
+                    last[0] += recv[r, (T - 1) % 2].sum(0)[:nb]
+                ds0[:, cols, nh, U] = last
+    if T == 0:
+        return dgx, torch.zeros_like(R), torch.zeros(NH, G, DH, dtype=R.dtype), ds0
+    dR, db = _weight_grads(drhb, states_in, tf32=False)
+    return dgx, dR, db, ds0
+
+
+# (NH, DH, B, CLUSTER_SIZE, WARPS, BATCH_TILE): the GPU tests' explicit tilings, plus one whose warps
+# need 2 k-slices in the backward (WARPS=16 over DH / 16 = 8 m-tiles)
+BWD_MODEL = [(2, 64, 3, 2, 4, 8), (1, 128, 19, 4, 2, 16), (1, 256, 9, 16, 4, 8), (1, 128, 5, 2, 16, 8)]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "elman_tanh", "elman_relu", "slstm"])
+@pytest.mark.parametrize("NH,DH,B,CS,WARPS,BT", BWD_MODEL)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cluster_backward_decomposition_matches_the_reference(cell, NH, DH, B, CS, WARPS, BT, reverse):
+    from flashrnn_compile import reference
+    from flashrnn_compile.cells import get_cell
+
+    spec = get_cell(cell)
+    G, S, T = spec.num_gates, spec.num_states, 5
+    fused_cluster.backward_defines(cell, torch.bfloat16, DH, {"CLUSTER_SIZE": CS, "WARPS": WARPS, "BATCH_TILE": BT,
+                                                              "R_REG_TILES": 0})  # the kernel takes it
+    g = torch.Generator().manual_seed(DH * 31 + B + CS)
+    f64 = dict(dtype=torch.float64, generator=g)
+    gx = torch.randn(T, B, NH, G, DH, **f64)
+    R = 0.7 / DH ** 0.5 * torch.randn(NH, G, DH, DH, **f64)
+    b = 0.1 * torch.randn(NH, G, DH, **f64)
+    s0 = 0.5 * torch.randn(S, B, NH, DH, **f64)
+    if cell == "slstm":
+        s0[2] = 1.0 + s0[2].abs()  # the normaliser n > 0
+    dh, dsT = torch.randn(T, B, NH, DH, **f64), torch.randn(S, B, NH, DH, **f64)
+    _, _, states_in, rhb = reference.forward(gx, R, b, s0, cell, reverse, True)
+    want = reference.backward(dh, dsT, gx, R, states_in, rhb, cell, reverse)
+    got = cluster_backward_model(dh, dsT, gx, R, states_in, rhb, cell, reverse, CS, WARPS, BT)
+    for name, w, o in zip(("dgx", "dR", "db", "ds0"), want, got):
+        assert torch.isfinite(o).all(), name
+        assert torch.allclose(o, w, rtol=1e-10, atol=1e-12), (name, (o - w).abs().max().item())
+
+
+def test_cluster_backward_model_can_fail():
+    """The model's check is not vacuous: a wrong slot (one block's partial not sent) is seen."""
+    from flashrnn_compile import reference
+
+    T, B, NH, DH, G, S = 3, 3, 1, 64, 4, 2
+    g = torch.Generator().manual_seed(5)
+    gx = torch.randn(T, B, NH, G, DH, dtype=torch.float64, generator=g)
+    R = 0.1 * torch.randn(NH, G, DH, DH, dtype=torch.float64, generator=g)
+    b = torch.zeros(NH, G, DH, dtype=torch.float64)
+    s0 = torch.randn(S, B, NH, DH, dtype=torch.float64, generator=g)
+    dh, dsT = torch.randn(T, B, NH, DH, dtype=torch.float64, generator=g), torch.randn(S, B, NH, DH, dtype=torch.float64, generator=g)
+    _, _, si, rh = reference.forward(gx, R, b, s0, "lstm", False, True)
+    want = reference.backward(dh, dsT, gx, R, si, rh, "lstm", False)
+    R_bad = R.clone()
+    R_bad[0, :, 32:, :] = 0.0  # as if block 1's partials never arrived (its rows of R^T d(rhb) missing)
+    got = cluster_backward_model(dh, dsT, gx, R_bad, si, rh, "lstm", False, 2, 4, 8)
+    assert not torch.allclose(got[3], want[3], rtol=1e-6)
+
+
+@pytest.mark.parametrize("params,match", [
+    ({**P, "WARPS": 6}, "K slices"),  # the forward's own rule refuses it first
+])
+def test_backward_configurations_the_kernel_cannot_take_are_clear_errors(params, match):
+    with pytest.raises(ValueError, match=match):
+        fused_cluster.backward_defines("lstm", torch.bfloat16, 64, params)
+
+
+def test_backward_defines_and_the_knob(monkeypatch):
+    d = fused_cluster.backward_defines("lstm", torch.bfloat16, 64, P)
+    assert d == {**fused_cluster.defines("lstm", torch.bfloat16, 64, P), "FRNN_CLUSTER_BWD": 1}
+    monkeypatch.delenv(fused_cluster.BWD_ENV, raising=False)
+    assert not fused_cluster.cluster_backward_enabled()
+    monkeypatch.setenv(fused_cluster.BWD_ENV, "1")
+    assert fused_cluster.cluster_backward_enabled()

@@ -6,6 +6,9 @@
 // The kernel needs sm_90 (thread-block clusters, distributed shared memory): for older targets its
 // body is a trap and frnn_forward refuses a device below compute capability 9.0 with a message.
 // Without defines (CI's nvcc_check, sm_80 and sm_90) it compiles a small default configuration.
+// -DFRNN_CLUSTER_BWD=1 adds the backward kernel (fused_cluster.cuh backward_kernel) and its entries
+// frnn_bwd_config / frnn_bwd_check / frnn_backward (FLASHRNN_CLUSTER_BWD=1 in Python); without it
+// the library is the forward's alone, as before.
 #include <cuda_runtime.h>
 #include <stdio.h>
 
@@ -31,6 +34,10 @@
 #endif
 #ifndef FRNN_R_REG_TILES
 #define FRNN_R_REG_TILES 8
+#endif
+// 1: the library also holds the backward kernel and frnn_backward (FLASHRNN_CLUSTER_BWD=1)
+#ifndef FRNN_CLUSTER_BWD
+#define FRNN_CLUSTER_BWD 0
 #endif
 
 namespace {
@@ -115,6 +122,45 @@ int prepare(int device) {
   done[device] = 1;
   return rc;
 }
+
+#if FRNN_CLUSTER_BWD
+using Bwd = BwdConfig<TIn, Cell, DH, CS, WARPS, BT, RREG>;
+auto bwd_kernel() { return backward_kernel<TIn, Cell, DH, CS, WARPS, BT, RREG>; }
+
+// prepare() for the backward kernel (its own attributes and cluster fit; cached per device)
+int prepare_bwd(int device) {
+  static int done[64] = {0};
+  static int status[64] = {0};
+  static char message[64][512];
+  int rc = prepare(device);  // compute capability (and the forward's fit: the forward ran first)
+  if (rc != 0) return rc;
+  if (done[device]) {
+    if (status[device] != 0) snprintf(g_error, sizeof(g_error), "%s", message[device]);
+    return status[device];
+  }
+  cudaError_t e = cudaFuncSetAttribute(bwd_kernel(), cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Bwd::smem());
+  if (e != cudaSuccess) rc = fail("fused_cluster backward: shared memory attribute", e);
+  if (rc == 0 && CS > 8) {
+    e = cudaFuncSetAttribute(bwd_kernel(), cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (e != cudaSuccess) rc = fail("fused_cluster backward: non-portable cluster size refused", e);
+  }
+  if (rc == 0) {
+    cudaLaunchAttribute attr;
+    cudaLaunchConfig_t cfg = launch_config(dim3(CS, 1), nullptr, &attr);
+    cfg.dynamicSmemBytes = Bwd::smem();
+    int clusters = 0;
+    e = cudaOccupancyMaxActiveClusters(&clusters, bwd_kernel(), &cfg);
+    if (e != cudaSuccess) rc = fail("fused_cluster backward: cudaOccupancyMaxActiveClusters", e);
+    else if (clusters < 1)
+      rc = fail_msg("fused_cluster backward: no cluster of this configuration fits on the device (shared memory "
+                    "or registers per block)");
+  }
+  if (rc != 0) snprintf(message[device], sizeof(message[device]), "%s", g_error);
+  status[device] = rc;
+  done[device] = 1;
+  return rc;
+}
+#endif
 }  // namespace
 
 extern "C" {
@@ -143,5 +189,31 @@ int frnn_forward(int device, int T, int B, int NH, int reverse, const void* gx, 
   if (e != cudaSuccess) return fail("fused_cluster forward", e);
   return 0;
 }
+
+#if FRNN_CLUSTER_BWD
+// the backward (fused_cluster.cuh backward_kernel): out = {smem bytes per block, HP, MG, BKS}
+int frnn_bwd_config(int* out) {
+  out[0] = (int)Bwd::smem(); out[1] = Bwd::HP; out[2] = Bwd::MG; out[3] = Bwd::BKS;
+  return 0;
+}
+
+// 0 when one cluster of the backward can run on `device`, else 1 and frnn_error() says why
+int frnn_bwd_check(int device) { return prepare_bwd(device); }
+
+// pointers as in fused_cluster.cuh (BwdArgs). 0 = queued.
+int frnn_backward(int device, int T, int B, int NH, int reverse, const void* dh, const void* dsT, const void* gx,
+                  const void* R, const float* states_in, const float* rhb, void* dgx, float* drhb, void* ds0,
+                  void* stream) {
+  int rc = prepare_bwd(device);
+  if (rc != 0) return rc;
+  BwdArgs a{T, B, NH, reverse, dh, dsT, gx, R, states_in, rhb, dgx, drhb, ds0};
+  cudaLaunchAttribute attr;
+  cudaLaunchConfig_t cfg = launch_config(dim3(CS * ((B + BT - 1) / BT), NH), static_cast<cudaStream_t>(stream), &attr);
+  cfg.dynamicSmemBytes = Bwd::smem();
+  cudaError_t e = cudaLaunchKernelEx(&cfg, bwd_kernel(), a);
+  if (e != cudaSuccess) return fail("fused_cluster backward", e);
+  return 0;
+}
+#endif
 
 }  // extern "C"

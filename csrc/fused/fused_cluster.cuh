@@ -36,6 +36,8 @@
 // Precision as fused_block: bf16 / fp16 MMA operands, fp32 accumulate, h rounded to HP pieces of the
 // input dtype (Config::HP: one for every cell), fp32 states and cell math (Precision<Cell>::MathFor).
 //
+// The backward kernel (built with FRNN_CLUSTER_BWD=1 only) is described at backward_kernel below.
+//
 // Template parameters = the planner's fused_cluster variables (csrc/fused/fused_cluster.cint):
 //   CS = CLUSTER_SIZE, WARPS (a multiple of DHB / 16 whose quotient KS divides DH / 16), BT =
 //   BATCH_TILE, RREG = R_REG_TILES (A fragments each warp keeps in registers).
@@ -426,6 +428,278 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
       }
 #else
   __trap();  // thread-block clusters need sm_90 (the host entry refuses other devices first)
+#endif
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Backward (built only with -DFRNN_CLUSTER_BWD=1: the library the Python backward loads when
+// FLASHRNN_CLUSTER_BWD=1; the default library keeps only the forward). Persistent over all T steps
+// in the reverse of the forward's order, one cluster of CS blocks per (head, batch tile) as the
+// forward, block `rank` owning the DHB units u0 = rank * DHB .. + DHB - 1 (all G gates of them):
+//   backward  dgx [T, B, NH, G, DH] T_IN, drhb [T, B, NH, G, DH] fp32 (dR, db: one GEMM outside,
+//             fused_block._weight_grads), ds0 [S, B, NH, DH] T_IN
+// Per step (forward time t):
+//   1. each thread takes unit pairs (u, u + 1) of one batch column (as the forward): dh_rec = the
+//      sum of the NSLOT partials in recv[buffer of the step before] (zero at the first step),
+//      ds_new[0] = ds[0] + dh_rec + dh_t, the cell's backward from the step's gx, rhb, states_in
+//      (registers, loaded during the step before) gives dgx = drhb (stored) and the pointwise ds
+//      (registers for all T steps); drhb goes to shared memory as HP pieces of the input dtype,
+//      X [HP][BT][XK] (row = batch column, K = (g, o) of the block's own units, contiguous)
+//   2. the next step's inputs are loaded into registers; __syncthreads
+//   3. the block's PARTIAL dh_prev for all DH units: P[k][n] = sum_(g, o own) R[g][u0 + o][k] X[(g, o)][n]
+//      (m16n8k16 MMAs, A = the block's rows of R transposed, WarpGemm: R_REG_TILES fragments in
+//      registers, the rest in shared memory). Warp w = (mg, kk): MG = gcd(WARPS, DH / 16) groups of
+//      MT = DH / 16 / MG m-tiles (output units) times BKS = WARPS / MG slices of the G * DHB / 16
+//      k-tiles. The reduce-scatter: each accumulator element (unit k, column n) is stored (4-byte
+//      st.shared::cluster) into block k / DHB's recv[step & 1][slot = rank * BKS + kk][n][k % DHB]
+//   4. one cluster barrier (arrive.release / wait.acquire): the partials are in their owners
+// Why two recv buffers and one barrier suffice: a block writes recv[b] of a peer in step s after
+// the barrier of step s - 1, which the peer passed only after reading recv[b] (in step s - 1, the
+// partials of step s - 2). The last step's barrier is the last one: no block exits while a peer
+// may still store into it. X is single-buffered: every warp's MMAs of step s end before the block
+// arrives at that step's cluster barrier, and X is written again only after it.
+// At the end ds0 = ds (+ dh_rec of the last step's partials for state 0).
+// Columns past the batch compute on zeros, put zero drhb in X and store nothing.
+// Precision: MMA operands 16-bit (R exact; drhb as HP pieces: two for the cells whose gradient
+// jumps, Precision<Cell>::JUMPS, as fused_block's backward; FRNN_CLUSTER_BWD_PIECES forces 1 or
+// 2), fp32 accumulate and fp32 partial sums across the cluster; fp32 states and cell math
+// (Config::Math, the forward's).
+
+// 0: HP of the backward by the cell (Precision<Cell>::JUMPS ? 2 : 1); 1 or 2: forced
+#ifndef FRNN_CLUSTER_BWD_PIECES
+#define FRNN_CLUSTER_BWD_PIECES 0
+#endif
+
+// 1: a step's inputs (gx, rhb, states_in, dh of the thread's pairs) are loaded into registers
+// during the step before (their latency hidden behind the MMAs and the barrier); 0: at the step's start
+#ifndef FRNN_CLUSTER_BWD_PREFETCH
+#define FRNN_CLUSTER_BWD_PREFETCH 1
+#endif
+
+__host__ __device__ constexpr int gcd_int(int a, int b) { return b == 0 ? a : gcd_int(b, a % b); }
+
+template <typename TIn, typename Cell, int DH, int CS, int WARPS, int BT, int RREG>
+struct BwdConfig {
+  using F = Config<TIn, Cell, DH, CS, WARPS, BT, RREG>;
+  static constexpr int G = Cell::G, S = Cell::S, THREADS = 32 * WARPS;
+  static constexpr int HP = FRNN_CLUSTER_BWD_PIECES > 0 ? FRNN_CLUSTER_BWD_PIECES : (Precision<Cell>::JUMPS ? 2 : 1);
+  using Math = typename F::Math;
+  using Op = typename F::Op;
+  static constexpr int DHB = F::DHB, UGB = F::UGB, NT = BT / 8;
+  static constexpr int KT = DH / 16;            // m-tiles of the partial (all DH output units)
+  static constexpr int GK = G * UGB;            // k-tiles: (g, o) of the block's own units
+  static constexpr int MG = gcd_int(WARPS, KT), BKS = WARPS / MG, MT = KT / MG, KTW = GK / BKS;
+  static_assert(GK % BKS == 0, "WARPS / gcd(WARPS, DH / 16) K slices divide the G * DH / CLUSTER_SIZE / 16 k-tiles");
+  static_assert(DHB % 16 == 0 && BT % 8 == 0, "MMA tile shapes");
+  using Gemm = WarpGemm<Op, MT, KTW, NT, HP, RREG, WARPS>;
+  static constexpr int NP = BT * DHB / 2;                   // unit pairs x batch columns
+  static constexpr int PPT = (NP + THREADS - 1) / THREADS;  // pairs per thread
+  static constexpr int NSLOT = CS * BKS;                    // partials a block receives per step
+  static constexpr int XK = G * DHB + 8;  // X row (Op): XK / 2 words = 4 mod 8, conflict-free B fragments
+  static constexpr int RP = DHB + 4;      // recv row (fp32), as the forward's red
+  __host__ __device__ static constexpr size_t align16(size_t x) { return (x + 15) / 16 * 16; }
+  // a_smem | X [HP][BT][XK] Op | recv [2][NSLOT][BT][RP] f32
+  static constexpr size_t A_BYTES = align16(Gemm::smem_a_bytes());
+  static constexpr size_t X_BYTES = align16((size_t)HP * BT * XK * sizeof(Op));
+  static constexpr size_t RECV_BYTES = align16((size_t)2 * NSLOT * BT * RP * 4);
+  static constexpr size_t X_OFF = A_BYTES, RECV_OFF = X_OFF + X_BYTES;
+  __host__ __device__ static constexpr size_t smem() { return RECV_OFF + RECV_BYTES; }
+};
+
+struct BwdArgs {
+  int T, B, NH, reverse;
+  const void* dh; const void* dsT; const void* gx; const void* R;  // dh [T, B, NH, DH], dsT [S, B, NH, DH]
+  const float* states_in; const float* rhb;                          // saved by the forward
+  void* dgx; float* drhb; void* ds0;                                 // outputs
+};
+
+// the two 16-bit values of a 32-bit word (lo: the lower address) as floats
+template <typename TIn>
+__device__ __forceinline__ float2 unpack2f(uint32_t w) {
+  const uint16_t lo = (uint16_t)(w & 0xffffu), hi = (uint16_t)(w >> 16);
+  TIn a, b;
+  memcpy(&a, &lo, 2);
+  memcpy(&b, &hi, 2);
+  return make_float2(In<TIn>::load(a), In<TIn>::load(b));
+}
+
+template <typename TIn, typename Cell, int DH, int CS, int WARPS, int BT, int RREG>
+__global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
+#if FRNN_CLUSTER_ARCH
+  using C = BwdConfig<TIn, Cell, DH, CS, WARPS, BT, RREG>;
+  using Op = typename C::Op;
+  using M = typename C::Math;
+  constexpr int G = C::G, S = C::S, HP = C::HP, NT = C::NT, MT = C::MT, XK = C::XK, RP = C::RP, DHB = C::DHB;
+  constexpr int PPT = C::PPT, NP = C::NP, NSLOT = C::NSLOT;
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint32_t* a_smem = reinterpret_cast<uint32_t*>(smem);
+  Op* xs = reinterpret_cast<Op*>(smem + C::X_OFF);              // [HP][BT][XK]
+  float* recv = reinterpret_cast<float*>(smem + C::RECV_OFF);  // [2][NSLOT][BT][RP]
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, t4 = lane & 3;
+  const int mg = warp % C::MG, kk = warp / C::MG;
+  const int rank = (int)cluster_rank(), tile = blockIdx.x / CS, nh = blockIdx.y, bt0 = tile * BT;
+  const int T = p.T, B = p.B, NH = p.NH, nb = B - bt0 < BT ? B - bt0 : BT;
+  const int u0 = rank * DHB;
+  const TIn* R = static_cast<const TIn*>(p.R) + (size_t)nh * G * DH * DH;
+  const int BND = B * NH * DH;  // one [B, NH, DH] slice (the module checks G x and S x it fit an int)
+  const int GBND = G * BND;     // one [B, NH, G, DH] slice
+  // processing order: the reverse of the forward's
+  const int dstep = p.reverse ? 1 : -1, t_first = p.reverse ? 0 : T - 1;
+
+  for (int i = tid; i < HP * BT * XK; i += C::THREADS) xs[i] = to_op(0.0f, (Op*)nullptr);
+  typename C::Gemm gemm;  // A[k][(g, o)] = R[g][u0 + o][k]: tile mt = output units (mg * MT + mt) * 16 ..
+  gemm.load([&](int mt, int r, int k) {
+    const int g = k / DHB, o = k % DHB;
+    return In<TIn>::load(R[((size_t)g * DH + u0 + o) * DH + (mg * MT + mt) * 16 + r]);
+  }, a_smem, warp, lane, kk * C::KTW);
+
+  // the thread's unit pairs (as the forward): pair q = tid + k * THREADS -> column n, unit u
+  float ds[PPT][2][S];
+  int pn[PPT], pu[PPT];
+  bool pok[PPT];
+  const TIn* dsT = static_cast<const TIn*>(p.dsT);
+#pragma unroll
+  for (int k = 0; k < PPT; ++k) {
+    const int q = tid + k * C::THREADS;
+    const bool in = q < NP;
+    pn[k] = in ? q / (DHB / 2) : 0;
+    pu[k] = in ? 2 * (q % (DHB / 2)) : 0;
+    pok[k] = in && pn[k] < nb;
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int s = 0; s < S; ++s)
+        ds[k][j][s] = pok[k] ? In<TIn>::load(dsT[(size_t)s * BND + ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k] + j]) : 0.0f;
+  }
+  // a step's inputs of the thread's pairs, loaded one step ahead (zeros past the batch)
+  uint32_t igx[PPT][G], idh[PPT];
+  float2 irh[PPT][G], ist[PPT][S];
+  const TIn* gxp = static_cast<const TIn*>(p.gx);
+  const TIn* dhp = static_cast<const TIn*>(p.dh);
+  auto load_inputs = [&](int t) {
+#pragma unroll
+    for (int k = 0; k < PPT; ++k) {
+      const size_t so = ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k];
+      const size_t go = (size_t)t * GBND + ((size_t)(bt0 + pn[k]) * NH + nh) * G * DH + u0 + pu[k];
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        igx[k][g] = pok[k] ? *reinterpret_cast<const uint32_t*>(gxp + go + (size_t)g * DH) : 0u;
+        irh[k][g] = pok[k] ? *reinterpret_cast<const float2*>(p.rhb + go + (size_t)g * DH) : make_float2(0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int s = 0; s < S; ++s)
+        ist[k][s] = pok[k] ? *reinterpret_cast<const float2*>(p.states_in + ((size_t)t * S + s) * BND + so) : make_float2(0.0f, 0.0f);
+      idh[k] = pok[k] ? *reinterpret_cast<const uint32_t*>(dhp + (size_t)t * BND + so) : 0u;
+    }
+  };
+  // dh_rec of pair k from the partials in recv buffer `buf`
+  auto dh_rec = [&](int k, int buf) {
+    float2 a = make_float2(0.0f, 0.0f);
+#pragma unroll 4
+    for (int sl = 0; sl < NSLOT; ++sl) {
+      const float2 v = *reinterpret_cast<const float2*>(recv + ((buf * NSLOT + sl) * BT + pn[k]) * RP + pu[k]);
+      a.x += v.x;
+      a.y += v.y;
+    }
+    return a;
+  };
+  // the warp's partial-sum stores: m-tile mt (output units m0 = (mg * MT + mt) * 16 ..) belongs to
+  // block m0 / DHB, at its unit m0 % DHB of slot rank * BKS + kk (buffer 0; shared::cluster address)
+  const uint32_t recv_s = (uint32_t)__cvta_generic_to_shared(recv);
+  uint32_t dst[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const int m0 = (mg * MT + mt) * 16;
+    dst[mt] = map_rank(recv_s + (uint32_t)((((rank * C::BKS + kk) * BT) * RP + m0 % DHB) * 4), (uint32_t)(m0 / DHB));
+  }
+  TIn* dgxp = static_cast<TIn*>(p.dgx);
+  cluster_arrive();  // every block of the cluster runs (its recv exists) before a peer stores into it
+  cluster_wait();
+  if (FRNN_CLUSTER_BWD_PREFETCH && T > 0) load_inputs(t_first);
+
+#pragma unroll 1
+  for (int step = 0; step < T; ++step) {
+    const int t = t_first + dstep * step;
+    if (!FRNN_CLUSTER_BWD_PREFETCH) load_inputs(t);
+#pragma unroll
+    for (int k = 0; k < PPT; ++k) {
+      if (PPT * C::THREADS != NP && tid + k * C::THREADS >= NP) break;
+      const int n = pn[k], u = pu[k];
+      const float2 rec = step > 0 ? dh_rec(k, (step - 1) & 1) : make_float2(0.0f, 0.0f);
+      const float2 dhv = unpack2f<TIn>(idh[k]);
+      float dg[2][G], dr[2][G];
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        float gxv[G], rhv[G], sv[S], dsn[S], dsi[S];
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const float2 x = unpack2f<TIn>(igx[k][g]);
+          gxv[g] = j ? x.y : x.x;
+          rhv[g] = j ? irh[k][g].y : irh[k][g].x;
+        }
+#pragma unroll
+        for (int s = 0; s < S; ++s) {
+          sv[s] = j ? ist[k][s].y : ist[k][s].x;
+          dsn[s] = ds[k][j][s];
+        }
+        dsn[0] += (j ? rec.y : rec.x) + (j ? dhv.y : dhv.x);
+        Cell::template backward<M>(gxv, rhv, sv, dsn, dg[j], dr[j], dsi);
+#pragma unroll
+        for (int s = 0; s < S; ++s) ds[k][j][s] = dsi[s];
+#pragma unroll
+        for (int g = 0; g < G; ++g) dr[j][g] = pok[k] ? dr[j][g] : 0.0f;  // past the batch: nothing into X
+      }
+      if (pok[k]) {
+        const size_t go = (size_t)t * GBND + ((size_t)(bt0 + n) * NH + nh) * G * DH + u0 + u;
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          *reinterpret_cast<uint32_t*>(dgxp + go + (size_t)g * DH) = fused::pack2(In<TIn>::store(dg[0][g]), In<TIn>::store(dg[1][g]));
+          *reinterpret_cast<float2*>(p.drhb + go + (size_t)g * DH) = make_float2(dr[0][g], dr[1][g]);
+        }
+      }
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        Op pa[HP], pb[HP];
+        split<Op, HP>(dr[0][g], pa);
+        split<Op, HP>(dr[1][g], pb);
+#pragma unroll
+        for (int hp = 0; hp < HP; ++hp)
+          *reinterpret_cast<uint32_t*>(xs + (hp * BT + n) * XK + g * DHB + u) = fused::pack2(pa[hp], pb[hp]);
+      }
+    }
+    if (FRNN_CLUSTER_BWD_PREFETCH && step + 1 < T) load_inputs(t + dstep);  // in flight during the MMAs and the barrier
+    __syncthreads();  // X complete
+    float acc[MT][NT][4];
+    gemm.template run<BT, XK>(a_smem, xs, 0, warp, lane, acc, [] {});
+    const uint32_t boff = (uint32_t)((step & 1) * NSLOT * BT * RP * 4);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < NT; ++i)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int n = i * 8 + 2 * t4 + (r & 1), ul = gq + 8 * (r >> 1);
+          st_cluster(dst[mt] + boff + (uint32_t)((n * RP + ul) * 4), __float_as_uint(acc[mt][i][r]));
+        }
+    cluster_arrive();  // the partials are in their owners (release), and this block is done with X and recv[step - 1]
+    cluster_wait();
+  }
+  TIn* ds0 = static_cast<TIn*>(p.ds0);
+#pragma unroll
+  for (int k = 0; k < PPT; ++k) {
+    if (!pok[k]) continue;
+    const float2 rec = T > 0 ? dh_rec(k, (T - 1) & 1) : make_float2(0.0f, 0.0f);
+    ds[k][0][0] += rec.x;
+    ds[k][1][0] += rec.y;
+#pragma unroll
+    for (int s = 0; s < S; ++s)
+      *reinterpret_cast<uint32_t*>(ds0 + (size_t)s * BND + ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k]) =
+          fused::pack2(In<TIn>::store(ds[k][0][s]), In<TIn>::store(ds[k][1][s]));
+  }
+#else
+  __trap();  // thread-block clusters need sm_90
 #endif
 }
 

@@ -7,8 +7,13 @@
 The forward is the persistent cluster kernel (csrc/fused/fused_cluster.cuh; sm_90 only): one
 cluster of CLUSTER_SIZE blocks per (head, batch tile), h exchanged through distributed shared
 memory every step. With save=True it writes states_in and rhb in the layout the alternating
-backward reads, and the BACKWARD IS THE ALTERNATING FAMILY'S (its step kernel, one launch per
-step, from those saved states): this family has no backward kernel of its own yet.
+backward reads. By default the BACKWARD IS THE ALTERNATING FAMILY'S (its step kernel, one launch
+per step, from those saved states). With FLASHRNN_CLUSTER_BWD=1 (read at each backward call) it
+is this family's own persistent backward kernel (fused_cluster.cuh backward_kernel, in a library
+built with FRNN_CLUSTER_BWD=1): the same clusters, the partial R^T d(rhb) of each block summed
+across the cluster through distributed shared memory, one cluster barrier a step; it writes dgx,
+ds0 and d(rhb), and dR, db are one GEMM outside (fused_block._weight_grads: the block's dR rows,
+G * DH / CLUSTER_SIZE x DH fp32, do not fit on chip beside its R for the dense heads).
 
 params are the planner's fused_cluster variables {CLUSTER_SIZE, WARPS, BATCH_TILE, R_REG_TILES}
 (empty: ask the planner for this device). Each configuration is its own small CUDA library
@@ -22,6 +27,8 @@ family instead, with one warning.
 from __future__ import annotations
 
 import ctypes
+import math
+import os
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -49,6 +56,12 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.frnn_check.restype = i
     lib.frnn_config.argtypes = [p]
     lib.frnn_error.restype = ctypes.c_char_p
+    if hasattr(lib, "frnn_backward"):  # a library built with FRNN_CLUSTER_BWD=1
+        lib.frnn_backward.argtypes = [i, i, i, i, i] + [p] * 10
+        lib.frnn_backward.restype = i
+        lib.frnn_bwd_check.argtypes = [i]
+        lib.frnn_bwd_check.restype = i
+        lib.frnn_bwd_config.argtypes = [p]
 
 
 _FAMILY = _variants.Family("fused_cluster", SOURCE, (9, "thread-block clusters"), _bind)
@@ -134,8 +147,96 @@ def _launch_forward(lib: ctypes.CDLL, gx: Tensor, R: Tensor, b: Tensor, s0: Tens
     return None if rc == 0 else lib.frnn_error().decode()
 
 
+BWD_ENV = "FLASHRNN_CLUSTER_BWD"  # "1": this family's own backward kernel; else (default) the alternating one
+
+
+def cluster_backward_enabled() -> bool:
+    """Whether backward() runs this family's own kernel (env FLASHRNN_CLUSTER_BWD=1, read per call)."""
+    return os.environ.get(BWD_ENV, "0") == "1"
+
+
+def backward_defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]:
+    """The -D defines of the backward's library: the forward's configuration plus FRNN_CLUSTER_BWD=1.
+    The backward takes the forward's CLUSTER_SIZE, WARPS, BATCH_TILE and R_REG_TILES (the same
+    number of R tiles per warp: the forward's fit is the backward's) and splits a block's warps by a
+    fixed rule: MG = gcd(WARPS, DH / 16) groups of the DH / 16 output m-tiles times
+    BKS = WARPS / MG slices of the block's G * DH / CLUSTER_SIZE / 16 k-tiles (fused_cluster.cuh
+    BwdConfig); ValueError naming WARPS when BKS does not divide them."""
+    defs = defines(cell, dtype, DH, params)
+    G = get_cell(cell).num_gates
+    warps, cs = int(params["WARPS"]), int(params["CLUSTER_SIZE"])
+    mg = math.gcd(warps, DH // 16)
+    bks, ktiles = warps // mg, G * (DH // cs // 16)
+    if ktiles % bks != 0:
+        raise ValueError(f"fused_cluster backward: WARPS={warps}: its WARPS / gcd(WARPS, DH / 16) = {bks} K slices "
+                         f"must divide the block's G * DH / CLUSTER_SIZE / 16 = {ktiles} k-tiles")
+    defs["FRNN_CLUSTER_BWD"] = 1
+    return defs
+
+
+_BWD_RESOLVED: Dict[tuple, tuple] = {}
+
+
+def _resolve_backward(cell: str, gx: Tensor, params):
+    """(backward library, None) or (None, why the alternating backward runs instead); cached per
+    configuration and device."""
+    key = (cell, gx.dtype, gx.shape[4], gx.device.index, tuple(sorted(params.items())) if params else
+           tuple(gx.shape[1:3]))
+    hit = _BWD_RESOLVED.get(key)
+    if hit is None:
+        hit = _BWD_RESOLVED[key] = _resolve_backward_uncached(cell, gx, params)
+    return hit
+
+
+def _resolve_backward_uncached(cell: str, gx: Tensor, params):
+    defs = backward_defines(cell, gx.dtype, gx.shape[4], _FAMILY.params(cell, gx, params))
+    lib = _FAMILY.library(defs)
+    out = (ctypes.c_int * 4)()
+    lib.frnn_bwd_config(out)
+    need, have = out[0], torch.cuda.get_device_properties(gx.device).shared_memory_per_block_optin
+    if need > have:
+        return None, f"backward configuration {defs} needs {need} B of shared memory per block, the device has {have}"
+    with _on(gx.device):
+        if lib.frnn_bwd_check(_device_index(gx.device)) != 0:
+            return None, f"backward configuration {defs}: {lib.frnn_error().decode()}"
+    return lib, None
+
+
 def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, rhb: Tensor, cell: str,
              reverse: bool, params) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The alternating family's backward (step kernel) from the states the forward saved: same
-    layouts (states_in [T,S,B,NH,DH], rhb [T,B,NH,G,DH], fp32)."""
-    return alternating.backward(dh, dsT, gx, R, states_in, rhb, cell, reverse, {})
+    """From the states the forward saved (states_in [T,S,B,NH,DH], rhb [T,B,NH,G,DH], fp32): the
+    alternating family's backward (step kernel), or with FLASHRNN_CLUSTER_BWD=1 this family's own
+    kernel (a configuration it cannot take: ValueError naming the parameter; one that does not fit
+    the device: the alternating backward, one warning)."""
+    if not cluster_backward_enabled() or gx.dtype not in TAKES or unavailable(gx.device) is not None:
+        return alternating.backward(dh, dsT, gx, R, states_in, rhb, cell, reverse, {})
+    lib, reason = _resolve_backward(cell, gx, params)
+    if lib is None:
+        _FAMILY.fallback("the alternating backward", reason)
+        return alternating.backward(dh, dsT, gx, R, states_in, rhb, cell, reverse, {})
+    from .fused_block import _weight_grads
+
+    T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
+    S = dsT.shape[0]
+    if T > 0 and (states_in.shape != (T, S, B, NH, DH) or rhb.shape != (T, B, NH, G, DH)):
+        raise ValueError(f"fused_cluster backward: states_in {tuple(states_in.shape)} / rhb {tuple(rhb.shape)}: "
+                         f"expected [T, S, B, NH, DH] = {(T, S, B, NH, DH)} / [T, B, NH, G, DH] (saved by forward)")
+    _FAMILY.check_sizes(B, NH, G, S, DH)
+    dh, gx = (_variants.aligned(t.to(gx.dtype)) for t in (dh, gx))  # dh [T, B, NH, DH]
+    dsT, R = (t.to(gx.dtype).contiguous() for t in (dsT, R))  # dsT [S, B, NH, DH], R [NH, G, DH, DH]
+    states_in, rhb = _variants.aligned(states_in.float()), _variants.aligned(rhb.float())
+    dgx = torch.empty(T, B, NH, G, DH, dtype=gx.dtype, device=gx.device)  # [T, B, NH, G, DH]
+    ds0 = torch.empty(S, B, NH, DH, dtype=gx.dtype, device=gx.device)  # [S, B, NH, DH]
+    drhb = torch.empty(T, B, NH, G, DH, dtype=torch.float32, device=gx.device)  # [T, B, NH, G, DH]
+    _variants.poison(POISON, (dgx, ds0, drhb))
+    if B > 0 and NH > 0:
+        with _on(gx.device):
+            rc = lib.frnn_backward(_device_index(gx.device), T, B, NH, int(reverse), _ptr(dh), _ptr(dsT), _ptr(gx),
+                                   _ptr(R), _ptr(states_in), _ptr(rhb), _ptr(dgx), _ptr(drhb), _ptr(ds0),
+                                   _stream(gx.device))
+        if rc != 0:
+            raise RuntimeError(f"flashrnn fused_cluster backward ({cell}): {lib.frnn_error().decode()}")
+    if T == 0 or B == 0:
+        return dgx, torch.zeros_like(R), torch.zeros(NH, G, DH, dtype=R.dtype, device=R.device), ds0
+    dR, db = _weight_grads(drhb, states_in, tf32=gx.dtype == torch.bfloat16)
+    return dgx, dR.to(R.dtype), db.to(R.dtype), ds0

@@ -11,6 +11,11 @@ dense 1x768 LSTM, GRU and sLSTM at B16, 2x512 LSTM, elman 1x768 at B3) at T in {
 plus LSTM 1x768 B16 T1024 forward unless FLASHRNN_GPU_LONG=0; EXPLICIT small tilings of every cell
 (clusters of 2, 4 and 16 blocks, K slices 1 to 4, several batch tiles with a partial last one,
 R partly in shared memory) at T in {1, 17}, both directions.
+
+The same PLANNED and EXPLICIT cases (and BWD_EXPLICIT: a tiling whose backward splits K over two
+warp slices) run again with FLASHRNN_CLUSTER_BWD=1: the gradients then come from the family's own
+backward kernel (the alternating backward is replaced by a function that fails, so a silent
+fallback cannot pass), within 2x PyTorch's error as above, and bit-identical when run twice.
 """
 
 from __future__ import annotations
@@ -56,6 +61,16 @@ EXPLICIT_CASES = [(c, nh, dh, b, prm, T, r) for c in sorted(CELLS) for nh, dh, b
                   for T in (1, 17) for r in (False, True)]
 
 
+# the backward kernel's own test tilings (beside EXPLICIT): WARPS=16 over DH / 16 = 8 output m-tiles
+# gives 2 K slices per block in the backward (fused_cluster.cuh BwdConfig: MG = 8, BKS = 2)
+BWD_EXPLICIT = EXPLICIT + [
+    (1, 128, 5, {"CLUSTER_SIZE": 2, "WARPS": 16, "BATCH_TILE": 8, "R_REG_TILES": 4},
+     "cluster of 2, backward warps as 8 m-tile groups x 2 K slices, R partly in shared memory"),
+]
+BWD_EXPLICIT_CASES = [(c, nh, dh, b, prm, T, r) for c in sorted(CELLS) for nh, dh, b, prm, _ in BWD_EXPLICIT
+                      for T in (1, 17) for r in (False, True)]
+
+
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
     from flashrnn_compile.kernels import alternating
@@ -83,6 +98,48 @@ def test_planned_matches_float64_reference(cell, NH, DH, B, T, reverse):
                          ids=tiling_case_ids(EXPLICIT_CASES, {"CLUSTER_SIZE": "CS", "WARPS": "W", "BATCH_TILE": "BT"}))
 def test_explicit_tilings_match_float64_reference(cell, NH, DH, B, params, T, reverse):
     assert_tiling_matches_float64("fused_cluster", params, "cluster-explicit", cell, NH, DH, B, T, reverse, DTYPES)
+
+
+@pytest.fixture
+def own_backward(monkeypatch):
+    """FLASHRNN_CLUSTER_BWD=1, and the alternating backward replaced by a failure: the gradients
+    must come from the family's own backward kernel."""
+    from flashrnn_compile.kernels import alternating
+
+    def not_this(*args, **kwargs):
+        raise AssertionError("the alternating backward ran with FLASHRNN_CLUSTER_BWD=1")
+
+    monkeypatch.setenv(fused_cluster.BWD_ENV, "1")
+    monkeypatch.setattr(alternating, "backward", not_this)
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,T,reverse", PLANNED_CASES,
+                         ids=[case_id(*case) for case in PLANNED_CASES])
+def test_own_backward_planned_matches_float64_reference(own_backward, cell, NH, DH, B, T, reverse):
+    assert_matches_float64("cluster-bwd", cell, NH, DH, B, T, reverse, DTYPES,
+                           lambda dtype: family_plan("fused_cluster", cell, B, NH, DH, dtype))
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", BWD_EXPLICIT_CASES,
+                         ids=tiling_case_ids(BWD_EXPLICIT_CASES, {"CLUSTER_SIZE": "CS", "WARPS": "W", "BATCH_TILE": "BT"}))
+def test_own_backward_explicit_tilings_match_float64_reference(own_backward, cell, NH, DH, B, params, T, reverse):
+    assert_tiling_matches_float64("fused_cluster", params, "cluster-bwd-explicit", cell, NH, DH, B, T, reverse, DTYPES)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_own_backward_is_deterministic(own_backward, cell):
+    """Two backward runs give the same gradients bit for bit (the cluster's partial sums are added
+    in a fixed order, no atomics); the poisoned outputs are all written."""
+    from .conftest import run_with_grads
+
+    gx, R, b, s0, dh, dsT = make_inputs(cell, 17, 9, 1, 256, seed=21)
+    low = [t.to(torch.bfloat16) for t in (gx, R, b, s0)]
+    plan = runtime.plan_json("fused_cluster", EXPLICIT[2][3])
+    fn = lambda *a: recurrence(*a, cell=cell, plan=plan)  # noqa: E731
+    one = run_with_grads(fn, low, dh.bfloat16(), dsT.bfloat16())
+    two = run_with_grads(fn, low, dh.bfloat16(), dsT.bfloat16())
+    for name, x, y in zip(("h", "sT", "dgx", "dR", "db", "ds0"), one, two):
+        assert torch.isfinite(x).all() and torch.equal(x, y), name
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
@@ -131,5 +188,46 @@ def sanitizer_case() -> None:
     print("sanitizer case: ok")
 
 
-if __name__ == "__main__":  # python -m tests.gpu.test_fused_cluster (from the repository root)
-    sanitizer_case()
+def sanitizer_case_backward() -> None:
+    """sanitizer_case for the family's own backward (FLASHRNN_CLUSTER_BWD=1): every cell on the
+    explicit tilings with clusters of 2 and 16 and the 2-K-slice backward tiling, both directions,
+    T=5, forward + backward; raises on a gradient further than 0.05 (relative) from the float64
+    reference or on the alternating backward running."""
+    from flashrnn_compile import reference
+    from flashrnn_compile.kernels import alternating
+    from flashrnn_compile.testing import rel_err
+
+    from .conftest import run_with_grads
+
+    os.environ[fused_cluster.BWD_ENV] = "1"
+    real = alternating.backward
+
+    def not_this(*args, **kwargs):
+        raise AssertionError("the alternating backward ran with FLASHRNN_CLUSTER_BWD=1")
+
+    alternating.backward = not_this
+    try:
+        for cell, (NH, DH, B, prm, _), reverse in itertools.product(sorted(CELLS), (BWD_EXPLICIT[0], BWD_EXPLICIT[2], BWD_EXPLICIT[3]),
+                                                                    (False, True)):
+            gx, R, b, s0, dh, dsT = make_inputs(cell, 5, B, NH, DH, seed=5)
+            plan = runtime.plan_json("fused_cluster", prm)
+            low = [t.bfloat16() for t in (gx, R, b, s0)]
+            ours = run_with_grads(lambda *a: recurrence(*a, cell=cell, reverse=reverse, plan=plan), low, dh.bfloat16(), dsT.bfloat16())
+            ref = run_with_grads(lambda *a: reference.forward(*a, cell, reverse, False)[:2], (gx, R, b, s0), dh, dsT)
+            for name, o, r in zip(("h", "sT", "dgx", "dR", "db", "ds0"), ours, ref):
+                err = rel_err(o, r)
+                assert err < 0.05, (cell, prm, reverse, name, err)
+    finally:
+        alternating.backward = real
+        os.environ.pop(fused_cluster.BWD_ENV, None)
+    torch.cuda.synchronize()
+    print("sanitizer case (own backward): ok")
+
+
+if __name__ == "__main__":  # python -m tests.gpu.test_fused_cluster [bwd] (from the repository root)
+    import sys
+
+    if sys.argv[1:] == ["bwd"]:
+        sanitizer_case_backward()
+    else:
+        sanitizer_case()
