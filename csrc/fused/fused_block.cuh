@@ -59,6 +59,17 @@
 #ifndef FRNN_SAVE_V2
 #define FRNN_SAVE_V2 0
 #endif
+// the backward's in-kernel dR (Config::DR) on m16n8k16 MMAs (K = 16 of the (step, batch column)
+// reduction axis: half the MMAs of m16n8k8): 1: where the batch tile has an even number of 8-column
+// chunks, chunks 2c, 2c + 1 of one step; else chunk c of two consecutive steps (a step pair: the
+// first step's A fragments kept in registers, h_in in a buffer per step pair; the loop runs two
+// steps per iteration so the pair's parity is compile-time; only where the registers fit:
+// Config::DR_XSTEP, else m16n8k8 as with 0), all the pair's MMAs in the step after it; 2: as 1, the
+// pair's MMAs split over the two steps after it (half of the n-tiles each); 0: m16n8k8, one step at
+// a time (Config::DR16, DrAcc)
+#ifndef FRNN_BWD_DR16
+#define FRNN_BWD_DR16 0
+#endif
 
 namespace flashrnn {
 namespace fused {
@@ -149,6 +160,11 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, uint32_t smem) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem));
 }
+
+#if FRNN_BWD_DR16
+// a compile-time step parity (-1: known at run time only)
+template <int P> struct Par { static constexpr int value = P; };
+#endif
 
 // barrier of the 64 threads of a warp pair (ids 1..15; 0 is __syncthreads)
 __device__ __forceinline__ void pair_barrier(int id) { asm volatile("bar.sync %0, 64;\n" ::"r"(id) : "memory"); }
@@ -417,6 +433,19 @@ struct Config {
   // h_in of a step for the dR MMA: [DH][HBW words] (row = unit, batch columns in pairs; HBW % 8 = 4:
   // the B fragments are conflict-free)
   static constexpr int HBW = BT / 2 + (12 - (BT / 2) % 8) % 8;
+  // FRNN_BWD_DR16: DR16 the mode (0: m16n8k8); DR_INSTEP: K pairs two 8-column chunks of a step (an
+  // even number of chunks DR_NK); DR_XSTEP: K pairs two steps (an odd number), where the pair's A
+  // halves (4 DR_NK DR_MPW HP registers) fit: ptxas (sm_90, the 56 prebuild_fused configurations)
+  // spilled only GRU 48 W3 BT8 RREG9 (DR_REGS + those 160: 210 -> 255 registers, 12 bytes of
+  // spills), none up to 148 (slstm 64 W8: 223 -> 228); elsewhere m16n8k8 as with 0. With DR_XSTEP
+  // h_in of a step pair sits in [DH][HBW2] words, word (chunk * 4 + t4) * 2 + slot = columns 2 t4,
+  // 2 t4 + 1 of the chunk in the pair's step `slot` (one 64-bit B fragment per m16n8k16; HBW2 = 8
+  // mod 32: conflict-free per half warp), double-buffered by pair parity
+  static constexpr int DR_NK = BT / 8, DR16 = DR ? FRNN_BWD_DR16 : 0;
+  static constexpr bool DR_INSTEP = DR16 != 0 && DR_NK % 2 == 0;
+  static constexpr bool DR_XSTEP = DR16 != 0 && DR_NK % 2 == 1 && DR_REGS + 4 * DR_NK * DR_MPW * HP <= 150;
+  static constexpr int HBW2 = BT + (40 - BT % 32) % 32;
+  static constexpr int HB_WORDS = 2 * DH * (DR_XSTEP ? HBW2 : HBW);  // both buffers
   // shared-memory rows (Op elements unless said), padded by 16 bytes: conflict-free fragments
   static constexpr int XF = DH + 8;        // forward X (h) row
   // backward X (drhb) transposed, [HP][G * DH][XN]: row = (g, o), the batch columns contiguous;
@@ -455,7 +484,7 @@ struct Config {
   // after the ring: the K-split exchange [WARPS][NTW][32] float2 | h_in [2][DH][HBW] words (DR) |
   // db partials [WN][G * DH] floats (DR)
   static constexpr size_t B_XCH = KSPLIT == 2 ? align16((size_t)WARPS * NTW * 32 * 8) : 0;
-  static constexpr size_t B_HB = DR ? align16((size_t)2 * DH * HBW * 4) : 0;
+  static constexpr size_t B_HB = DR ? align16((size_t)HB_WORDS * 4) : 0;
   static constexpr size_t B_DB = DR ? align16((size_t)WN * G * DH * 4) : 0;
   static constexpr size_t B_TAIL = B_A + B_X + B_NS * B_STAGE;
   __host__ __device__ static constexpr size_t bwd_smem() { return B_TAIL + B_XCH + B_HB + B_DB; }
@@ -606,6 +635,137 @@ struct DrAcc {
       }
     }
   }
+
+#if FRNN_BWD_DR16
+  // m16n8k16 dR (C::DR16). Fragments: A = drhb^T rows (g, o) of an m-tile x 16 k, B = h_in 16 k x
+  // 8 units; a0, a1 / b0 hold k 0-7 (rows gq, gq + 8 / units gq), a2, a3 / b1 k 8-15, so a K = 16
+  // MMA is the two m16n8k8 ones of its k halves in one: their A halves come from the same ldmatrix
+  // (.x2: one m-tile, lanes 0-15 address its 16 rows) and their B words from the same hb words.
+  static constexpr int NK = C::DR_NK, HP = C::HP;
+  static constexpr bool X4 = MPW % 2 == 0 && C::DR_MT % C::WARPS_ == 0;  // two m-tiles per ldmatrix.x4
+  // step pairs (C::DR_XSTEP): the n-tiles [0, NSPLIT) of a pair's MMAs go in the step after it, the
+  // rest (mode 2) in the step after that
+  static constexpr int NSPLIT = C::DR16 == 2 ? NT / 2 : NT;
+  // A k-halves of the pair's first step (ak) and second (an): chunk ks of drhb, m-tile mt, piece hp
+  uint32_t ak[NK][MPW][HP][2], an[NK][MPW][HP][2];
+
+  __device__ void zero16() {
+#pragma unroll
+    for (int ks = 0; ks < NK; ++ks)
+#pragma unroll
+      for (int mt = 0; mt < MPW; ++mt)
+#pragma unroll
+        for (int hp = 0; hp < HP; ++hp)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) ak[ks][mt][hp][r] = an[ks][mt][hp][r] = 0u;
+  }
+
+  // a = the k8 A fragments of one step's drhb (xsb: X^T [HP][G * DH][XN], shared), every chunk and
+  // m-tile of the warp (as step())
+  __device__ void load_a(uint32_t (&a)[NK][MPW][HP][2], const Op* xsb, int warp, int lane) const {
+    const uint32_t xs_s = (uint32_t)__cvta_generic_to_shared(xsb);
+#pragma unroll
+    for (int ks = 0; ks < NK; ++ks)
+#pragma unroll
+      for (int mt = 0; mt < MPW; mt += X4 ? 2 : 1) {
+        const int m = warp + mt * C::WARPS_;
+        if (!X4 && C::DR_MT % C::WARPS_ != 0 && m >= C::DR_MT) break;
+#pragma unroll
+        for (int hp = 0; hp < HP; ++hp) {
+          const int row = hp * G * DH + (X4 ? m + (lane >> 4) * C::WARPS_ : m) * 16 + (lane & 15);
+          const uint32_t addr = xs_s + (uint32_t)((row * C::XN + ks * 8) * 2);
+          if (X4) {
+            uint32_t r[4];
+            ldmatrix_x4(r, addr);
+            a[ks][mt][hp][0] = r[0];
+            a[ks][mt][hp][1] = r[1];
+            a[ks][X4 ? mt + 1 : mt][hp][0] = r[2];
+            a[ks][X4 ? mt + 1 : mt][hp][1] = r[3];
+          } else {
+            ldmatrix_x2(a[ks][mt][hp], addr);
+          }
+        }
+      }
+  }
+
+  // acc[., nt] += (ak | an) (h_in of the pair's two steps) for the n-tiles nt in [NT0, NT1): K =
+  // (chunk ks of the first step, the same chunk of the second); hbp: the pair's h_in [DH][HBW2] words
+  template <int NT0, int NT1>
+  __device__ void mma_pair(const uint32_t* hbp, int warp, int lane) {
+    const int gq = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int ks = 0; ks < NK; ++ks) {
+      uint32_t bf[NT][2];
+#pragma unroll
+      for (int nt = NT0; nt < NT1; ++nt) {
+        const uint2 w = *reinterpret_cast<const uint2*>(hbp + (nt * 8 + gq) * C::HBW2 + (ks * 4 + t4) * 2);
+        bf[nt][0] = w.x;  // the first step's columns 2 t4, 2 t4 + 1 (k 2 t4, 2 t4 + 1)
+        bf[nt][1] = w.y;  // the second step's (k 2 t4 + 8, 2 t4 + 9)
+      }
+#pragma unroll
+      for (int mt = 0; mt < MPW; ++mt) {
+        const int m = warp + mt * C::WARPS_;
+        if (C::DR_MT % C::WARPS_ != 0 && m >= C::DR_MT) break;
+#pragma unroll
+        for (int hp = 0; hp < HP; ++hp) {
+          const uint32_t a[4] = {ak[ks][mt][hp][0], ak[ks][mt][hp][1], an[ks][mt][hp][0], an[ks][mt][hp][1]};
+#pragma unroll
+          for (int nt = NT0; nt < NT1; ++nt) mma(acc[mt][nt], a, bf[nt], (Op*)nullptr);
+        }
+      }
+    }
+  }
+
+  // the last step alone (an odd number of steps): drhb xsb, h_in in slot 0 of the pair buffer hbp
+  __device__ void single(const Op* xsb, const uint32_t* hbp, int warp, int lane) {
+    const int gq = lane >> 2, t4 = lane & 3;
+    load_a(ak, xsb, warp, lane);
+#pragma unroll
+    for (int ks = 0; ks < NK; ++ks) {
+      uint32_t bf[NT];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) bf[nt] = hbp[(nt * 8 + gq) * C::HBW2 + (ks * 4 + t4) * 2];
+#pragma unroll
+      for (int mt = 0; mt < MPW; ++mt) {
+        const int m = warp + mt * C::WARPS_;
+        if (C::DR_MT % C::WARPS_ != 0 && m >= C::DR_MT) break;
+#pragma unroll
+        for (int hp = 0; hp < HP; ++hp)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) mma_k8(acc[mt][nt], ak[ks][mt][hp], bf[nt], (Op*)nullptr);
+      }
+    }
+  }
+
+  // one step (an even number of chunks NK): K = chunks 2c, 2c + 1 per MMA, A from one ldmatrix.x4
+  // per m-tile (lanes 16-31 address the second chunk); xsb, hb as step()
+  __device__ void step16(const Op* xsb, const uint32_t* hb, int warp, int lane) {
+    const int gq = lane >> 2, t4 = lane & 3;
+    const uint32_t xs_s = (uint32_t)__cvta_generic_to_shared(xsb);
+#pragma unroll
+    for (int c = 0; c < NK / 2; ++c) {
+      uint32_t bf[NT][2];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        bf[nt][0] = hb[(nt * 8 + gq) * C::HBW + 8 * c + t4];      // chunk 2c: k 2 t4, 2 t4 + 1
+        bf[nt][1] = hb[(nt * 8 + gq) * C::HBW + 8 * c + 4 + t4];  // chunk 2c + 1: k 2 t4 + 8, 2 t4 + 9
+      }
+#pragma unroll
+      for (int mt = 0; mt < MPW; ++mt) {
+        const int m = warp + mt * C::WARPS_;
+        if (C::DR_MT % C::WARPS_ != 0 && m >= C::DR_MT) break;
+#pragma unroll
+        for (int hp = 0; hp < HP; ++hp) {
+          uint32_t a[4];
+          const int row = hp * G * DH + m * 16 + (lane & 15);
+          ldmatrix_x4(a, xs_s + (uint32_t)((row * C::XN + 16 * c + (lane >> 4) * 8) * 2));
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) mma(acc[mt][nt], a, bf[nt], (Op*)nullptr);
+        }
+      }
+    }
+  }
+#endif
 
   // the block's partials: dw [G * DH][DH] (dR) then [G * DH] (db); dbs: [WN][G * DH] floats (shared)
   __device__ void store(float* dw, float* dbs, int warp, int lane, int ug, int rh, int wn, int tid) {
@@ -923,9 +1083,12 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   constexpr bool dr_on = C::DR;
   uint32_t* hb = reinterpret_cast<uint32_t*>(smem + C::B_TAIL + C::B_XCH);
   if (C::DR)
-    for (int i = tid; i < 2 * DH * C::HBW; i += C::THREADS) hb[i] = 0u;
+    for (int i = tid; i < C::HB_WORDS; i += C::THREADS) hb[i] = 0u;
   DrAcc<C> dr;
   if (C::DR) dr.zero();
+#if FRNN_BWD_DR16
+  if (C::DR_XSTEP) dr.zero16();  // the pair before the first: A halves zero (and its h_in buffer)
+#endif
   // a K-split pair adds the partner's half of the lane's rows of R^T drhb (after the exchange both
   // halves of acc hold the sums, so C::pick needs no change)
   float2* xch = reinterpret_cast<float2*>(smem + C::B_TAIL);  // [WARPS][NTW][32]
@@ -985,9 +1148,19 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   cp_async_wait<NS - 2>();
   __syncthreads();
 
+#if FRNN_BWD_DR16
+  // one step; par: Par<its parity> where the loop runs step pairs (C::DR_XSTEP), else Par<-1>
+  auto body = [&](const int step, auto par) {
+    constexpr int PAR = decltype(par)::value;
+    const int t = t_first + dstep * step, cur = PAR >= 0 ? PAR : step & 1;
+    // step pairs: this step's h_in goes to the buffer of its pair (slot `cur`), the dR MMAs read the
+    // pair before's (hbr)
+    uint32_t* hbw = hb + ((step >> 1) & 1) * DH * C::HBW2;
+#else
 #pragma unroll 1
   for (int step = 0; step < T; ++step) {
     const int t = t_first + dstep * step, cur = step & 1;
+#endif
     // R^T drhb of the step before (zero at the first): its fragments first, right after the barrier
     float acc[1][NTW][4];
     // the prefetch (into the stage step - 1 used: every warp is past it) between the fragment loads
@@ -1022,6 +1195,11 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
       if (C::DR && el.c == 1) {  // h_in of the element pair e - 1, e (columns n - 1, n; 0 past the batch)
         const int e0 = e > 0 ? e - 1 : 0;
         const float h0 = sidx[e0] >= 0 ? sv[e0][0] : 0.0f, h1 = sidx[e] >= 0 ? sv[e][0] : 0.0f;
+#if FRNN_BWD_DR16
+        if (C::DR_XSTEP)  // word (chunk * 4 + t4) * 2 + slot (C::HBW2)
+          hbw[u * C::HBW2 + (n - 1) / 2 * 2 + cur] = pack2(to_op(h0, (Op*)nullptr), to_op(h1, (Op*)nullptr));
+        else
+#endif
         hb[(cur * DH + u) * C::HBW + (n - 1) / 2] = pack2(to_op(h0, (Op*)nullptr), to_op(h1, (Op*)nullptr));
       }
     }
@@ -1030,7 +1208,26 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     // dR of the step before (its drhb is this step's X, its h_in in the other hb buffer; zeros at
     // the first step): no branch, so its MMAs share a basic block with the cells below and ptxas
     // interleaves them with the cells' latency chains
+#if FRNN_BWD_DR16
+    // step pairs (steps 2p, 2p + 1 the pair p): an odd step keeps the A halves of the step before (the
+    // first of its pair); an even step loads the second's and runs the MMAs of pair p - 1 (its h_in
+    // in hbr), mode 2 half of them, the odd step after it the other half (before it loads ak)
+    if constexpr (C::DR_XSTEP) {
+      const uint32_t* hbr = hb + (((step >> 1) & 1) ^ 1) * DH * C::HBW2;
+      if constexpr (PAR == 0) {
+        dr.load_a(dr.an, xs + cur * XT, warp, lane);
+        dr.template mma_pair<0, DrAcc<C>::NSPLIT>(hbr, warp, lane);
+      } else {
+        dr.template mma_pair<DrAcc<C>::NSPLIT, DrAcc<C>::NT>(hbr, warp, lane);
+        dr.load_a(dr.ak, xs + cur * XT, warp, lane);
+      }
+    } else if (dr_on) {
+      if (C::DR_INSTEP) dr.step16(xs + cur * XT, hb + (cur ^ 1) * DH * C::HBW, warp, lane);
+      else dr.step(xs + cur * XT, hb + (cur ^ 1) * DH * C::HBW, warp, lane);
+    }
+#else
     if (dr_on) dr.step(xs + cur * XT, hb + (cur ^ 1) * DH * C::HBW, warp, lane);
+#endif
     uint32_t* xn = reinterpret_cast<uint32_t*>(xs + (cur ^ 1) * XT);  // this step's drhb, X^T word pairs
     float* drt = dr_on ? nullptr : p.drhb + (size_t)t * G * BND;
     float drv[E][G];
@@ -1069,10 +1266,42 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     store_dgx();
     cp_async_wait<NS - 2>();
     __syncthreads();
+#if FRNN_BWD_DR16
+  };
+  if (C::DR_XSTEP) {
+#pragma unroll 1
+    for (int step = 0; step < T; step += 2) {
+      body(step, Par<0>{});
+      if (step + 1 < T) body(step + 1, Par<1>{});
+    }
+  } else {
+#pragma unroll 1
+    for (int step = 0; step < T; ++step) body(step, Par<-1>{});
   }
+#else
+  }
+#endif
   cp_async_wait<0>();
   if (dr_on) {  // the last step's dR, then the block's partials
+#if FRNN_BWD_DR16
+    if (C::DR_XSTEP && T > 0) {
+      // T even: pair (T - 2, T - 1) complete (ak from step T - 1), all its MMAs; T odd: mode 2's second
+      // half of pair (T - 3, T - 2), then step T - 1 alone (slot 0 of its pair's buffer)
+      const uint32_t* hbr = hb + (((T >> 1) & 1) ^ 1) * DH * C::HBW2;
+      if ((T & 1) == 0) {
+        dr.load_a(dr.an, xs, warp, lane);
+        dr.template mma_pair<0, DrAcc<C>::NT>(hbr, warp, lane);
+      } else {
+        dr.template mma_pair<DrAcc<C>::NSPLIT, DrAcc<C>::NT>(hbr, warp, lane);
+        dr.single(xs + XT, hb + (((T - 1) >> 1) & 1) * DH * C::HBW2, warp, lane);
+      }
+    } else if (T > 0) {
+      if (C::DR_INSTEP) dr.step16(xs + (T & 1) * XT, hb + ((T - 1) & 1) * DH * C::HBW, warp, lane);
+      else dr.step(xs + (T & 1) * XT, hb + ((T - 1) & 1) * DH * C::HBW, warp, lane);
+    }
+#else
     if (T > 0) dr.step(xs + (T & 1) * XT, hb + ((T - 1) & 1) * DH * C::HBW, warp, lane);
+#endif
     dr.store(p.dw + ((size_t)blockIdx.x * NH + nh) * (G * DH * DH + G * DH),
              reinterpret_cast<float*>(smem + C::B_TAIL + C::B_XCH + C::B_HB), warp, lane, ug, rh, wn, tid);
   }

@@ -85,6 +85,7 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
         raise ValueError(f"fused_block: WARPS={warps}: expected DH / 16 = {groups} unit groups times 1, or times 2 x a "
                          f"divisor of the BATCH_TILE / 8 = {bt // 8} n-tiles")
     v2 = {"FRNN_SAVE_V2": 1} if __import__("os").environ.get("FLASHRNN_FUSED_V2") == "1" else {}  # A/B knob: fused_block.cuh
+    v2.update({"FRNN_BWD_DR16": int(__import__("os").environ["FLASHRNN_FUSED_DR16"])} if __import__("os").environ.get("FLASHRNN_FUSED_DR16") in ("1", "2") else {})  # A/B knob (1, 2): fused_block.cuh FRNN_BWD_DR16
     return {"FRNN_CELL": spec.functor, "FRNN_DTYPE": DTYPE_CODES[dtype], "FRNN_DH": DH,
             "FRNN_WARPS": warps, "FRNN_BATCH_TILE": bt, "FRNN_R_REG_TILES": rreg, **v2}
 
