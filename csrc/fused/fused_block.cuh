@@ -196,6 +196,21 @@ struct WarpGemm {
   uint32_t areg[NREG > 0 ? NREG : 1][4];
   int kt0;
 
+  // acc = the sum of the KS independent accumulator chains (fixed order)
+  __device__ static void sum_slices(const float (&part)[KS][MT][NTW][4], float (&acc)[MT][NTW][4]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < NTW; ++i)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          float s = part[0][mt][i][r];
+#pragma unroll
+          for (int k = 1; k < KS; ++k) s += part[k][mt][i][r];
+          acc[mt][i][r] = s;
+        }
+  }
+
   // a(mt, r, k): element (row r of tile mt, column k of all K) of the warp's A, as float; once,
   // before the loop; kt0_: the warp's first k-tile
   template <typename F>
@@ -269,17 +284,7 @@ struct WarpGemm {
           for (int i = 0; i < NTW; ++i) mma(part[kt % KS][mt][i], a, bfr[kt][hp][i], (Op*)nullptr);
       }
     }
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int i = 0; i < NTW; ++i)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          float s = part[0][mt][i][r];
-#pragma unroll
-          for (int k = 1; k < KS; ++k) s += part[k][mt][i][r];
-          acc[mt][i][r] = s;
-        }
+    sum_slices(part, acc);
   }
 
   // The same product with X stored transposed, X^T [HP][KTT * 16][XN] (row = k, the batch columns
@@ -338,17 +343,7 @@ struct WarpGemm {
         }
       }
     }
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int i = 0; i < NTW; ++i)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          float s = part[0][mt][i][r];
-#pragma unroll
-          for (int k = 1; k < KS; ++k) s += part[k][mt][i][r];
-          acc[mt][i][r] = s;
-        }
+    sum_slices(part, acc);
   }
 };
 
