@@ -190,6 +190,21 @@ __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory"); }
 #endif
 
+// The thread's unit pairs: pair q = tid + k * THREADS -> column pn = q / (DHB / 2) of the batch
+// tile, unit pu = 2 (q % (DHB / 2)) of the block's DHB; pok: a pair of this block (q < NP) and a
+// column inside the batch (pn < nb). Forward and backward use the same map.
+template <int PPT, int THREADS, int DHB>
+__device__ __forceinline__ void unit_pairs(int tid, int NP, int nb, int (&pn)[PPT], int (&pu)[PPT], bool (&pok)[PPT]) {
+#pragma unroll
+  for (int k = 0; k < PPT; ++k) {
+    const int q = tid + k * THREADS;
+    const bool in = q < NP;
+    pn[k] = in ? q / (DHB / 2) : 0;
+    pu[k] = in ? 2 * (q % (DHB / 2)) : 0;
+    pok[k] = in && pn[k] < nb;
+  }
+}
+
 template <typename TIn, typename Cell, int DH, int CS, int WARPS, int BT, int RREG>
 __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #if FRNN_CLUSTER_ARCH
@@ -250,13 +265,9 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   float st[PPT][2][S], bb[PPT][2][G];
   int pn[PPT], pu[PPT];
   bool pok[PPT];  // a pair of this block and a column inside the batch
+  unit_pairs<PPT, C::THREADS, DHB>(tid, NP, nb, pn, pu, pok);
 #pragma unroll
   for (int k = 0; k < PPT; ++k) {
-    const int q = tid + k * C::THREADS;
-    const bool in = q < NP;
-    pn[k] = in ? q / (DHB / 2) : 0;
-    pu[k] = in ? 2 * (q % (DHB / 2)) : 0;
-    pok[k] = in && pn[k] < nb;
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
 #pragma unroll
@@ -560,13 +571,9 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   int pn[PPT], pu[PPT];
   bool pok[PPT];
   const TIn* dsT = static_cast<const TIn*>(p.dsT);
+  unit_pairs<PPT, C::THREADS, DHB>(tid, NP, nb, pn, pu, pok);
 #pragma unroll
   for (int k = 0; k < PPT; ++k) {
-    const int q = tid + k * C::THREADS;
-    const bool in = q < NP;
-    pn[k] = in ? q / (DHB / 2) : 0;
-    pu[k] = in ? 2 * (q % (DHB / 2)) : 0;
-    pok[k] = in && pn[k] < nb;
 #pragma unroll
     for (int j = 0; j < 2; ++j)
 #pragma unroll
