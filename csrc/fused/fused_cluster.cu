@@ -83,82 +83,77 @@ cudaLaunchConfig_t launch_config(dim3 grid, cudaStream_t stream, cudaLaunchAttri
   return cfg;
 }
 
-// once per device: the kernel attributes, and whether one cluster of this configuration fits
-// (cached: 0 ready, else the message of the first failure)
+// one kernel of this configuration: its shared-memory and cluster-size attributes, and whether one
+// cluster of it fits on the current device (what: the message prefix)
+int fail_at(const char* what, const char* step, cudaError_t e) {
+  snprintf(g_error, sizeof(g_error), "%s: %s: %s", what, step, cudaGetErrorString(e));
+  return 1;
+}
+
+template <typename K>
+int fit(K k, size_t smem, const char* what) {
+  cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  if (e != cudaSuccess) return fail_at(what, "shared memory attribute", e);
+  if (CS > 8) {
+    e = cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (e != cudaSuccess) return fail_at(what, "non-portable cluster size refused", e);
+  }
+  cudaLaunchAttribute attr;
+  cudaLaunchConfig_t cfg = launch_config(dim3(CS, 1), nullptr, &attr);
+  cfg.dynamicSmemBytes = smem;
+  int clusters = 0;
+  e = cudaOccupancyMaxActiveClusters(&clusters, k, &cfg);
+  if (e != cudaSuccess) return fail_at(what, "cudaOccupancyMaxActiveClusters", e);
+  if (clusters < 1) {
+    snprintf(g_error, sizeof(g_error), "%s: no cluster of this configuration fits on the device (blocks per "
+             "cluster, shared memory or registers per block)", what);
+    return 1;
+  }
+  return 0;
+}
+
+// check() once per device: 0 ready, else the message of the first failure (cached, replayed into
+// g_error on every later call)
+struct PerDevice {
+  int done[64] = {0}, status[64] = {0};
+  char message[64][512];
+  template <typename F>
+  int once(int device, F check) {
+    if (device < 0 || device >= 64) return fail_msg("fused_cluster: device index out of range");
+    if (done[device]) {
+      if (status[device] != 0) snprintf(g_error, sizeof(g_error), "%s", message[device]);
+      return status[device];
+    }
+    const int rc = check();
+    if (rc != 0) snprintf(message[device], sizeof(message[device]), "%s", g_error);
+    status[device] = rc;
+    done[device] = 1;
+    return rc;
+  }
+};
+
+// once per device: compute capability 9.0, the forward kernel's attributes and cluster fit
 int prepare(int device) {
-  static int done[64] = {0};
-  static int status[64] = {0};
-  static char message[64][512];
-  if (device < 0 || device >= 64) return fail_msg("fused_cluster: device index out of range");
-  if (done[device]) {
-    if (status[device] != 0) snprintf(g_error, sizeof(g_error), "%s", message[device]);
-    return status[device];
-  }
-  int rc = 0;
-  int major = 0;
-  cudaError_t e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  if (e != cudaSuccess) rc = fail("fused_cluster: compute capability", e);
-  else if (major < 9) rc = fail_msg("fused_cluster needs compute capability 9.0 or newer (thread-block clusters)");
-  if (rc == 0) {
-    e = cudaFuncSetAttribute(kernel(), cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Cfg::smem());
-    if (e != cudaSuccess) rc = fail("fused_cluster: shared memory attribute", e);
-  }
-  if (rc == 0 && CS > 8) {
-    e = cudaFuncSetAttribute(kernel(), cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    if (e != cudaSuccess) rc = fail("fused_cluster: non-portable cluster size refused", e);
-  }
-  if (rc == 0) {
-    cudaLaunchAttribute attr;
-    cudaLaunchConfig_t cfg = launch_config(dim3(CS, 1), nullptr, &attr);
-    int clusters = 0;
-    e = cudaOccupancyMaxActiveClusters(&clusters, kernel(), &cfg);
-    if (e != cudaSuccess) rc = fail("fused_cluster: cudaOccupancyMaxActiveClusters", e);
-    else if (clusters < 1)
-      rc = fail_msg("fused_cluster: no cluster of this configuration fits on the device (blocks per cluster, "
-                    "shared memory or registers per block)");
-  }
-  if (rc != 0) snprintf(message[device], sizeof(message[device]), "%s", g_error);
-  status[device] = rc;
-  done[device] = 1;
-  return rc;
+  static PerDevice cache;
+  return cache.once(device, [device] {
+    int major = 0;
+    cudaError_t e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (e != cudaSuccess) return fail("fused_cluster: compute capability", e);
+    if (major < 9) return fail_msg("fused_cluster needs compute capability 9.0 or newer (thread-block clusters)");
+    return fit(kernel(), Cfg::smem(), "fused_cluster");
+  });
 }
 
 #if FRNN_CLUSTER_BWD
 using Bwd = BwdConfig<TIn, Cell, DH, CS, WARPS, BT, RREG>;
 auto bwd_kernel() { return backward_kernel<TIn, Cell, DH, CS, WARPS, BT, RREG>; }
 
-// prepare() for the backward kernel (its own attributes and cluster fit; cached per device)
+// prepare() for the backward kernel: the forward's checks, then its own attributes and cluster fit
 int prepare_bwd(int device) {
-  static int done[64] = {0};
-  static int status[64] = {0};
-  static char message[64][512];
-  int rc = prepare(device);  // compute capability (and the forward's fit: the forward ran first)
+  static PerDevice cache;
+  const int rc = prepare(device);
   if (rc != 0) return rc;
-  if (done[device]) {
-    if (status[device] != 0) snprintf(g_error, sizeof(g_error), "%s", message[device]);
-    return status[device];
-  }
-  cudaError_t e = cudaFuncSetAttribute(bwd_kernel(), cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Bwd::smem());
-  if (e != cudaSuccess) rc = fail("fused_cluster backward: shared memory attribute", e);
-  if (rc == 0 && CS > 8) {
-    e = cudaFuncSetAttribute(bwd_kernel(), cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    if (e != cudaSuccess) rc = fail("fused_cluster backward: non-portable cluster size refused", e);
-  }
-  if (rc == 0) {
-    cudaLaunchAttribute attr;
-    cudaLaunchConfig_t cfg = launch_config(dim3(CS, 1), nullptr, &attr);
-    cfg.dynamicSmemBytes = Bwd::smem();
-    int clusters = 0;
-    e = cudaOccupancyMaxActiveClusters(&clusters, bwd_kernel(), &cfg);
-    if (e != cudaSuccess) rc = fail("fused_cluster backward: cudaOccupancyMaxActiveClusters", e);
-    else if (clusters < 1)
-      rc = fail_msg("fused_cluster backward: no cluster of this configuration fits on the device (shared memory "
-                    "or registers per block)");
-  }
-  if (rc != 0) snprintf(message[device], sizeof(message[device]), "%s", g_error);
-  status[device] = rc;
-  done[device] = 1;
-  return rc;
+  return cache.once(device, [] { return fit(bwd_kernel(), Bwd::smem(), "fused_cluster backward"); });
 }
 #endif
 }  // namespace
