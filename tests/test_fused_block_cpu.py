@@ -169,3 +169,17 @@ def test_weight_grads_leave_the_tf32_setting_as_it_was(start, tf32):
     finally:
         matmul.fp32_precision = saved
 
+
+
+def test_knobs_add_their_defines_only_when_set(monkeypatch):
+    params = {"WARPS": 8, "BATCH_TILE": 8, "R_REG_TILES": 8}
+    for env in fused_block.KNOBS:
+        monkeypatch.delenv(env, raising=False)
+    base = fused_block.defines("lstm", torch.bfloat16, 64, params)
+    assert not set(base) & {d for d, _ in fused_block.KNOBS.values()}
+    monkeypatch.setenv("FLASHRNN_FUSED_V2", "1")
+    monkeypatch.setenv("FLASHRNN_FUSED_DR16", "2")
+    on = fused_block.defines("lstm", torch.bfloat16, 64, params)
+    assert on == {**base, "FRNN_SAVE_V2": 1, "FRNN_BWD_DR16": 2}
+    monkeypatch.setenv("FLASHRNN_FUSED_DR16", "3")  # not a mode of the kernel: ignored
+    assert "FRNN_BWD_DR16" not in fused_block.defines("lstm", torch.bfloat16, 64, params)

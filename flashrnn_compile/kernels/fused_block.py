@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -84,10 +85,24 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
     if warps % groups != 0 or not (q == 1 or (q % 2 == 0 and (bt // 8) % (q // 2) == 0)):
         raise ValueError(f"fused_block: WARPS={warps}: expected DH / 16 = {groups} unit groups times 1, or times 2 x a "
                          f"divisor of the BATCH_TILE / 8 = {bt // 8} n-tiles")
-    v2 = {"FRNN_SAVE_V2": 1} if __import__("os").environ.get("FLASHRNN_FUSED_V2") == "1" else {}  # A/B knob: fused_block.cuh
-    v2.update({"FRNN_BWD_DR16": int(__import__("os").environ["FLASHRNN_FUSED_DR16"])} if __import__("os").environ.get("FLASHRNN_FUSED_DR16") in ("1", "2") else {})  # A/B knob (1, 2): fused_block.cuh FRNN_BWD_DR16
     return {"FRNN_CELL": spec.functor, "FRNN_DTYPE": DTYPE_CODES[dtype], "FRNN_DH": DH,
-            "FRNN_WARPS": warps, "FRNN_BATCH_TILE": bt, "FRNN_R_REG_TILES": rreg, **v2}
+            "FRNN_WARPS": warps, "FRNN_BATCH_TILE": bt, "FRNN_R_REG_TILES": rreg, **knob_defines()}
+
+
+# A/B knobs of fused_block.cuh, off by default (not yet timed on a GPU): env var -> (define, values)
+KNOBS = {
+    "FLASHRNN_FUSED_V2": ("FRNN_SAVE_V2", ("1",)),  # forward-with-save staged through shared memory
+    "FLASHRNN_FUSED_DR16": ("FRNN_BWD_DR16", ("1", "2")),  # backward dR on K=16 MMAs (two steps a MMA)
+}
+
+
+def knob_defines() -> Dict[str, int]:
+    """The defines of the knobs set in the environment (read per call: A/B scripts toggle them)."""
+    out = {}
+    for env, (define, values) in KNOBS.items():
+        if os.environ.get(env) in values:
+            out[define] = int(os.environ[env])
+    return out
 
 
 def config(lib: ctypes.CDLL) -> Tuple[int, ...]:
