@@ -39,11 +39,17 @@ from flashrnn_compile import planner  # noqa: E402
 from flashrnn_compile.kernels import fused_block  # noqa: E402
 from profile_fused import inputs  # noqa: E402
 
-# name: (environment variable, its "on" value, the define defines() adds, the define's value,
-#        whether the knob changes dR's summation order)
-KNOBS = {"v2": ("FLASHRNN_FUSED_V2", "1", "FRNN_SAVE_V2", 1, False),
-         "dr16": ("FLASHRNN_FUSED_DR16", "1", "FRNN_BWD_DR16", 1, True),
-         "dr16_2": ("FLASHRNN_FUSED_DR16", "2", "FRNN_BWD_DR16", 2, True)}
+
+
+def _knob(env: str, on: str, reorders_dr: bool):
+    """(environment variable, its "on" value, the define defines() adds, the define's value,
+    whether the knob changes dR's summation order); the define comes from fused_block.KNOBS."""
+    return env, on, fused_block.KNOBS[env][0], int(on), reorders_dr
+
+
+KNOBS = {"v2": _knob("FLASHRNN_FUSED_V2", "1", False),
+         "dr16": _knob("FLASHRNN_FUSED_DR16", "1", True),
+         "dr16_2": _knob("FLASHRNN_FUSED_DR16", "2", True)}
 KNOB = KNOBS["v2"]  # main() sets the chosen one
 # dr16: |dR(on) - dR(off)| <= DR_ULPS eps(dtype) max |dR(off)|: the kernel's fp32 sums in another order,
 # then rounded to R's dtype (an element may round the other way: one ulp of itself)
