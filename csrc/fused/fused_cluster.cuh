@@ -44,6 +44,7 @@
 #pragma once
 
 #include "fused/fused_block.cuh"
+#include "fused/split_common.cuh"
 
 #ifndef FRNN_CLUSTER_H_PIECES
 #define FRNN_CLUSTER_H_PIECES 1
@@ -76,32 +77,8 @@ using fused::cp_async_commit;
 using fused::cp_async_wait;
 using fused::split;
 using fused::to_op;
-
-// One thread's share of streaming ROWS rows x CHUNKS 16-byte chunks of gx into a ring stage each
-// step: shared addresses (stage 0) and global addresses (first step) fixed before the time loop;
-// a row past the batch copies nothing (its stage rows stay zero).
-template <int THREADS, int ROWS, int CHUNKS>
-struct StageCopy {
-  static constexpr int TOTAL = ROWS * CHUNKS, CH = (TOTAL + THREADS - 1) / THREADS;
-  uint32_t dst[CH];
-  const unsigned char* src[CH];  // nullptr: a slot past the tile or a row past the batch
-  // row r lands at dst_base + r * dst_row; src_of(r): its global address at the first step, or nullptr
-  template <typename F>
-  __device__ void init(uint32_t dst_base, int dst_row, F src_of, int tid) {
-#pragma unroll
-    for (int k = 0; k < CH; ++k) {
-      const int i = k * THREADS + tid, r = i / CHUNKS, c = i % CHUNKS;
-      const unsigned char* row = i < TOTAL ? src_of(r) : nullptr;
-      dst[k] = dst_base + r * dst_row + c * 16;
-      src[k] = row != nullptr ? row + c * 16 : nullptr;
-    }
-  }
-  __device__ void issue(uint32_t stage_off, long long t_off) const {
-#pragma unroll
-    for (int k = 0; k < CH; ++k)
-      if (src[k] != nullptr) fused::cp_async16(dst[k] + stage_off, src[k] + t_off);
-  }
-};
+using fused_split::StageCopy;
+using fused_split::unit_pairs;
 
 template <typename TIn, typename Cell, int DH, int CS, int WARPS, int BT, int RREG>
 struct Config {
@@ -189,21 +166,6 @@ __device__ __forceinline__ void mbar_wait(uint32_t addr, uint32_t parity) {
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release;\n" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory"); }
 #endif
-
-// The thread's unit pairs: pair q = tid + k * THREADS -> column pn = q / (DHB / 2) of the batch
-// tile, unit pu = 2 (q % (DHB / 2)) of the block's DHB; pok: a pair of this block (q < NP) and a
-// column inside the batch (pn < nb). Forward and backward use the same map.
-template <int PPT, int THREADS, int DHB>
-__device__ __forceinline__ void unit_pairs(int tid, int NP, int nb, int (&pn)[PPT], int (&pu)[PPT], bool (&pok)[PPT]) {
-#pragma unroll
-  for (int k = 0; k < PPT; ++k) {
-    const int q = tid + k * THREADS;
-    const bool in = q < NP;
-    pn[k] = in ? q / (DHB / 2) : 0;
-    pu[k] = in ? 2 * (q % (DHB / 2)) : 0;
-    pok[k] = in && pn[k] < nb;
-  }
-}
 
 template <typename TIn, typename Cell, int DH, int CS, int WARPS, int BT, int RREG>
 __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
