@@ -1,13 +1,14 @@
 """A/B of a fused_block knob (kernels/fused_block.py `defines()` reads its environment variable and
 adds a -D define; fused_block.cuh), knob off and on built as two libraries in one process:
 
-    python benchmarks/ab_fused_block.py [--knob v2|dr16|dr16_2] [--reps 50] [--check full|fast|none]
+    python benchmarks/ab_fused_block.py [--knob v2|dr16|dr16_2|drout] [--reps 50] [--check full|fast|none]
     python benchmarks/ab_fused_block.py --knob dr16 --prebuild h200   # CPU host: build what the A/B loads
 
 Knobs (KNOBS): v2 = FLASHRNN_FUSED_V2=1 -> FRNN_SAVE_V2=1 (the forward with SAVE writes rhb /
 states_in / h as 16-byte row chunks staged in shared memory); dr16 / dr16_2 = FLASHRNN_FUSED_DR16=1 / 2
 -> FRNN_BWD_DR16=1 / 2 (the backward's in-kernel dR on m16n8k16 MMAs, K = two steps or two chunks;
-2: a step pair's MMAs split over two steps).
+2: a step pair's MMAs split over two steps); drout = FLASHRNN_FUSED_DROUT=1 -> FRNN_DR_OUT=1 (the backward
+makes no dR / db; one GEMM of dgx and h_in outside, for the cells whose d(rhb) is d(gx)).
 
 1. check (--check full, the default; fast: only the 12x64 cases, the planner's LSTM / GRU tilings,
    bf16 + fp16, T 1 and 17, both directions; none, or --no-check: skip it and time only): the knob's
@@ -49,7 +50,8 @@ def _knob(env: str, on: str, reorders_dr: bool):
 
 KNOBS = {"v2": _knob("FLASHRNN_FUSED_V2", "1", False),
          "dr16": _knob("FLASHRNN_FUSED_DR16", "1", True),
-         "dr16_2": _knob("FLASHRNN_FUSED_DR16", "2", True)}
+         "dr16_2": _knob("FLASHRNN_FUSED_DR16", "2", True),
+         "drout": _knob("FLASHRNN_FUSED_DROUT", "1", True)}
 KNOB = KNOBS["v2"]  # main() sets the chosen one
 # dr16: |dR(on) - dR(off)| <= DR_ULPS eps(dtype) max |dR(off)|: the kernel's fp32 sums in another order,
 # then rounded to R's dtype (an element may round the other way: one ulp of itself)
@@ -127,7 +129,7 @@ def check(fast: bool) -> bool:
                 torch.cuda.synchronize()
                 names = ["h", "sT", "states_in", "rhb", "dgx", "dR", "db", "ds0"]
                 bad = [nm for nm, a, c in zip(names, outs[0], outs[1])
-                       if not (torch.equal(a, c) or (nm == "dR" and KNOB[4] and same_dr(a, c, nm)))]
+                       if not (torch.equal(a, c) or (nm in ("dR", "db") and KNOB[4] and same_dr(a, c, nm)))]
                 if len(outs[0]) != len(outs[1]):
                     bad.append("output count")
                 n += 1

@@ -46,6 +46,8 @@ class CellSpec:
     functor: str  # name of the CUDA pointwise functor (csrc/common/cells.cuh)
     # (gx, rhb, states, d_new_states) -> (dgx, drhb, d_states): the vjp of `step`, or None
     step_backward: Optional[Callable[[Tensor, Tensor, States, States], Tuple[Tensor, Tensor, States]]] = None
+    # every gate reads gx + rhb, so dL/drhb == dL/dgx (dR and db then follow from dgx alone)
+    rhb_grad_is_gx: bool = False
 
     @property
     def num_gates(self) -> int:
@@ -175,10 +177,10 @@ def _slstm_backward(gx: Tensor, rhb: Tensor, states: States, ds: States):
 CELLS = {
     spec.name: spec
     for spec in (
-        CellSpec("lstm", ("i", "f", "g", "o"), ("h", "c"), (0.0, 0.0), _lstm_step, "LstmCell", _lstm_backward),
+        CellSpec("lstm", ("i", "f", "g", "o"), ("h", "c"), (0.0, 0.0), _lstm_step, "LstmCell", _lstm_backward, True),
         CellSpec("gru", ("r", "z", "n"), ("h",), (0.0,), _gru_step, "GruCell", _gru_backward),
-        CellSpec("elman_tanh", ("a",), ("h",), (0.0,), _elman_tanh_step, "ElmanTanhCell", _elman_tanh_backward),
-        CellSpec("elman_relu", ("a",), ("h",), (0.0,), _elman_relu_step, "ElmanReluCell", _elman_relu_backward),
+        CellSpec("elman_tanh", ("a",), ("h",), (0.0,), _elman_tanh_step, "ElmanTanhCell", _elman_tanh_backward, True),
+        CellSpec("elman_relu", ("a",), ("h",), (0.0,), _elman_relu_step, "ElmanReluCell", _elman_relu_backward, True),
         CellSpec(
             "slstm",
             ("i", "f", "z", "o"),
@@ -187,6 +189,7 @@ CELLS = {
             _slstm_step,
             "SlstmCell",
             _slstm_backward,
+            True,
         ),
     )
 }

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from flashrnn_compile import build, runtime
+from flashrnn_compile.cells import CELLS
 from flashrnn_compile.kernels import fused_block
 from flashrnn_compile.ops import recurrence
 
@@ -98,13 +99,16 @@ def test_variant_build_carries_its_defines_and_is_cached(tmp_path, monkeypatch):
 def test_dr_in_kernel_is_reported_and_can_be_switched_off(tmp_path, monkeypatch):
     """The library says whether its backward kernel accumulates dR / db (the Python side then passes
     the per-batch-tile buffer instead of drhb); FRNN_DR_KERNEL=0 keeps the GEMM path, and a tiling
-    whose accumulators would crowd the registers (one warp over 8 m-tiles of dR) keeps it too."""
+    whose accumulators would crowd the registers (one warp over 8 m-tiles of dR) keeps it too;
+    FRNN_DR_OUT=1 (knob FLASHRNN_FUSED_DROUT) leaves both to the caller."""
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     small = fused_block.defines("lstm", torch.bfloat16, 16, {"WARPS": 2, "BATCH_TILE": 8, "R_REG_TILES": 2})
     crowded = fused_block.defines("lstm", torch.bfloat16, 32, {"WARPS": 2, "BATCH_TILE": 16, "R_REG_TILES": 2})
     got = {name: fused_block.dr_in_kernel(ctypes.CDLL(str(build.ensure_variant(fused_block.SOURCE, d, ["9.0"]))))
-           for name, d in (("small", small), ("off", dict(small, FRNN_DR_KERNEL=0)), ("crowded", crowded))}
-    assert got == {"small": True, "off": False, "crowded": False}
+           for name, d in (("small", small), ("off", dict(small, FRNN_DR_KERNEL=0)), ("crowded", crowded),
+                           ("out", dict(small, FRNN_DR_OUT=1)))}
+    assert got == {"small": fused_block.DR_TILES, "off": fused_block.DR_GEMM, "crowded": fused_block.DR_GEMM,
+                   "out": fused_block.DR_FROM_DGX}
 
 
 def test_tile_sums_add_the_batch_tiles_partials():
@@ -183,3 +187,37 @@ def test_knobs_add_their_defines_only_when_set(monkeypatch):
     assert on == {**base, "FRNN_SAVE_V2": 1, "FRNN_BWD_DR16": 2}
     monkeypatch.setenv("FLASHRNN_FUSED_DR16", "3")  # not a mode of the kernel: ignored
     assert "FRNN_BWD_DR16" not in fused_block.defines("lstm", torch.bfloat16, 64, params)
+    monkeypatch.setenv("FLASHRNN_FUSED_DROUT", "1")  # only cells whose d(rhb) is d(gx)
+    assert fused_block.defines("lstm", torch.bfloat16, 64, params)["FRNN_DR_OUT"] == 1
+    assert "FRNN_DR_OUT" not in fused_block.defines("gru", torch.bfloat16, 64, params)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_rhb_grad_is_gx_matches_the_cells_backward(cell):
+    """CellSpec.rhb_grad_is_gx (which lets fused_block take dR from dgx) agrees with the cell's own
+    vjp on random inputs: equal gradients where it says so, different ones where it does not."""
+    spec = CELLS[cell]
+    g = torch.Generator().manual_seed(3)
+    B, NH, DH, G, S = 3, 2, 5, spec.num_gates, spec.num_states
+    gx, rhb = (torch.randn(B, NH, G, DH, generator=g, dtype=torch.float64) for _ in range(2))
+    states = tuple(torch.randn(B, NH, DH, generator=g, dtype=torch.float64) for _ in range(S))
+    if cell == "slstm":
+        states = states[:3] + (states[3].abs() + 1.0,)
+    d_new = tuple(torch.randn(B, NH, DH, generator=g, dtype=torch.float64) for _ in range(S))
+    dgx, drhb, _ = spec.step_backward(gx, rhb, states, d_new)
+    assert torch.equal(dgx, drhb) == spec.rhb_grad_is_gx
+
+
+def test_weight_grads_from_dgx_is_the_sum_over_steps_and_batch():
+    """dR = sum_(t, b) dgx h_in^T, db = sum dgx, from dgx [T, B, NH, G, DH] and the saved states
+    states_in [T, S, B, NH, DH] (float32; h_in = states_in[:, 0], rounded to dgx's dtype)."""
+    from flashrnn_compile.kernels.fused_block import _weight_grads_from_dgx
+
+    g = torch.Generator().manual_seed(4)
+    T, B, NH, G, DH, S = 3, 5, 2, 4, 6, 2
+    dgx = torch.randn(T, B, NH, G, DH, generator=g)
+    states_in = torch.randn(T, S, B, NH, DH, generator=g)
+    dR, db = _weight_grads_from_dgx(dgx, states_in, torch.float32)
+    want_dR = torch.einsum("tbngo,tbnu->ngou", dgx.double(), states_in[:, 0].double())
+    torch.testing.assert_close(dR.double(), want_dR, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(db.double(), dgx.double().sum((0, 1)), rtol=1e-5, atol=1e-5)

@@ -78,8 +78,9 @@ int frnn_config(int* out) {
 const char* frnn_error() { return g_error; }
 
 // 1: the backward kernel accumulates dR and db itself (frnn_backward's dw, drhb unused); 0: it
-// writes drhb and dR, db are one GEMM outside (fused_block.cuh Config::DR)
-int frnn_dr_in_kernel() { return Cfg::DR ? 1 : 0; }
+// writes drhb and dR, db are one GEMM outside (fused_block.cuh Config::DR); 2: neither (FRNN_DR_OUT:
+// dR, db come from dgx outside; dw, drhb unused)
+int frnn_dr_in_kernel() { return Cfg::DR ? 1 : (Cfg::DRHB ? 0 : 2); }
 
 // pointers as in fused_block.cuh (FwdArgs); states_in = rhb = nullptr: save=false. 0 = queued.
 int frnn_forward(int T, int B, int NH, int reverse, const void* gx, const void* R, const void* b,

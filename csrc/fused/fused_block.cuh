@@ -53,6 +53,12 @@
 #ifndef FRNN_DR_KERNEL
 #define FRNN_DR_KERNEL 1
 #endif
+// 1: the backward makes neither dR / db nor drhb (Config::DRHB false): the caller derives them
+// from dgx, for cells whose d(rhb) is d(gx) (the gates read gx + rhb; fused_block.py adds the
+// define only for those); 0: as FRNN_DR_KERNEL says
+#ifndef FRNN_DR_OUT
+#define FRNN_DR_OUT 0
+#endif
 // 1: the forward with SAVE stages a step's rhb and states_in in shared memory and writes them (and
 // h, from the next step's X) during the next step as 16-byte row chunks (Config::F_STAGED); 0: each
 // lane stores its elements (4-byte stores, a quarter of a sector row each)
@@ -424,7 +430,8 @@ struct Config {
   // (ptxas: no spills for the planner's tilings), else drhb goes out and one GEMM outside makes dR, db.
   static constexpr int DR_MT = G * DH / 16, DR_MPW = (DR_MT + WARPS - 1) / WARPS, DR_NT = DH / 8;
   static constexpr int DR_REGS = DR_MPW * DR_NT * 4 + E * (2 * G + 2 * S + 2) + Bwd::NREG * 4;
-  static constexpr bool DR = FRNN_DR_KERNEL != 0 && DR_REGS <= 160;
+  static constexpr bool DR = FRNN_DR_KERNEL != 0 && FRNN_DR_OUT == 0 && DR_REGS <= 160;
+  static constexpr bool DRHB = !DR && FRNN_DR_OUT == 0;  // drhb [T, B, NH, G, DH] written
   // h_in of a step for the dR MMA: [DH][HBW words] (row = unit, batch columns in pairs; HBW % 8 = 4:
   // the B fragments are conflict-free)
   static constexpr int HBW = BT / 2 + (12 - (BT / 2) % 8) % 8;
@@ -1224,7 +1231,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     if (dr_on) dr.step(xs + cur * XT, hb + (cur ^ 1) * DH * C::HBW, warp, lane);
 #endif
     uint32_t* xn = reinterpret_cast<uint32_t*>(xs + (cur ^ 1) * XT);  // this step's drhb, X^T word pairs
-    float* drt = dr_on ? nullptr : p.drhb + (size_t)t * G * BND;
+    float* drt = C::DRHB ? p.drhb + (size_t)t * G * BND : nullptr;
     float drv[E][G];
 #pragma unroll
     for (int e = 0; e < E; ++e) {
@@ -1239,7 +1246,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         if (C::DR) dr.db[el.jj][g] = fmaf(mk[e], drv[e][g], dr.db[el.jj][g]);
-        if (!dr_on && sidx[e] >= 0) drt[gidx[e] + g * DH] = drv[e][g];
+        if (C::DRHB && sidx[e] >= 0) drt[gidx[e] + g * DH] = drv[e][g];
       }
 #pragma unroll
       for (int s = 0; s < S; ++s) ds[e][s] = dsi[s];

@@ -86,22 +86,28 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
         raise ValueError(f"fused_block: WARPS={warps}: expected DH / 16 = {groups} unit groups times 1, or times 2 x a "
                          f"divisor of the BATCH_TILE / 8 = {bt // 8} n-tiles")
     return {"FRNN_CELL": spec.functor, "FRNN_DTYPE": DTYPE_CODES[dtype], "FRNN_DH": DH,
-            "FRNN_WARPS": warps, "FRNN_BATCH_TILE": bt, "FRNN_R_REG_TILES": rreg, **knob_defines()}
+            "FRNN_WARPS": warps, "FRNN_BATCH_TILE": bt, "FRNN_R_REG_TILES": rreg, **knob_defines(spec)}
 
 
 # A/B knobs of fused_block.cuh, off by default (not yet timed on a GPU): env var -> (define, values)
 KNOBS = {
     "FLASHRNN_FUSED_V2": ("FRNN_SAVE_V2", ("1",)),  # forward-with-save staged through shared memory
     "FLASHRNN_FUSED_DR16": ("FRNN_BWD_DR16", ("1", "2")),  # backward dR on K=16 MMAs (two steps a MMA)
+    # backward without dR / db: one GEMM of dgx and h_in outside (`_weight_grads_from_dgx`); only for
+    # cells whose d(rhb) is d(gx) (CellSpec.rhb_grad_is_gx), other cells build without it
+    "FLASHRNN_FUSED_DROUT": ("FRNN_DR_OUT", ("1",)),
 }
 
 
-def knob_defines() -> Dict[str, int]:
-    """The defines of the knobs set in the environment (read per call: A/B scripts toggle them)."""
+def knob_defines(spec=None) -> Dict[str, int]:
+    """The defines of the knobs set in the environment (read per call: A/B scripts toggle them);
+    with a cell `spec`, only those that apply to it."""
     out = {}
     for env, (define, values) in KNOBS.items():
         if os.environ.get(env) in values:
             out[define] = int(os.environ[env])
+    if spec is not None and not spec.rhb_grad_is_gx:
+        out.pop("FRNN_DR_OUT", None)
     return out
 
 
@@ -117,9 +123,14 @@ def smem_bytes(lib: ctypes.CDLL) -> Tuple[int, int]:
     return c[7], c[8]
 
 
-def dr_in_kernel(lib: ctypes.CDLL) -> bool:
-    """Whether the library's backward kernel accumulates dR and db itself (per batch tile)."""
-    return bool(lib.frnn_dr_in_kernel())
+DR_TILES, DR_GEMM, DR_FROM_DGX = 1, 0, 2  # frnn_dr_in_kernel(): where dR and db come from
+
+
+def dr_in_kernel(lib: ctypes.CDLL) -> int:
+    """Where the library's backward leaves dR and db: DR_TILES (accumulated in the kernel per batch
+    tile), DR_GEMM (it writes drhb; one float32 GEMM here) or DR_FROM_DGX (neither: one GEMM of dgx
+    and h_in here; FRNN_DR_OUT)."""
+    return int(lib.frnn_dr_in_kernel())
 
 
 def _resolve(cell: str, gx: Tensor, params):
@@ -138,7 +149,7 @@ def _resolve_uncached(cell: str, gx: Tensor, params):
 class Kernel:
     """A loaded configuration and what the Python side needs of it per call."""
 
-    def __init__(self, lib: ctypes.CDLL, batch_tile: int, dr_in_kernel: bool):
+    def __init__(self, lib: ctypes.CDLL, batch_tile: int, dr_in_kernel: int):
         self.lib, self.batch_tile, self.dr_in_kernel = lib, batch_tile, dr_in_kernel
 
 
@@ -183,10 +194,13 @@ def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, 
     f32 = dict(dtype=torch.float32, device=gx.device)
     dgx = torch.empty(T, B, NH, G, DH, dtype=gx.dtype, device=gx.device)  # [T, B, NH, G, DH]
     ds0 = torch.empty(S, B, NH, DH, dtype=gx.dtype, device=gx.device)  # [S, B, NH, DH]
-    if kern.dr_in_kernel:  # dR | db per batch tile: [NBT, NH, G*DH*DH + G*DH]
+    if kern.dr_in_kernel == DR_TILES:  # dR | db per batch tile: [NBT, NH, G*DH*DH + G*DH]
         nbt = -(-B // kern.batch_tile)
         dw, drhb = torch.empty(nbt, NH, G * DH * DH + G * DH, **f32), None
         _poison(dgx, dw, ds0)
+    elif kern.dr_in_kernel == DR_FROM_DGX:
+        dw, drhb = None, None
+        _poison(dgx, ds0)
     else:
         dw, drhb = None, torch.empty(T, B, NH, G, DH, **f32)  # [T, B, NH, G, DH]
         _poison(dgx, drhb, ds0)
@@ -201,6 +215,8 @@ def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, 
         return dgx, torch.zeros_like(R), torch.zeros(NH, G, DH, dtype=R.dtype, device=R.device), ds0
     if dw is not None:
         dR, db = _tile_sums(dw, NH, G, DH)
+    elif drhb is None:
+        return (dgx, *_weight_grads_from_dgx(dgx, states_in, R.dtype), ds0)
     else:
         dR, db = _weight_grads(drhb, states_in, tf32=gx.dtype == torch.bfloat16)
     return dgx, dR.to(R.dtype), db.to(R.dtype), ds0
@@ -226,6 +242,37 @@ def _weight_grads(drhb: Tensor, states_in: Tensor, tf32: bool) -> Tuple[Tensor, 
     with _tf32_matmul(tf32):
         out = torch.bmm(d2, h_aug.reshape(T * B, NH, DH + 8).permute(1, 0, 2))  # [NH, G*DH, DH + 8]
     return out[..., :DH].reshape(NH, G, DH, DH), out[..., DH].reshape(NH, G, DH)
+
+
+def _weight_grads_from_dgx(dgx: Tensor, states_in: Tensor, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """dR [NH, G, DH, DH] = sum over (t, b) of dgx h_in^T and db [NH, G, DH] = sum of dgx, in `dtype`,
+    for cells whose d(rhb) is d(gx). One batched GEMM on the tensor cores with the operands in the
+    input dtype, as the in-kernel dR rounds them (dgx as stored; h_in rounded from the saved float32
+    states), accumulated in float32 and rounded once: the reduced-precision reductions cuBLAS may
+    use for 16-bit GEMMs (split-K partials in 16 bits) are turned off inside."""
+    T, B, NH, G, DH = dgx.shape  # dgx [T, B, NH, G, DH]
+    d2 = dgx.reshape(T * B, NH, G * DH).permute(1, 2, 0)  # [NH, G*DH, T*B]
+    h_in = states_in[:, 0].to(dgx.dtype).reshape(T * B, NH, DH).permute(1, 0, 2)  # [NH, T*B, DH]
+    with _full_precision_reduction(dgx.dtype):
+        dR = torch.bmm(d2, h_in)  # [NH, G*DH, DH]
+    db = dgx.sum(dim=(0, 1), dtype=torch.float32)  # [NH, G, DH]
+    return dR.reshape(NH, G, DH, DH).to(dtype), db.to(dtype)
+
+
+@contextlib.contextmanager
+def _full_precision_reduction(dtype: torch.dtype):
+    """16-bit CUDA GEMMs without reduced-precision reductions inside; the caller's setting restored."""
+    matmul = torch.backends.cuda.matmul
+    name = {torch.bfloat16: "allow_bf16_reduced_precision_reduction",
+            torch.float16: "allow_fp16_reduced_precision_reduction"}.get(dtype)
+    before = getattr(matmul, name) if name else None
+    if name:
+        setattr(matmul, name, False)
+    try:
+        yield
+    finally:
+        if name:
+            setattr(matmul, name, before)
 
 
 @contextlib.contextmanager
