@@ -79,6 +79,7 @@ using fused::split;
 using fused::to_op;
 using fused_split::StageCopy;
 using fused_split::unit_pairs;
+using fused_split::unpack2f;
 
 template <typename TIn, typename Cell, int DH, int CS, int WARPS, int BT, int RREG>
 struct Config {
@@ -486,16 +487,6 @@ struct BwdArgs {
   const float* states_in; const float* rhb;                          // saved by the forward
   void* dgx; float* drhb; void* ds0;                                 // outputs
 };
-
-// the two 16-bit values of a 32-bit word (lo: the lower address) as floats
-template <typename TIn>
-__device__ __forceinline__ float2 unpack2f(uint32_t w) {
-  const uint16_t lo = (uint16_t)(w & 0xffffu), hi = (uint16_t)(w >> 16);
-  TIn a, b;
-  memcpy(&a, &lo, 2);
-  memcpy(&b, &hi, 2);
-  return make_float2(In<TIn>::load(a), In<TIn>::load(b));
-}
 
 template <typename TIn, typename Cell, int DH, int CS, int WARPS, int BT, int RREG>
 __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {

@@ -1,6 +1,7 @@
 // Device code shared by the fused families that split the R of one head by hidden units over
 // several blocks (fused_cluster: a thread-block cluster; fused_grid: blocks of a cooperative grid):
-// the gx ring's per-thread copy plan and the map of a thread's unit pairs. Plain CUDA C++.
+// the gx ring's per-thread copy plan, the map of a thread's unit pairs, and unpacking two 16-bit
+// values. Plain CUDA C++.
 #pragma once
 
 #include <stdint.h>
@@ -49,6 +50,16 @@ __device__ __forceinline__ void unit_pairs(int tid, int NP, int nb, int (&pn)[PP
     pu[k] = in ? 2 * (q % (DHB / 2)) : 0;
     pok[k] = in && pn[k] < nb;
   }
+}
+
+// the two 16-bit values of a 32-bit word (lo: the lower address) as floats
+template <typename TIn>
+__device__ __forceinline__ float2 unpack2f(uint32_t w) {
+  const uint16_t lo = (uint16_t)(w & 0xffffu), hi = (uint16_t)(w >> 16);
+  TIn a, b;
+  memcpy(&a, &lo, 2);
+  memcpy(&b, &hi, 2);
+  return make_float2(fused::In<TIn>::load(a), fused::In<TIn>::load(b));
 }
 
 }  // namespace fused_split
