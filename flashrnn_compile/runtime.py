@@ -40,6 +40,9 @@ class Implementation:
     backward: Callable
     # device -> None if it can run there, else the reason it cannot
     unavailable: Callable[[torch.device], Optional[str]]
+    # whether the planner may choose this family on its own (False: only explicit plans run it, e.g.
+    # a family not yet verified on a GPU, offered behind an environment knob); read per choice
+    offered: Callable[[], bool] = lambda: True
 
 
 REFERENCE_PLAN = json.dumps({"family": "reference", "params": {}}, sort_keys=True)
@@ -107,6 +110,11 @@ def implemented_families() -> Tuple[str, ...]:
     """The families with an implementation in this build (the CUDA ones once their package loads)."""
     _load_extensions()
     return tuple(f for f in FAMILIES if f in _IMPLEMENTATIONS)
+
+
+def offered_families() -> Tuple[str, ...]:
+    """implemented_families() that the planner may choose on its own (Implementation.offered)."""
+    return tuple(f for f in implemented_families() if f not in _IMPLEMENTATIONS or _IMPLEMENTATIONS[f].offered())
 
 
 def implementation(plan: str, device: torch.device) -> Implementation:

@@ -29,7 +29,8 @@ def lstm(batch, heads, head_dim, dtype=torch.bfloat16, gpu="h100-sxm", **kw):
         (16, 12, 64, torch.bfloat16, "h100-sxm", "fused_block"),  # one head fits one block
         (16, 1, 768, torch.bfloat16, "h100-sxm", "fused_cluster"),  # R split over a cluster (sm_90)
         (16, 1, 8192, torch.bfloat16, "h100-sxm", "alternating"),  # R (512 MiB) fits no chip
-        (16, 1, 768, torch.float32, "h100-sxm", "fused_grid"),  # twice the bytes: more than 16 blocks
+        (16, 1, 768, torch.float32, "h100-sxm", "alternating"),  # no fused family takes float32
+        (16, 12, 64, torch.float32, "h100-sxm", "alternating"),
         (16, 1, 768, torch.bfloat16, "a100-80gb", "fused_grid"),  # no clusters before sm_90
         (16, 12, 64, torch.bfloat16, "h200", "fused_block"),
         (16, 12, 64, torch.float16, "l4", "fused_block"),
@@ -64,10 +65,16 @@ def test_dense_768_gru_and_slstm_use_a_cluster_too():
         assert p.family == "fused_cluster", (cell, p.reason)
 
 
-def test_float32_shifts_the_dense_768_lstm_from_a_cluster_to_the_grid():
+def test_float32_runs_the_alternating_kernels_which_take_it():
+    # fused_block, fused_cluster and fused_grid take bfloat16 and float16 only; the planner's float32
+    # choice must be a family whose kernels run float32
     bf16, fp32 = lstm(16, 1, 768), lstm(16, 1, 768, torch.float32)
-    assert (bf16.family, fp32.family) == ("fused_cluster", "fused_grid")
+    assert (bf16.family, fp32.family) == ("fused_cluster", "alternating")
     assert "fused_cluster: impossible, since this cannot hold: R of one head (9437184 B)" in fp32.reason
+    assert "fused_grid takes bfloat16 and float16" in fp32.reason
+    for cell, NH, DH in (("lstm", 12, 64), ("gru", 1, 768), ("slstm", 2, 512)):
+        p = flashrnn_compile.plan(cell, 16, NH, DH, torch.float32, gpu="h100-sxm")
+        assert p.family == "alternating", (cell, p.reason)
 
 
 def test_large_batches_shift_the_choice():

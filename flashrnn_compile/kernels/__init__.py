@@ -6,6 +6,9 @@
                   library per configuration, built by flashrnn_compile.build.ensure_variant)
     fused_cluster R of a head split over a thread-block cluster (sm_90), one persistent cluster per
                   (head, batch tile); its backward is the alternating family's, from the saved states
+    fused_grid    R of a head split over blocks of a cooperative grid (sm_80+), h through global
+                  memory; backward: the alternating family's. Offered to the planner only with
+                  FLASHRNN_GRID=1 (not yet verified on a GPU); explicit plans run it regardless
 
 The runtime imports this package the first time a non-reference plan runs. Each family's
 `unavailable(device)` gives the reason it cannot run there (not CUDA, no nvcc, build failed), and
@@ -13,10 +16,12 @@ the runtime then warns once and uses the reference.
 """
 
 from .. import runtime
-from . import alternating, fused_block, fused_cluster
+from . import alternating, fused_block, fused_cluster, fused_grid
 
-for _name, _module in (("alternating", alternating), ("fused_block", fused_block), ("fused_cluster", fused_cluster)):
+for _name, _module in (("alternating", alternating), ("fused_block", fused_block), ("fused_cluster", fused_cluster),
+                       ("fused_grid", fused_grid)):
     runtime.register(
-        runtime.Implementation(_name, forward=_module.forward, backward=_module.backward, unavailable=_module.unavailable)
+        runtime.Implementation(_name, forward=_module.forward, backward=_module.backward, unavailable=_module.unavailable,
+                               offered=getattr(_module, "offered", lambda: True))
     )
 del _name, _module

@@ -1,0 +1,279 @@
+// fused_grid: the R of one head split by hidden units over GS blocks of ONE cooperative grid (no
+// thread-block clusters: sm_80 and sm_90), GS blocks per (head, batch tile) for all T steps, h
+// exchanged each step through global memory (L2). Plain CUDA C++ (no torch headers). Layouts as
+// flashrnn_compile/reference.py and fused_cluster.cuh:
+//   gx [T, B, NH, G, DH] T_IN   R [NH, G, DH, DH] T_IN (R[n, g, out, in])   b [NH, G, DH] T_IN
+//   s0, sT [S, B, NH, DH] T_IN  h [T, B, NH, DH] T_IN
+//   states_in [T, S, B, NH, DH] fp32, rhb [T, B, NH, G, DH] fp32 (saved by the forward when not
+//   nullptr: what the alternating backward reads)
+//   flags [NH, NBT, GS] uint32, zero at the launch: flags[nh, tile, rank] = the number of steps whose
+//   h block `rank` of that group has written (NBT = ceil(B / BT) batch tiles)
+//
+// Work split as fused_cluster (Config below): block `rank` of a group owns the DHB = DH / GS units
+// rank * DHB .. + DHB - 1 (all G gates: G * DHB rows of R, WarpGemm: R_REG_TILES A fragments per
+// warp in registers, the rest in shared memory, loaded once); its warps are UGB = DHB / 16 unit
+// groups times KS = WARPS / UGB K slices. Per step:
+//   1. (step > 0) the threads tid < GS wait (ld.acquire.gpu spin) until block tid of the group has
+//      flagged the step before; __syncthreads. The exchange IS the output h: block r's units of
+//      h_{t-1} are in h[t_prev] (the input dtype, which is also the MMA operand type: HP = 1)
+//   2. every thread copies its 16-byte chunks of h_{t-1} [nb][DH] of the batch tile (s0[0] at the
+//      first step) from global memory into shared memory xs [BT][DH + 8] with cp.async.cg (L2,
+//      never a stale L1 line; no registers); cp.async.wait_all, __syncthreads
+//   3. MMAs -> partial sums of the K slice in red [KS][G][BT][DHB + 4] fp32; __syncthreads
+//   4. each thread takes unit pairs (u, u + 1) of one batch column (split_common.cuh unit_pairs):
+//      sums the KS partials, + b, + gx (its pairs' G words, loaded into registers during the step
+//      before: the load's latency hides behind a whole step), runs the cell (fp32 states in its
+//      registers for all T steps), stores h_t (its pair, 4 bytes) to global; __syncthreads
+//   5. thread 0 releases the block's flag = step + 1 (st.release.gpu: cumulative over the block's
+//      h stores ordered before it by the barrier); then each thread stores its pairs' states_in and
+//      rhb (save only: nobody waits for them, so they are kept out of the release's way)
+// Why one h buffer in shared memory and no other barrier: xs is rewritten in step s + 1 only after
+// the barrier of step s's step 3, when every warp's MMAs on it have ended; red is written in step
+// s + 1 after that step's barrier 2, when every thread's reads of step s (step 4) have ended.
+// A block reads h[t_prev] of a peer only after acquiring that peer's flag >=
+// step, set after the peer's stores of h[t_prev]; h[t] is written once, so nothing is overwritten.
+// The flags are per block (no read-modify-write on one word), and only the GS blocks of a (head,
+// batch tile) group wait for each other. All blocks must be resident at once (otherwise a waiting
+// block could starve the peer it waits for): fused_grid.cu launches with cudaLaunchCooperativeKernel,
+// which refuses a grid larger than the device holds.
+// Columns past the batch compute on zeros (their xs rows stay zero) and store nothing.
+//
+// Precision as fused_cluster: bf16 / fp16 MMA operands, fp32 accumulate, h rounded to the input
+// dtype (one piece), fp32 states and cell math (Precision<Cell>::MathFor).
+//
+// Template parameters = the planner's fused_grid variables (csrc/fused/fused_grid.cint):
+//   GS = GRID_SPLIT, WARPS (a multiple of DHB / 16 whose quotient KS divides DH / 16), BT =
+//   BATCH_TILE, RREG = R_REG_TILES.
+#pragma once
+
+#include "fused/fused_block.cuh"
+#include "fused/split_common.cuh"
+
+namespace flashrnn {
+namespace fused_grid {
+
+using fused::In;
+using fused::Precision;
+using fused::WarpGemm;
+using fused::cp_async_commit;
+using fused::cp_async_wait;
+using fused::to_op;
+using fused_split::unit_pairs;
+
+template <typename TIn, typename Cell, int DH, int GS, int WARPS, int BT, int RREG>
+struct Config {
+  static constexpr int G = Cell::G, S = Cell::S, THREADS = 32 * WARPS;
+  using Math = typename Precision<Cell>::template MathFor<typename In<TIn>::Math>;
+  using Op = typename In<TIn>::Op;
+  static_assert(sizeof(Op) == sizeof(TIn), "the exchanged h (the output, T_IN) is the MMA operand itself");
+  static constexpr int DHB = DH / GS, UGB = DHB / 16, KS = WARPS / (UGB > 0 ? UGB : 1);
+  static constexpr int KT = DH / 16, KTW = KT / (KS > 0 ? KS : 1), NT = BT / 8;
+  static_assert(GS >= 1 && DH % GS == 0 && DHB % 16 == 0, "each block owns a multiple of 16 units");
+  static_assert(BT % 8 == 0, "the batch tile is a multiple of the MMA N side (8)");
+  static_assert(WARPS % UGB == 0 && KS >= 1 && KT % KS == 0, "WARPS = DHB / 16 unit groups x KS K slices, KS | DH / 16");
+  using Gemm = WarpGemm<Op, G, KTW, NT, 1, RREG, WARPS>;
+  static constexpr int NP = BT * DHB / 2;                   // unit pairs (u, u + 1) x batch columns
+  static constexpr int PPT = (NP + THREADS - 1) / THREADS;  // pairs per thread
+  static constexpr int XF = DH + 8;                         // h row in shared memory (Op), padded
+  static constexpr int RP = DHB + 4;                        // red row (fp32)
+  static constexpr int CPR = DH * (int)sizeof(Op) / 16;     // 16-byte chunks of one h row (8 units each)
+  static constexpr int HCH = (BT * CPR + THREADS - 1) / THREADS;  // h chunks per thread per step
+  static_assert(DHB % 8 == 0, "a 16-byte h chunk never straddles two blocks' units");
+  __host__ __device__ static constexpr size_t align16(size_t x) { return (x + 15) / 16 * 16; }
+  // a_smem | xs [BT][XF] Op | red [KS][G][BT][RP] f32
+  static constexpr size_t A_BYTES = align16(Gemm::smem_a_bytes());
+  static constexpr size_t X_BYTES = align16((size_t)BT * XF * sizeof(Op));
+  static constexpr size_t RED_BYTES = align16((size_t)KS * G * BT * RP * 4);
+  static constexpr size_t X_OFF = A_BYTES, RED_OFF = X_OFF + X_BYTES;
+  __host__ __device__ static constexpr size_t smem() { return RED_OFF + RED_BYTES; }
+};
+
+struct FwdArgs {
+  int T, B, NH, reverse;
+  const void* gx; const void* R; const void* b; const void* s0;
+  void* h; void* sT; float* states_in; float* rhb;  // states_in, rhb: nullptr = save=false
+  unsigned* flags;                                 // [NH, NBT, GS], zero at the launch
+};
+
+// acquire / release at GPU scope (sm_70+)
+__device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release_gpu(unsigned* p, unsigned v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
+template <typename TIn, typename Cell, int DH, int GS, int WARPS, int BT, int RREG>
+__global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
+  using C = Config<TIn, Cell, DH, GS, WARPS, BT, RREG>;
+  using Op = typename C::Op;
+  using M = typename C::Math;
+  constexpr int G = C::G, S = C::S, NT = C::NT, XF = C::XF, RP = C::RP, DHB = C::DHB;
+  constexpr int PPT = C::PPT, NP = C::NP, CPR = C::CPR, HCH = C::HCH;
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint32_t* a_smem = reinterpret_cast<uint32_t*>(smem);
+  Op* xs = reinterpret_cast<Op*>(smem + C::X_OFF);         // [BT][XF]
+  float* red = reinterpret_cast<float*>(smem + C::RED_OFF);  // [KS][G][BT][RP]
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, t4 = lane & 3;
+  const int ug = warp % C::UGB, ks = warp / C::UGB;
+  const int rank = blockIdx.x % GS, tile = blockIdx.x / GS, nh = blockIdx.y, bt0 = tile * BT;
+  const int T = p.T, B = p.B, NH = p.NH, nb = B - bt0 < BT ? B - bt0 : BT;
+  const int u0 = rank * DHB;  // the block's first unit
+  const TIn* R = static_cast<const TIn*>(p.R) + (size_t)nh * G * DH * DH;
+  const TIn* bias = static_cast<const TIn*>(p.b) + (size_t)nh * G * DH;
+  const int BND = B * NH * DH;  // one [B, NH, DH] slice (the module checks G x it fits an int)
+  const int dstep = p.reverse ? -1 : 1, t_first = p.reverse ? T - 1 : 0;
+  unsigned* flags = p.flags + ((size_t)nh * (gridDim.x / GS) + tile) * GS;  // the group's GS flags
+
+  // the rows of columns past the batch: zero for all T steps (the h copies write only rows < nb;
+  // the barrier after the first copy shows these zeros to every warp)
+  for (int i = nb * XF + tid; i < BT * XF; i += C::THREADS) xs[i] = to_op(0.0f, (Op*)nullptr);
+  typename C::Gemm gemm;  // tile g = gate g of the warp's 16 units, k-tiles ks * KTW ..
+  gemm.load([&](int g, int r, int k) { return In<TIn>::load(R[((size_t)g * DH + u0 + ug * 16 + r) * DH + k]); },
+            a_smem, warp, lane, ks * C::KTW);
+  // the thread's h chunks: chunk c = tid + k * THREADS -> row (batch column) c / CPR, units
+  // 8 (c % CPR) .. of it; only rows inside the batch are copied
+  const uint32_t xs_s = (uint32_t)__cvta_generic_to_shared(xs);
+  auto copy_h = [&](const TIn* src) {  // h_{t-1} of the batch tile from src [B, NH, DH] into xs
+#pragma unroll
+    for (int k = 0; k < HCH; ++k) {
+      const int c = tid + k * C::THREADS, n = c / CPR, cc = c % CPR;
+      if ((HCH * C::THREADS == BT * CPR || c < BT * CPR) && n < nb)
+        fused::cp_async16(xs_s + (uint32_t)((n * XF + cc * 8) * sizeof(Op)), src + ((size_t)(bt0 + n) * NH + nh) * DH + cc * 8);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+  };
+
+  // the thread's unit pairs (as fused_cluster): fp32 states and the bias in registers
+  float st[PPT][2][S], bb[PPT][2][G];
+  int pn[PPT], pu[PPT];
+  bool pok[PPT];  // a pair of this block and a column inside the batch
+  const TIn* s0 = static_cast<const TIn*>(p.s0);
+  unit_pairs<PPT, C::THREADS, DHB>(tid, NP, nb, pn, pu, pok);
+#pragma unroll
+  for (int k = 0; k < PPT; ++k) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) bb[k][j][g] = In<TIn>::load(bias[g * DH + u0 + pu[k] + j]);
+#pragma unroll
+      for (int s = 0; s < S; ++s)
+        st[k][j][s] = pok[k] ? In<TIn>::load(s0[(size_t)s * BND + ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k] + j]) : 0.0f;
+    }
+  }
+  TIn* hout = static_cast<TIn*>(p.h);
+  // the gx words of the thread's pairs (units u, u + 1 of gate g), one step ahead; 0 past the batch
+  const TIn* gxp = static_cast<const TIn*>(p.gx);
+  const int GBND = G * BND;  // one [B, NH, G, DH] slice
+  uint32_t igx[PPT][G];
+  auto load_gx = [&](int t) {
+#pragma unroll
+    for (int k = 0; k < PPT; ++k)
+#pragma unroll
+      for (int g = 0; g < G; ++g)
+        igx[k][g] = pok[k] ? __ldg(reinterpret_cast<const unsigned int*>(
+                                 gxp + (size_t)t * GBND + ((size_t)(bt0 + pn[k]) * NH + nh) * G * DH + (size_t)g * DH + u0 + pu[k]))
+                           : 0u;
+  };
+  if (T > 0) load_gx(t_first);
+
+#pragma unroll 1
+  for (int step = 0; step < T; ++step) {
+    const int t = t_first + dstep * step;
+    // h_{t-1}: s0[0] at the first step, else h[t_prev] once every block of the group flagged it
+    const TIn* hprev = step == 0 ? s0 : hout + (size_t)(t - dstep) * BND;
+    if (step > 0) {
+      for (int r = tid; r < GS; r += C::THREADS)
+        while (ld_acquire_gpu(flags + r) < (unsigned)step) {
+        }
+      __syncthreads();  // the acquires above order every thread's loads below
+    }
+    copy_h(hprev);
+    __syncthreads();  // xs holds h_{t-1}
+    {
+      float acc[G][NT][4];
+      gemm.template run<BT, XF>(a_smem, xs, 0, warp, lane, acc, [] {});
+      // partial sums of the warp's K slice: rows gq, gq + 8 of unit group ug, columns 2 t4, 2 t4 + 1
+#pragma unroll
+      for (int g = 0; g < G; ++g)
+#pragma unroll
+        for (int i = 0; i < NT; ++i)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            const int n = i * 8 + 2 * t4 + (r & 1), u = ug * 16 + gq + 8 * (r >> 1);
+            red[((ks * G + g) * BT + n) * RP + u] = acc[g][i][r];
+          }
+    }
+    __syncthreads();  // red complete
+    TIn* ht = hout + (size_t)t * BND;
+    float rhs[PPT][2][G], sold[PPT][2][S];  // what the save stores after the release
+#pragma unroll
+    for (int k = 0; k < PPT; ++k) {
+      if (PPT * C::THREADS != NP && tid + k * C::THREADS >= NP) break;
+      const int n = pn[k], u = pu[k];
+      float gxv[2][G], sn[2][S];
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        float2 a = make_float2(bb[k][0][g], bb[k][1][g]);
+#pragma unroll
+        for (int s = 0; s < C::KS; ++s) {
+          const float2 v = *reinterpret_cast<const float2*>(red + ((s * G + g) * BT + n) * RP + u);
+          a.x += v.x;
+          a.y += v.y;
+        }
+        rhs[k][0][g] = a.x;
+        rhs[k][1][g] = a.y;
+        const float2 x = fused_split::unpack2f<TIn>(igx[k][g]);
+        gxv[0][g] = x.x;
+        gxv[1][g] = x.y;
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+#pragma unroll
+        for (int s = 0; s < S; ++s) sold[k][j][s] = st[k][j][s];
+        Cell::template forward<M>(gxv[j], rhs[k][j], st[k][j], sn[j]);
+#pragma unroll
+        for (int s = 0; s < S; ++s) st[k][j][s] = sn[j][s];
+      }
+      if (pok[k]) {
+        const size_t so = ((size_t)(bt0 + n) * NH + nh) * DH + u0 + u;  // (b, nh, unit) in [B, NH, DH]
+        *reinterpret_cast<uint32_t*>(ht + so) = fused::pack2(In<TIn>::store(sn[0][0]), In<TIn>::store(sn[1][0]));
+      }
+    }
+    if (step + 1 < T) load_gx(t + dstep);  // in flight across the barriers until the next step's cell
+    __syncthreads();  // the block's h_t is stored (and red and xs are free again)
+    if (tid == 0 && step + 1 < T) st_release_gpu(flags + rank, (unsigned)(step + 1));
+    if (p.states_in != nullptr) {
+      float* sit = p.states_in + (size_t)t * S * BND;
+      float* rht = p.rhb + (size_t)t * G * BND;
+#pragma unroll
+      for (int k = 0; k < PPT; ++k) {
+        if (PPT * C::THREADS != NP && tid + k * C::THREADS >= NP) break;
+        if (!pok[k]) continue;
+        const size_t so = ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k];
+        const size_t go = ((size_t)(bt0 + pn[k]) * NH + nh) * G * DH + u0 + pu[k];
+#pragma unroll
+        for (int s = 0; s < S; ++s) *reinterpret_cast<float2*>(sit + s * BND + so) = make_float2(sold[k][0][s], sold[k][1][s]);
+#pragma unroll
+        for (int g = 0; g < G; ++g) *reinterpret_cast<float2*>(rht + go + g * DH) = make_float2(rhs[k][0][g], rhs[k][1][g]);
+      }
+    }
+  }
+  TIn* sT = static_cast<TIn*>(p.sT);
+#pragma unroll
+  for (int k = 0; k < PPT; ++k)
+    if (pok[k])
+#pragma unroll
+      for (int s = 0; s < S; ++s) {
+        TIn o[2] = {In<TIn>::store(st[k][0][s]), In<TIn>::store(st[k][1][s])};
+        *reinterpret_cast<uint32_t*>(sT + (size_t)s * BND + ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k]) =
+            fused::pack2(o[0], o[1]);
+      }
+}
+
+}  // namespace fused_grid
+}  // namespace flashrnn

@@ -1,0 +1,167 @@
+"""The fused_grid family from Python: R of a head split over GRID_SPLIT blocks of a cooperative grid.
+
+    forward(gx [T,B,NH,G,DH], R [NH,G,DH,DH], b [NH,G,DH], s0 [S,B,NH,DH], cell, reverse, params,
+            save) -> (h [T,B,NH,DH], sT [S,B,NH,DH], states_in [T,S,B,NH,DH], rhb [T,B,NH,G,DH])
+    backward(dh, dsT, gx, R, states_in, rhb, cell, reverse, params) -> (dgx, dR, db, ds0)
+
+The forward is the persistent grid kernel (csrc/fused/fused_grid.cuh; sm_80 and newer, no
+clusters): GRID_SPLIT blocks per (head, batch tile), each owning DH / GRID_SPLIT units, all of them
+resident at once (one cooperative launch); h goes through global memory (the output h itself) and
+only the blocks of one (head, batch tile) wait for each other, on per-block flags (release /
+acquire at GPU scope). With save=True it writes states_in and rhb in the layout the alternating
+backward reads: the BACKWARD IS THE ALTERNATING FAMILY'S (its step kernel, from those states).
+
+params are the planner's fused_grid variables {GRID_SPLIT, WARPS, BATCH_TILE, R_REG_TILES} (empty:
+ask the planner for this device). Each configuration is its own small CUDA library
+(csrc/fused/fused_grid.cu built with -D defines by `build.ensure_variant`, cached), called through
+ctypes on the current stream. bfloat16 and float16 only; float64 runs the reference (one warning).
+A configuration the kernel cannot take raises ValueError naming the parameter; one that does not
+fit the device (shared memory, no block per SM, or more blocks than the device holds at once for
+this B and NH) runs the alternating family instead, with one warning.
+
+Not yet verified on a GPU: the planner offers this family only with FLASHRNN_GRID=1 in the
+environment (`offered()`, read by context.choose_plan); explicit plans
+(runtime.plan_json("fused_grid", {...})) run it regardless.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from ..cells import get_cell
+from . import _variants, alternating
+from ._variants import device_index as _device_index, on as _on, ptr as _ptr, stream as _stream
+
+Tensor = torch.Tensor
+
+POISON = _variants.POISON  # NaN-fill outputs before the kernels write them (FLASHRNN_POISON=1)
+SOURCE = "fused/fused_grid.cu"
+DTYPE_CODES = {torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
+TAKES = tuple(DTYPE_CODES)
+PARAMS = ("GRID_SPLIT", "WARPS", "BATCH_TILE", "R_REG_TILES")
+OFFER_ENV = "FLASHRNN_GRID"  # "1": the planner may choose this family (context.choose_plan); else only explicit plans
+
+
+def offered() -> bool:
+    """Whether the planner may choose fused_grid on its own (env FLASHRNN_GRID=1, read per call):
+    off by default until the kernel has been verified on a GPU."""
+    return os.environ.get(OFFER_ENV, "0") == "1"
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    """The ctypes signatures of a loaded configuration's library."""
+    p, i = ctypes.c_void_p, ctypes.c_int
+    lib.frnn_forward.argtypes = [i, i, i, i, i] + [p] * 10
+    lib.frnn_forward.restype = i
+    lib.frnn_check.argtypes = [i, p]
+    lib.frnn_check.restype = i
+    lib.frnn_config.argtypes = [p]
+    lib.frnn_error.restype = ctypes.c_char_p
+
+
+_FAMILY = _variants.Family("fused_grid", SOURCE, (8, "cp.async, bf16 MMAs and cooperative launches"), _bind)
+unavailable = _FAMILY.unavailable  # None when the kernels can run on a device, else why not (cached per device)
+library = _FAMILY.library  # the loaded library of one configuration's defines (built first if needed)
+
+
+def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]:
+    """The -D defines of one configuration; ValueError naming the parameter it cannot take."""
+    spec = get_cell(cell)
+    if dtype not in TAKES:
+        raise ValueError(f"fused_grid: dtype: expected bfloat16 or float16, got {dtype}")
+    missing = [k for k in PARAMS if k not in params]
+    if missing:
+        raise ValueError(f"fused_grid: params: expected {', '.join(PARAMS)}, missing {missing}")
+    extra = sorted(set(params) - set(PARAMS))
+    if extra:
+        raise ValueError(f"fused_grid: params: unknown {extra} (expected {', '.join(PARAMS)})")
+    gs, warps, bt, rreg = (int(params[k]) for k in PARAMS)
+    if not 1 <= gs <= max(DH // 16, 1):
+        raise ValueError(f"fused_grid: GRID_SPLIT={gs}: expected 1 .. DH / 16 = {DH // 16} blocks per head")
+    if DH % gs != 0 or (DH // gs) % 16 != 0:
+        raise ValueError(f"fused_grid: head dim DH={DH} with GRID_SPLIT={gs}: expected DH / GRID_SPLIT "
+                         "to be a multiple of 16 (each block owns whole 16-unit MMA tiles)")
+    groups = DH // gs // 16
+    if not 1 <= warps <= 32 or warps % groups != 0:
+        raise ValueError(f"fused_grid: WARPS={warps}: expected a multiple of the block's DH / GRID_SPLIT / 16 = "
+                         f"{groups} unit groups, at most 32")
+    slices = warps // groups
+    if (DH // 16) % slices != 0:
+        raise ValueError(f"fused_grid: WARPS={warps}: its {slices} K slices per unit group must divide the "
+                         f"head dim's DH / 16 = {DH // 16} k-tiles")
+    if bt % 8 != 0 or not 8 <= bt <= 256:
+        raise ValueError(f"fused_grid: BATCH_TILE={bt}: expected a multiple of 8 in 8 .. 256")
+    if rreg < 0:
+        raise ValueError(f"fused_grid: R_REG_TILES={rreg}: expected >= 0")
+    return {"FRNN_CELL": spec.functor, "FRNN_DTYPE": DTYPE_CODES[dtype], "FRNN_DH": DH, "FRNN_GRID_SPLIT": gs,
+            "FRNN_WARPS": warps, "FRNN_BATCH_TILE": bt, "FRNN_R_REG_TILES": rreg}
+
+
+def config(lib: ctypes.CDLL) -> Tuple[int, ...]:
+    """(G, S, DH, GRID_SPLIT, WARPS, BATCH_TILE, R_REG_TILES, dtype code, smem bytes, h pieces)."""
+    out = (ctypes.c_int * 10)()
+    lib.frnn_config(out)
+    return tuple(out)
+
+
+def blocks(B: int, NH: int, grid_split: int, batch_tile: int) -> int:
+    """Blocks of one launch: GRID_SPLIT x ceil(B / BATCH_TILE) x NH (all resident at once)."""
+    return grid_split * -(-B // batch_tile) * NH
+
+
+def _resolve(cell: str, gx: Tensor, params):
+    """((library, resident blocks, GRID_SPLIT, BATCH_TILE), None) or (None, why the alternating family
+    runs instead). The
+    library and its device check are cached per configuration and device; whether this call's
+    grid (B and NH) is resident at once is checked here, per call."""
+    handle, reason = _FAMILY.resolve(cell, gx, params, _resolve_uncached)
+    if handle is None:
+        return None, reason
+    _, resident, gs, bt = handle
+    T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
+    need = blocks(B, NH, gs, bt)
+    if need > resident:
+        return None, (f"configuration GRID_SPLIT={gs}, BATCH_TILE={bt}: B={B}, NH={NH} need {need} blocks, "
+                      f"more than the {resident} this device holds at once (a cooperative grid must be resident)")
+    return handle, None
+
+
+def _resolve_uncached(cell: str, gx: Tensor, params):
+    lib, defs, reason = _FAMILY.configured(cell, gx, params, defines, lambda lib: config(lib)[8])
+    if reason is not None:
+        return None, reason
+    resident = ctypes.c_int(0)
+    with _on(gx.device):
+        if lib.frnn_check(_device_index(gx.device), ctypes.byref(resident)) != 0:
+            return None, f"configuration {defs}: {lib.frnn_error().decode()}"
+    cfg = config(lib)
+    return (lib, resident.value, cfg[3], cfg[5]), None
+
+
+def forward(gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, cell: str, reverse: bool, params,
+            save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _FAMILY.forward(gx, R, b, s0, cell, reverse, params, save, resolve=_resolve, launch=_launch_forward,
+                           poison_outputs=POISON, alternating_params={})
+
+
+def _launch_forward(handle, gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, h: Tensor, sT: Tensor,
+                    states_in: Tensor, rhb: Tensor, reverse: bool, save: bool) -> Optional[str]:
+    lib, _, gs, bt = handle
+    T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
+    s0 = _variants.aligned(s0)  # [S, B, NH, DH]: h0 is read in 16-byte chunks
+    flags = torch.empty(blocks(B, NH, gs, bt), dtype=torch.int32, device=gx.device)  # zeroed by the library
+    rc = lib.frnn_forward(_device_index(gx.device), T, B, NH, int(reverse), _ptr(gx), _ptr(R), _ptr(b), _ptr(s0),
+                          _ptr(h), _ptr(sT), _ptr(states_in) if save else None, _ptr(rhb) if save else None,
+                          _ptr(flags), _stream(gx.device))
+    return None if rc == 0 else lib.frnn_error().decode()
+
+
+def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, rhb: Tensor, cell: str,
+             reverse: bool, params) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """From the states the forward saved (states_in [T,S,B,NH,DH], rhb [T,B,NH,G,DH], fp32): the
+    alternating family's backward (step kernel)."""
+    return alternating.backward(dh, dsT, gx, R, states_in, rhb, cell, reverse, {})

@@ -1,0 +1,199 @@
+"""fused_grid on CPU: what the planner picks (and refuses, with the reason), the gating of the family
+behind FLASHRNN_GRID=1 (the backend's choices are unchanged without it), the -D defines of a plan,
+configurations the kernel cannot take as clear errors, the family's registration, the fallback to
+the reference off CUDA, and the library's build for sm_80 and sm_90 (its shared memory as the
+planner's model counts it)."""
+
+from __future__ import annotations
+
+import ctypes
+import warnings
+
+import pytest
+import torch
+
+import flashrnn_compile
+from flashrnn_compile import build, context, planner, runtime
+from flashrnn_compile.context import BackendOptions, PassContext
+from flashrnn_compile.kernels import fused_grid
+
+P = {"GRID_SPLIT": 2, "WARPS": 4, "BATCH_TILE": 8, "R_REG_TILES": 4}
+
+pytestmark = pytest.mark.usefixtures("isolated_plan_cache")
+
+
+def plan(cell, B, NH, DH, dtype=torch.bfloat16, gpu="h100-sxm", **kw):
+    return flashrnn_compile.plan(cell, B, NH, DH, dtype, gpu=gpu, **kw)
+
+
+@pytest.mark.parametrize("gpu", ["h100-sxm", "h200"])
+def test_dense_1024_lstm_gets_a_grid_of_64_blocks_per_batch_tile(gpu):
+    p = plan("lstm", 16, 1, 1024, gpu=gpu)
+    assert p.family == "fused_grid", p.reason
+    assert p.params == {"GRID_SPLIT": 64, "WARPS": 8, "BATCH_TILE": 8, "R_REG_TILES": 31}
+    assert "fused_cluster: impossible" in p.reason and "R of one head (8388608 B)" in p.reason
+    assert fused_grid.blocks(16, 1, 64, 8) == 128 <= 132  # all resident on the 132 SMs
+    fused_grid.defines("lstm", torch.bfloat16, 1024, p.params)  # the kernel takes it
+
+
+def test_dense_2048_lstm_fits_the_grid_only_up_to_one_batch_tile():
+    # R (32 MiB) needs 128 blocks of 256 KiB: one batch tile of 8 fits the 132 SMs, two do not
+    p = plan("lstm", 8, 1, 2048, gpu="h200", families=("fused_grid",))
+    assert p.family == "fused_grid", p.reason
+    assert p.params == {"GRID_SPLIT": 128, "WARPS": 8, "BATCH_TILE": 8, "R_REG_TILES": 27}
+    p = plan("lstm", 16, 1, 2048, gpu="h200", families=("fused_grid",))
+    assert p.family != "fused_grid"
+    assert "fused_grid: impossible" in p.reason and "resident at once" in p.reason, p.reason
+
+
+def test_a_cluster_stays_the_choice_where_one_fits():
+    # the grid's step (an estimate, not measured) costs more than a cluster's measured one
+    p = plan("lstm", 16, 1, 768)
+    assert p.family == "fused_cluster", p.reason
+    assert "fused_grid and alternating: cannot beat 790 ns/step" in p.reason
+
+
+@pytest.mark.parametrize("cell,B,NH,DH", [("lstm", 16, 1, 1024), ("gru", 16, 1, 1024), ("slstm", 16, 1, 1024),
+                                          ("elman_tanh", 3, 1, 1024), ("elman_relu", 3, 1, 1024),
+                                          ("lstm", 16, 1, 768), ("lstm", 16, 2, 512), ("lstm", 3, 5, 48),
+                                          ("lstm", 8, 1, 2048), ("lstm", 64, 1, 1024)])
+@pytest.mark.parametrize("gpu", ["h100-sxm", "a100-80gb"])
+def test_planner_tilings_are_accepted_by_the_kernel(cell, B, NH, DH, gpu):
+    for dtype in (torch.bfloat16, torch.float16):
+        p = plan(cell, B, NH, DH, dtype, gpu=gpu, families=("fused_grid",))
+        if p.family != "fused_grid":
+            assert "fused_grid: impossible" in p.reason, p.reason
+            continue
+        d = fused_grid.defines(cell, dtype, DH, p.params)
+        assert d["FRNN_GRID_SPLIT"] == p.params["GRID_SPLIT"] and d["FRNN_DH"] == DH
+        report = p.details["fused_grid"]["report"]
+        assert report["BLOCKS"] == fused_grid.blocks(B, NH, p.params["GRID_SPLIT"], p.params["BATCH_TILE"])
+
+
+def test_float32_and_float64_are_refused_with_the_reason():
+    p = plan("lstm", 16, 1, 1024, torch.float32, families=("fused_grid",))
+    assert p.family == "alternating" and "fused_grid takes bfloat16 and float16" in p.reason
+    p = plan("lstm", 16, 12, 64, torch.float32)
+    assert p.family == "alternating", p.reason  # a family whose kernels take float32
+    with pytest.raises(ValueError, match="dtype"):
+        fused_grid.defines("lstm", torch.float32, 64, P)
+
+
+# ---- gating: offered to the planner only with FLASHRNN_GRID=1 ----------------------------------------
+
+
+SHAPES = [("lstm", 16, 1, 1024, torch.bfloat16), ("lstm", 16, 1, 768, torch.bfloat16), ("gru", 16, 1, 1024, torch.float16),
+          ("lstm", 16, 12, 64, torch.bfloat16), ("lstm", 16, 12, 64, torch.float32), ("lstm", 16, 1, 768, torch.float32),
+          ("slstm", 3, 5, 48, torch.bfloat16), ("lstm", 8, 1, 2048, torch.bfloat16)]
+
+
+@pytest.fixture
+def h100_for_cuda0(monkeypatch):
+    """choose_plan asks the planner for device 0; here that is the h100-sxm preset (no CUDA needed)."""
+    real = planner.plan
+
+    def on_preset(cell, batch, heads, head_dim, dtype, gpu=None, *, families=None):
+        assert gpu == 0
+        return real(cell, batch, heads, head_dim, dtype, gpu="h100-sxm", families=families)
+
+    monkeypatch.setattr(planner, "plan", on_preset)
+    return real
+
+
+@pytest.mark.parametrize("cell,B,NH,DH,dtype", SHAPES)
+def test_without_the_env_the_backends_choices_are_unchanged(monkeypatch, h100_for_cuda0, cell, B, NH, DH, dtype):
+    monkeypatch.delenv(fused_grid.OFFER_ENV, raising=False)
+    assert "fused_grid" in runtime.implemented_families() and "fused_grid" not in runtime.offered_families()
+    got = context.choose_plan(PassContext(BackendOptions()), cell, B, NH, DH, dtype, "cuda:0")
+    # what choose_plan gave before fused_grid was registered: the planner over the other families
+    before = h100_for_cuda0(cell, B, NH, DH, dtype, gpu="h100-sxm",
+                            families=tuple(f for f in runtime.FAMILIES if f != "fused_grid"))
+    if before.family == "fused_grid":  # none of the others feasible: the planner's pick had no kernel
+        assert got.family == "reference" and "which this build has no kernel for" in got.reason
+    else:
+        assert (got.family, got.params) == (before.family, before.params)
+    assert got.family != "fused_grid"
+    fused = context.choose_plan(PassContext(BackendOptions(plan="fused")), cell, B, NH, DH, dtype, "cuda:0")
+    assert fused.family != "fused_grid"
+
+
+def test_with_the_env_the_planner_may_choose_the_grid(monkeypatch, h100_for_cuda0):
+    monkeypatch.setenv(fused_grid.OFFER_ENV, "1")
+    assert "fused_grid" in runtime.offered_families()
+    got = context.choose_plan(PassContext(BackendOptions()), "lstm", 16, 1, 1024, torch.bfloat16, "cuda:0")
+    assert got.family == "fused_grid" and got.params["GRID_SPLIT"] == 64, got.reason
+    got = context.choose_plan(PassContext(BackendOptions()), "lstm", 16, 1, 768, torch.bfloat16, "cuda:0")
+    assert got.family == "fused_cluster", got.reason
+    got = context.choose_plan(PassContext(BackendOptions()), "lstm", 16, 12, 64, torch.float32, "cuda:0")
+    assert got.family == "alternating", got.reason
+    monkeypatch.setenv(fused_grid.OFFER_ENV, "0")
+    assert not fused_grid.offered() and "fused_grid" not in runtime.offered_families()
+
+
+def test_explicit_plans_run_the_family_without_the_env(monkeypatch):
+    monkeypatch.delenv(fused_grid.OFFER_ENV, raising=False)
+    impl = runtime.implementation(runtime.plan_json("fused_grid", P), torch.device("cpu"))
+    assert impl.family == "reference"  # off CUDA: the reference (the family itself is registered)
+    assert runtime._IMPLEMENTATIONS["fused_grid"].forward is fused_grid.forward
+
+
+# ---- defines and errors ---------------------------------------------------------------------------
+
+
+def test_defines_of_a_plan():
+    assert fused_grid.defines("gru", torch.float16, 64, P) == {
+        "FRNN_CELL": "GruCell", "FRNN_DTYPE": 2, "FRNN_DH": 64, "FRNN_GRID_SPLIT": 2, "FRNN_WARPS": 4,
+        "FRNN_BATCH_TILE": 8, "FRNN_R_REG_TILES": 4}
+
+
+@pytest.mark.parametrize("cell,dtype,DH,params,match", [
+    ("lstm", torch.float32, 64, P, "dtype"),
+    ("lstm", torch.bfloat16, 64, {"WARPS": 4}, "missing"),
+    ("lstm", torch.bfloat16, 64, {**P, "CLUSTER_SIZE": 2}, "unknown"),
+    ("lstm", torch.bfloat16, 64, {**P, "GRID_SPLIT": 0}, "GRID_SPLIT=0"),
+    ("lstm", torch.bfloat16, 64, {**P, "GRID_SPLIT": 8}, "GRID_SPLIT=8"),  # 8 units per block
+    ("lstm", torch.bfloat16, 48, P, "DH=48"),              # 24 units per block: not whole 16-unit tiles
+    ("lstm", torch.bfloat16, 64, {**P, "WARPS": 3}, "WARPS=3"),  # 2 unit groups per block
+    ("lstm", torch.bfloat16, 64, {**P, "WARPS": 6}, "K slices"),  # 3 slices of 4 k-tiles
+    ("lstm", torch.bfloat16, 64, {**P, "BATCH_TILE": 12}, "BATCH_TILE=12"),
+    ("lstm", torch.bfloat16, 64, {**P, "R_REG_TILES": -1}, "R_REG_TILES=-1"),
+])
+def test_configurations_the_kernel_cannot_take_are_clear_errors(cell, dtype, DH, params, match):
+    with pytest.raises(ValueError, match=match):
+        fused_grid.defines(cell, dtype, DH, params)
+
+
+def test_registered_and_off_cuda_the_reference_runs():
+    assert "fused_grid" in runtime.implemented_families()
+    assert "CUDA device" in fused_grid.unavailable(torch.device("cpu"))
+    gx = torch.randn(3, 2, 1, 4, 32)  # [T, B, NH, G, DH]
+    R, b, s0 = torch.randn(1, 4, 32, 32) * 0.1, torch.zeros(1, 4, 32), torch.zeros(2, 2, 1, 32)
+    from flashrnn_compile import reference
+    from flashrnn_compile.ops import recurrence
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the fallback's one warning
+        h, sT = recurrence(gx, R, b, s0, cell="lstm", plan=runtime.plan_json("fused_grid", P))
+    h_ref, sT_ref, _, _ = reference.forward(gx, R, b, s0, "lstm", False, False)
+    assert torch.allclose(h, h_ref) and torch.allclose(sT, sT_ref)
+
+
+# ---- the library builds (no GPU needed) ----------------------------------------------------------
+
+
+@pytest.mark.skipif(build.find_nvcc() is None, reason="needs nvcc to build a variant")
+@pytest.mark.parametrize("cell,B,NH,DH,dtype", [("lstm", 16, 1, 1024, torch.bfloat16), ("slstm", 3, 5, 48, torch.float16)])
+def test_planner_variants_build_for_sm80_and_sm90_with_the_models_shared_memory(tmp_path, monkeypatch, cell, B, NH, DH, dtype):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    p = plan(cell, B, NH, DH, dtype, gpu="h200", families=("fused_grid",))
+    assert p.family == "fused_grid", p.reason
+    defs = fused_grid.defines(cell, dtype, DH, p.params)
+    path = build.ensure_variant(fused_grid.SOURCE, defs, ["8.0", "9.0"])
+    lib = ctypes.CDLL(str(path))
+    fused_grid._bind(lib)
+    cfg = fused_grid.config(lib)
+    assert cfg[2:8] == (DH, p.params["GRID_SPLIT"], p.params["WARPS"], p.params["BATCH_TILE"],
+                        p.params["R_REG_TILES"], fused_grid.DTYPE_CODES[dtype])
+    # the kernel's shared memory is what the planner's model counts (GR_SMEM: R not in registers,
+    # one h buffer, the K-slice partial sums)
+    assert p.details["fused_grid"]["report"]["GR_SMEM"] == cfg[8]
