@@ -1,6 +1,7 @@
 """Build (into the variant cache) every fused_block configuration that tests/gpu/test_fused_block.py
 and benchmarks/bench_fused_block.py will ask the planner for, for one GPU preset, and the tests'
-explicit tilings (EXPLICIT), in parallel;
+explicit tilings (EXPLICIT), and every fused_grid configuration of tests/gpu/test_fused_grid.py and
+benchmarks/bench_fused_grid.py (bench_fused_grid.variants), in parallel;
 so a device run only loads them. Usage:
 
     python benchmarks/prebuild_fused.py [--gpu h100-sxm] [--arch 9.0] [--jobs 8]
@@ -57,9 +58,13 @@ def main():
             continue
         defs = fused_block.defines(cell, dtype, DH, chosen.params)
         configs[repr(sorted(defs.items()))] = defs
+    from bench_fused_grid import prebuild_defines as grid_defines
+    from flashrnn_compile.kernels import fused_grid
+
+    todo = [(fused_block.SOURCE, d) for d in configs.values()] + [(fused_grid.SOURCE, d) for d in grid_defines(args.gpu)]
     start = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
-        paths = list(pool.map(lambda d: build.ensure_variant(fused_block.SOURCE, d, [args.arch]), configs.values()))
+        paths = list(pool.map(lambda sd: build.ensure_variant(sd[0], sd[1], [args.arch]), todo))
     print(f"{len(paths)} configurations ready in {time.time() - start:.1f} s under {build.cache_root() / 'variants'}")
 
 
