@@ -157,14 +157,16 @@ def same_dr(off, on, name) -> bool:
 
 
 def median_ms(fns, reps, warm=5):
-    """{name: median ms} of each fn, CUDA events around each call; the fns of one rep run back to back."""
+    """{name: median ms} of each fn, CUDA events around each call; the fns of one rep run back to back,
+    in reverse order every other rep (session 6 measured a call's time depending on what ran just
+    before it: the no-save forward, which no knob changes, 7-9% faster as the second of a pair)."""
     times = {k: [] for k in fns}
     for _ in range(warm):
         for fn in fns.values():
             fn()
     torch.cuda.synchronize()
-    for _ in range(reps):
-        for k, fn in fns.items():
+    for rep in range(reps):
+        for k, fn in (fns.items() if rep % 2 == 0 else reversed(fns.items())):
             e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             e0.record()
             fn()

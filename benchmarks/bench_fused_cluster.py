@@ -7,7 +7,8 @@ Medians of CUDA-event timings after warm-up (bench_alternating.timeit), random i
 fused_cluster with the planner's tiling for this GPU and with EXPLICIT tilings; the alternating
 step kernel; cuDNN nn.LSTM / nn.GRU in fp16 and bf16 (its times include the input projection,
 ours take gx). fwd+bwd of fused_cluster is its forward plus the alternating backward; the rows
-"..., own bwd" time the same with FLASHRNN_CLUSTER_BWD=1 (the family's own backward kernel). --quick:
+"..., own bwd" time the same with the family's own backward kernel (the default; the other rows set
+FLASHRNN_CLUSTER_BWD=0). --quick:
 only the dense LSTM 1x768 bf16 B16 T1024 rows, forward and forward keeping states.
 --prebuild also builds the backward libraries (FRNN_CLUSTER_BWD=1) of every configuration whose
 backward the tests or this benchmark run (with or without FLASHRNN_CLUSTER_BWD in the environment).
@@ -89,14 +90,14 @@ def bwd_variants(gpu: str):
 
 @contextlib.contextmanager
 def cluster_bwd(on: bool):
-    """FLASHRNN_CLUSTER_BWD set to 1 (on) or unset inside, as it was after."""
+    """FLASHRNN_CLUSTER_BWD set to 1 (on) or 0 inside, as it was after."""
     from flashrnn_compile.kernels import fused_cluster
 
     before = os.environ.get(fused_cluster.BWD_ENV)
     if on:
         os.environ[fused_cluster.BWD_ENV] = "1"
     else:
-        os.environ.pop(fused_cluster.BWD_ENV, None)
+        os.environ[fused_cluster.BWD_ENV] = "0"
     try:
         yield
     finally:

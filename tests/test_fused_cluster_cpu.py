@@ -238,6 +238,8 @@ def test_backward_defines_and_the_knob(monkeypatch):
     d = fused_cluster.backward_defines("lstm", torch.bfloat16, 64, P)
     assert d == {**fused_cluster.defines("lstm", torch.bfloat16, 64, P), "FRNN_CLUSTER_BWD": 1}
     monkeypatch.delenv(fused_cluster.BWD_ENV, raising=False)
+    assert fused_cluster.cluster_backward_enabled()  # the default (GPU-verified in session 6)
+    monkeypatch.setenv(fused_cluster.BWD_ENV, "0")
     assert not fused_cluster.cluster_backward_enabled()
     monkeypatch.setenv(fused_cluster.BWD_ENV, "1")
     assert fused_cluster.cluster_backward_enabled()

@@ -3,8 +3,9 @@
 As tests/gpu/test_fused_block.py: fresh inputs exact in every dtype, outputs NaN-poisoned before
 each kernel run, and for bfloat16 and float16 err(ours) <= 2 err(PyTorch natively in that dtype)
 against float64 for h, sT and the gradients of gx, R, b, s0. The gradients come from this family's
-backward, which is the alternating step kernel run from the states our forward saved: the test
-checks that what the forward saves is what that backward needs.
+backward run as its fallback (FLASHRNN_CLUSTER_BWD=0, set for every test but the own-backward
+ones): the alternating step kernel run from the states our forward saved; the test checks that
+what the forward saves is what that backward needs.
 
 Matrix: PLANNED (the planner's fused_cluster choice for this GPU, as the backend would get it:
 dense 1x768 LSTM, GRU and sLSTM at B16, 2x512 LSTM, elman 1x768 at B3) at T in {1, 17}, both directions,
@@ -13,8 +14,8 @@ plus LSTM 1x768 B16 T1024 forward unless FLASHRNN_GPU_LONG=0; EXPLICIT small til
 R partly in shared memory) at T in {1, 17}, both directions.
 
 The same PLANNED and EXPLICIT cases (and BWD_EXPLICIT: a tiling whose backward splits K over two
-warp slices) run again with FLASHRNN_CLUSTER_BWD=1: the gradients then come from the family's own
-backward kernel (the alternating backward is replaced by a function that fails, so a silent
+warp slices) run again with the family's own backward kernel (its default; the fixture sets
+FLASHRNN_CLUSTER_BWD=1): the gradients then come from that kernel (the alternating backward is replaced by a function that fails, so a silent
 fallback cannot pass), within 2x PyTorch's error as above, and bit-identical when run twice.
 """
 
@@ -98,6 +99,12 @@ def test_planned_matches_float64_reference(cell, NH, DH, B, T, reverse):
                          ids=tiling_case_ids(EXPLICIT_CASES, {"CLUSTER_SIZE": "CS", "WARPS": "W", "BATCH_TILE": "BT"}))
 def test_explicit_tilings_match_float64_reference(cell, NH, DH, B, params, T, reverse):
     assert_tiling_matches_float64("fused_cluster", params, "cluster-explicit", cell, NH, DH, B, T, reverse, DTYPES)
+
+
+@pytest.fixture(autouse=True)
+def _alternating_backward_unless_asked(monkeypatch):
+    """FLASHRNN_CLUSTER_BWD=0 (the fallback backward) for every test; own_backward sets it back to 1."""
+    monkeypatch.setenv(fused_cluster.BWD_ENV, "0")
 
 
 @pytest.fixture
