@@ -8,12 +8,14 @@
 #
 # STEPFILE: one step a line, `kind name timeout_s command...` with kind `c` (correctness: run
 # concurrently with the other c steps) or `t` (timing: run one at a time after every c step ended);
-# `#` lines are comments. The command runs under bash in the snapshot's root with PYTHONPATH set.
+# `#` lines are comments. The command runs under bash in the snapshot's root with PYTHONPATH set
+# and LOGS = the folder packed into all.tar.gz (for a step's own result files).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STEPS="${1:?usage: device_steps.sh STEPFILE}"
 OUT="${OUT:?set by the device tool}"
 R="$(mktemp -d)"
+export LOGS="$R"
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
 [ -f SNAPSHOT_COMMIT ] && export BENCH_COMMIT="$(cut -c1-7 SNAPSHOT_COMMIT)"
 # prebuilt variants (build/fused_cache, same sources: same cache keys) seed one shared cache
