@@ -36,6 +36,7 @@ CONFIGS = [  # cell, NH, DH, dtype, B, T
     ("lstm", 1, 2048, "bf16", 8, 1024),
 ]
 ALT = runtime.plan_json("alternating", {"STEP_KERNEL": 1})
+KNOB_ROWS = [{"WAIT": 0}]  # the first config again with each kernel knob (fused_grid.cuh FRNN_GRID_*)
 
 
 def variants(gpu: str):
@@ -55,6 +56,16 @@ def variants(gpu: str):
         for NH, DH, B, prm, _ in t.EXPLICIT:
             for dtype in t.DTYPES:
                 out.add((cell, dtype, DH, tuple(sorted(prm.items()))))
+    for cell, NH, DH, B, prm, T, r in t.WAIT0_CASES:
+        for dtype in t.DTYPES:
+            out.add((cell, dtype, DH, tuple(sorted(prm.items()))))
+    for cell in sorted(t.CELLS):  # sanitizer_case's WAIT=0 tiling (bfloat16)
+        out.add((cell, torch.bfloat16, t.EXPLICIT[3][1], tuple(sorted({**t.EXPLICIT[3][3], "WAIT": 0}.items()))))
+    for cfg in CONFIGS[:1]:  # the knob rows of the first config
+        chosen = planner.plan(cfg[0], cfg[4], cfg[1], cfg[2], DT[cfg[3]], gpu=gpu, families=("fused_grid",))
+        if chosen.family == "fused_grid":
+            for knob in KNOB_ROWS:
+                out.add((cfg[0], DT[cfg[3]], cfg[2], tuple(sorted({**chosen.params, **knob}.items()))))
     # test_a_grid_larger_than_the_device_runs_the_alternating_family_with_a_warning loads this one
     out.add(("elman_tanh", torch.float16, 256, tuple(sorted({"GRID_SPLIT": 16, "WARPS": 1, "BATCH_TILE": 8,
                                                                "R_REG_TILES": 4}.items()))))
@@ -107,6 +118,11 @@ def rows_for(cell, NH, DH, dt, B, T, reps, quick):
     run = forward_only if quick else ours
     base = dict(cell=cell, heads=f"{NH}x{DH}", dtype=dt, B=B, T=T)
     out = family_rows("fused_grid", cell, NH, DH, dtype, B, T, reps, run, base)
+    if (cell, NH, DH, dt, B, T) == CONFIGS[0] and out[0]["params"] is not None:
+        for knob in KNOB_ROWS:
+            prm = {**out[0]["params"], **knob}
+            out.append(dict(system=f"fused_grid {knob}", params=prm, **base,
+                            **run(runtime.plan_json("fused_grid", prm), cell, NH, DH, dtype, B, T, reps)))
     if quick:
         return out
     if torch.cuda.get_device_capability()[0] >= 9:

@@ -144,6 +144,7 @@ def test_defines_of_a_plan():
     assert fused_grid.defines("gru", torch.float16, 64, P) == {
         "FRNN_CELL": "GruCell", "FRNN_DTYPE": 2, "FRNN_DH": 64, "FRNN_GRID_SPLIT": 2, "FRNN_WARPS": 4,
         "FRNN_BATCH_TILE": 8, "FRNN_R_REG_TILES": 4}
+    assert fused_grid.defines("lstm", torch.bfloat16, 64, {**P, "WAIT": 0})["FRNN_GRID_WAIT"] == 0
 
 
 @pytest.mark.parametrize("cell,dtype,DH,params,match", [
@@ -157,6 +158,7 @@ def test_defines_of_a_plan():
     ("lstm", torch.bfloat16, 64, {**P, "WARPS": 6}, "K slices"),  # 3 slices of 4 k-tiles
     ("lstm", torch.bfloat16, 64, {**P, "BATCH_TILE": 12}, "BATCH_TILE=12"),
     ("lstm", torch.bfloat16, 64, {**P, "R_REG_TILES": -1}, "R_REG_TILES=-1"),
+    ("lstm", torch.bfloat16, 64, {**P, "WAIT": 2}, "WAIT=2"),
 ])
 def test_configurations_the_kernel_cannot_take_are_clear_errors(cell, dtype, DH, params, match):
     with pytest.raises(ValueError, match=match):

@@ -13,9 +13,11 @@
 // rank * DHB .. + DHB - 1 (all G gates: G * DHB rows of R, WarpGemm: R_REG_TILES A fragments per
 // warp in registers, the rest in shared memory, loaded once); its warps are UGB = DHB / 16 unit
 // groups times KS = WARPS / UGB K slices. Per step:
-//   1. (step > 0) the threads tid < GS wait (ld.acquire.gpu spin) until block tid of the group has
-//      flagged the step before; __syncthreads. The exchange IS the output h: block r's units of
-//      h_{t-1} are in h[t_prev] (the input dtype, which is also the MMA operand type: HP = 1)
+//   1. (step > 0) wait for h_{t-1}. The exchange IS the output h: block r's units of h_{t-1} are
+//      in h[t_prev] (the input dtype, which is also the MMA operand type: HP = 1), flagged by r.
+//      FRNN_GRID_WAIT = 1 (default): each thread waits (ld.acquire.gpu spin) for the flags of the
+//      blocks whose units its own h chunks hold (one block for most tilings), then copies them:
+//      no block barrier. 0: the threads tid < GS wait for block tid's flag, then __syncthreads.
 //   2. every thread copies its 16-byte chunks of h_{t-1} [nb][DH] of the batch tile (s0[0] at the
 //      first step) from global memory into shared memory xs [BT][DH + 8] with cp.async.cg (L2,
 //      never a stale L1 line; no registers); cp.async.wait_all, __syncthreads
@@ -48,6 +50,12 @@
 
 #include "fused/fused_block.cuh"
 #include "fused/split_common.cuh"
+
+// 1: each thread acquires the flags of its own h chunks' source blocks, then copies (no block
+// barrier); 0: the threads tid < GS acquire one flag each, then a block barrier, then the copies
+#ifndef FRNN_GRID_WAIT
+#define FRNN_GRID_WAIT 1
+#endif
 
 namespace flashrnn {
 namespace fused_grid {
@@ -137,12 +145,22 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   // the thread's h chunks: chunk c = tid + k * THREADS -> row (batch column) c / CPR, units
   // 8 (c % CPR) .. of it; only rows inside the batch are copied
   const uint32_t xs_s = (uint32_t)__cvta_generic_to_shared(xs);
-  auto copy_h = [&](const TIn* src) {  // h_{t-1} of the batch tile from src [B, NH, DH] into xs
+  // h_{t-1} of the batch tile from src [B, NH, DH] into xs; wait_step > 0 (FRNN_GRID_WAIT 1): first
+  // acquire the flag (>= wait_step) of each chunk's source block (units 8 cc .. of block 8 cc / DHB)
+  auto copy_h = [&](const TIn* src, int wait_step) {
+    int seen = -1;  // the source block whose flag this thread last acquired
 #pragma unroll
     for (int k = 0; k < HCH; ++k) {
       const int c = tid + k * C::THREADS, n = c / CPR, cc = c % CPR;
-      if ((HCH * C::THREADS == BT * CPR || c < BT * CPR) && n < nb)
+      if ((HCH * C::THREADS == BT * CPR || c < BT * CPR) && n < nb) {
+        const int from = cc * 8 / DHB;
+        if (FRNN_GRID_WAIT && wait_step > 0 && from != seen) {
+          while (ld_acquire_gpu(flags + from) < (unsigned)wait_step) {
+          }
+          seen = from;
+        }
         fused::cp_async16(xs_s + (uint32_t)((n * XF + cc * 8) * sizeof(Op)), src + ((size_t)(bt0 + n) * NH + nh) * DH + cc * 8);
+      }
     }
     cp_async_commit();
     cp_async_wait<0>();
@@ -186,13 +204,13 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
     const int t = t_first + dstep * step;
     // h_{t-1}: s0[0] at the first step, else h[t_prev] once every block of the group flagged it
     const TIn* hprev = step == 0 ? s0 : hout + (size_t)(t - dstep) * BND;
-    if (step > 0) {
+    if (!FRNN_GRID_WAIT && step > 0) {
       for (int r = tid; r < GS; r += C::THREADS)
         while (ld_acquire_gpu(flags + r) < (unsigned)step) {
         }
-      __syncthreads();  // the acquires above order every thread's loads below
+      __syncthreads();  // the acquires above order every thread's copies below
     }
-    copy_h(hprev);
+    copy_h(hprev, step);
     __syncthreads();  // xs holds h_{t-1}
     {
       float acc[G][NT][4];

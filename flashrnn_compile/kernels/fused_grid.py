@@ -43,6 +43,7 @@ SOURCE = "fused/fused_grid.cu"
 DTYPE_CODES = {torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
 TAKES = tuple(DTYPE_CODES)
 PARAMS = ("GRID_SPLIT", "WARPS", "BATCH_TILE", "R_REG_TILES")
+KNOBS = {"WAIT": (0, 1)}  # test and timing switches (defines), never set by the planner
 OFFER_ENV = "FLASHRNN_GRID"  # "1": the planner may choose this family (context.choose_plan); else only explicit plans
 
 
@@ -69,16 +70,19 @@ library = _FAMILY.library  # the loaded library of one configuration's defines (
 
 
 def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]:
-    """The -D defines of one configuration; ValueError naming the parameter it cannot take."""
+    """The -D defines of one configuration; ValueError naming the parameter it cannot take.
+    params may also carry the kernel's knob WAIT (fused_grid.cuh FRNN_GRID_WAIT; default 1: each
+    thread acquires the flags of its own h chunks' source blocks; 0: GRID_SPLIT threads acquire one
+    flag each, then a block barrier)."""
     spec = get_cell(cell)
     if dtype not in TAKES:
         raise ValueError(f"fused_grid: dtype: expected bfloat16 or float16, got {dtype}")
     missing = [k for k in PARAMS if k not in params]
     if missing:
         raise ValueError(f"fused_grid: params: expected {', '.join(PARAMS)}, missing {missing}")
-    extra = sorted(set(params) - set(PARAMS))
+    extra = sorted(set(params) - set(PARAMS) - set(KNOBS))
     if extra:
-        raise ValueError(f"fused_grid: params: unknown {extra} (expected {', '.join(PARAMS)})")
+        raise ValueError(f"fused_grid: params: unknown {extra} (expected {', '.join(PARAMS)}, optionally {', '.join(KNOBS)})")
     gs, warps, bt, rreg = (int(params[k]) for k in PARAMS)
     if not 1 <= gs <= max(DH // 16, 1):
         raise ValueError(f"fused_grid: GRID_SPLIT={gs}: expected 1 .. DH / 16 = {DH // 16} blocks per head")
@@ -97,8 +101,14 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
         raise ValueError(f"fused_grid: BATCH_TILE={bt}: expected a multiple of 8 in 8 .. 256")
     if rreg < 0:
         raise ValueError(f"fused_grid: R_REG_TILES={rreg}: expected >= 0")
-    return {"FRNN_CELL": spec.functor, "FRNN_DTYPE": DTYPE_CODES[dtype], "FRNN_DH": DH, "FRNN_GRID_SPLIT": gs,
+    defs = {"FRNN_CELL": spec.functor, "FRNN_DTYPE": DTYPE_CODES[dtype], "FRNN_DH": DH, "FRNN_GRID_SPLIT": gs,
             "FRNN_WARPS": warps, "FRNN_BATCH_TILE": bt, "FRNN_R_REG_TILES": rreg}
+    for key, allowed in KNOBS.items():
+        if key in params:
+            if params[key] not in allowed:
+                raise ValueError(f"fused_grid: {key}={params[key]!r}: expected one of {allowed}")
+            defs[f"FRNN_GRID_{key}"] = int(params[key])
+    return defs
 
 
 def config(lib: ctypes.CDLL) -> Tuple[int, ...]:
