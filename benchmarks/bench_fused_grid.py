@@ -34,6 +34,9 @@ CONFIGS = [  # cell, NH, DH, dtype, B, T
     ("gru", 1, 1024, "bf16", 16, 1024),
     ("lstm", 1, 1024, "fp16", 16, 1024),
     ("lstm", 1, 2048, "bf16", 8, 1024),
+    ("lstm", 1, 1024, "bf16", 1, 1024),
+    ("lstm", 2, 512, "bf16", 16, 1024),
+    ("lstm", 1, 1024, "bf16", 64, 1024),
 ]
 ALT = runtime.plan_json("alternating", {"STEP_KERNEL": 1})
 KNOB_ROWS = [{"WAIT": 0}]  # the first config again with each kernel knob (fused_grid.cuh FRNN_GRID_*)
