@@ -6,7 +6,11 @@ op) under torch.profiler, its CUDA kernels summed by name, beside the CUDA-event
 
 Prints one table per run: kernel, calls per iteration, µs per iteration, share of the summed
 kernel time; then the CUDA-event median of the whole forward + backward (the gap between the two
-is time the GPU idles between kernels). Env knobs (FLASHRNN_FUSED_*) apply as everywhere.
+is time the GPU idles between kernels); where the GPU idles (the gaps between consecutive kernels of
+one iteration, by the kernels on either side); the CPU time of one call without a synchronisation
+(when it is near the CUDA-event time, the launches, not the kernels, set the pace); and every
+synchronising call one iteration makes (torch.cuda.set_sync_debug_mode). Env knobs
+(FLASHRNN_FUSED_*) apply as everywhere.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import statistics
 import sys
+import time
+import warnings
 
 import torch
 
@@ -46,9 +53,9 @@ def main() -> None:
     torch.cuda.synchronize()
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=acts) as prof:
-        for _ in range(args.reps):
+        for _ in range(args.reps):  # synchronised per iteration, as the harness times it
             fwd_bwd()
-        torch.cuda.synchronize()
+            torch.cuda.synchronize()
     per = collections.defaultdict(lambda: [0, 0.0])  # kernel name -> [calls, total µs]
     for ev in prof.events():
         if ev.device_type == torch.autograd.DeviceType.CUDA:
@@ -72,6 +79,42 @@ def main() -> None:
         times.append(e0.elapsed_time(e1) * 1000)
     times.sort()
     print(f"CUDA events, whole fwd+bwd: median {times[len(times) // 2]:.1f} µs over {args.reps}")
+    print_gaps(prof, args.reps)
+    cpu = []
+    for _ in range(args.reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fwd_bwd()
+        cpu.append((time.perf_counter() - t0) * 1e6)
+    torch.cuda.synchronize()
+    print(f"CPU time of one fwd+bwd call (no synchronisation inside it): median {statistics.median(cpu):.1f} µs")
+    torch.cuda.set_sync_debug_mode("warn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fwd_bwd()
+    torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message).splitlines()[0][:160] for w in caught if "synchroniz" in str(w.message).lower()]
+    print(f"synchronising calls in one fwd+bwd: {len(syncs)}" + "".join(f"\n  {m}" for m in syncs))
+
+
+def print_gaps(prof, reps: int) -> None:
+    """The GPU's idle time between consecutive kernels of one iteration (the profiled loop
+    synchronises after each: the same number of kernels each), summed per (kernel before, after)."""
+    kernels = sorted((ev for ev in prof.events() if ev.device_type == torch.autograd.DeviceType.CUDA),
+                     key=lambda ev: ev.time_range.start)
+    per_iter = len(kernels) // reps
+    gaps = collections.defaultdict(float)
+    for i, (before, after) in enumerate(zip(kernels, kernels[1:])):
+        if per_iter and (i + 1) % per_iter == 0:
+            continue  # the pause between two iterations
+        gap = after.time_range.start - before.time_range.end
+        if gap > 0:
+            gaps[(before.name[:50], after.name[:50])] += gap
+    print("| idle after | before | µs/iter |")
+    print("|---|---|---|")
+    for (b, a), us in sorted(gaps.items(), key=lambda kv: -kv[1])[:8]:
+        print(f"| {b} | {a} | {us / reps:.1f} |")
+    print(f"| **all gaps** | | {sum(gaps.values()) / reps:.1f} |")
 
 
 if __name__ == "__main__":
