@@ -234,3 +234,78 @@ def test_unavailable_family_falls_back_to_reference_with_one_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         recurrence(gx, R, b, s0, cell="lstm", plan=plan)  # no second warning
+
+
+def _grads_of_recurrence(cell, reverse, fast, monkeypatch):
+    """(h, sT, dgx, dR, db, ds0) of recurrence() with the eager fast path on or off."""
+    from flashrnn_compile import ops
+
+    monkeypatch.setattr(ops, "EAGER_FAST_PATH", fast)
+    gx, R, b, s0 = make_inputs(cell, 5, 3, 2, 4, seed=9, requires_grad=True)
+    h, sT = recurrence(gx, R, b, s0, cell=cell, reverse=reverse, plan=REFERENCE_PLAN)
+    g = torch.Generator().manual_seed(1)
+    dh, dsT = torch.randn(h.shape, generator=g, dtype=h.dtype), torch.randn(sT.shape, generator=g, dtype=sT.dtype)
+    return (h.detach(), sT.detach(), *torch.autograd.grad((h, sT), (gx, R, b, s0), (dh, dsT)))
+
+
+@pytest.mark.parametrize("cell,reverse", list(itertools.product(CELL_NAMES, [False, True])))
+def test_eager_fast_path_is_the_op_bit_for_bit(cell, reverse, monkeypatch):
+    """recurrence() in eager mode skips the custom-op machinery (ops._Eager); outputs and every
+    gradient are those of the op path exactly."""
+    fast = _grads_of_recurrence(cell, reverse, True, monkeypatch)
+    slow = _grads_of_recurrence(cell, reverse, False, monkeypatch)
+    for name, a, c in zip(("h", "sT", "dgx", "dR", "db", "ds0"), fast, slow):
+        assert torch.equal(a, c), name
+
+
+def test_eager_fast_path_is_taken_only_when_nothing_traces(monkeypatch):
+    """The fast path runs eagerly on plain tensors; make_fx (a dispatch mode), FakeTensorMode,
+    torch.compile, autocast and torch function modes see the custom op."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from flashrnn_compile import ops
+
+    calls = []
+    real = ops._Eager.apply
+    monkeypatch.setattr(ops._Eager, "apply", lambda *a: calls.append(1) or real(*a))
+    gx, R, b, s0 = make_inputs("lstm", 3, 2, 1, 4, dtype=torch.float32)
+
+    def f(gx, R, b, s0):
+        return recurrence(gx, R, b, s0, cell="lstm", plan=REFERENCE_PLAN)[0]
+
+    f(gx, R, b, s0)
+    assert calls == [1]
+    graph = make_fx(f)(gx, R, b, s0).graph
+    assert any(n.target == torch.ops.flashrnn.recurrence_fwd.default for n in graph.nodes)
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.extend(n.target for n in gm.graph.nodes)
+        return gm
+
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(f, backend=backend, fullgraph=True)(gx, R, b, s0), f(gx, R, b, s0))
+    assert {torch.ops.flashrnn.recurrence_fwd, torch.ops.flashrnn.recurrence_fwd.default} & set(seen)
+    calls.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        f(gx, R, b, s0)
+    with torch.device("cpu"):  # a torch function mode
+        f(gx, R, b, s0)
+    assert calls == []
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["eager-fast-path", "op"])
+def test_double_backward_and_unsaved_states_are_refused(fast, monkeypatch):
+    """Neither path has a double backward (the op: no autograd formula for recurrence_bwd; the fast
+    path: once_differentiable), and both refuse a backward without the forward's states."""
+    from flashrnn_compile import ops
+
+    monkeypatch.setattr(ops, "EAGER_FAST_PATH", fast)
+    gx, R, b, s0 = make_inputs("gru", 4, 2, 1, 3, requires_grad=True)
+    h, _ = recurrence(gx, R, b, s0, cell="gru", plan=REFERENCE_PLAN)
+    (dgx,) = torch.autograd.grad(h.sum(), gx, create_graph=True)
+    with pytest.raises(RuntimeError, match="no autograd formula|twice|does not require grad"):
+        torch.autograd.grad(dgx.sum(), gx)
+    h, _ = recurrence(gx, R, b, s0, cell="gru", plan=REFERENCE_PLAN, save=False)
+    with pytest.raises(RuntimeError, match="save=False"):
+        h.sum().backward()
