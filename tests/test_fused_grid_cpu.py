@@ -199,3 +199,13 @@ def test_planner_variants_build_for_sm80_and_sm90_with_the_models_shared_memory(
     # the kernel's shared memory is what the planner's model counts (GR_SMEM: R not in registers,
     # one h buffer, the K-slice partial sums)
     assert p.details["fused_grid"]["report"]["GR_SMEM"] == cfg[8]
+
+
+def test_refused_cells_resolve_to_the_alternating_family_with_the_reason():
+    """fused_grid.REFUSED_CELLS (elman_relu: over 2x PyTorch's error on the H200, session 6) are
+    turned down before any library is built or device is asked; the other cells are not."""
+    gx = torch.empty(2, 3, 1, 1, 48)  # [T, B, NH, G, DH]
+    handle, reason = fused_grid._resolve("elman_relu", gx, {"GRID_SPLIT": 3, "WARPS": 1, "BATCH_TILE": 8,
+                                                             "R_REG_TILES": 4})
+    assert handle is None and "elman_relu" in reason and "2x PyTorch" in reason
+    assert set(fused_grid.REFUSED_CELLS) == {"elman_relu"}
