@@ -29,8 +29,9 @@ run_step() {  # name timeout command
   timeout "$2" bash -c "$3" >"$R/$1.log" 2>&1; rc=$?
   echo "$rc $(( $(date +%s) - t0 ))" >"$R/$1.rc"
 }
-# the alternating library first (several steps load it; one build, not one per process)
-run_step build 240 "python3 -m flashrnn_compile.build"
+# the alternating library first (several steps load it; one build, not one per process);
+# SKIP_BUILD=1 leaves it out (steps that need no alternating kernels)
+[ "${SKIP_BUILD:-0}" = 1 ] || run_step build 240 "python3 -m flashrnn_compile.build"
 pids=()
 while read -r kind name tmo cmd; do
   [ "$kind" = c ] || continue
