@@ -149,6 +149,45 @@ class Family:
                              f"exceed 2**31 - 1 (32-bit indexing); split the batch")
 
 
+def split_defines(family: str, functor: str, dtype_code: int, DH: int, params, names: Tuple[str, ...],
+                  knobs: Dict[str, tuple], knob_prefix: str, split_range: Tuple[int, int], split_what: str) -> Dict[str, object]:
+    """The -D defines of a family whose head's R is split over SPLIT blocks (fused_cluster,
+    fused_grid): `names` = (the split's name, WARPS, BATCH_TILE, R_REG_TILES), `knobs` the kernel's
+    optional test switches (define knob_prefix + key), SPLIT in `split_range` (`split_what` says
+    what it counts); ValueError naming the parameter a kernel of this layout cannot take (a block's
+    warps are its DH / SPLIT / 16 unit groups times K slices of the head dim's k-tiles)."""
+    missing = [k for k in names if k not in params]
+    if missing:
+        raise ValueError(f"{family}: params: expected {', '.join(names)}, missing {missing}")
+    split, warps, bt, rreg = (int(params[k]) for k in names)
+    name = names[0]
+    if not split_range[0] <= split <= split_range[1]:
+        raise ValueError(f"{family}: {name}={split}: expected {split_range[0]} .. {split_what}")
+    if DH % split != 0 or (DH // split) % 16 != 0:
+        raise ValueError(f"{family}: head dim DH={DH} with {name}={split}: expected DH / {name} "
+                         "to be a multiple of 16 (each block owns whole 16-unit MMA tiles)")
+    groups = DH // split // 16
+    if not 1 <= warps <= 32 or warps % groups != 0:
+        raise ValueError(f"{family}: WARPS={warps}: expected a multiple of the block's DH / {name} / 16 = "
+                         f"{groups} unit groups, at most 32")
+    slices = warps // groups
+    if (DH // 16) % slices != 0:
+        raise ValueError(f"{family}: WARPS={warps}: its {slices} K slices per unit group must divide the "
+                         f"head dim's DH / 16 = {DH // 16} k-tiles")
+    if bt % 8 != 0 or not 8 <= bt <= 256:
+        raise ValueError(f"{family}: BATCH_TILE={bt}: expected a multiple of 8 in 8 .. 256")
+    if rreg < 0:
+        raise ValueError(f"{family}: R_REG_TILES={rreg}: expected >= 0")
+    defs = {"FRNN_CELL": functor, "FRNN_DTYPE": dtype_code, "FRNN_DH": DH, f"FRNN_{name}": split,
+            "FRNN_WARPS": warps, "FRNN_BATCH_TILE": bt, "FRNN_R_REG_TILES": rreg}
+    for key, allowed in knobs.items():
+        if key in params:
+            if params[key] not in allowed:
+                raise ValueError(f"{family}: {key}={params[key]!r}: expected one of {allowed}")
+            defs[f"{knob_prefix}{key}"] = int(params[key])
+    return defs
+
+
 def poison(enabled: bool, tensors) -> None:
     """Fill each tensor with NaN when `enabled` (a test then sees any element a kernel leaves unwritten)."""
     if enabled:

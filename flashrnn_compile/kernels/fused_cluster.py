@@ -80,35 +80,8 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
     spec = get_cell(cell)
     if dtype not in TAKES:
         raise ValueError(f"fused_cluster: dtype: expected bfloat16 or float16, got {dtype}")
-    missing = [k for k in PARAMS if k not in params]
-    if missing:
-        raise ValueError(f"fused_cluster: params: expected {', '.join(PARAMS)}, missing {missing}")
-    cs, warps, bt, rreg = (int(params[k]) for k in PARAMS)
-    if not 2 <= cs <= 16:
-        raise ValueError(f"fused_cluster: CLUSTER_SIZE={cs}: expected 2 .. 16 blocks per cluster")
-    if DH % cs != 0 or (DH // cs) % 16 != 0:
-        raise ValueError(f"fused_cluster: head dim DH={DH} with CLUSTER_SIZE={cs}: expected DH / CLUSTER_SIZE "
-                         "to be a multiple of 16 (each block owns whole 16-unit MMA tiles)")
-    groups = DH // cs // 16
-    if not 1 <= warps <= 32 or warps % groups != 0:
-        raise ValueError(f"fused_cluster: WARPS={warps}: expected a multiple of the block's DH / CLUSTER_SIZE / 16 = "
-                         f"{groups} unit groups, at most 32")
-    slices = warps // groups
-    if (DH // 16) % slices != 0:
-        raise ValueError(f"fused_cluster: WARPS={warps}: its {slices} K slices per unit group must divide the "
-                         f"head dim's DH / 16 = {DH // 16} k-tiles")
-    if bt % 8 != 0 or not 8 <= bt <= 256:
-        raise ValueError(f"fused_cluster: BATCH_TILE={bt}: expected a multiple of 8 in 8 .. 256")
-    if rreg < 0:
-        raise ValueError(f"fused_cluster: R_REG_TILES={rreg}: expected >= 0")
-    defs = {"FRNN_CELL": spec.functor, "FRNN_DTYPE": DTYPE_CODES[dtype], "FRNN_DH": DH, "FRNN_CLUSTER_SIZE": cs,
-            "FRNN_WARPS": warps, "FRNN_BATCH_TILE": bt, "FRNN_R_REG_TILES": rreg}
-    for key, allowed in KNOBS.items():
-        if key in params:
-            if params[key] not in allowed:
-                raise ValueError(f"fused_cluster: {key}={params[key]!r}: expected one of {allowed}")
-            defs[f"FRNN_CLUSTER_{key}"] = int(params[key])
-    return defs
+    return _variants.split_defines("fused_cluster", spec.functor, DTYPE_CODES[dtype], DH, params, PARAMS, KNOBS,
+                                   "FRNN_CLUSTER_", (2, 16), "16 blocks per cluster")
 
 
 def config(lib: ctypes.CDLL) -> Tuple[int, ...]:

@@ -77,37 +77,11 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
     spec = get_cell(cell)
     if dtype not in TAKES:
         raise ValueError(f"fused_grid: dtype: expected bfloat16 or float16, got {dtype}")
-    missing = [k for k in PARAMS if k not in params]
-    if missing:
-        raise ValueError(f"fused_grid: params: expected {', '.join(PARAMS)}, missing {missing}")
+    defs = _variants.split_defines("fused_grid", spec.functor, DTYPE_CODES[dtype], DH, params, PARAMS, KNOBS,
+                                   "FRNN_GRID_", (1, max(DH // 16, 1)), f"DH / 16 = {DH // 16} blocks per head")
     extra = sorted(set(params) - set(PARAMS) - set(KNOBS))
     if extra:
         raise ValueError(f"fused_grid: params: unknown {extra} (expected {', '.join(PARAMS)}, optionally {', '.join(KNOBS)})")
-    gs, warps, bt, rreg = (int(params[k]) for k in PARAMS)
-    if not 1 <= gs <= max(DH // 16, 1):
-        raise ValueError(f"fused_grid: GRID_SPLIT={gs}: expected 1 .. DH / 16 = {DH // 16} blocks per head")
-    if DH % gs != 0 or (DH // gs) % 16 != 0:
-        raise ValueError(f"fused_grid: head dim DH={DH} with GRID_SPLIT={gs}: expected DH / GRID_SPLIT "
-                         "to be a multiple of 16 (each block owns whole 16-unit MMA tiles)")
-    groups = DH // gs // 16
-    if not 1 <= warps <= 32 or warps % groups != 0:
-        raise ValueError(f"fused_grid: WARPS={warps}: expected a multiple of the block's DH / GRID_SPLIT / 16 = "
-                         f"{groups} unit groups, at most 32")
-    slices = warps // groups
-    if (DH // 16) % slices != 0:
-        raise ValueError(f"fused_grid: WARPS={warps}: its {slices} K slices per unit group must divide the "
-                         f"head dim's DH / 16 = {DH // 16} k-tiles")
-    if bt % 8 != 0 or not 8 <= bt <= 256:
-        raise ValueError(f"fused_grid: BATCH_TILE={bt}: expected a multiple of 8 in 8 .. 256")
-    if rreg < 0:
-        raise ValueError(f"fused_grid: R_REG_TILES={rreg}: expected >= 0")
-    defs = {"FRNN_CELL": spec.functor, "FRNN_DTYPE": DTYPE_CODES[dtype], "FRNN_DH": DH, "FRNN_GRID_SPLIT": gs,
-            "FRNN_WARPS": warps, "FRNN_BATCH_TILE": bt, "FRNN_R_REG_TILES": rreg}
-    for key, allowed in KNOBS.items():
-        if key in params:
-            if params[key] not in allowed:
-                raise ValueError(f"fused_grid: {key}={params[key]!r}: expected one of {allowed}")
-            defs[f"FRNN_GRID_{key}"] = int(params[key])
     return defs
 
 
