@@ -28,26 +28,14 @@
 #define FRNN_R_REG_TILES 16
 #endif
 
+#include "fused/library.cuh"
+
 namespace {
 using namespace flashrnn;
 using namespace flashrnn::fused;
-#if FRNN_DTYPE == 0
-#error "fused_block takes bfloat16 (FRNN_DTYPE=1) and float16 (2); float32 is not a fused_block dtype"
-#elif FRNN_DTYPE == 1
-using TIn = __nv_bfloat16;
-#else
-using TIn = __half;
-#endif
 using Cell = flashrnn::FRNN_CELL;
 constexpr int DH = FRNN_DH, WARPS = FRNN_WARPS, BT = FRNN_BATCH_TILE, RREG = FRNN_R_REG_TILES;
 using Cfg = Config<TIn, Cell, DH, WARPS, BT, RREG>;
-
-thread_local char g_error[512];
-
-int fail(const char* what, cudaError_t e) {
-  snprintf(g_error, sizeof(g_error), "%s: %s", what, cudaGetErrorString(e));
-  return 1;
-}
 
 // `set`: the kernel's shared-memory opt-in is done (once per process and kernel, not per launch)
 template <typename K>

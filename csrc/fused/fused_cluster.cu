@@ -40,31 +40,14 @@
 #define FRNN_CLUSTER_BWD 0
 #endif
 
+#include "fused/library.cuh"
+
 namespace {
 using namespace flashrnn;
 using namespace flashrnn::fused_cluster;
-#if FRNN_DTYPE == 1
-using TIn = __nv_bfloat16;
-#elif FRNN_DTYPE == 2
-using TIn = __half;
-#else
-#error "fused_cluster takes bfloat16 (FRNN_DTYPE=1) and float16 (2)"
-#endif
 using Cell = flashrnn::FRNN_CELL;
 constexpr int DH = FRNN_DH, CS = FRNN_CLUSTER_SIZE, WARPS = FRNN_WARPS, BT = FRNN_BATCH_TILE, RREG = FRNN_R_REG_TILES;
 using Cfg = Config<TIn, Cell, DH, CS, WARPS, BT, RREG>;
-
-thread_local char g_error[512];
-
-int fail(const char* what, cudaError_t e) {
-  snprintf(g_error, sizeof(g_error), "%s: %s", what, cudaGetErrorString(e));
-  return 1;
-}
-
-int fail_msg(const char* msg) {
-  snprintf(g_error, sizeof(g_error), "%s", msg);
-  return 1;
-}
 
 auto kernel() { return forward_kernel<TIn, Cell, DH, CS, WARPS, BT, RREG>; }
 
