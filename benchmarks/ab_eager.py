@@ -21,15 +21,6 @@ from benchmarks.suites import common, layer  # noqa: E402
 from flashrnn_compile import ops, planner, runtime  # noqa: E402
 
 
-def timed(fn) -> float:
-    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    e0.record()
-    fn()
-    e1.record()
-    e1.synchronize()
-    return e0.elapsed_time(e1)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=40)
@@ -48,7 +39,7 @@ def main() -> None:
             for mode in modes:
                 ops.EAGER_FAST_PATH = mode
                 for k, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-                    t = timed(fn)
+                    t = common._one_call_ms(fn, torch.device("cuda"))
                     if rep >= 5:
                         times[(mode, k)].append(t)
         med = {key: statistics.median(v) for key, v in times.items()}

@@ -106,6 +106,29 @@ VARIANTS = [
 ]
 
 
+def forward_only(plan, cell, NH, DH, dtype, B, T, reps):
+    """Forward (inference) and forward keeping states of the core op under `plan`, ms."""
+    gx, R, b, s0 = core_inputs(cell, NH, DH, dtype, B, T)
+    fwd = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, False)  # noqa: E731
+    fwd_save = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, True)  # noqa: E731
+    return {"forward_ms": timeit(fwd, reps), "forward_save_ms": timeit(fwd_save, reps), "fwd_bwd_ms": None}
+
+
+ALT = PATHS["ours step kernel"]  # the step kernel, for the fused families' benches
+
+
+def baseline_rows(cell, NH, DH, dtype, B, T, reps, base):
+    """The rows a fused family's bench sets beside its own: the alternating step kernel, and cuDNN
+    in fp16 and bf16 for a dense (NH = 1) LSTM or GRU (its times include the input projection)."""
+    out = [dict(system="alternating step", params=None, **base, **ours(ALT, cell, NH, DH, dtype, B, T, reps))]
+    if NH == 1 and cell in ("lstm", "gru"):
+        for cdt in ("fp16", "bf16"):
+            c = cudnn(cell, DH, DT[cdt], B, T, reps)
+            out.append(dict(system=f"cuDNN nn.{cell.upper()} {cdt}", params=None, **{**base, "dtype": cdt},
+                            forward_save_ms=None, **c))
+    return out
+
+
 def variants(cell, NH, DH, dtype, B, T, reps):
     """Rows of the step kernel under each of VARIANTS (environment restored after each)."""
     rows = []

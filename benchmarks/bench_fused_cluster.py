@@ -23,7 +23,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_alternating import DT, core_inputs, cudnn, ours, table_columns, timeit  # noqa: E402
+from bench_alternating import DT, baseline_rows, forward_only, ours, table_columns, timeit  # noqa: E402
 from suites import common  # noqa: E402
 
 from flashrnn_compile import planner, runtime  # noqa: E402
@@ -40,7 +40,6 @@ CONFIGS = [  # cell, NH, DH, dtype, B, T
 EXPLICIT = [
     {"CLUSTER_SIZE": 16, "WARPS": 6, "BATCH_TILE": 8, "R_REG_TILES": 43},
 ]
-ALT = runtime.plan_json("alternating", {"STEP_KERNEL": 1})
 # --ablate: the planner's tiling for dense LSTM 1x768 bf16 B16 T1024 with one kernel switch each
 # (fused_cluster.cuh FRNN_CLUSTER_*): where a step's time goes. ABLATE rows compute wrong results.
 ABLATIONS = [("one cluster barrier per step", {"SYNC": 0}),
@@ -135,14 +134,6 @@ def prebuild(gpu: str, jobs: int) -> None:
             print(f"{time.time() - start:7.1f} s  {path.parent.name}  {defs}", flush=True)
 
 
-def forward_only(plan, cell, NH, DH, dtype, B, T, reps):
-    """Forward (inference) and forward keeping states of the core op under `plan`, ms."""
-    gx, R, b, s0 = core_inputs(cell, NH, DH, dtype, B, T)
-    fwd = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, False)  # noqa: E731
-    fwd_save = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, True)  # noqa: E731
-    return {"forward_ms": timeit(fwd, reps), "forward_save_ms": timeit(fwd_save, reps), "fwd_bwd_ms": None}
-
-
 def rows_for(cell, NH, DH, dt, B, T, reps, quick):
     dtype = DT[dt]
     run = forward_only if quick else ours
@@ -168,13 +159,7 @@ def rows_for(cell, NH, DH, dt, B, T, reps, quick):
                 out.append(dict(system="fused_cluster (explicit)", params=prm, **base, **run(plan, cell, NH, DH, dtype, B, T, reps)))
     if quick:
         return out
-    out.append(dict(system="alternating step", params=None, **base, **ours(ALT, cell, NH, DH, dtype, B, T, reps)))
-    if NH == 1 and cell in ("lstm", "gru"):
-        for cdt in ("fp16", "bf16"):
-            c = cudnn(cell, DH, DT[cdt], B, T, reps)
-            out.append(dict(system=f"cuDNN nn.{cell.upper()} {cdt}", params=None, **{**base, "dtype": cdt},
-                            forward_save_ms=None, **c))
-    return out
+    return out + baseline_rows(cell, NH, DH, dtype, B, T, reps, base)
 
 
 def main():

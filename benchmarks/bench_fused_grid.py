@@ -22,7 +22,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_alternating import DT, core_inputs, cudnn, ours, table_columns, timeit  # noqa: E402
+from bench_alternating import DT, baseline_rows, forward_only, ours, table_columns, timeit  # noqa: E402
 from suites import common  # noqa: E402
 
 from flashrnn_compile import planner, runtime  # noqa: E402
@@ -38,7 +38,6 @@ CONFIGS = [  # cell, NH, DH, dtype, B, T
     ("lstm", 2, 512, "bf16", 16, 1024),
     ("lstm", 1, 1024, "bf16", 64, 1024),
 ]
-ALT = runtime.plan_json("alternating", {"STEP_KERNEL": 1})
 KNOB_ROWS = [{"WAIT": 0}]  # the first config again with each kernel knob (fused_grid.cuh FRNN_GRID_*)
 
 
@@ -98,14 +97,6 @@ def prebuild(gpu: str, arch: str, jobs: int) -> None:
     print(f"{len(todo)} fused_grid configurations ready under {build.cache_root() / 'variants'}")
 
 
-def forward_only(plan, cell, NH, DH, dtype, B, T, reps):
-    """Forward (inference) and forward keeping states of the core op under `plan`, ms."""
-    gx, R, b, s0 = core_inputs(cell, NH, DH, dtype, B, T)
-    fwd = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, False)  # noqa: E731
-    fwd_save = lambda: torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, True)  # noqa: E731
-    return {"forward_ms": timeit(fwd, reps), "forward_save_ms": timeit(fwd_save, reps), "fwd_bwd_ms": None}
-
-
 def family_rows(family, cell, NH, DH, dtype, B, T, reps, run, base):
     """One row of `family` with the planner's tiling for this GPU, or a row with the refusal."""
     chosen = planner.plan(cell, B, NH, DH, dtype, families=(family,))
@@ -132,13 +123,7 @@ def rows_for(cell, NH, DH, dt, B, T, reps, quick):
         cluster = family_rows("fused_cluster", cell, NH, DH, dtype, B, T, reps, run, base)
         if cluster[0]["params"] is not None:
             out += cluster
-    out.append(dict(system="alternating step", params=None, **base, **ours(ALT, cell, NH, DH, dtype, B, T, reps)))
-    if NH == 1 and cell in ("lstm", "gru"):
-        for cdt in ("fp16", "bf16"):
-            c = cudnn(cell, DH, DT[cdt], B, T, reps)
-            out.append(dict(system=f"cuDNN nn.{cell.upper()} {cdt}", params=None, **{**base, "dtype": cdt},
-                            forward_save_ms=None, **c))
-    return out
+    return out + baseline_rows(cell, NH, DH, dtype, B, T, reps, base)
 
 
 def main():
