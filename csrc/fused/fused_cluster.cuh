@@ -79,6 +79,7 @@ using fused::split;
 using fused::to_op;
 using fused_split::StageCopy;
 using fused_split::unit_pairs;
+using fused_split::load_pair_bias_states;
 using fused_split::unpack2f;
 
 template <typename TIn, typename Cell, int DH, int CS, int WARPS, int BT, int RREG>
@@ -229,17 +230,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   int pn[PPT], pu[PPT];
   bool pok[PPT];  // a pair of this block and a column inside the batch
   unit_pairs<PPT, C::THREADS, DHB>(tid, NP, nb, pn, pu, pok);
-#pragma unroll
-  for (int k = 0; k < PPT; ++k) {
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-#pragma unroll
-      for (int g = 0; g < G; ++g) bb[k][j][g] = In<TIn>::load(bias[g * DH + u0 + pu[k] + j]);
-#pragma unroll
-      for (int s = 0; s < S; ++s)
-        st[k][j][s] = pok[k] ? In<TIn>::load(s0[(size_t)s * BND + ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k] + j]) : 0.0f;
-    }
-  }
+  load_pair_bias_states<TIn, PPT, G, S>(bias, s0, DH, NH, nh, BND, bt0, u0, pn, pu, pok, bb, st);
   // shared-window address of the thread's h words in buffer 0 (piece 0); peers: mapa of it
   const uint32_t xs_s = (uint32_t)__cvta_generic_to_shared(xs);
   const uint32_t mb_s = (uint32_t)__cvta_generic_to_shared(smem + C::MB_OFF);  // SYNC 1: mbar[2][CS], 8 bytes each

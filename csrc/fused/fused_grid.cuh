@@ -67,6 +67,7 @@ using fused::cp_async_commit;
 using fused::cp_async_wait;
 using fused::to_op;
 using fused_split::unit_pairs;
+using fused_split::load_pair_bias_states;
 
 template <typename TIn, typename Cell, int DH, int GS, int WARPS, int BT, int RREG>
 struct Config {
@@ -172,17 +173,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   bool pok[PPT];  // a pair of this block and a column inside the batch
   const TIn* s0 = static_cast<const TIn*>(p.s0);
   unit_pairs<PPT, C::THREADS, DHB>(tid, NP, nb, pn, pu, pok);
-#pragma unroll
-  for (int k = 0; k < PPT; ++k) {
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-#pragma unroll
-      for (int g = 0; g < G; ++g) bb[k][j][g] = In<TIn>::load(bias[g * DH + u0 + pu[k] + j]);
-#pragma unroll
-      for (int s = 0; s < S; ++s)
-        st[k][j][s] = pok[k] ? In<TIn>::load(s0[(size_t)s * BND + ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k] + j]) : 0.0f;
-    }
-  }
+  load_pair_bias_states<TIn, PPT, G, S>(bias, s0, DH, NH, nh, BND, bt0, u0, pn, pu, pok, bb, st);
   TIn* hout = static_cast<TIn*>(p.h);
   // the gx words of the thread's pairs (units u, u + 1 of gate g), one step ahead; 0 past the batch
   const TIn* gxp = static_cast<const TIn*>(p.gx);

@@ -52,6 +52,27 @@ __device__ __forceinline__ void unit_pairs(int tid, int NP, int nb, int (&pn)[PP
   }
 }
 
+// The bias bb[k][j][g] and initial states st[k][j][s] (fp32; 0 for a pair outside the batch) of
+// unit u0 + pu[k] + j of the thread's pairs (unit_pairs), head nh, batch tile from column bt0: bias
+// [NH][G][DH] at the head's row, s0 [S][B][NH][DH] with BND = B * NH * DH values a state.
+template <typename TIn, int PPT, int G, int S>
+__device__ __forceinline__ void load_pair_bias_states(const TIn* bias, const TIn* s0, int DH, int NH, int nh, int BND,
+                                                      int bt0, int u0, const int (&pn)[PPT], const int (&pu)[PPT],
+                                                      const bool (&pok)[PPT], float (&bb)[PPT][2][G],
+                                                      float (&st)[PPT][2][S]) {
+#pragma unroll
+  for (int k = 0; k < PPT; ++k) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) bb[k][j][g] = fused::In<TIn>::load(bias[g * DH + u0 + pu[k] + j]);
+#pragma unroll
+      for (int s = 0; s < S; ++s)
+        st[k][j][s] = pok[k] ? fused::In<TIn>::load(s0[(size_t)s * BND + ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k] + j]) : 0.0f;
+    }
+  }
+}
+
 // the two 16-bit values of a 32-bit word (lo: the lower address) as floats
 template <typename TIn>
 __device__ __forceinline__ float2 unpack2f(uint32_t w) {
