@@ -1,4 +1,4 @@
-"""A float64 model of the fused_block backward's in-kernel dR accumulation (csrc/fused/fused_block.cuh
+"""A float64 model of the fused_block backward's in-kernel dR accumulation (csrc/fused/fused_block_dr.cuh
 DrAcc, FRNN_BWD_DR16), lane by lane: the shared-memory layouts the cells write (X^T drhb pieces
 [2][HP][G*DH][XN], h_in words [2][DH][HBW] or, for step pairs, [2][DH][HBW2] with word
 (chunk*4 + t4)*2 + slot), the fragments ldmatrix and the 32/64-bit loads give each lane, the

@@ -7,7 +7,7 @@
 #include <cuda_runtime.h>
 #include <stdio.h>
 
-#include "fused/fused_block.cuh"
+#include "fused/fused_block_kernels.cuh"
 
 #ifndef FRNN_CELL
 #define FRNN_CELL LstmCell

@@ -9,7 +9,7 @@
 // Work split. Block `rank` of a cluster owns the DHB = DH / CS units rank * DHB .. + DHB - 1 (all
 // G gates of them: G * DHB rows of R). Its warps are UGB = DHB / 16 unit groups times KS = WARPS /
 // UGB K slices: warp (ug, ks) computes the G gate tiles of its 16 units over k-tiles ks * KTW ..
-// + KTW - 1 (KTW = DH / 16 / KS) with m16n8k16 MMAs (fused_block.cuh WarpGemm: its R_REG_TILES
+// + KTW - 1 (KTW = DH / 16 / KS) with m16n8k16 MMAs (mma.cuh WarpGemm: its R_REG_TILES
 // A fragments in registers, the rest in shared memory, loaded once). Per step:
 //   1. MMAs on h_{t-1} [BT][DH] (shared memory, all DH units) -> partial sums of the K slice, to
 //      shared memory red[KS][G][BT][DHB + 4] fp32; cp.async of gx NS - 1 steps ahead was issued first

@@ -1,0 +1,532 @@
+// The fused_block kernels: forward_kernel (SAVE: states_in and rhb for the backward) and
+// backward_kernel, one persistent block per (head, batch tile); the design is in fused_block.cuh.
+#pragma once
+
+#include "fused/fused_block.cuh"
+
+namespace flashrnn {
+namespace fused {
+
+// SAVE: states_in and rhb are written (p.states_in, p.rhb not null), for the backward
+template <typename TIn, typename Cell, int DH, int WARPS, int BT, int RREG, bool SAVE>
+__global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
+  using C = Config<TIn, Cell, DH, WARPS, BT, RREG>;
+  using Gm = typename C::Fwd;
+  using Op = typename C::Op;
+  using M = typename C::Math;
+  constexpr int G = C::G, S = C::S, HP = C::HP, NTW = C::NTW, NS = C::F_NS, XF = C::XF, GXR = C::GXR, E = C::E;
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint32_t* a_smem = reinterpret_cast<uint32_t*>(smem);
+  Op* xs = reinterpret_cast<Op*>(smem + C::F_A);                   // [2][HP][BT][XF]
+  unsigned char* ring = smem + C::F_A + C::F_X;                   // NS x gx [BT][GXR]
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, t4 = lane & 3;
+  const int ug = warp % C::UG, rh = (warp / C::UG) % C::RH, nt0 = (warp / C::UG / C::RH) * NTW;
+  const int nh = blockIdx.y, bt0 = blockIdx.x * BT;
+  const int T = p.T, B = p.B, NH = p.NH, nb = B - bt0 < BT ? B - bt0 : BT;
+  const TIn* R = static_cast<const TIn*>(p.R) + (size_t)nh * G * DH * DH;
+  const TIn* bias = static_cast<const TIn*>(p.b) + (size_t)nh * G * DH;
+  const int BND = B * NH * DH;  // one [B, NH, DH] slice (the module checks it fits an int)
+  const int dstep = p.reverse ? -1 : 1, t_first = p.reverse ? T - 1 : 0;
+  // gx rows (t = 0, bt0 + n, nh) and the bytes of one time step
+  const unsigned char* gx0 = static_cast<const unsigned char*>(p.gx) + (((size_t)bt0 * NH + nh) * G * DH) * sizeof(TIn);
+  const long long gx_t = (long long)B * NH * G * DH * sizeof(TIn);
+  const size_t gx_row = (size_t)NH * G * DH * sizeof(TIn);
+  RowCopy<C::THREADS, BT, G * DH * 2 / 16> gxc;
+  gxc.init((uint32_t)__cvta_generic_to_shared(ring), GXR * 2,
+           [&](int n) { return gx0 + (n < nb ? n : 0) * gx_row + (long long)t_first * gx_t; }, tid);
+  uint32_t pf_stage = 0;  // the ring stage the next prefetch fills (bytes)
+  // the gx stage of the next step in order (calls go step 0, 1, ...; none past T), one commit
+  // group always
+  auto prefetch = [&](int step) {
+    if (step < T) gxc.issue(pf_stage);
+    gxc.advance(dstep * gx_t);
+    pf_stage = pf_stage + C::F_STAGE == NS * C::F_STAGE ? 0u : pf_stage + (uint32_t)C::F_STAGE;
+    cp_async_commit();
+  };
+#pragma unroll 1
+  for (int s = 0; s < NS - 1; ++s) prefetch(s);
+
+  Gm gemm;  // C::fwd_a: tile mt = gate mt of the warp's 16 units, or gate pair mt of its 8
+  auto r_at = [&](int g, int u, int k) { return In<TIn>::load(R[(g * DH + u) * DH + k]); };
+  gemm.load([&](int mt, int r, int k) { return C::fwd_a(r_at, ug, rh, mt, r, k); }, a_smem, warp, lane);
+  for (int i = tid; i < 2 * HP * BT * XF; i += C::THREADS) xs[i] = to_op(0.0f, (Op*)nullptr);
+  __syncthreads();
+
+  // the lane's elements (C::elem): n-tile nt0 + i, unit ug*16 + gq + 8j, column 2 t4 + c
+  float st[E][S], bb[C::JN][G];
+  int sidx[E];  // (b, nh, unit) offset in a [B, NH, DH] slice; -1: column past the batch
+  int gidx[E];  // (b, nh, 0, unit) offset in a [B, NH, G, DH] slice
+#pragma unroll
+  for (int jj = 0; jj < C::JN; ++jj)
+#pragma unroll
+    for (int g = 0; g < G; ++g) bb[jj][g] = In<TIn>::load(bias[g * DH + ug * 16 + gq + 8 * (C::RH == 2 ? rh : jj)]);
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const auto el = C::elem(e, rh);
+    const int i = el.i, j = el.j, n = (nt0 + i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * j;
+    sidx[e] = n < nb ? ((bt0 + n) * NH + nh) * DH + u : -1;
+    gidx[e] = ((bt0 + n) * NH + nh) * G * DH + u;
+#pragma unroll
+    for (int s = 0; s < S; ++s) st[e][s] = 0.0f;  // a column past the batch computes on zeros
+    if (sidx[e] >= 0) {
+      const TIn* s0 = static_cast<const TIn*>(p.s0);
+#pragma unroll
+      for (int s = 0; s < S; ++s) st[e][s] = In<TIn>::load(s0[s * BND + sidx[e]]);
+      Op pc[HP];
+      split<Op, HP>(st[e][0], pc);
+#pragma unroll
+      for (int hp = 0; hp < HP; ++hp) xs[(hp * BT + n) * XF + u] = pc[hp];
+    }
+  }
+  // a step's outputs (h; with SAVE, states_in and rhb), through per-element pointers that move one
+  // step per store. Where they go in the step (measured on the H100, LSTM 12x64 / 24x32 bf16 B16):
+  // with SAVE during the next step's MMAs (forward 0.579 / 0.303 ms, at the step's end 0.594 /
+  // 0.291); without, h at the step's end and the prefetch between the fragment loads and the MMAs
+  // (0.323 / 0.187 ms, the SAVE placement 0.339 / 0.217)
+  TIn* hpe[E];
+  float *spe[E], *rpe[E];
+  float hv[E], sin_[E][S], rv[E][G];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    hpe[e] = static_cast<TIn*>(p.h) + (long long)t_first * BND + sidx[e];
+    spe[e] = p.states_in + (long long)t_first * S * BND + sidx[e];
+    rpe[e] = p.rhb + (long long)t_first * G * BND + gidx[e];
+  }
+  auto store_outputs = [&]() {
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      if (sidx[e] >= 0) {
+        *hpe[e] = In<TIn>::store(hv[e]);
+        if (SAVE) {
+#pragma unroll
+          for (int s = 0; s < S; ++s) spe[e][s * BND] = sin_[e][s];
+#pragma unroll
+          for (int g = 0; g < G; ++g) rpe[e][g * DH] = rv[e][g];
+        }
+      }
+      hpe[e] += (long long)dstep * BND;
+      spe[e] += (long long)dstep * S * BND;
+      rpe[e] += (long long)dstep * G * BND;
+    }
+  };
+  // FRNN_SAVE_V2 (C::F_STAGED): the cells write rhb and states_in to the staging buffer of the
+  // step's parity; the next step (or the end) writes the buffer and h (piece 0 of the next step's X
+  // is h rounded to the input dtype: the same value) as 16-byte row chunks. The buffer written in
+  // step k is read in step k + 1 and written again in step k + 2: one barrier between each.
+  constexpr bool STG = SAVE && C::F_STAGED;
+  float* srs = reinterpret_cast<float*>(smem + C::F_A + C::F_X + NS * C::F_STAGE);               // [2][BT][RHR]
+  float* sss = reinterpret_cast<float*>(smem + C::F_A + C::F_X + NS * C::F_STAGE + C::F_SR);     // [2][S][BT][STR]
+  RowStore<C::THREADS, BT, G * DH * 4 / 16> rhw;     // rhb rows [BT][G * DH] f32
+  RowStore<C::THREADS, S * BT, DH * 4 / 16> stw;     // states_in rows [S][BT][DH] f32
+  RowStore<C::THREADS, BT, DH * sizeof(TIn) / 16> hw;  // h rows [BT][DH]
+  if (STG) {
+    const uint32_t smem_s = (uint32_t)__cvta_generic_to_shared(smem);
+    rhw.init(smem_s + (uint32_t)(C::F_A + C::F_X + NS * C::F_STAGE), C::RHR * 4, [&](int n) {
+      return n < nb ? reinterpret_cast<unsigned char*>(p.rhb + (long long)t_first * G * BND + ((size_t)(bt0 + n) * NH + nh) * G * DH)
+                    : nullptr;
+    }, tid);
+    stw.init(smem_s + (uint32_t)(C::F_A + C::F_X + NS * C::F_STAGE + C::F_SR), C::STR * 4, [&](int r) {
+      const int s = r / BT, n = r % BT;
+      return n < nb ? reinterpret_cast<unsigned char*>(p.states_in + (long long)t_first * S * BND + (long long)s * BND +
+                                                       ((size_t)(bt0 + n) * NH + nh) * DH)
+                    : nullptr;
+    }, tid);
+    hw.init(smem_s + (uint32_t)C::F_A, XF * 2, [&](int n) {
+      return n < nb ? reinterpret_cast<unsigned char*>(static_cast<TIn*>(p.h) + (long long)t_first * BND + ((size_t)(bt0 + n) * NH + nh) * DH)
+                    : nullptr;
+    }, tid);
+  }
+  // the outputs of the step whose rhb / states_in sit in staging buffer sb and whose h is X buffer xb
+  auto flush = [&](int sb, int xb) {
+    rhw.flush((uint32_t)(sb * BT * C::RHR * 4));
+    stw.flush((uint32_t)(sb * S * BT * C::STR * 4));
+    hw.flush((uint32_t)(xb * HP * BT * XF * 2));
+    rhw.advance((long long)dstep * G * BND * 4);
+    stw.advance((long long)dstep * S * BND * 4);
+    hw.advance((long long)dstep * BND * (long long)sizeof(TIn));
+  };
+  uint32_t rd_stage = 0;  // the ring stage of this step (bytes)
+  cp_async_wait<NS - 2>();
+  __syncthreads();
+
+#pragma unroll 1
+  for (int step = 0; step < T; ++step) {
+    const int cur = step & 1;
+    // this step's gx (landed before the last barrier), read before the MMAs: off the critical path
+    const Op* gxs = reinterpret_cast<const Op*>(ring + rd_stage);
+    rd_stage = rd_stage + C::F_STAGE == NS * C::F_STAGE ? 0u : rd_stage + (uint32_t)C::F_STAGE;
+    float gxe[E][G];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const auto el = C::elem(e, rh);
+      const int n = (nt0 + el.i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * el.j;
+#pragma unroll
+      for (int g = 0; g < G; ++g) gxe[e][g] = In<TIn>::load(gxs[n * GXR + g * DH + u]);
+    }
+    float acc[C::FMT][NTW][4];
+    // the prefetch fills the stage step - 1 used (every warp is past it)
+    gemm.template run<BT, XF>(a_smem, xs + cur * HP * BT * XF, nt0, warp, lane, acc, [&]() {
+      if (!SAVE) prefetch(step + NS - 1);
+    });
+    if (SAVE) {
+      prefetch(step + NS - 1);
+      if (STG) {
+        if (step > 0) flush(cur ^ 1, cur);  // the last step's (its h is this step's X)
+      } else if (step > 0) {
+        store_outputs();  // the last step's
+      }
+    }
+    Op* xn = xs + (cur ^ 1) * HP * BT * XF;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const auto el = C::elem(e, rh);
+      const int n = (nt0 + el.i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * el.j;
+      // branch-free: a column past the batch runs the cell too (on the copied first row of gx; its
+      // results are never stored, and its h only meets its own column in R h)
+      float gxv[G], sn[S];
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        gxv[g] = gxe[e][g];
+        rv[e][g] = C::gate(acc, g, el) + bb[el.jj][g];
+        if (STG) srs[(cur * BT + n) * C::RHR + g * DH + u] = rv[e][g];
+      }
+#pragma unroll
+      for (int s = 0; s < S; ++s) {
+        sin_[e][s] = st[e][s];
+        if (STG) sss[((cur * S + s) * BT + n) * C::STR + u] = st[e][s];
+      }
+      Cell::template forward<M>(gxv, rv[e], st[e], sn);
+#pragma unroll
+      for (int s = 0; s < S; ++s) st[e][s] = sn[s];
+      hv[e] = sn[0];
+      Op pc[HP];
+      split<Op, HP>(sn[0], pc);
+#pragma unroll
+      for (int hp = 0; hp < HP; ++hp) xn[(hp * BT + n) * XF + u] = pc[hp];
+    }
+    if (!SAVE) store_outputs();  // this step's h
+    cp_async_wait<NS - 2>();  // this thread's copies of step + 1 landed; the barrier shows them to all
+    __syncthreads();
+  }
+  if (STG && T > 0) flush((T - 1) & 1, T & 1);  // the last step's (its h is X buffer T & 1)
+  else if (SAVE && T > 0) store_outputs();
+  cp_async_wait<0>();
+  TIn* sT = static_cast<TIn*>(p.sT);
+#pragma unroll
+  for (int e = 0; e < E; ++e)
+    if (sidx[e] >= 0)
+#pragma unroll
+      for (int s = 0; s < S; ++s) sT[s * BND + sidx[e]] = In<TIn>::store(st[e][s]);
+}
+
+template <typename TIn, typename Cell, int DH, int WARPS, int BT, int RREG>
+__global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
+  using C = Config<TIn, Cell, DH, WARPS, BT, RREG>;
+  using Gm = typename C::Bwd;
+  using Op = typename C::Op;
+  using M = typename C::Math;
+  constexpr int G = C::G, S = C::S, HP = C::HP, NTW = C::NTW, NS = C::B_NS, XN = C::XN, XT = C::XT, E = C::E;
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint32_t* a_smem = reinterpret_cast<uint32_t*>(smem);
+  Op* xs = reinterpret_cast<Op*>(smem + C::B_A);                   // [2][HP][G * DH][XN] (X^T)
+  unsigned char* ring = smem + C::B_A + C::B_X;                   // NS x (gx, rhb, states_in, dh)
+  const uint32_t xs_s = (uint32_t)__cvta_generic_to_shared(xs);
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, t4 = lane & 3;
+  const int ug = warp % C::UG, rh = (warp / C::UG) % C::RH, nt0 = (warp / C::UG / C::RH) * NTW;
+  const int nh = blockIdx.y, bt0 = blockIdx.x * BT;
+  const int T = p.T, B = p.B, NH = p.NH, nb = B - bt0 < BT ? B - bt0 : BT;
+  const TIn* R = static_cast<const TIn*>(p.R) + (size_t)nh * G * DH * DH;
+  const int BND = B * NH * DH;
+  // processing order: reverse time of the forward
+  const int dstep = p.reverse ? 1 : -1, t_first = p.reverse ? 0 : T - 1;
+  const size_t gxe = (((size_t)bt0 * NH + nh) * G * DH);  // element offset of (t=0, bt0, nh) in gx / rhb
+  const long long gx_t = (long long)B * NH * G * DH;  // elements per step of gx / rhb
+  const unsigned char* gx0 = static_cast<const unsigned char*>(p.gx) + (gxe + t_first * gx_t) * sizeof(TIn);
+  const unsigned char* rh0 = reinterpret_cast<const unsigned char*>(p.rhb + gxe + t_first * gx_t);
+  const unsigned char* st0 = reinterpret_cast<const unsigned char*>(p.states_in + ((size_t)bt0 * NH + nh) * DH +
+                                                                    (long long)t_first * S * BND);
+  const unsigned char* dh0 = static_cast<const unsigned char*>(p.dh) +
+                             (((size_t)bt0 * NH + nh) * DH + (long long)t_first * BND) * sizeof(TIn);
+  const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
+  RowCopy<C::THREADS, BT, G * DH * 2 / 16> gxc;      // gx [BT][G*DH]
+  RowCopy<C::THREADS, BT, G * DH * 4 / 16> rhc;      // rhb [BT][G*DH] f32
+  RowCopy<C::THREADS, S * BT, DH * 4 / 16> stc;      // states_in [S][BT][DH] f32
+  RowCopy<C::THREADS, BT, DH * 2 / 16> dhc;          // dh [BT][DH]
+  // rows past the batch copy the tile's first row (RowCopy)
+  gxc.init(ring_s + C::B_GX, C::GXR * 2, [&](int n) { return gx0 + (n < nb ? n : 0) * (size_t)NH * G * DH * sizeof(TIn); }, tid);
+  rhc.init(ring_s + C::B_RH, C::RHR * 4, [&](int n) { return rh0 + (n < nb ? n : 0) * (size_t)NH * G * DH * 4; }, tid);
+  stc.init(ring_s + C::B_ST, C::STR * 4, [&](int r) {
+    const int s = r / BT, n = r % BT;
+    return st0 + ((size_t)s * BND + (size_t)(n < nb ? n : 0) * NH * DH) * 4;
+  }, tid);
+  dhc.init(ring_s + C::B_DH, C::DHR * 2, [&](int n) { return dh0 + (n < nb ? n : 0) * (size_t)NH * DH * sizeof(TIn); }, tid);
+  uint32_t pf_stage = 0;  // the ring stage the next prefetch fills (bytes)
+  // the stage of the next step in order (calls go step 0, 1, ...; none past T), one commit group always
+  auto prefetch = [&](int step) {
+    if (step < T) {
+      gxc.issue(pf_stage);
+      rhc.issue(pf_stage);
+      stc.issue(pf_stage);
+      dhc.issue(pf_stage);
+    }
+    gxc.advance(dstep * gx_t * (long long)sizeof(TIn));
+    rhc.advance(dstep * gx_t * 4);
+    stc.advance((long long)dstep * S * BND * 4);
+    dhc.advance((long long)dstep * BND * (long long)sizeof(TIn));
+    pf_stage = pf_stage + C::B_STAGE == NS * C::B_STAGE ? 0u : pf_stage + (uint32_t)C::B_STAGE;
+    cp_async_commit();
+  };
+#pragma unroll 1
+  for (int s = 0; s < NS - 1; ++s) prefetch(s);
+
+  Gm gemm;  // A[r][(g, o)] = R[g][o][ug*16 + r]; a K-split pair: the first or the second half of K
+  gemm.load([&](int, int r, int k) { return In<TIn>::load(R[k * DH + ug * 16 + r]); }, a_smem, warp, lane,
+            C::KSPLIT == 2 ? rh * C::BKT : 0);
+  for (int i = tid; i < 2 * XT; i += C::THREADS) xs[i] = to_op(0.0f, (Op*)nullptr);
+  // in-kernel dR / db (C::DR): h_in of each step as MMA operand, double-buffered [2][DH][HBW]
+  // words, zero before the first step (its dR MMAs add zeros). Compile-time, not p.dw != nullptr:
+  // a runtime test would put the dR MMAs in a block of their own, away from the cells
+  constexpr bool dr_on = C::DR;
+  uint32_t* hb = reinterpret_cast<uint32_t*>(smem + C::B_TAIL + C::B_XCH);
+  if (C::DR)
+    for (int i = tid; i < C::HB_WORDS; i += C::THREADS) hb[i] = 0u;
+  DrAcc<C> dr;
+  if (C::DR) dr.zero();
+#if FRNN_BWD_DR16
+  if (C::DR_XSTEP) dr.zero16();  // the pair before the first: A halves zero (and its h_in buffer)
+#endif
+  // a K-split pair adds the partner's half of the lane's rows of R^T drhb (after the exchange both
+  // halves of acc hold the sums, so C::pick needs no change)
+  float2* xch = reinterpret_cast<float2*>(smem + C::B_TAIL);  // [WARPS][NTW][32]
+  const int wn = warp / C::UG / C::RH, partner = warp + (rh ? -C::UG : C::UG);
+  auto exchange = [&](float (&acc)[1][NTW][4]) {
+    if (C::KSPLIT == 2) {
+#pragma unroll
+      for (int i = 0; i < NTW; ++i)
+        xch[(warp * NTW + i) * 32 + lane] = rh ? make_float2(acc[0][i][0], acc[0][i][1]) : make_float2(acc[0][i][2], acc[0][i][3]);
+      pair_barrier(1 + ug + C::UG * wn);
+#pragma unroll
+      for (int i = 0; i < NTW; ++i) {
+        const float2 v = xch[(partner * NTW + i) * 32 + lane];
+        const float k0 = (rh ? acc[0][i][2] : acc[0][i][0]) + v.x, k1 = (rh ? acc[0][i][3] : acc[0][i][1]) + v.y;
+        acc[0][i][0] = acc[0][i][2] = k0;
+        acc[0][i][1] = acc[0][i][3] = k1;
+      }
+    }
+  };
+
+  float ds[E][S];
+  int sidx[E], gidx[E];  // offsets in a [B, NH, DH] and a [B, NH, G, DH] slice (sidx -1: past the batch)
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const auto el = C::elem(e, rh);
+    const int i = el.i, j = el.j, n = (nt0 + i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * j;
+    sidx[e] = n < nb ? ((bt0 + n) * NH + nh) * DH + u : -1;
+    gidx[e] = ((bt0 + n) * NH + nh) * G * DH + u;
+#pragma unroll
+    for (int s = 0; s < S; ++s) ds[e][s] = 0.0f;  // a column past the batch computes on zeros
+    if (sidx[e] >= 0) {
+      const TIn* dsT = static_cast<const TIn*>(p.dsT);
+#pragma unroll
+      for (int s = 0; s < S; ++s) ds[e][s] = In<TIn>::load(dsT[s * BND + sidx[e]]);
+    }
+  }
+  // dgx of a step is stored at the step's end, after its drhb (the next step's operand), through
+  // per-element pointers that move one step per store (no per-step index math)
+  float dgp[E][G];
+  TIn* dge[E];
+  float mk[E];  // 1 for a column in the batch, 0 past it (its db share)
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    dge[e] = static_cast<TIn*>(p.dgx) + (long long)t_first * G * BND + gidx[e];
+    mk[e] = sidx[e] >= 0 ? 1.0f : 0.0f;
+  }
+  auto store_dgx = [&]() {
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      if (sidx[e] >= 0)
+#pragma unroll
+        for (int g = 0; g < G; ++g) dge[e][g * DH] = In<TIn>::store(dgp[e][g]);
+      dge[e] += (long long)dstep * G * BND;
+    }
+  };
+  uint32_t rd_stage = 0;  // the ring stage of this step (bytes)
+  cp_async_wait<NS - 2>();
+  __syncthreads();
+
+#if FRNN_BWD_DR16
+  // one step; par: Par<its parity> where the loop runs step pairs (C::DR_XSTEP), else Par<-1>
+  auto body = [&](const int step, auto par) {
+    constexpr int PAR = decltype(par)::value;
+    const int t = t_first + dstep * step, cur = PAR >= 0 ? PAR : step & 1;
+    // step pairs: this step's h_in goes to the buffer of its pair (slot `cur`), the dR MMAs read the
+    // pair before's (hbr)
+    uint32_t* hbw = hb + ((step >> 1) & 1) * DH * C::HBW2;
+#else
+#pragma unroll 1
+  for (int step = 0; step < T; ++step) {
+    const int t = t_first + dstep * step, cur = step & 1;
+#endif
+    // R^T drhb of the step before (zero at the first): its fragments first, right after the barrier
+    float acc[1][NTW][4];
+    // the prefetch (into the stage step - 1 used: every warp is past it) between the fragment loads
+    // and the MMAs; this step's dgx goes out at the step's end. Measured on the H100 (LSTM 12x64 bf16
+    // B16, backward kernel): 0.805 ms; prefetch and the last step's dgx after the MMAs, before the
+    // K-split exchange: 0.954 (the pointer registers of the stores and copies waited on the LSU
+    // reading them: ncu long-scoreboard stalls on register moves, 27% of the samples); both before
+    // the MMAs 0.962; prefetch first, dgx at the end 0.808; the dR MMAs before the exchange 0.820
+    gemm.template run_t<XN>(a_smem, xs_s + (uint32_t)(cur * XT * 2), nt0, warp, lane, acc,
+                            [&]() { prefetch(step + NS - 1); });
+    // this step's inputs (landed before the last barrier): the cell's gate math does not wait for
+    // R^T drhb and can overlap it
+    const unsigned char* stage = ring + rd_stage;
+    rd_stage = rd_stage + C::B_STAGE == NS * C::B_STAGE ? 0u : rd_stage + (uint32_t)C::B_STAGE;
+    const Op* gxs = reinterpret_cast<const Op*>(stage + C::B_GX);
+    const float* rhs = reinterpret_cast<const float*>(stage + C::B_RH);
+    const float* sts = reinterpret_cast<const float*>(stage + C::B_ST);
+    const Op* dhs = reinterpret_cast<const Op*>(stage + C::B_DH);
+    float gxv[E][G], rhv[E][G], sv[E][S], dhv[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const auto el = C::elem(e, rh);
+      const int n = (nt0 + el.i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * el.j;
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        gxv[e][g] = In<TIn>::load(gxs[n * C::GXR + g * DH + u]);
+        rhv[e][g] = rhs[n * C::RHR + g * DH + u];
+      }
+#pragma unroll
+      for (int s = 0; s < S; ++s) sv[e][s] = sts[(s * BT + n) * C::STR + u];
+      dhv[e] = In<TIn>::load(dhs[n * C::DHR + u]);
+      if (C::DR && el.c == 1) {  // h_in of the element pair e - 1, e (columns n - 1, n; 0 past the batch)
+        const int e0 = e > 0 ? e - 1 : 0;
+        const float h0 = sidx[e0] >= 0 ? sv[e0][0] : 0.0f, h1 = sidx[e] >= 0 ? sv[e][0] : 0.0f;
+#if FRNN_BWD_DR16
+        if (C::DR_XSTEP)  // word (chunk * 4 + t4) * 2 + slot (C::HBW2)
+          hbw[u * C::HBW2 + (n - 1) / 2 * 2 + cur] = pack2(to_op(h0, (Op*)nullptr), to_op(h1, (Op*)nullptr));
+        else
+#endif
+        hb[(cur * DH + u) * C::HBW + (n - 1) / 2] = pack2(to_op(h0, (Op*)nullptr), to_op(h1, (Op*)nullptr));
+      }
+    }
+    // in the MMAs' shadow: the ring stage step - 1 used (every warp is past it), the last step's dgx
+    exchange(acc);
+    // dR of the step before (its drhb is this step's X, its h_in in the other hb buffer; zeros at
+    // the first step): no branch, so its MMAs share a basic block with the cells below and ptxas
+    // interleaves them with the cells' latency chains
+#if FRNN_BWD_DR16
+    // step pairs (steps 2p, 2p + 1 the pair p): an odd step keeps the A halves of the step before (the
+    // first of its pair); an even step loads the second's and runs the MMAs of pair p - 1 (its h_in
+    // in hbr), mode 2 half of them, the odd step after it the other half (before it loads ak)
+    if constexpr (C::DR_XSTEP) {
+      const uint32_t* hbr = hb + (((step >> 1) & 1) ^ 1) * DH * C::HBW2;
+      if constexpr (PAR == 0) {
+        dr.load_a(dr.an, xs + cur * XT, warp, lane);
+        dr.template mma_pair<0, DrAcc<C>::NSPLIT>(hbr, warp, lane);
+      } else {
+        dr.template mma_pair<DrAcc<C>::NSPLIT, DrAcc<C>::NT>(hbr, warp, lane);
+        dr.load_a(dr.ak, xs + cur * XT, warp, lane);
+      }
+    } else if (dr_on) {
+      if (C::DR_INSTEP) dr.step16(xs + cur * XT, hb + (cur ^ 1) * DH * C::HBW, warp, lane);
+      else dr.step(xs + cur * XT, hb + (cur ^ 1) * DH * C::HBW, warp, lane);
+    }
+#else
+    if (dr_on) dr.step(xs + cur * XT, hb + (cur ^ 1) * DH * C::HBW, warp, lane);
+#endif
+    uint32_t* xn = reinterpret_cast<uint32_t*>(xs + (cur ^ 1) * XT);  // this step's drhb, X^T word pairs
+    float* drt = C::DRHB ? p.drhb + (size_t)t * G * BND : nullptr;
+    float drv[E][G];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const auto el = C::elem(e, rh);
+      // branch-free as in the forward: a column past the batch computes on the copied first row
+      // (finite values; its h_in is zero, so its drhb adds nothing to dR) and stores nothing
+      float dsn[S], dsi[S];
+#pragma unroll
+      for (int s = 0; s < S; ++s) dsn[s] = ds[e][s];
+      dsn[0] += C::pick(acc[0][el.i], el) + dhv[e];
+      Cell::template backward<M>(gxv[e], rhv[e], sv[e], dsn, dgp[e], drv[e], dsi);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        if (C::DR) dr.db[el.jj][g] = fmaf(mk[e], drv[e][g], dr.db[el.jj][g]);
+        if (C::DRHB && sidx[e] >= 0) drt[gidx[e] + g * DH] = drv[e][g];
+      }
+#pragma unroll
+      for (int s = 0; s < S; ++s) ds[e][s] = dsi[s];
+    }
+    // the element pairs (columns 2 t4, 2 t4 + 1 of one unit) as one word per (piece, gate)
+#pragma unroll
+    for (int e = 0; e < E; e += 2) {
+      const auto el = C::elem(e, rh);
+      const int n = (nt0 + el.i) * 8 + 2 * t4, u = ug * 16 + gq + 8 * el.j;
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        Op p0[HP], p1[HP];
+        split<Op, HP>(drv[e][g], p0);
+        split<Op, HP>(drv[e + 1][g], p1);
+#pragma unroll
+        for (int hp = 0; hp < HP; ++hp) xn[((hp * G * DH + g * DH + u) * XN + n) / 2] = pack2(p0[hp], p1[hp]);
+      }
+    }
+    store_dgx();
+    cp_async_wait<NS - 2>();
+    __syncthreads();
+#if FRNN_BWD_DR16
+  };
+  if (C::DR_XSTEP) {
+#pragma unroll 1
+    for (int step = 0; step < T; step += 2) {
+      body(step, Par<0>{});
+      if (step + 1 < T) body(step + 1, Par<1>{});
+    }
+  } else {
+#pragma unroll 1
+    for (int step = 0; step < T; ++step) body(step, Par<-1>{});
+  }
+#else
+  }
+#endif
+  cp_async_wait<0>();
+  if (dr_on) {  // the last step's dR, then the block's partials
+#if FRNN_BWD_DR16
+    if (C::DR_XSTEP && T > 0) {
+      // T even: pair (T - 2, T - 1) complete (ak from step T - 1), all its MMAs; T odd: mode 2's second
+      // half of pair (T - 3, T - 2), then step T - 1 alone (slot 0 of its pair's buffer)
+      const uint32_t* hbr = hb + (((T >> 1) & 1) ^ 1) * DH * C::HBW2;
+      if ((T & 1) == 0) {
+        dr.load_a(dr.an, xs, warp, lane);
+        dr.template mma_pair<0, DrAcc<C>::NT>(hbr, warp, lane);
+      } else {
+        dr.template mma_pair<DrAcc<C>::NSPLIT, DrAcc<C>::NT>(hbr, warp, lane);
+        dr.single(xs + XT, hb + (((T - 1) >> 1) & 1) * DH * C::HBW2, warp, lane);
+      }
+    } else if (T > 0) {
+      if (C::DR_INSTEP) dr.step16(xs + (T & 1) * XT, hb + ((T - 1) & 1) * DH * C::HBW, warp, lane);
+      else dr.step(xs + (T & 1) * XT, hb + ((T - 1) & 1) * DH * C::HBW, warp, lane);
+    }
+#else
+    if (T > 0) dr.step(xs + (T & 1) * XT, hb + ((T - 1) & 1) * DH * C::HBW, warp, lane);
+#endif
+    dr.store(p.dw + ((size_t)blockIdx.x * NH + nh) * (G * DH * DH + G * DH),
+             reinterpret_cast<float*>(smem + C::B_TAIL + C::B_XCH + C::B_HB), warp, lane, ug, rh, wn, tid);
+  }
+  // ds0 = ds + R^T drhb of the last step
+  float acc[1][NTW][4];
+  gemm.template run_t<XN>(a_smem, xs_s + (uint32_t)((T & 1) * XT * 2), nt0, warp, lane, acc, [] {});
+  exchange(acc);
+  TIn* ds0 = static_cast<TIn*>(p.ds0);
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const auto el = C::elem(e, rh);
+    if (sidx[e] < 0) continue;
+    ds[e][0] += C::pick(acc[0][el.i], el);
+#pragma unroll
+    for (int s = 0; s < S; ++s) ds0[s * BND + sidx[e]] = In<TIn>::store(ds[e][s]);
+  }
+}
+
+}  // namespace fused
+}  // namespace flashrnn
