@@ -68,6 +68,7 @@ using fused::cp_async_wait;
 using fused::to_op;
 using fused_split::unit_pairs;
 using fused_split::load_pair_bias_states;
+using fused_split::store_pair_states;
 
 template <typename TIn, typename Cell, int DH, int GS, int WARPS, int BT, int RREG>
 struct Config {
@@ -273,15 +274,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
     }
   }
   TIn* sT = static_cast<TIn*>(p.sT);
-#pragma unroll
-  for (int k = 0; k < PPT; ++k)
-    if (pok[k])
-#pragma unroll
-      for (int s = 0; s < S; ++s) {
-        TIn o[2] = {In<TIn>::store(st[k][0][s]), In<TIn>::store(st[k][1][s])};
-        *reinterpret_cast<uint32_t*>(sT + (size_t)s * BND + ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k]) =
-            fused::pack2(o[0], o[1]);
-      }
+  store_pair_states<TIn, PPT, S>(sT, DH, NH, nh, BND, bt0, u0, pn, pu, pok, st);
 }
 
 }  // namespace fused_grid

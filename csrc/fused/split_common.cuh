@@ -73,6 +73,24 @@ __device__ __forceinline__ void load_pair_bias_states(const TIn* bias, const TIn
   }
 }
 
+// The final states st[k][j][s] of the thread's pairs into sT [S][B][NH][DH] (the input dtype, one
+// 32-bit word per pair and state; pairs outside the batch store nothing): load_pair_bias_states'
+// layout.
+template <typename TIn, int PPT, int S>
+__device__ __forceinline__ void store_pair_states(TIn* sT, int DH, int NH, int nh, int BND, int bt0, int u0,
+                                                  const int (&pn)[PPT], const int (&pu)[PPT], const bool (&pok)[PPT],
+                                                  const float (&st)[PPT][2][S]) {
+#pragma unroll
+  for (int k = 0; k < PPT; ++k)
+    if (pok[k])
+#pragma unroll
+      for (int s = 0; s < S; ++s) {
+        TIn o[2] = {fused::In<TIn>::store(st[k][0][s]), fused::In<TIn>::store(st[k][1][s])};
+        *reinterpret_cast<uint32_t*>(sT + (size_t)s * BND + ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k]) =
+            fused::pack2(o[0], o[1]);
+      }
+}
+
 // the two 16-bit values of a 32-bit word (lo: the lower address) as floats
 template <typename TIn>
 __device__ __forceinline__ float2 unpack2f(uint32_t w) {
