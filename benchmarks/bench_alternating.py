@@ -167,6 +167,26 @@ def main():
     common.bench_report(rows, args.out, args.reps, table_columns(system=20, cell=6, dtype=("dtype", 5), digits=2))
 
 
+def tested_variants(family: str, t, configs, gpu: str) -> set:
+    """(cell, dtype, DH, params items) of a fused family's GPU test module `t` (its PLANNED shapes
+    and DTYPES, every cell on its EXPLICIT tilings) and of a bench's `configs` (cell, NH, DH, dtype
+    name, B, T) with the planner's tiling for the preset `gpu`: what --prebuild builds."""
+    from flashrnn_compile import planner
+
+    out = set()
+    planned = [(c, nh, dh, b, d) for c, nh, dh, b in t.PLANNED for d in t.DTYPES]
+    planned += [(c, nh, dh, b, DT[d]) for c, nh, dh, d, b, _ in configs]
+    for cell, NH, DH, B, dtype in planned:
+        chosen = planner.plan(cell, B, NH, DH, dtype, gpu=gpu, families=(family,))
+        if chosen.family == family:
+            out.add((cell, dtype, DH, tuple(sorted(chosen.params.items()))))
+    for cell in sorted(t.CELLS):
+        for NH, DH, B, prm, _ in t.EXPLICIT:
+            for dtype in t.DTYPES:
+                out.add((cell, dtype, DH, tuple(sorted(prm.items()))))
+    return out
+
+
 def table_columns(system: int, cell: int, dtype=("dtype", 5), digits: int = 3):
     """The columns of the bench_*.py tables (suites.common.text_table): the system and cell columns
     `system` and `cell` wide, the dtype column (header, width), times with `digits` decimals."""

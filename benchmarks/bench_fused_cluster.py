@@ -23,7 +23,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_alternating import DT, baseline_rows, forward_only, ours, table_columns, timeit  # noqa: E402
+from bench_alternating import (DT, baseline_rows, forward_only, ours, table_columns, tested_variants,  # noqa: E402
+                             timeit)
 from suites import common  # noqa: E402
 
 from flashrnn_compile import planner, runtime  # noqa: E402
@@ -53,17 +54,7 @@ def variants(gpu: str):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from tests.gpu import test_fused_cluster as t
 
-    out = set()
-    planned = [(c, nh, dh, b, d) for c, nh, dh, b in t.PLANNED for d in t.DTYPES]
-    planned += [(c, nh, dh, b, DT[d]) for c, nh, dh, d, b, _ in CONFIGS]
-    for cell, NH, DH, B, dtype in planned:
-        chosen = planner.plan(cell, B, NH, DH, dtype, gpu=gpu, families=("fused_cluster",))
-        if chosen.family == "fused_cluster":
-            out.add((cell, dtype, DH, tuple(sorted(chosen.params.items()))))
-    for cell in sorted(t.CELLS):
-        for NH, DH, B, prm, _ in t.EXPLICIT:
-            for dtype in t.DTYPES:
-                out.add((cell, dtype, DH, tuple(sorted(prm.items()))))
+    out = tested_variants("fused_cluster", t, CONFIGS, gpu)
     for prm in EXPLICIT:
         out.add(("lstm", torch.bfloat16, 768, tuple(sorted(prm.items()))))
     base = planner.plan("lstm", 16, 1, 768, torch.bfloat16, gpu=gpu, families=("fused_cluster",)).params

@@ -22,7 +22,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_alternating import DT, baseline_rows, forward_only, ours, table_columns, timeit  # noqa: E402
+from bench_alternating import (DT, baseline_rows, forward_only, ours, table_columns, tested_variants,  # noqa: E402
+                             timeit)
 from suites import common  # noqa: E402
 
 from flashrnn_compile import planner, runtime  # noqa: E402
@@ -47,17 +48,7 @@ def variants(gpu: str):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from tests.gpu import test_fused_grid as t
 
-    out = set()
-    planned = [(c, nh, dh, b, d) for c, nh, dh, b in t.PLANNED for d in t.DTYPES]
-    planned += [(c, nh, dh, b, DT[d]) for c, nh, dh, d, b, _ in CONFIGS]
-    for cell, NH, DH, B, dtype in planned:
-        chosen = planner.plan(cell, B, NH, DH, dtype, gpu=gpu, families=("fused_grid",))
-        if chosen.family == "fused_grid":
-            out.add((cell, dtype, DH, tuple(sorted(chosen.params.items()))))
-    for cell in sorted(t.CELLS):
-        for NH, DH, B, prm, _ in t.EXPLICIT:
-            for dtype in t.DTYPES:
-                out.add((cell, dtype, DH, tuple(sorted(prm.items()))))
+    out = tested_variants("fused_grid", t, CONFIGS, gpu)
     for cell, NH, DH, B, prm, T, r in t.WAIT0_CASES:
         for dtype in t.DTYPES:
             out.add((cell, dtype, DH, tuple(sorted(prm.items()))))
