@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import runtime
 from .cells import get_cell
@@ -207,8 +208,6 @@ def _eager_ok(tensors) -> bool:
         return False
     if any(type(t) is not Tensor for t in tensors):
         return False
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
     return (_get_current_dispatch_mode() is None and not torch._C._is_torch_function_mode_enabled()
             and torch._C._functorch.peek_interpreter_stack() is None
             and not any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda")))
