@@ -16,6 +16,7 @@ from .backend import flashrnn_backend  # noqa: E402
 from .cells import CELLS, get_cell  # noqa: E402
 from .context import reports, reset_stats, stats  # noqa: E402
 from .explain import Explanation, explain  # noqa: E402
+from .layer import recurrent_layer  # noqa: E402
 from .ops import recurrence  # noqa: E402
 from .planner import Plan, plan  # noqa: E402
 
@@ -30,6 +31,7 @@ __all__ = [
     "get_cell",
     "plan",
     "recurrence",
+    "recurrent_layer",
     "reports",
     "reset_stats",
     "stats",

@@ -4,9 +4,11 @@ every system side by side in one process.
 Systems (each config gets those that apply):
     cuDNN nn.LSTM/GRU     eager, dense hidden H = NH*DH (cuDNN has no heads): the baseline of every
                           config with that H; measured once per (cell, dtype, B, T, H)
-    ours <family>         x W^T + b (one GEMM) then the core op flashrnn.recurrence_fwd, forced
-                          to one kernel family (the planner's plan restricted to it); a family
-                          that cannot take the shape is a row with the planner's reason
+    ours <family>         flashrnn_compile.recurrent_layer: x W^T + b then the core op, forced to
+                          one kernel family (the planner's plan restricted to it); a family that
+                          cannot take the shape is a row with the planner's reason. Under
+                          fused_block the layer is one library call each way (GEMMs overlapped with
+                          the recurrence); elsewhere F.linear then flashrnn.recurrence_fwd
     torch.compile flashrnn  torch.compile(nn.LSTM/GRU, backend="flashrnn"), NH = 1 only; skipped
                           with the reason when the backend would leave the module as written
                           (Inductor would then unroll all T steps: minutes of compile)
@@ -134,8 +136,8 @@ def _randn(*shape, device, dtype, scale=1.0, grad=False) -> torch.Tensor:
 
 
 def ours_fns(cfg: Config, plan: str, device) -> Tuple[Callable, Callable]:
-    """(forward, forward_backward) of x W^T + b then the core op under `plan`."""
-    from flashrnn_compile import get_cell, recurrence
+    """(forward, forward_backward) of recurrent_layer (x W^T + b then the core op) under `plan`."""
+    from flashrnn_compile import get_cell, recurrent_layer
 
     spec = get_cell(cfg.cell)
     G, S, T, B, NH, DH, H = spec.num_gates, spec.num_states, cfg.T, cfg.B, cfg.NH, cfg.DH, cfg.H
@@ -152,8 +154,7 @@ def ours_fns(cfg: Config, plan: str, device) -> Tuple[Callable, Callable]:
     leaves = [x, W, b_in, R, b]
 
     def run():
-        gx = F.linear(x, W, b_in).view(T, B, NH, G, DH)  # [T, B, NH, G, DH]
-        return recurrence(gx, R, b, s0, cell=cfg.cell, plan=plan)[0]  # [T, B, NH, DH]
+        return recurrent_layer(x, W, b_in, R, b, s0, cell=cfg.cell, plan=plan)[0]  # [T, B, NH, DH]
 
     return _timed_fns(run, leaves, dh)
 

@@ -29,6 +29,7 @@
 #endif
 
 #include "fused/library.cuh"
+#include "fused/layer.cuh"
 
 namespace {
 using namespace flashrnn;
@@ -93,4 +94,127 @@ int frnn_backward(int T, int B, int NH, int reverse, const void* dh, const void*
                 static_cast<cudaStream_t>(stream), &a, "fused_block backward", set);
 }
 
-}  // extern "C"
+// ---- a projected layer (layer.cuh): x W^T + b_in and the recurrence, in K time chunks ----------
+
+// cuBLAS entry points (cublasCreate_v2, cublasSetStream_v2, cublasSetMathMode, cublasGemmEx) of the
+// libcublas the caller's process loaded; 0 = set
+int frnn_layer_set_blas(void* create, void* set_stream, void* set_math, void* gemm) {
+  layer::g_blas.create = reinterpret_cast<layer::CreateFn>(create);
+  layer::g_blas.set_stream = reinterpret_cast<layer::SetStreamFn>(set_stream);
+  layer::g_blas.set_math = reinterpret_cast<layer::SetMathFn>(set_math);
+  layer::g_blas.gemm = reinterpret_cast<layer::GemmExFn>(gemm);
+  return 0;
+}
+
+// x [T, B, I], W [N, I], b_in [N] or nullptr -> gx [T, B, N] (kept for the backward), then the
+// recurrence as frnn_forward (h, sT, states_in / rhb: nullptr = save=false). sbuf: [2][S * B * NH * DH]
+// float, the states between chunks. 1 <= K <= min(T, 16); 0 = queued.
+int frnn_layer_forward(int T, int B, int NH, int I, int reverse, int K, const void* x, const void* W,
+                       const void* b_in, void* gx, const void* R, const void* b, const void* s0, void* h, void* sT,
+                       float* states_in, float* rhb, float* sbuf, void* stream) {
+  constexpr int G = Cell::G, S = Cell::S;
+  if (K < 1 || K > layer::MAX_CHUNKS || K > T) return fail_msg("frnn_layer_forward: expected 1 <= K <= min(T, 16)");
+  layer::DeviceCtx* c = layer::device_ctx();
+  if (c == nullptr) return 1;
+  const cudaStream_t main = static_cast<cudaStream_t>(stream);
+  const long long N = (long long)NH * G * DH, BN = (long long)B * NH * DH;
+  cudaError_t e = cudaEventRecord(c->ev[K], main);  // x, W, b_in are ready on the caller's stream
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(c->side, c->ev[K], 0);
+  if (e != cudaSuccess) return fail("frnn_layer_forward: side stream", e);
+  if (layer::g_blas.set_stream(c->handle, c->side) != 0) return fail_msg("frnn_layer_forward: cublasSetStream failed");
+  for (int k = 0; k < K; ++k) {  // the GEMMs, in the recurrence's chunk order, each followed by its event
+    int t0, t1;
+    layer::chunk_range(T, K, k, reverse, t0, t1);
+    const long long M = (long long)(t1 - t0) * B;
+    TIn* gxc = static_cast<TIn*>(gx) + t0 * (long long)B * N;
+    if (b_in != nullptr)
+      layer::broadcast_rows<<<264, 256, 0, c->side>>>(gxc, static_cast<const TIn*>(b_in), M, (int)N);
+    if (layer::gemm(c->handle, layer::OP_T, layer::OP_N, (int)N, (int)M, I, W, I,
+                    static_cast<const TIn*>(x) + t0 * (long long)B * I, I, b_in != nullptr ? 1.0f : 0.0f, gxc,
+                    layer::kDtype, (int)N))
+      return 1;
+    e = cudaEventRecord(c->ev[k], c->side);
+    if (e != cudaSuccess) return fail("frnn_layer_forward: event", e);
+  }
+  static bool set_save = false, set_plain = false;
+  for (int k = 0; k < K; ++k) {
+    int t0, t1;
+    layer::chunk_range(T, K, k, reverse, t0, t1);
+    e = cudaStreamWaitEvent(main, c->ev[k], 0);
+    if (e != cudaSuccess) return fail("frnn_layer_forward: wait", e);
+    const bool first = k == 0, last = k == K - 1;
+    FwdArgs a{t1 - t0, B, NH, reverse, static_cast<const TIn*>(gx) + t0 * (long long)B * N, R, b,
+              first ? s0 : static_cast<const void*>(sbuf + ((k - 1) & 1) * S * BN),
+              static_cast<TIn*>(h) + t0 * BN, last ? sT : static_cast<void*>(sbuf + (k & 1) * S * BN),
+              states_in ? states_in + t0 * S * BN : nullptr, rhb ? rhb + t0 * (long long)B * N : nullptr,
+              first ? 0 : 1, last ? 0 : 1};
+    const int rc = states_in != nullptr
+        ? launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, true>, Cfg::fwd_smem(), B, NH, main, &a,
+                 "fused_block layer forward", set_save)
+        : launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, false>, Cfg::fwd_smem(), B, NH, main, &a,
+                 "fused_block layer forward", set_plain);
+    if (rc != 0) return rc;
+  }
+  return 0;
+}
+
+// The backward of frnn_layer_forward with the same T, B, NH, I, reverse and K: dh [T, B, NH, DH], dsT
+// [S, B, NH, DH] or nullptr (zeros), the forward's gx, states_in and rhb, x and W ->
+// dgx [T, B, N], ds0, dw [K][ceil(B / BT)][NH][G * DH * DH + G * DH] float (dR | db partials, as
+// frnn_backward's dw, one block per chunk), dx [T, B, I] (nullptr: not wanted) and dW [N, I] float
+// (nullptr: not wanted). dsbuf: [2][S * B * NH * DH] float. Only for libraries whose backward
+// accumulates dR (frnn_dr_in_kernel() == 1). 0 = queued.
+int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const void* dh, const void* dsT,
+                        const void* gx, const void* R, const float* states_in, const float* rhb, const void* x,
+                        const void* W, void* dgx, void* ds0, float* dw, void* dx, float* dW, float* dsbuf,
+                        void* stream) {
+  constexpr int G = Cell::G, S = Cell::S;
+  if (!Cfg::DR) return fail_msg("frnn_layer_backward: this configuration's backward does not accumulate dR");
+  if (K < 1 || K > layer::MAX_CHUNKS || K > T) return fail_msg("frnn_layer_backward: expected 1 <= K <= min(T, 16)");
+  layer::DeviceCtx* c = layer::device_ctx();
+  if (c == nullptr) return 1;
+  const cudaStream_t main = static_cast<cudaStream_t>(stream);
+  const long long N = (long long)NH * G * DH, BN = (long long)B * NH * DH;
+  const long long dw_chunk = (long long)((B + BT - 1) / BT) * NH * (G * DH * DH + G * DH);
+  const bool side_work = dx != nullptr || dW != nullptr;
+  if (side_work && layer::g_blas.set_stream(c->handle, c->side) != 0)
+    return fail_msg("frnn_layer_backward: cublasSetStream failed");
+  static bool set = false;
+  cudaError_t e;
+  for (int j = 0; j < K; ++j) {  // the forward's chunks from the last
+    int t0, t1;
+    layer::chunk_range(T, K, K - 1 - j, reverse, t0, t1);
+    const bool first = j == 0, last = j == K - 1;
+    const long long M = (long long)(t1 - t0) * B;
+    BwdArgs a{t1 - t0, B, NH, reverse, static_cast<const TIn*>(dh) + t0 * BN,
+              first ? dsT : static_cast<const void*>(dsbuf + ((j - 1) & 1) * S * BN),
+              static_cast<const TIn*>(gx) + t0 * (long long)B * N, R, states_in + t0 * S * BN,
+              rhb + t0 * (long long)B * N, static_cast<TIn*>(dgx) + t0 * (long long)B * N, nullptr,
+              last ? ds0 : static_cast<void*>(dsbuf + (j & 1) * S * BN), dw + j * dw_chunk, first ? 0 : 1, last ? 0 : 1};
+    const int rc = launch(backward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, Cfg::bwd_smem(), B, NH, main, &a,
+                          "fused_block layer backward", set);
+    if (rc != 0) return rc;
+    if (!side_work) continue;
+    e = cudaEventRecord(c->ev[j], main);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(c->side, c->ev[j], 0);
+    if (e != cudaSuccess) return fail("frnn_layer_backward: side stream", e);
+    const TIn* dgxc = static_cast<const TIn*>(dgx) + t0 * (long long)B * N;
+    const TIn* xc = static_cast<const TIn*>(x) + t0 * (long long)B * I;
+    if (dx != nullptr &&  // dx[c] [M, I] = dgx[c] [M, N] W [N, I]
+        layer::gemm(c->handle, layer::OP_N, layer::OP_N, I, (int)M, (int)N, W, I, dgxc, (int)N, 0.0f,
+                    static_cast<TIn*>(dx) + t0 * (long long)B * I, layer::kDtype, I))
+      return 1;
+    if (dW != nullptr &&  // dW [N, I] += dgx[c]^T x[c]
+        layer::gemm(c->handle, layer::OP_N, layer::OP_T, I, (int)N, (int)M, xc, I, dgxc, (int)N, first ? 0.0f : 1.0f,
+                    dW, CUDA_R_32F, I))
+      return 1;
+  }
+  if (side_work) {
+    e = cudaEventRecord(c->ev[K], c->side);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(main, c->ev[K], 0);
+    if (e != cudaSuccess) return fail("frnn_layer_backward: join", e);
+  }
+  return 0;
+}
+
+}  // extern "C\"

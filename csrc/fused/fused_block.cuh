@@ -218,15 +218,28 @@ struct FwdArgs {
   int T, B, NH, reverse;
   const void* gx; const void* R; const void* b; const void* s0;
   void* h; void* sT; float* states_in; float* rhb;  // states_in, rhb: nullptr = save=false
+  int s0_f32, sT_f32;  // s0 / sT in float, not TIn (a layer's time chunks pass their states on in float)
 };
 
 struct BwdArgs {
   int T, B, NH, reverse;
-  const void* dh; const void* dsT; const void* gx; const void* R;
+  const void* dh; const void* dsT; const void* gx; const void* R;  // dsT nullptr: zeros
   const float* states_in; const float* rhb;
   void* dgx; float* drhb; void* ds0;
   float* dw;  // DR: per batch tile [NBT][NH][G * DH * DH (dR) + G * DH (db)]; else drhb is written
+  int dsT_f32, ds0_f32;  // dsT / ds0 in float, not TIn (as FwdArgs' s0_f32 / sT_f32)
 };
+
+// element i of a state tensor [S, B, NH, DH] that is float (f32) or TIn
+template <typename TIn>
+__device__ __forceinline__ float load_state(const void* p, int f32, int i) {
+  return f32 ? static_cast<const float*>(p)[i] : In<TIn>::load(static_cast<const TIn*>(p)[i]);
+}
+template <typename TIn>
+__device__ __forceinline__ void store_state(void* p, int f32, int i, float v) {
+  if (f32) static_cast<float*>(p)[i] = v;
+  else static_cast<TIn*>(p)[i] = In<TIn>::store(v);
+}
 
 // One thread's share of streaming a tile of ROWS rows x ROW_CHUNKS 16-byte chunks into a ring
 // stage each step: its chunk slots' shared addresses (stage 0) and global addresses (the first

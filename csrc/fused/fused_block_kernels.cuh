@@ -70,9 +70,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #pragma unroll
     for (int s = 0; s < S; ++s) st[e][s] = 0.0f;  // a column past the batch computes on zeros
     if (sidx[e] >= 0) {
-      const TIn* s0 = static_cast<const TIn*>(p.s0);
 #pragma unroll
-      for (int s = 0; s < S; ++s) st[e][s] = In<TIn>::load(s0[s * BND + sidx[e]]);
+      for (int s = 0; s < S; ++s) st[e][s] = load_state<TIn>(p.s0, p.s0_f32, s * BND + sidx[e]);
       Op pc[HP];
       split<Op, HP>(st[e][0], pc);
 #pragma unroll
@@ -212,12 +211,11 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   if (STG && T > 0) flush((T - 1) & 1, T & 1);  // the last step's (its h is X buffer T & 1)
   else if (SAVE && T > 0) store_outputs();
   cp_async_wait<0>();
-  TIn* sT = static_cast<TIn*>(p.sT);
 #pragma unroll
   for (int e = 0; e < E; ++e)
     if (sidx[e] >= 0)
 #pragma unroll
-      for (int s = 0; s < S; ++s) sT[s * BND + sidx[e]] = In<TIn>::store(st[e][s]);
+      for (int s = 0; s < S; ++s) store_state<TIn>(p.sT, p.sT_f32, s * BND + sidx[e], st[e][s]);
 }
 
 template <typename TIn, typename Cell, int DH, int WARPS, int BT, int RREG>
@@ -327,11 +325,9 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     gidx[e] = ((bt0 + n) * NH + nh) * G * DH + u;
 #pragma unroll
     for (int s = 0; s < S; ++s) ds[e][s] = 0.0f;  // a column past the batch computes on zeros
-    if (sidx[e] >= 0) {
-      const TIn* dsT = static_cast<const TIn*>(p.dsT);
+    if (sidx[e] >= 0 && p.dsT != nullptr)
 #pragma unroll
-      for (int s = 0; s < S; ++s) ds[e][s] = In<TIn>::load(dsT[s * BND + sidx[e]]);
-    }
+      for (int s = 0; s < S; ++s) ds[e][s] = load_state<TIn>(p.dsT, p.dsT_f32, s * BND + sidx[e]);
   }
   // dgx of a step is stored at the step's end, after its drhb (the next step's operand), through
   // per-element pointers that move one step per store (no per-step index math)
@@ -517,14 +513,13 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   float acc[1][NTW][4];
   gemm.template run_t<XN>(a_smem, xs_s + (uint32_t)((T & 1) * XT * 2), nt0, warp, lane, acc, [] {});
   exchange(acc);
-  TIn* ds0 = static_cast<TIn*>(p.ds0);
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     const auto el = C::elem(e, rh);
     if (sidx[e] < 0) continue;
     ds[e][0] += C::pick(acc[0][el.i], el);
 #pragma unroll
-    for (int s = 0; s < S; ++s) ds0[s * BND + sidx[e]] = In<TIn>::store(ds[e][s]);
+    for (int s = 0; s < S; ++s) store_state<TIn>(p.ds0, p.ds0_f32, s * BND + sidx[e], ds[e][s]);
   }
 }
 

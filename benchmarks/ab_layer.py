@@ -1,0 +1,60 @@
+"""A/B of recurrent_layer's one-call path (flashrnn_compile/layer.py, FAST_PATH) against F.linear then
+recurrence(), and of its chunk count, in one process, interleaved: the layer suite's "ours" layer
+(fused_block) forward and forward + backward, CUDA events around each call, median of --reps, the
+order of the variants rotated every rep.
+
+    python benchmarks/ab_layer.py [--reps 30] [--rows lstm:bf16:12x64,gru:bf16:12x64] [--chunks 1,2,4,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.suites import common, layer as suite  # noqa: E402
+from flashrnn_compile import layer, planner, runtime  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--rows", default="lstm:bf16:12x64,gru:bf16:12x64")
+    p.add_argument("--chunks", default="1,2,4,8")
+    p.add_argument("--B", type=int, default=16)
+    args = p.parse_args()
+    dev = torch.device("cuda")
+    variants = [("linear + recurrence()", None)] + [(f"one call K={k}", int(k)) for k in args.chunks.split(",")]
+    print(f"B{args.B} T1024, fused_block; ms, median of {args.reps}")
+    print("| cell | dtype | heads | variant | fwd | fwd+bwd |")
+    print("|---|---|---|---|---|---|")
+    for row in args.rows.split(","):
+        cell, dt, heads = row.split(":")
+        NH, DH = (int(v) for v in heads.split("x"))
+        cfg = suite.Config(cell, dt, args.B, 1024, NH, DH)
+        chosen = planner.plan(cell, args.B, NH, DH, common.DTYPES[dt], families=("fused_block",))
+        fwd, fwd_bwd = suite.ours_fns(cfg, runtime.plan_json(chosen.family, chosen.params), dev)
+        times = {(v, k): [] for v, _ in variants for k in ("fwd", "fwd+bwd")}
+        for rep in range(args.reps + 3):
+            order = variants[rep % len(variants):] + variants[:rep % len(variants)]
+            for name, chunks in order:
+                layer.FAST_PATH = chunks is not None
+                os.environ["FLASHRNN_LAYER_CHUNKS"] = str(chunks or 1)
+                for k, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+                    t = common._one_call_ms(fn, dev)
+                    if rep >= 3:
+                        times[(name, k)].append(t)
+        for name, _ in variants:
+            print(f"| {cell} | {dt} | {heads} | {name} | {statistics.median(times[(name, 'fwd')]):.3f} | "
+                  f"{statistics.median(times[(name, 'fwd+bwd')]):.3f} |", flush=True)
+    layer.FAST_PATH = True
+    os.environ.pop("FLASHRNN_LAYER_CHUNKS", None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+// A projected layer in one call (fused_block.cu's frnn_layer_forward / frnn_layer_backward): the
+// input GEMMs run on a side stream in K time chunks beside the recurrence, which runs the same
+// K chunks on the caller's stream.
+//
+//   forward:  gx = x W^T + b_in          [T, B, N]  N = NH * G * DH, x [T, B, I], W [N, I]
+//             chunk c's GEMM (side) -> event c -> the recurrence of chunk c (main, waits on it),
+//             so chunk c+1's GEMM runs while chunk c recurs
+//   backward: the recurrence backward of chunk c (main) -> event c -> (side)
+//             dx[c] = dgx[c] W  and  dW += dgx[c]^T x[c]  (float32, the first chunk with beta 0),
+//             so chunk c's GEMMs run while chunk c-1 recurs; main waits for the side at the end
+//
+// Chunks are contiguous time ranges taken in the recurrence's order (reverse: from the last);
+// between chunks the states (forward) and state gradients (backward) pass in float, as inside one
+// launch, so h, sT, dgx and ds0 are those of the one-launch recurrence.
+//
+// cuBLAS is not linked (CI compiles without its headers): the caller hands over the four entry
+// points of the libcublas its process already loaded (frnn_layer_set_blas) and the library keeps
+// one handle per device, in math mode "no reduced-precision reductions". Not thread-safe: one
+// host thread per device at a time.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <library_types.h>
+
+namespace {
+namespace layer {
+
+constexpr int MAX_CHUNKS = 16, MAX_DEVICES = 64;
+constexpr int OP_N = 0, OP_T = 1, COMPUTE_32F = 68, GEMM_DEFAULT = -1, MATH_NO_REDUCED_REDUCTION = 16;
+
+using CreateFn = int (*)(void**);
+using SetStreamFn = int (*)(void*, cudaStream_t);
+using SetMathFn = int (*)(void*, int);
+using GemmExFn = int (*)(void*, int, int, int, int, int, const void*, const void*, cudaDataType, int, const void*,
+                         cudaDataType, int, const void*, void*, cudaDataType, int, int, int);
+
+struct Blas {
+  CreateFn create = nullptr;
+  SetStreamFn set_stream = nullptr;
+  SetMathFn set_math = nullptr;
+  GemmExFn gemm = nullptr;
+};
+Blas g_blas;
+
+// one device's side stream, events (one per chunk, plus start and end) and cuBLAS handle
+struct DeviceCtx {
+  bool ready = false;
+  cudaStream_t side = nullptr;
+  cudaEvent_t ev[MAX_CHUNKS + 2] = {};
+  void* handle = nullptr;
+};
+DeviceCtx g_dev[MAX_DEVICES];
+
+constexpr cudaDataType kDtype = FRNN_DTYPE == 1 ? CUDA_R_16BF : CUDA_R_16F;  // TIn's
+
+// the current device's context, created on first use; nullptr with g_error set
+DeviceCtx* device_ctx() {
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return fail("layer: cudaGetDevice", e), nullptr;
+  if (dev < 0 || dev >= MAX_DEVICES) return fail_msg("layer: device index out of range"), nullptr;
+  DeviceCtx& c = g_dev[dev];
+  if (c.ready) return &c;
+  if (g_blas.gemm == nullptr) return fail_msg("layer: frnn_layer_set_blas was not called"), nullptr;
+  e = cudaStreamCreateWithFlags(&c.side, cudaStreamNonBlocking);
+  if (e != cudaSuccess) return fail("layer: side stream", e), nullptr;
+  for (auto& ev : c.ev) {
+    e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+    if (e != cudaSuccess) return fail("layer: event", e), nullptr;
+  }
+  if (g_blas.create(&c.handle) != 0) return fail_msg("layer: cublasCreate failed"), nullptr;
+  if (g_blas.set_math(c.handle, MATH_NO_REDUCED_REDUCTION) != 0) return fail_msg("layer: cublasSetMathMode failed"), nullptr;
+  c.ready = true;
+  return &c;
+}
+
+// out[m][n] = bias[n] for m < M (the GEMM then adds x W^T with beta 1)
+__global__ void broadcast_rows(TIn* __restrict__ out, const TIn* __restrict__ bias, long long M, int N) {
+  const long long total = M * N;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
+    out[i] = bias[i % N];
+}
+
+// C (column-major m x n, ldc) = alpha op(A) op(B) + beta C with A, B in TIn, C in c_type; float accumulation
+int gemm(void* handle, int ta, int tb, int m, int n, int k, const void* A, int lda, const void* B, int ldb, float beta,
+         void* C, cudaDataType c_type, int ldc) {
+  const float one = 1.0f;
+  const int st = g_blas.gemm(handle, ta, tb, m, n, k, &one, A, kDtype, lda, B, kDtype, ldb, &beta, C, c_type, ldc,
+                             COMPUTE_32F, GEMM_DEFAULT);
+  if (st != 0) {
+    snprintf(g_error, sizeof(g_error), "layer: cublasGemmEx failed with status %d (m %d n %d k %d)", st, m, n, k);
+    return 1;
+  }
+  return 0;
+}
+
+// chunk c's time range [t0, t1) in the recurrence's order (reverse: chunk 0 is the last range)
+inline void chunk_range(int T, int K, int c, bool reverse, int& t0, int& t1) {
+  const int r = reverse ? K - 1 - c : c;
+  t0 = (int)((long long)T * r / K);
+  t1 = (int)((long long)T * (r + 1) / K);
+}
+
+}  // namespace layer
+}  // namespace

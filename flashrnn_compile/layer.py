@@ -1,0 +1,244 @@
+"""A projected recurrent layer in one call: the input projection x W^T + b_in, then the recurrence.
+
+    recurrent_layer(x [T, B, I], W [NH*G*DH, I], b_in [NH*G*DH] or None, R [NH, G, DH, DH],
+                    b [NH, G, DH], s0 [S, B, NH, DH] or None, *, cell, reverse, plan, chunks)
+        -> (h [T, B, NH, DH], sT [S, B, NH, DH])
+
+W's rows are ordered (head, gate, unit), as gx's last three axes: the result is
+recurrence(F.linear(x, W, b_in).view(T, B, NH, G, DH), R, b, s0, ...).
+
+Under a fused_block plan on a CUDA device, called eagerly (nothing tracing: as `ops.recurrence`'s
+fast path), the whole forward is one library call and so is the backward (csrc/fused/layer.cuh):
+the GEMMs run on a side stream in `chunks` time chunks beside the recurrence, which runs the same
+chunks and passes its states (and in the backward their gradients) from chunk to chunk in float32,
+so h, sT and every gradient are those of the one-launch recurrence up to the order of float32
+sums. dW is accumulated over the chunks in float32 and rounded once. db_in is the recurrence's db
+where the cell's d(rhb) is d(gx) (the kernel sums it in float32 anyway), else the sum of dgx. Session 7
+(H200, LSTM 12x64 bf16 B16 T1024, benchmarks/probe_overlap.py): the overlap takes the layer's
+GPU time from 1.74 to 1.60 ms at 4 chunks; from Python the same launches cost more host time than
+they saved, hence one C call.
+
+Everywhere else (the CPU, other families, float32/float64, a plan the kernel turns down, tracing
+by Dynamo / make_fx, autocast): F.linear then `recurrence()`, the same values by definition.
+`chunks` (default: FLASHRNN_LAYER_CHUNKS, else min(4, T // 256), at least 1) changes only where the
+time goes.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import types
+import warnings
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from . import ops, runtime
+from .cells import get_cell
+
+Tensor = torch.Tensor
+
+MAX_CHUNKS = 16  # layer.cuh MAX_CHUNKS
+FAST_PATH = os.environ.get("FLASHRNN_LAYER", "1") != "0"  # the one-call path (A/B scripts and tests switch it)
+_WARNED: set = set()
+_BLAS_SET: set = set()  # id() of the libraries that have the cuBLAS entry points
+STATS: collections.Counter = collections.Counter()  # "one_call" / "linear_then_recurrence": calls by path
+
+
+def _shape(t) -> str:
+    return ops._shape(t) if isinstance(t, Tensor) else type(t).__name__
+
+
+def validate(x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, cell: str) -> None:
+    """The projection's arguments against R's heads; ValueError naming the argument (R, b and s0
+    are then checked by the core op)."""
+    G = get_cell(cell).num_gates
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        raise ValueError(f"x: expected 3 dims [T, B, I], got {_shape(x)}")
+    if not isinstance(R, Tensor) or R.dim() != 4:
+        raise ValueError(f"R: expected 4 dims [NH, G, DH, DH], got {_shape(R)}")
+    NH, DH, I = R.shape[0], R.shape[2], x.shape[2]
+    if not isinstance(W, Tensor) or tuple(W.shape) != (NH * G * DH, I):
+        raise ValueError(f"W: expected [NH*G*DH, I] = [{NH * G * DH}, {I}] (from R {_shape(R)}, cell {cell!r} "
+                         f"with G={G} and x {_shape(x)}), got {_shape(W)}")
+    if b_in is not None and (not isinstance(b_in, Tensor) or tuple(b_in.shape) != (NH * G * DH,)):
+        raise ValueError(f"b_in: expected None or [NH*G*DH] = [{NH * G * DH}], got {_shape(b_in)}")
+    for name, t in (("W", W), ("b_in", b_in)):
+        if t is not None and (t.dtype != x.dtype or t.device != x.device):
+            raise ValueError(f"{name}: expected dtype {x.dtype} on {x.device} (those of x), got {t.dtype} on {t.device}")
+
+
+def default_chunks(T: int) -> int:
+    env = os.environ.get("FLASHRNN_LAYER_CHUNKS")
+    k = int(env) if env else min(4, T // 256)
+    return max(1, min(k, T, MAX_CHUNKS))
+
+
+def recurrent_layer(x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, b: Tensor, s0: Optional[Tensor] = None,
+                    *, cell: str = "lstm", reverse: bool = False, plan: Optional[str] = None,
+                    chunks: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    """recurrence(F.linear(x, W, b_in).view(T, B, NH, G, DH), R, b, s0, ...) -> (h, sT); see the module."""
+    validate(x, W, b_in, R, cell)
+    spec = get_cell(cell)
+    T, B, _ = x.shape
+    NH, G, DH = R.shape[0], spec.num_gates, R.shape[2]
+    if s0 is None:
+        s0 = spec.initial_states(B, NH, DH, dtype=x.dtype, device=x.device)
+    if chunks is not None and not 1 <= chunks <= MAX_CHUNKS:
+        raise ValueError(f"chunks: expected 1 .. {MAX_CHUNKS}, got {chunks}")
+    plan = runtime.REFERENCE_PLAN if plan is None else plan
+    kern = _fused_kernel(x, W, b_in, R, b, s0, cell, plan)
+    if kern is not None:
+        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, W, b_in, R, b, s0))
+        K = min(chunks or default_chunks(T), T)
+        ops.validate(x.new_empty(1).expand(T, B, NH, G, DH), R, b, s0, cell)  # R, b, s0 against gx's shape
+        STATS["one_call"] += 1
+        return _Layer.apply(x, W, b_in, R, b, s0, cell, reverse, kern, K, save)
+    STATS["linear_then_recurrence"] += 1
+    gx = F.linear(x, W, b_in).view(T, B, NH, G, DH)  # [T, B, NH, G, DH]
+    return ops.recurrence(gx, R, b, s0, cell=cell, reverse=reverse, plan=plan)
+
+
+def _fused_kernel(x, W, b_in, R, b, s0, cell, plan):
+    """fused_block's Kernel for this call when the one-call layer applies, else None."""
+    if not FAST_PATH or x.device.type != "cuda" or x.shape[0] == 0:
+        return None
+    if not ops._eager_ok(tuple(t for t in (x, W, b_in, R, b, s0) if t is not None)):
+        return None  # tracing (Dynamo first: nothing after it is evaluated under compile)
+    if runtime.parse_plan(plan).family != "fused_block":
+        return None
+    from .kernels import fused_block
+
+    if x.dtype not in fused_block.TAKES or fused_block.unavailable(x.device) is not None:
+        return None
+    T, B, _ = x.shape
+    NH, G, DH = R.shape[0], get_cell(cell).num_gates, R.shape[2]
+    like_gx = types.SimpleNamespace(shape=(T, B, NH, G, DH), dtype=x.dtype, device=x.device)
+    kern, reason = fused_block._resolve(cell, like_gx, runtime.parse_plan(plan).params)
+    if kern is None or kern.dr_in_kernel != fused_block.DR_TILES:
+        return None
+    why = _blas_ready(kern.lib)
+    if why is not None:
+        if why not in _WARNED:
+            _WARNED.add(why)
+            warnings.warn(f"flashrnn: recurrent_layer: {why}; running F.linear then recurrence()", RuntimeWarning,
+                          stacklevel=3)
+        return None
+    return kern
+
+
+_BLAS: dict = {}  # "entry points" -> (create, set_stream, set_math, gemm) addresses, or "why" -> reason
+
+
+def _blas_entry_points():
+    """The cuBLAS entry points of the libcublas this process loaded (torch's), or a reason."""
+    if "entry points" in _BLAS or "why" in _BLAS:
+        return _BLAS.get("entry points"), _BLAS.get("why")
+    torch.cuda.current_blas_handle()  # torch loads libcublas and makes a handle
+    path = None
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                name = line.rsplit(" ", 1)[-1].strip()
+                if os.path.basename(name).startswith("libcublas.so"):
+                    path = name
+                    break
+    except OSError as e:
+        _BLAS["why"] = f"cannot read /proc/self/maps to find libcublas ({e})"
+        return None, _BLAS["why"]
+    if path is None:
+        _BLAS["why"] = "libcublas is not loaded in this process"
+        return None, _BLAS["why"]
+    lib = ctypes.CDLL(path)
+    names = ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetMathMode", "cublasGemmEx")
+    _BLAS["entry points"] = tuple(ctypes.cast(getattr(lib, n), ctypes.c_void_p).value for n in names)
+    _BLAS["lib"] = lib
+    return _BLAS["entry points"], None
+
+
+def _blas_ready(lib) -> Optional[str]:
+    """Hand the cuBLAS entry points to a configuration's library (once); None, or why not."""
+    if id(lib) in _BLAS_SET:
+        return None
+    ptrs, why = _blas_entry_points()
+    if why is not None:
+        return why
+    lib.frnn_layer_set_blas(*(ctypes.c_void_p(p) for p in ptrs))
+    _BLAS_SET.add(id(lib))
+    return None
+
+
+class _Layer(torch.autograd.Function):
+    """recurrent_layer's one-call path: fused_block's frnn_layer_forward / frnn_layer_backward."""
+
+    @staticmethod
+    def forward(ctx, x, W, b_in, R, b, s0, cell, reverse, kern, K, save):
+        from .kernels import _variants
+        from .kernels._variants import aligned, on, ptr, stream
+        from .kernels.fused_block import POISON
+
+        spec = get_cell(cell)
+        T, B, I = x.shape  # x [T, B, I]
+        NH, G, DH, S = R.shape[0], spec.num_gates, R.shape[2], spec.num_states
+        x, W = aligned(x), aligned(W)
+        b_in = None if b_in is None else b_in.contiguous()
+        R, b, s0 = R.contiguous(), b.contiguous(), s0.contiguous()
+        f32 = dict(dtype=torch.float32, device=x.device)
+        gx = x.new_empty(T, B, NH, G, DH)  # [T, B, NH, G, DH]
+        h = x.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
+        sT = x.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
+        states_in = torch.empty(T, S, B, NH, DH, **f32) if save else None  # [T, S, B, NH, DH]
+        rhb = torch.empty(T, B, NH, G, DH, **f32) if save else None  # [T, B, NH, G, DH]
+        sbuf = torch.empty(2, S, B, NH, DH, **f32) if K > 1 else None  # the states between chunks
+        _variants.poison(POISON, [t for t in (gx, h, sT, states_in, rhb) if t is not None])
+        with on(x.device):
+            rc = kern.lib.frnn_layer_forward(T, B, NH, I, int(reverse), K, ptr(x), ptr(W), ptr(b_in), ptr(gx), ptr(R),
+                                             ptr(b), ptr(s0), ptr(h), ptr(sT), ptr(states_in), ptr(rhb), ptr(sbuf),
+                                             stream(x.device))
+        if rc != 0:
+            raise RuntimeError(f"flashrnn recurrent_layer forward ({cell}): {kern.lib.frnn_error().decode()}")
+        ctx.save_for_backward(x, W, gx, R, states_in, rhb)
+        ctx.cell, ctx.reverse, ctx.kern, ctx.K, ctx.has_b_in = cell, reverse, kern, K, b_in is not None
+        ctx.set_materialize_grads(False)
+        return h, sT
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dh, dsT):
+        from .kernels import _variants
+        from .kernels._variants import aligned, on, ptr, stream
+        from .kernels.fused_block import POISON, _tile_sums
+
+        x, W, gx, R, states_in, rhb = ctx.saved_tensors
+        if states_in is None:
+            raise RuntimeError("flashrnn recurrent_layer: the forward ran without saving states (no input needed a "
+                               "gradient then), so it cannot be differentiated")
+        spec = get_cell(ctx.cell)
+        T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
+        I, S, K, kern = x.shape[2], spec.num_states, ctx.K, ctx.kern
+        f32 = dict(dtype=torch.float32, device=x.device)
+        dh = gx.new_zeros(T, B, NH, DH) if dh is None else aligned(dh.to(gx.dtype))  # [T, B, NH, DH]
+        dsT = None if dsT is None else dsT.to(gx.dtype).contiguous()  # [S, B, NH, DH]; None: zeros
+        want_dx, want_dW = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dgx = torch.empty_like(gx)  # [T, B, NH, G, DH]
+        ds0 = gx.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
+        dw = torch.empty(K, -(-B // kern.batch_tile), NH, G * DH * DH + G * DH, **f32)  # dR | db partials
+        dx = torch.empty_like(x) if want_dx else None  # [T, B, I]
+        dW = torch.empty(W.shape, **f32) if want_dW else None  # [NH*G*DH, I]
+        dsbuf = torch.empty(2, S, B, NH, DH, **f32) if K > 1 else None
+        _variants.poison(POISON, [t for t in (dgx, ds0, dw, dx, dW) if t is not None])
+        with on(x.device):
+            rc = kern.lib.frnn_layer_backward(T, B, NH, I, int(ctx.reverse), K, ptr(dh), ptr(dsT), ptr(gx), ptr(R),
+                                              ptr(states_in), ptr(rhb), ptr(x), ptr(W), ptr(dgx), ptr(ds0), ptr(dw),
+                                              ptr(dx), ptr(dW), ptr(dsbuf), stream(x.device))
+        if rc != 0:
+            raise RuntimeError(f"flashrnn recurrent_layer backward ({ctx.cell}): {kern.lib.frnn_error().decode()}")
+        dR, db = _tile_sums(dw.view(K * dw.shape[1], NH, -1), NH, G, DH)  # float32
+        db_in = None
+        if ctx.has_b_in and ctx.needs_input_grad[2]:
+            db_in = (db if spec.rhb_grad_is_gx else dgx.sum((0, 1), dtype=torch.float32)).reshape(-1).to(x.dtype)
+        return (dx, None if dW is None else dW.to(W.dtype), db_in, dR.to(R.dtype), db.to(R.dtype), ds0,
+                None, None, None, None, None)
