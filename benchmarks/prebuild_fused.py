@@ -4,7 +4,7 @@ explicit tilings (EXPLICIT), and every fused_grid configuration of tests/gpu/tes
 benchmarks/bench_fused_grid.py (bench_fused_grid.variants), in parallel;
 so a device run only loads them. Usage:
 
-    python benchmarks/prebuild_fused.py [--gpu h100-sxm] [--arch 9.0] [--jobs 8]
+    python benchmarks/prebuild_fused.py [--gpu h100-sxm] [--arch 9.0] [--jobs 8] [--families block,grid]
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ def main():
     p.add_argument("--gpu", default="h100-sxm")
     p.add_argument("--arch", default="9.0")
     p.add_argument("--jobs", type=int, default=8)
+    p.add_argument("--families", default="block,grid", help="which of block, grid to build")
     args = p.parse_args()
+    families = set(args.families.split(","))
     configs = {}
     from tests.gpu.test_fused_block import EXPLICIT  # explicit tilings of the tests
 
@@ -61,7 +63,8 @@ def main():
     from bench_fused_grid import prebuild_defines as grid_defines
     from flashrnn_compile.kernels import fused_grid
 
-    todo = [(fused_block.SOURCE, d) for d in configs.values()] + [(fused_grid.SOURCE, d) for d in grid_defines(args.gpu)]
+    todo = [(fused_block.SOURCE, d) for d in configs.values()] if "block" in families else []
+    todo += [(fused_grid.SOURCE, d) for d in grid_defines(args.gpu)] if "grid" in families else []
     start = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
         paths = list(pool.map(lambda sd: build.ensure_variant(sd[0], sd[1], [args.arch]), todo))
