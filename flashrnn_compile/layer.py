@@ -118,7 +118,7 @@ def _fused_kernel(x, W, b_in, R, b, s0, cell, plan):
     NH, G, DH = R.shape[0], get_cell(cell).num_gates, R.shape[2]
     like_gx = types.SimpleNamespace(shape=(T, B, NH, G, DH), dtype=x.dtype, device=x.device)
     kern, reason = fused_block._resolve(cell, like_gx, runtime.parse_plan(plan).params)
-    if kern is None or kern.dr_in_kernel != fused_block.DR_TILES:
+    if kern is None or kern.dr_in_kernel not in (fused_block.DR_TILES, fused_block.DR_GEMM):
         return None
     why = _blas_ready(kern.lib)
     if why is not None:
@@ -184,7 +184,8 @@ class _Layer(torch.autograd.Function):
         T, B, I = x.shape  # x [T, B, I]
         NH, G, DH, S = R.shape[0], spec.num_gates, R.shape[2], spec.num_states
         x, W = aligned(x), aligned(W)
-        b_in = None if b_in is None else b_in.contiguous()
+        b_in = None if b_in is None else aligned(b_in)
+        fold = spec.rhb_grad_is_gx  # b_in joins the recurrence's bias (in float): gx = x W^T alone
         R, b, s0 = R.contiguous(), b.contiguous(), s0.contiguous()
         f32 = dict(dtype=torch.float32, device=x.device)
         gx = x.new_empty(T, B, NH, G, DH)  # [T, B, NH, G, DH]
@@ -195,7 +196,7 @@ class _Layer(torch.autograd.Function):
         sbuf = torch.empty(2, S, B, NH, DH, **f32) if K > 1 else None  # the states between chunks
         _variants.poison(POISON, [t for t in (gx, h, sT, states_in, rhb) if t is not None])
         with on(x.device):
-            rc = kern.lib.frnn_layer_forward(T, B, NH, I, int(reverse), K, ptr(x), ptr(W), ptr(b_in), ptr(gx), ptr(R),
+            rc = kern.lib.frnn_layer_forward(T, B, NH, I, int(reverse), K, int(fold), ptr(x), ptr(W), ptr(b_in), ptr(gx), ptr(R),
                                              ptr(b), ptr(s0), ptr(h), ptr(sT), ptr(states_in), ptr(rhb), ptr(sbuf),
                                              stream(x.device))
         if rc != 0:
@@ -210,7 +211,7 @@ class _Layer(torch.autograd.Function):
     def backward(ctx, dh, dsT):
         from .kernels import _variants
         from .kernels._variants import aligned, on, ptr, stream
-        from .kernels.fused_block import POISON, _tile_sums
+        from .kernels import fused_block
 
         x, W, gx, R, states_in, rhb = ctx.saved_tensors
         if states_in is None:
@@ -225,18 +226,24 @@ class _Layer(torch.autograd.Function):
         want_dx, want_dW = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dgx = torch.empty_like(gx)  # [T, B, NH, G, DH]
         ds0 = gx.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
-        dw = torch.empty(K, -(-B // kern.batch_tile), NH, G * DH * DH + G * DH, **f32)  # dR | db partials
+        if kern.dr_in_kernel == fused_block.DR_TILES:  # dR | db partials per chunk and batch tile
+            dw, drhb = torch.empty(K, -(-B // kern.batch_tile), NH, G * DH * DH + G * DH, **f32), None
+        else:  # d(rhb) [T, B, NH, G, DH]; dR, db from one float32 GEMM below
+            dw, drhb = None, torch.empty(T, B, NH, G, DH, **f32)
         dx = torch.empty_like(x) if want_dx else None  # [T, B, I]
         dW = torch.empty(W.shape, **f32) if want_dW else None  # [NH*G*DH, I]
         dsbuf = torch.empty(2, S, B, NH, DH, **f32) if K > 1 else None
-        _variants.poison(POISON, [t for t in (dgx, ds0, dw, dx, dW) if t is not None])
+        _variants.poison(fused_block.POISON, [t for t in (dgx, ds0, dw, drhb, dx, dW) if t is not None])
         with on(x.device):
             rc = kern.lib.frnn_layer_backward(T, B, NH, I, int(ctx.reverse), K, ptr(dh), ptr(dsT), ptr(gx), ptr(R),
                                               ptr(states_in), ptr(rhb), ptr(x), ptr(W), ptr(dgx), ptr(ds0), ptr(dw),
-                                              ptr(dx), ptr(dW), ptr(dsbuf), stream(x.device))
+                                              ptr(drhb), ptr(dx), ptr(dW), ptr(dsbuf), stream(x.device))
         if rc != 0:
             raise RuntimeError(f"flashrnn recurrent_layer backward ({ctx.cell}): {kern.lib.frnn_error().decode()}")
-        dR, db = _tile_sums(dw.view(K * dw.shape[1], NH, -1), NH, G, DH)  # float32
+        if dw is not None:
+            dR, db = fused_block._tile_sums(dw.view(K * dw.shape[1], NH, -1), NH, G, DH)  # float32
+        else:
+            dR, db = fused_block._weight_grads(drhb, states_in, tf32=gx.dtype == torch.bfloat16)
         db_in = None
         if ctx.has_b_in and ctx.needs_input_grad[2]:
             db_in = (db if spec.rhb_grad_is_gx else dgx.sum((0, 1), dtype=torch.float32)).reshape(-1).to(x.dtype)

@@ -107,13 +107,16 @@ int frnn_layer_set_blas(void* create, void* set_stream, void* set_math, void* ge
 }
 
 // x [T, B, I], W [N, I], b_in [N] or nullptr -> gx [T, B, N] (kept for the backward), then the
-// recurrence as frnn_forward (h, sT, states_in / rhb: nullptr = save=false). sbuf: [2][S * B * NH * DH]
-// float, the states between chunks. 1 <= K <= min(T, 16); 0 = queued.
-int frnn_layer_forward(int T, int B, int NH, int I, int reverse, int K, const void* x, const void* W,
-                       const void* b_in, void* gx, const void* R, const void* b, const void* s0, void* h, void* sT,
-                       float* states_in, float* rhb, float* sbuf, void* stream) {
+// recurrence as frnn_forward (h, sT, states_in / rhb: nullptr = save=false). fold_b_in: b_in joins
+// the recurrence's bias in float (FwdArgs::b_in; only for cells whose gates all read gx + rhb) and
+// gx is x W^T alone; else gx = x W^T + b_in. sbuf: [2][S * B * NH * DH] float, the states between
+// chunks. b_in 16-byte aligned; 1 <= K <= min(T, 16); 0 = queued.
+int frnn_layer_forward(int T, int B, int NH, int I, int reverse, int K, int fold_b_in, const void* x,
+                       const void* W, const void* b_in, void* gx, const void* R, const void* b, const void* s0,
+                       void* h, void* sT, float* states_in, float* rhb, float* sbuf, void* stream) {
   constexpr int G = Cell::G, S = Cell::S;
   if (K < 1 || K > layer::MAX_CHUNKS || K > T) return fail_msg("frnn_layer_forward: expected 1 <= K <= min(T, 16)");
+  if (b_in != nullptr && reinterpret_cast<uintptr_t>(b_in) % 16 != 0) return fail_msg("frnn_layer_forward: b_in not 16-byte aligned");
   layer::DeviceCtx* c = layer::device_ctx();
   if (c == nullptr) return 1;
   const cudaStream_t main = static_cast<cudaStream_t>(stream);
@@ -127,10 +130,14 @@ int frnn_layer_forward(int T, int B, int NH, int I, int reverse, int K, const vo
     layer::chunk_range(T, K, k, reverse, t0, t1);
     const long long M = (long long)(t1 - t0) * B;
     TIn* gxc = static_cast<TIn*>(gx) + t0 * (long long)B * N;
-    if (b_in != nullptr)
-      layer::broadcast_rows<<<264, 256, 0, c->side>>>(gxc, static_cast<const TIn*>(b_in), M, (int)N);
+    const bool add_bias = b_in != nullptr && !fold_b_in;
+    if (add_bias) {
+      const int vecs = (int)(N / 8);
+      const dim3 grid((vecs + 127) / 128, (unsigned)(M < 512 ? M : 512));
+      layer::broadcast_rows<<<grid, 128, 0, c->side>>>(gxc, static_cast<const TIn*>(b_in), M, (int)N);
+    }
     if (layer::gemm(c->handle, layer::OP_T, layer::OP_N, (int)N, (int)M, I, W, I,
-                    static_cast<const TIn*>(x) + t0 * (long long)B * I, I, b_in != nullptr ? 1.0f : 0.0f, gxc,
+                    static_cast<const TIn*>(x) + t0 * (long long)B * I, I, add_bias ? 1.0f : 0.0f, gxc,
                     layer::kDtype, (int)N))
       return 1;
     e = cudaEventRecord(c->ev[k], c->side);
@@ -147,7 +154,7 @@ int frnn_layer_forward(int T, int B, int NH, int I, int reverse, int K, const vo
               first ? s0 : static_cast<const void*>(sbuf + ((k - 1) & 1) * S * BN),
               static_cast<TIn*>(h) + t0 * BN, last ? sT : static_cast<void*>(sbuf + (k & 1) * S * BN),
               states_in ? states_in + t0 * S * BN : nullptr, rhb ? rhb + t0 * (long long)B * N : nullptr,
-              first ? 0 : 1, last ? 0 : 1};
+              first ? 0 : 1, last ? 0 : 1, fold_b_in ? b_in : nullptr};
     const int rc = states_in != nullptr
         ? launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, true>, Cfg::fwd_smem(), B, NH, main, &a,
                  "fused_block layer forward", set_save)
@@ -162,14 +169,15 @@ int frnn_layer_forward(int T, int B, int NH, int I, int reverse, int K, const vo
 // [S, B, NH, DH] or nullptr (zeros), the forward's gx, states_in and rhb, x and W ->
 // dgx [T, B, N], ds0, dw [K][ceil(B / BT)][NH][G * DH * DH + G * DH] float (dR | db partials, as
 // frnn_backward's dw, one block per chunk), dx [T, B, I] (nullptr: not wanted) and dW [N, I] float
-// (nullptr: not wanted). dsbuf: [2][S * B * NH * DH] float. Only for libraries whose backward
-// accumulates dR (frnn_dr_in_kernel() == 1). 0 = queued.
+// (nullptr: not wanted). dsbuf: [2][S * B * NH * DH] float. Libraries whose backward writes drhb
+// instead of dR (frnn_dr_in_kernel() == 0) take drhb [T, B, N] float and leave dw alone; those with
+// neither (2) are refused. 0 = queued.
 int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const void* dh, const void* dsT,
                         const void* gx, const void* R, const float* states_in, const float* rhb, const void* x,
-                        const void* W, void* dgx, void* ds0, float* dw, void* dx, float* dW, float* dsbuf,
-                        void* stream) {
+                        const void* W, void* dgx, void* ds0, float* dw, float* drhb, void* dx, float* dW,
+                        float* dsbuf, void* stream) {
   constexpr int G = Cell::G, S = Cell::S;
-  if (!Cfg::DR) return fail_msg("frnn_layer_backward: this configuration's backward does not accumulate dR");
+  if (!Cfg::DR && !Cfg::DRHB) return fail_msg("frnn_layer_backward: this configuration's backward gives no dR");
   if (K < 1 || K > layer::MAX_CHUNKS || K > T) return fail_msg("frnn_layer_backward: expected 1 <= K <= min(T, 16)");
   layer::DeviceCtx* c = layer::device_ctx();
   if (c == nullptr) return 1;
@@ -189,8 +197,9 @@ int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const v
     BwdArgs a{t1 - t0, B, NH, reverse, static_cast<const TIn*>(dh) + t0 * BN,
               first ? dsT : static_cast<const void*>(dsbuf + ((j - 1) & 1) * S * BN),
               static_cast<const TIn*>(gx) + t0 * (long long)B * N, R, states_in + t0 * S * BN,
-              rhb + t0 * (long long)B * N, static_cast<TIn*>(dgx) + t0 * (long long)B * N, nullptr,
-              last ? ds0 : static_cast<void*>(dsbuf + (j & 1) * S * BN), dw + j * dw_chunk, first ? 0 : 1, last ? 0 : 1};
+              rhb + t0 * (long long)B * N, static_cast<TIn*>(dgx) + t0 * (long long)B * N,
+              Cfg::DR ? nullptr : drhb + t0 * (long long)B * N, last ? ds0 : static_cast<void*>(dsbuf + (j & 1) * S * BN),
+              Cfg::DR ? dw + j * dw_chunk : nullptr, first ? 0 : 1, last ? 0 : 1};
     const int rc = launch(backward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, Cfg::bwd_smem(), B, NH, main, &a,
                           "fused_block layer backward", set);
     if (rc != 0) return rc;

@@ -219,6 +219,9 @@ struct FwdArgs {
   const void* gx; const void* R; const void* b; const void* s0;
   void* h; void* sT; float* states_in; float* rhb;  // states_in, rhb: nullptr = save=false
   int s0_f32, sT_f32;  // s0 / sT in float, not TIn (a layer's time chunks pass their states on in float)
+  // [NH, G, DH] added to b in float, or nullptr: a layer's input bias, for cells whose every gate
+  // reads gx + rhb (the sum is what the gates and the saved rhb see; the backward never reads b)
+  const void* b_in;
 };
 
 struct BwdArgs {

@@ -26,6 +26,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   const int T = p.T, B = p.B, NH = p.NH, nb = B - bt0 < BT ? B - bt0 : BT;
   const TIn* R = static_cast<const TIn*>(p.R) + (size_t)nh * G * DH * DH;
   const TIn* bias = static_cast<const TIn*>(p.b) + (size_t)nh * G * DH;
+  const TIn* bias_in = p.b_in == nullptr ? nullptr : static_cast<const TIn*>(p.b_in) + (size_t)nh * G * DH;
   const int BND = B * NH * DH;  // one [B, NH, DH] slice (the module checks it fits an int)
   const int dstep = p.reverse ? -1 : 1, t_first = p.reverse ? T - 1 : 0;
   // gx rows (t = 0, bt0 + n, nh) and the bytes of one time step
@@ -60,7 +61,10 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #pragma unroll
   for (int jj = 0; jj < C::JN; ++jj)
 #pragma unroll
-    for (int g = 0; g < G; ++g) bb[jj][g] = In<TIn>::load(bias[g * DH + ug * 16 + gq + 8 * (C::RH == 2 ? rh : jj)]);
+    for (int g = 0; g < G; ++g) {
+      const int k = g * DH + ug * 16 + gq + 8 * (C::RH == 2 ? rh : jj);
+      bb[jj][g] = In<TIn>::load(bias[k]) + (bias_in != nullptr ? In<TIn>::load(bias_in[k]) : 0.0f);
+    }
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     const auto el = C::elem(e, rh);

@@ -74,11 +74,13 @@ DeviceCtx* device_ctx() {
   return &c;
 }
 
-// out[m][n] = bias[n] for m < M (the GEMM then adds x W^T with beta 1)
+// out[m][n] = bias[n] for m < M (the GEMM then adds x W^T with beta 1), 8 values (16 bytes) a
+// thread: N % 8 == 0 and both pointers 16-byte aligned (the caller's checks)
 __global__ void broadcast_rows(TIn* __restrict__ out, const TIn* __restrict__ bias, long long M, int N) {
-  const long long total = M * N;
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
-    out[i] = bias[i % N];
+  const int v = blockIdx.x * blockDim.x + threadIdx.x;  // which 8 columns
+  if (v * 8 >= N) return;
+  const uint4 b = reinterpret_cast<const uint4*>(bias)[v];
+  for (long long m = blockIdx.y; m < M; m += gridDim.y) reinterpret_cast<uint4*>(out + m * N)[v] = b;
 }
 
 // C (column-major m x n, ldc) = alpha op(A) op(B) + beta C with A, B in TIn, C in c_type; float accumulation
