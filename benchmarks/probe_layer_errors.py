@@ -1,5 +1,5 @@
 """Probe (session 7): where recurrent_layer's error against float64 comes from in the cases that
-failed tests/gpu/test_layer_gpu.py in call 2 (elman_relu and slstm in bfloat16): per output, the
+failed tests/gpu/test_layer_gpu.py in call 2 with a dense W (elman_relu and slstm in bfloat16): per output, the
 relative error of the one-call path with K chunks and with one chunk, of F.linear then recurrence()
 under the same fused_block plan (the op path), and of PyTorch natively in bfloat16, over a few seeds.
 
@@ -18,8 +18,20 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flashrnn_compile import layer  # noqa: E402
-from tests.gpu.conftest import family_plan  # noqa: E402
-from tests.gpu.test_layer_gpu import NAMES, _layer_inputs, _linear_then_reference, _run  # noqa: E402
+from flashrnn_compile.cells import get_cell  # noqa: E402
+from tests.gpu.conftest import exact, family_plan, make_inputs  # noqa: E402
+from tests.gpu.test_layer_gpu import NAMES, _linear_then_reference, _run  # noqa: E402
+
+
+def _layer_inputs(cell, T, B, NH, DH, I, seed):
+    """float64 inputs exact in every dtype, with a dense W (x W^T + b_in is rounded in bf16)."""
+    G = get_cell(cell).num_gates
+    _, R, b, s0, dh, dsT = make_inputs(cell, T, B, NH, DH, seed)
+    g = torch.Generator().manual_seed(seed ^ 0x5A5A)
+    x = exact(torch.randn(T, B, I, generator=g, dtype=torch.float64)).cuda()
+    W = exact(I**-0.5 * torch.randn(NH * G * DH, I, generator=g, dtype=torch.float64)).cuda()
+    b_in = exact(0.1 * torch.randn(NH * G * DH, generator=g, dtype=torch.float64)).cuda()
+    return (x, W, b_in, R, b, s0), dh, dsT
 
 CASES = [("elman_relu", 5, 48, 3, 37, 17, 1, True), ("elman_relu", 2, 16, 1, 8, 17, 16, True),
          ("slstm", 24, 32, 3, 19, 40, 2, False), ("lstm", 24, 32, 3, 19, 40, 2, False)]

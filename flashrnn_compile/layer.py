@@ -7,21 +7,20 @@
 W's rows are ordered (head, gate, unit), as gx's last three axes: the result is
 recurrence(F.linear(x, W, b_in).view(T, B, NH, G, DH), R, b, s0, ...).
 
-Under a fused_block plan on a CUDA device, called eagerly (nothing tracing: as `ops.recurrence`'s
-fast path), the whole forward is one library call and so is the backward (csrc/fused/layer.cuh):
-the GEMMs run on a side stream in `chunks` time chunks beside the recurrence, which runs the same
-chunks and passes its states (and in the backward their gradients) from chunk to chunk in float32,
-so h, sT and every gradient are those of the one-launch recurrence up to the order of float32
-sums. dW is accumulated over the chunks in float32 and rounded once. db_in is the recurrence's db
-where the cell's d(rhb) is d(gx) (the kernel sums it in float32 anyway), else the sum of dgx. Session 7
-(H200, LSTM 12x64 bf16 B16 T1024, benchmarks/probe_overlap.py): the overlap takes the layer's
-GPU time from 1.74 to 1.60 ms at 4 chunks; from Python the same launches cost more host time than
-they saved, hence one C call.
+Under a fused_block plan on a CUDA device, called eagerly with some input needing a gradient
+(nothing tracing: as `ops.recurrence`'s fast path), the layer is one autograd node. Its forward is
+F.linear then fused_block's forward kernel; its backward is one library call
+(csrc/fused/layer.cuh): the recurrence's backward in `chunks` time chunks, with dx = dgx W and
+dW = dgx^T x of each chunk on a side stream beside the next chunk's recurrence. The chunks pass
+their state gradients on in float32, so dgx and ds0 are those of the one-launch backward; dW is
+accumulated over the chunks in float32 and rounded once; dR and db sum per-chunk float32 partials;
+db_in is the recurrence's db where the cell's d(rhb) is d(gx) (summed in float32 by the kernel),
+else the float32 sum of dgx.
 
-Everywhere else (the CPU, other families, float32/float64, a plan the kernel turns down, tracing
-by Dynamo / make_fx, autocast): F.linear then `recurrence()`, the same values by definition.
+Everywhere else (the CPU, other families, float32/float64, inference, a plan the kernel turns down,
+tracing by Dynamo / make_fx, autocast): F.linear then `recurrence()`, the same values by definition.
 `chunks` (default: FLASHRNN_LAYER_CHUNKS, else min(4, T // 256), at least 1) changes only where the
-time goes.
+time goes. Session 7 (H200, LSTM 12x64 bf16 B16 T1024): benchmarks/results/H200/session7.md.
 """
 
 from __future__ import annotations
@@ -92,11 +91,10 @@ def recurrent_layer(x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, b: 
     plan = runtime.REFERENCE_PLAN if plan is None else plan
     kern = _fused_kernel(x, W, b_in, R, b, s0, cell, plan)
     if kern is not None:
-        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, W, b_in, R, b, s0))
         K = min(chunks or default_chunks(T), T)
         ops.validate(x.new_empty(1).expand(T, B, NH, G, DH), R, b, s0, cell)  # R, b, s0 against gx's shape
         STATS["one_call"] += 1
-        return _Layer.apply(x, W, b_in, R, b, s0, cell, reverse, kern, K, save)
+        return _Layer.apply(x, W, b_in, R, b, s0, cell, reverse, kern, K, runtime.parse_plan(plan).params)
     STATS["linear_then_recurrence"] += 1
     gx = F.linear(x, W, b_in).view(T, B, NH, G, DH)  # [T, B, NH, G, DH]
     return ops.recurrence(gx, R, b, s0, cell=cell, reverse=reverse, plan=plan)
@@ -104,8 +102,10 @@ def recurrent_layer(x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, b: 
 
 def _fused_kernel(x, W, b_in, R, b, s0, cell, plan):
     """fused_block's Kernel for this call when the one-call layer applies, else None."""
-    if not FAST_PATH or x.device.type != "cuda" or x.shape[0] == 0:
+    if not FAST_PATH or x.device.type != "cuda" or x.shape[0] == 0 or not torch.is_grad_enabled():
         return None
+    if not any(t is not None and t.requires_grad for t in (x, W, b_in, R, b, s0)):
+        return None  # inference: F.linear then recurrence() is the same launches
     if not ops._eager_ok(tuple(t for t in (x, W, b_in, R, b, s0) if t is not None)):
         return None  # tracing (Dynamo first: nothing after it is evaluated under compile)
     if runtime.parse_plan(plan).family != "fused_block":
@@ -172,35 +172,18 @@ def _blas_ready(lib) -> Optional[str]:
 
 
 class _Layer(torch.autograd.Function):
-    """recurrent_layer's one-call path: fused_block's frnn_layer_forward / frnn_layer_backward."""
+    """recurrent_layer's fused_block path: F.linear and fused_block's forward, then
+    frnn_layer_backward."""
 
     @staticmethod
-    def forward(ctx, x, W, b_in, R, b, s0, cell, reverse, kern, K, save):
-        from .kernels import _variants
-        from .kernels._variants import aligned, on, ptr, stream
-        from .kernels.fused_block import POISON
+    def forward(ctx, x, W, b_in, R, b, s0, cell, reverse, kern, K, params):
+        from .kernels import _variants, fused_block
 
-        spec = get_cell(cell)
-        T, B, I = x.shape  # x [T, B, I]
-        NH, G, DH, S = R.shape[0], spec.num_gates, R.shape[2], spec.num_states
-        x, W = aligned(x), aligned(W)
-        b_in = None if b_in is None else aligned(b_in)
-        fold = spec.rhb_grad_is_gx  # b_in joins the recurrence's bias (in float): gx = x W^T alone
-        R, b, s0 = R.contiguous(), b.contiguous(), s0.contiguous()
-        f32 = dict(dtype=torch.float32, device=x.device)
-        gx = x.new_empty(T, B, NH, G, DH)  # [T, B, NH, G, DH]
-        h = x.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
-        sT = x.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
-        states_in = torch.empty(T, S, B, NH, DH, **f32) if save else None  # [T, S, B, NH, DH]
-        rhb = torch.empty(T, B, NH, G, DH, **f32) if save else None  # [T, B, NH, G, DH]
-        sbuf = torch.empty(2, S, B, NH, DH, **f32) if K > 1 else None  # the states between chunks
-        _variants.poison(POISON, [t for t in (gx, h, sT, states_in, rhb) if t is not None])
-        with on(x.device):
-            rc = kern.lib.frnn_layer_forward(T, B, NH, I, int(reverse), K, int(fold), ptr(x), ptr(W), ptr(b_in), ptr(gx), ptr(R),
-                                             ptr(b), ptr(s0), ptr(h), ptr(sT), ptr(states_in), ptr(rhb), ptr(sbuf),
-                                             stream(x.device))
-        if rc != 0:
-            raise RuntimeError(f"flashrnn recurrent_layer forward ({cell}): {kern.lib.frnn_error().decode()}")
+        T, B, _ = x.shape  # x [T, B, I]
+        NH, DH = R.shape[0], R.shape[2]
+        x, W = _variants.aligned(x), W.contiguous()
+        gx = F.linear(x, W, b_in).view(T, B, NH, -1, DH)  # [T, B, NH, G, DH]
+        h, sT, states_in, rhb = fused_block.forward(gx, R, b, s0, cell, reverse, params, True)
         ctx.save_for_backward(x, W, gx, R, states_in, rhb)
         ctx.cell, ctx.reverse, ctx.kern, ctx.K, ctx.has_b_in = cell, reverse, kern, K, b_in is not None
         ctx.set_materialize_grads(False)
@@ -209,14 +192,10 @@ class _Layer(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dh, dsT):
-        from .kernels import _variants
+        from .kernels import _variants, fused_block
         from .kernels._variants import aligned, on, ptr, stream
-        from .kernels import fused_block
 
         x, W, gx, R, states_in, rhb = ctx.saved_tensors
-        if states_in is None:
-            raise RuntimeError("flashrnn recurrent_layer: the forward ran without saving states (no input needed a "
-                               "gradient then), so it cannot be differentiated")
         spec = get_cell(ctx.cell)
         T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
         I, S, K, kern = x.shape[2], spec.num_states, ctx.K, ctx.kern

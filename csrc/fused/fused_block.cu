@@ -94,7 +94,7 @@ int frnn_backward(int T, int B, int NH, int reverse, const void* dh, const void*
                 static_cast<cudaStream_t>(stream), &a, "fused_block backward", set);
 }
 
-// ---- a projected layer (layer.cuh): x W^T + b_in and the recurrence, in K time chunks ----------
+// ---- a projected layer's backward (layer.cuh): the recurrence's in K time chunks, dx and dW beside it
 
 // cuBLAS entry points (cublasCreate_v2, cublasSetStream_v2, cublasSetMathMode, cublasGemmEx) of the
 // libcublas the caller's process loaded; 0 = set
@@ -106,65 +106,9 @@ int frnn_layer_set_blas(void* create, void* set_stream, void* set_math, void* ge
   return 0;
 }
 
-// x [T, B, I], W [N, I], b_in [N] or nullptr -> gx [T, B, N] (kept for the backward), then the
-// recurrence as frnn_forward (h, sT, states_in / rhb: nullptr = save=false). fold_b_in: b_in joins
-// the recurrence's bias in float (FwdArgs::b_in; only for cells whose gates all read gx + rhb) and
-// gx is x W^T alone; else gx = x W^T + b_in. sbuf: [2][S * B * NH * DH] float, the states between
-// chunks. b_in 16-byte aligned; 1 <= K <= min(T, 16); 0 = queued.
-int frnn_layer_forward(int T, int B, int NH, int I, int reverse, int K, int fold_b_in, const void* x,
-                       const void* W, const void* b_in, void* gx, const void* R, const void* b, const void* s0,
-                       void* h, void* sT, float* states_in, float* rhb, float* sbuf, void* stream) {
-  constexpr int G = Cell::G, S = Cell::S;
-  if (K < 1 || K > layer::MAX_CHUNKS || K > T) return fail_msg("frnn_layer_forward: expected 1 <= K <= min(T, 16)");
-  if (b_in != nullptr && reinterpret_cast<uintptr_t>(b_in) % 16 != 0) return fail_msg("frnn_layer_forward: b_in not 16-byte aligned");
-  layer::DeviceCtx* c = layer::device_ctx();
-  if (c == nullptr) return 1;
-  const cudaStream_t main = static_cast<cudaStream_t>(stream);
-  const long long N = (long long)NH * G * DH, BN = (long long)B * NH * DH;
-  cudaError_t e = cudaEventRecord(c->ev[K], main);  // x, W, b_in are ready on the caller's stream
-  if (e == cudaSuccess) e = cudaStreamWaitEvent(c->side, c->ev[K], 0);
-  if (e != cudaSuccess) return fail("frnn_layer_forward: side stream", e);
-  if (layer::g_blas.set_stream(c->handle, c->side) != 0) return fail_msg("frnn_layer_forward: cublasSetStream failed");
-  // chunk k's GEMM (side), then chunk k's recurrence (main, after the GEMM's event): the host
-  // queues each chunk's recurrence before it spends time on the next GEMM call (~25-40 us of host
-  // time each on the H200 machine), so the recurrence never waits on the host
-  static bool set_save = false, set_plain = false;
-  const bool add_bias = b_in != nullptr && !fold_b_in;
-  for (int k = 0; k < K; ++k) {
-    int t0, t1;
-    layer::chunk_range(T, K, k, reverse, t0, t1);
-    const long long M = (long long)(t1 - t0) * B;
-    TIn* gxc = static_cast<TIn*>(gx) + t0 * (long long)B * N;
-    if (add_bias) {
-      const int vecs = (int)(N / 8);
-      const dim3 grid((vecs + 127) / 128, (unsigned)(M < 512 ? M : 512));
-      layer::broadcast_rows<<<grid, 128, 0, c->side>>>(gxc, static_cast<const TIn*>(b_in), M, (int)N);
-    }
-    if (layer::gemm(c->handle, layer::OP_T, layer::OP_N, (int)N, (int)M, I, W, I,
-                    static_cast<const TIn*>(x) + t0 * (long long)B * I, I, add_bias ? 1.0f : 0.0f, gxc,
-                    layer::kDtype, (int)N))
-      return 1;
-    e = cudaEventRecord(c->ev[k], c->side);
-    if (e == cudaSuccess) e = cudaStreamWaitEvent(main, c->ev[k], 0);
-    if (e != cudaSuccess) return fail("frnn_layer_forward: event", e);
-    const bool first = k == 0, last = k == K - 1;
-    FwdArgs a{t1 - t0, B, NH, reverse, gxc, R, b,
-              first ? s0 : static_cast<const void*>(sbuf + ((k - 1) & 1) * S * BN),
-              static_cast<TIn*>(h) + t0 * BN, last ? sT : static_cast<void*>(sbuf + (k & 1) * S * BN),
-              states_in ? states_in + t0 * S * BN : nullptr, rhb ? rhb + t0 * (long long)B * N : nullptr,
-              first ? 0 : 1, last ? 0 : 1, fold_b_in ? b_in : nullptr};
-    const int rc = states_in != nullptr
-        ? launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, true>, Cfg::fwd_smem(), B, NH, main, &a,
-                 "fused_block layer forward", set_save)
-        : launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, false>, Cfg::fwd_smem(), B, NH, main, &a,
-                 "fused_block layer forward", set_plain);
-    if (rc != 0) return rc;
-  }
-  return 0;
-}
-
-// The backward of frnn_layer_forward with the same T, B, NH, I, reverse and K: dh [T, B, NH, DH], dsT
-// [S, B, NH, DH] or nullptr (zeros), the forward's gx, states_in and rhb, x and W ->
+// The backward of a layer gx = x W^T + b_in [T, B, N] (x [T, B, I], W [N, I]) whose recurrence
+// frnn_forward ran with save, in K time chunks: dh [T, B, NH, DH], dsT [S, B, NH, DH] or nullptr
+// (zeros), the forward's gx, states_in and rhb, x and W ->
 // dgx [T, B, N], ds0, dw [K][ceil(B / BT)][NH][G * DH * DH + G * DH] float (dR | db partials, as
 // frnn_backward's dw, one block per chunk), dx [T, B, I] (nullptr: not wanted) and dW [N, I] float
 // (nullptr: not wanted). dsbuf: [2][S * B * NH * DH] float. Libraries whose backward writes drhb

@@ -218,10 +218,6 @@ struct FwdArgs {
   int T, B, NH, reverse;
   const void* gx; const void* R; const void* b; const void* s0;
   void* h; void* sT; float* states_in; float* rhb;  // states_in, rhb: nullptr = save=false
-  int s0_f32, sT_f32;  // s0 / sT in float, not TIn (a layer's time chunks pass their states on in float)
-  // [NH, G, DH] added to b in float, or nullptr: a layer's input bias, for cells whose every gate
-  // reads gx + rhb (the sum is what the gates and the saved rhb see; the backward never reads b)
-  const void* b_in;
 };
 
 struct BwdArgs {
@@ -230,7 +226,7 @@ struct BwdArgs {
   const float* states_in; const float* rhb;
   void* dgx; float* drhb; void* ds0;
   float* dw;  // DR: per batch tile [NBT][NH][G * DH * DH (dR) + G * DH (db)]; else drhb is written
-  int dsT_f32, ds0_f32;  // dsT / ds0 in float, not TIn (as FwdArgs' s0_f32 / sT_f32)
+  int dsT_f32, ds0_f32;  // dsT / ds0 in float, not TIn (a layer's time chunks pass them on in float)
 };
 
 // element i of a state tensor [S, B, NH, DH] that is float (f32) or TIn

@@ -26,7 +26,6 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   const int T = p.T, B = p.B, NH = p.NH, nb = B - bt0 < BT ? B - bt0 : BT;
   const TIn* R = static_cast<const TIn*>(p.R) + (size_t)nh * G * DH * DH;
   const TIn* bias = static_cast<const TIn*>(p.b) + (size_t)nh * G * DH;
-  const TIn* bias_in = p.b_in == nullptr ? nullptr : static_cast<const TIn*>(p.b_in) + (size_t)nh * G * DH;
   const int BND = B * NH * DH;  // one [B, NH, DH] slice (the module checks it fits an int)
   const int dstep = p.reverse ? -1 : 1, t_first = p.reverse ? T - 1 : 0;
   // gx rows (t = 0, bt0 + n, nh) and the bytes of one time step
@@ -61,10 +60,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #pragma unroll
   for (int jj = 0; jj < C::JN; ++jj)
 #pragma unroll
-    for (int g = 0; g < G; ++g) {
-      const int k = g * DH + ug * 16 + gq + 8 * (C::RH == 2 ? rh : jj);
-      bb[jj][g] = In<TIn>::load(bias[k]) + (bias_in != nullptr ? In<TIn>::load(bias_in[k]) : 0.0f);
-    }
+    for (int g = 0; g < G; ++g) bb[jj][g] = In<TIn>::load(bias[g * DH + ug * 16 + gq + 8 * (C::RH == 2 ? rh : jj)]);
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     const auto el = C::elem(e, rh);
@@ -74,8 +70,9 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #pragma unroll
     for (int s = 0; s < S; ++s) st[e][s] = 0.0f;  // a column past the batch computes on zeros
     if (sidx[e] >= 0) {
+      const TIn* s0 = static_cast<const TIn*>(p.s0);
 #pragma unroll
-      for (int s = 0; s < S; ++s) st[e][s] = load_state<TIn>(p.s0, p.s0_f32, s * BND + sidx[e]);
+      for (int s = 0; s < S; ++s) st[e][s] = In<TIn>::load(s0[s * BND + sidx[e]]);
       Op pc[HP];
       split<Op, HP>(st[e][0], pc);
 #pragma unroll
@@ -215,11 +212,12 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   if (STG && T > 0) flush((T - 1) & 1, T & 1);  // the last step's (its h is X buffer T & 1)
   else if (SAVE && T > 0) store_outputs();
   cp_async_wait<0>();
+  TIn* sT = static_cast<TIn*>(p.sT);
 #pragma unroll
   for (int e = 0; e < E; ++e)
     if (sidx[e] >= 0)
 #pragma unroll
-      for (int s = 0; s < S; ++s) store_state<TIn>(p.sT, p.sT_f32, s * BND + sidx[e], st[e][s]);
+      for (int s = 0; s < S; ++s) sT[s * BND + sidx[e]] = In<TIn>::store(st[e][s]);
 }
 
 template <typename TIn, typename Cell, int DH, int WARPS, int BT, int RREG>

@@ -1,17 +1,12 @@
-// A projected layer in one call (fused_block.cu's frnn_layer_forward / frnn_layer_backward): the
-// input GEMMs run on a side stream in K time chunks beside the recurrence, which runs the same
-// K chunks on the caller's stream.
-//
-//   forward:  gx = x W^T + b_in          [T, B, N]  N = NH * G * DH, x [T, B, I], W [N, I]
-//             chunk c's GEMM (side) -> event c -> the recurrence of chunk c (main, waits on it),
-//             so chunk c+1's GEMM runs while chunk c recurs
-//   backward: the recurrence backward of chunk c (main) -> event c -> (side)
-//             dx[c] = dgx[c] W  and  dW += dgx[c]^T x[c]  (float32, the first chunk with beta 0),
-//             so chunk c's GEMMs run while chunk c-1 recurs; main waits for the side at the end
-//
-// Chunks are contiguous time ranges taken in the recurrence's order (reverse: from the last);
-// between chunks the states (forward) and state gradients (backward) pass in float, as inside one
-// launch, so h, sT, dgx and ds0 are those of the one-launch recurrence.
+// A projected layer's backward in one call (fused_block.cu's frnn_layer_backward), for
+// gx = x W^T + b_in [T, B, N] (N = NH * G * DH, x [T, B, I], W [N, I]) and the recurrence over gx:
+// the recurrence's backward runs in K time chunks on the caller's stream, an event after each, and
+// the input GEMMs of a chunk run on a side stream once its event fires,
+//   dx[c] = dgx[c] W  and  dW += dgx[c]^T x[c]  (float32, the first chunk with beta 0),
+// so chunk c's GEMMs run while chunk c-1 recurs; the caller's stream waits for the side at the end.
+// Chunks are contiguous time ranges, taken from the end of the recurrence's order; between chunks
+// the state gradients pass in float, as inside one launch, so dgx and ds0 are those of the
+// one-launch backward.
 //
 // cuBLAS is not linked (CI compiles without its headers): the caller hands over the four entry
 // points of the libcublas its process already loaded (frnn_layer_set_blas) and the library keeps
@@ -72,15 +67,6 @@ DeviceCtx* device_ctx() {
   if (g_blas.set_math(c.handle, MATH_NO_REDUCED_REDUCTION) != 0) return fail_msg("layer: cublasSetMathMode failed"), nullptr;
   c.ready = true;
   return &c;
-}
-
-// out[m][n] = bias[n] for m < M (the GEMM then adds x W^T with beta 1), 8 values (16 bytes) a
-// thread: N % 8 == 0 and both pointers 16-byte aligned (the caller's checks)
-__global__ void broadcast_rows(TIn* __restrict__ out, const TIn* __restrict__ bias, long long M, int N) {
-  const int v = blockIdx.x * blockDim.x + threadIdx.x;  // which 8 columns
-  if (v * 8 >= N) return;
-  const uint4 b = reinterpret_cast<const uint4*>(bias)[v];
-  for (long long m = blockIdx.y; m < M; m += gridDim.y) reinterpret_cast<uint4*>(out + m * N)[v] = b;
 }
 
 // C (column-major m x n, ldc) = alpha op(A) op(B) + beta C with A, B in TIn, C in c_type; float accumulation

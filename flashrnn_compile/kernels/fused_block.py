@@ -52,10 +52,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.frnn_config.argtypes = [p]
     lib.frnn_error.restype = ctypes.c_char_p
     lib.frnn_dr_in_kernel.restype = i
-    lib.frnn_layer_set_blas.argtypes = [p] * 4  # the projected layer (flashrnn_compile/layer.py)
+    lib.frnn_layer_set_blas.argtypes = [p] * 4  # the projected layer's backward (flashrnn_compile/layer.py)
     lib.frnn_layer_set_blas.restype = i
-    lib.frnn_layer_forward.argtypes = [i] * 7 + [p] * 13
-    lib.frnn_layer_forward.restype = i
     lib.frnn_layer_backward.argtypes = [i] * 6 + [p] * 16
     lib.frnn_layer_backward.restype = i
 

@@ -1,10 +1,19 @@
-"""recurrent_layer's one-call path (fused_block, csrc/fused/layer.cuh) against the float64 reference.
+"""recurrent_layer's fused_block path (its backward is one library call, csrc/fused/layer.cuh)
+against the float64 reference.
 
 For every cell, bfloat16 and float16, both directions and chunk counts from 1 to 16 (including
-counts that do not divide T and odd batch / input sizes): h, sT and the gradients of x, W, b_in, R,
-b and s0, each within 2x the error of PyTorch computing the same layer natively in that dtype
-(F.linear then the reference recurrence in the dtype), with the outputs NaN-poisoned before every
-launch. Each test asserts that the one-call path ran (layer.STATS), so a silent fallback fails.
+counts that do not divide T, odd batch and input sizes, and a DR_GEMM tiling, 6x128): h, sT and
+the gradients of x, W, b_in, R, b and s0, each within 2x the error of PyTorch computing the same
+layer natively in that dtype (F.linear then the reference recurrence in the dtype), with the
+outputs NaN-poisoned before every launch. Each test asserts that the fused path ran (layer.STATS),
+so a silent fallback fails.
+
+W has one nonzero per row, a power of two, and b_in is zero, so gx = x W^T + b_in is exact in
+every dtype: as in tests/gpu/test_fused_block.py, the recurrences start from the same gx, and cells
+with a kink on the gates' path (elman_relu's ReLU, slstm's stabiliser max) are not swamped by
+flips at the kink that a rounded gx moves (session 7: with a dense bfloat16 W, one draw's gradient
+error swung ~20x either way for PyTorch's own bfloat16 as for ours; benchmarks/probe_layer_errors.py).
+The GEMMs still run dense: dx = dgx W and dW = dgx^T x do not know W is sparse.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from flashrnn_compile.cells import CELLS, get_cell
 from flashrnn_compile.kernels import fused_block
 from flashrnn_compile.testing import within
 
-from .conftest import exact, family_plan, make_inputs
+from .conftest import SMALL_DRAWS, SMALL_ELEMENTS, exact, family_plan, make_inputs
 
 DTYPES = (torch.bfloat16, torch.float16)
 NAMES = ("h", "sT", "dx", "dW", "db_in", "dR", "db", "ds0")
@@ -33,14 +42,18 @@ CASES = [(c, *s, r) for c, s, r in itertools.product(sorted(CELLS), SHAPES, (Fal
 
 
 def _layer_inputs(cell, T, B, NH, DH, I, seed):
-    """float64 inputs exact in every dtype: x, W, b_in (scaled like a layer's), R, b, s0, dh, dsT."""
+    """float64 inputs exact in every dtype, with x W^T + b_in exact too (see the module): x, W, b_in,
+    R, b, s0, dh, dsT."""
     G = get_cell(cell).num_gates
     _, R, b, s0, dh, dsT = make_inputs(cell, T, B, NH, DH, seed)
     g = torch.Generator().manual_seed(seed ^ 0x5A5A)
-    x = exact(torch.randn(T, B, I, generator=g, dtype=torch.float64)).cuda()
-    W = exact(I**-0.5 * torch.randn(NH * G * DH, I, generator=g, dtype=torch.float64)).cuda()
-    b_in = exact(0.1 * torch.randn(NH * G * DH, generator=g, dtype=torch.float64)).cuda()
-    return (x, W, b_in, R, b, s0), dh, dsT
+    x = exact(torch.randn(T, B, I, generator=g, dtype=torch.float64))
+    W = torch.zeros(NH * G * DH, I, dtype=torch.float64)
+    cols = torch.randint(0, I, (NH * G * DH,), generator=g)
+    scale = torch.tensor([-2.0, -1.0, -0.5, 0.5, 1.0, 2.0], dtype=torch.float64)
+    W[torch.arange(NH * G * DH), cols] = scale[torch.randint(0, 6, (NH * G * DH,), generator=g)]
+    b_in = torch.zeros(NH * G * DH, dtype=torch.float64)
+    return tuple(t.cuda() for t in (x, W, b_in)) + (R, b, s0), dh, dsT
 
 
 def _run(fn, inputs, dh, dsT):
@@ -59,23 +72,13 @@ def _linear_then_reference(cell, reverse, dtype):
     return fn
 
 
-# Cells with a kink on the gates' path (elman_relu's ReLU, slstm's stabiliser max): a pre-activation
-# within rounding of it lands on either side, and with a bfloat16 x W^T the flips move one draw's
-# gradient error by up to ~20x, for PyTorch's own bfloat16 as for ours (session 7,
-# benchmarks/probe_layer_errors.py: slstm 24x32 B3 T40 dx over 4 seeds, ours / torch = 1.5, 0.05,
-# 0.2, 0.04; elman_relu 2x16 B1 T17: 21, 16, 0.7, 0.8, with F.linear then recurrence() on the same
-# kernels as spread). Their errors are pooled over KINK_DRAWS draws, as tests/gpu/conftest.py pools
-# outputs of fewer than 64 elements; the bound stays 2x.
-KINK_CELLS, KINK_DRAWS = ("elman_relu", "slstm"), 4
-
-
 @pytest.mark.parametrize("cell,NH,DH,B,I,T,chunks,reverse", CASES,
                          ids=[f"{c}-{nh}x{dh}-B{b}-I{i}-T{t}-K{k}-{'rev' if r else 'fwd'}"
                               for c, nh, dh, b, i, t, k, r in CASES])
 def test_layer_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, monkeypatch):
     monkeypatch.setattr(fused_block, "POISON", True)
     seed = zlib.crc32(f"layer-{cell}-{NH}-{DH}-{B}-{I}-{T}-{chunks}-{reverse}".encode())
-    draws = KINK_DRAWS if cell in KINK_CELLS or B * NH * DH < 64 else 1
+    draws = SMALL_DRAWS if B * NH * DH < SMALL_ELEMENTS else 1  # as conftest pools small outputs
     sq = {}  # (dtype, name) -> [|ours - ref|^2, |torch - ref|^2, |ref|^2] summed over the draws
     for k in range(draws):
         inputs, dh, dsT = _layer_inputs(cell, T, B, NH, DH, I, seed + k)
@@ -103,18 +106,27 @@ def test_layer_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, monkeypat
 
 
 @pytest.mark.parametrize("chunks", [2, 4, 7])
-def test_chunks_keep_the_one_launch_forward(chunks):
-    """h and sT with K chunks are those of one chunk, bit for bit (the states pass in float32
-    between chunks, as inside one launch). I = 16: one MMA k-step, so every GEMM algorithm cuBLAS
-    may pick for the chunks' row counts gives the same gx."""
+def test_chunks_keep_the_one_launch_state_gradient(chunks):
+    """ds0 with K chunks is that of one chunk, bit for bit: the chunks pass their state gradients
+    on in float32, as the one launch does from step to step."""
     cell, T, B, NH, DH, I = "lstm", 61, 5, 4, 32, 16
-    inputs, _, _ = _layer_inputs(cell, T, B, NH, DH, I, 7)
+    inputs, dh, dsT = _layer_inputs(cell, T, B, NH, DH, I, 7)
     low = [t.to(torch.bfloat16) for t in inputs]
     plan = family_plan("fused_block", cell, B, NH, DH, torch.bfloat16)
+    grads = [_run(lambda *a: layer.recurrent_layer(*a, cell=cell, plan=plan, chunks=k), low, dh.to(torch.bfloat16),
+                  dsT.to(torch.bfloat16)) for k in (1, chunks)]
+    assert torch.equal(grads[0][NAMES.index("ds0")], grads[1][NAMES.index("ds0")])
+
+
+def test_inference_takes_linear_then_recurrence():
+    """Without a gradient to compute, the layer is F.linear then recurrence() (the same launches)."""
+    inputs, _, _ = _layer_inputs("lstm", 9, 3, 2, 16, 20, 3)
+    low = [t.to(torch.bfloat16) for t in inputs]
+    plan = family_plan("fused_block", "lstm", 3, 2, 16, torch.bfloat16)
+    before = layer.STATS["one_call"]
     with torch.no_grad():
-        h1, s1 = layer.recurrent_layer(*low, cell=cell, plan=plan, chunks=1)
-        hk, sk = layer.recurrent_layer(*low, cell=cell, plan=plan, chunks=chunks)
-    assert torch.equal(h1, hk) and torch.equal(s1, sk)
+        layer.recurrent_layer(*low, cell="lstm", plan=plan)
+    assert layer.STATS["one_call"] == before
 
 
 def test_non_fused_plans_take_linear_then_recurrence():
