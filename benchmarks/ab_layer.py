@@ -3,7 +3,7 @@ recurrence(), and of its chunk count, in one process, interleaved: the layer sui
 (fused_block) forward and forward + backward, CUDA events around each call, median of --reps, the
 order of the variants rotated every rep.
 
-    python benchmarks/ab_layer.py [--reps 30] [--rows lstm:bf16:12x64,gru:bf16:12x64] [--chunks 1,2,4,8]
+    python benchmarks/ab_layer.py [--reps 30] [--rows lstm:bf16:12x64,lstm:fp16:12x64] [--chunks 1,2,4,8]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from flashrnn_compile import layer, planner, runtime  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=30)
-    p.add_argument("--rows", default="lstm:bf16:12x64,gru:bf16:12x64")
+    p.add_argument("--rows", default="lstm:bf16:12x64,lstm:fp16:12x64")
     p.add_argument("--chunks", default="1,2,4,8")
     p.add_argument("--B", type=int, default=16)
     args = p.parse_args()

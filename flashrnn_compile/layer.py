@@ -19,8 +19,10 @@ else the float32 sum of dgx.
 
 Everywhere else (the CPU, other families, float32/float64, inference, a plan the kernel turns down,
 tracing by Dynamo / make_fx, autocast): F.linear then `recurrence()`, the same values by definition.
-`chunks` (default: FLASHRNN_LAYER_CHUNKS, else min(4, T // 256), at least 1) changes only where the
-time goes. Session 7 (H200, LSTM 12x64 bf16 B16 T1024): benchmarks/results/H200/session7.md.
+`chunks` (default: FLASHRNN_LAYER_CHUNKS, else min(4, T // 256); at least 1, at most (T + 1) // 2)
+changes only where the time goes. Tilings whose backward writes d(rhb) for an outside dR GEMM
+(DR_GEMM, e.g. GRU 12x64) take F.linear then recurrence(): the one-call backward was slower there.
+Measurements (H200, session 7): benchmarks/results/H200/session7.md.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def recurrent_layer(x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, b: 
     plan = runtime.REFERENCE_PLAN if plan is None else plan
     kern = _fused_kernel(x, W, b_in, R, b, s0, cell, plan)
     if kern is not None:
-        K = min(chunks or default_chunks(T), T)
+        K = min(chunks or default_chunks(T), (T + 1) // 2)  # T >= 2K - 1: no empty chunk
         ops.validate(x.new_empty(1).expand(T, B, NH, G, DH), R, b, s0, cell)  # R, b, s0 against gx's shape
         STATS["one_call"] += 1
         return _Layer.apply(x, W, b_in, R, b, s0, cell, reverse, kern, K, runtime.parse_plan(plan).params)
@@ -118,8 +120,8 @@ def _fused_kernel(x, W, b_in, R, b, s0, cell, plan):
     NH, G, DH = R.shape[0], get_cell(cell).num_gates, R.shape[2]
     like_gx = types.SimpleNamespace(shape=(T, B, NH, G, DH), dtype=x.dtype, device=x.device)
     kern, reason = fused_block._resolve(cell, like_gx, runtime.parse_plan(plan).params)
-    if kern is None or kern.dr_in_kernel not in (fused_block.DR_TILES, fused_block.DR_GEMM):
-        return None
+    if kern is None or kern.dr_in_kernel != fused_block.DR_TILES:
+        return None  # DR_GEMM tilings (GRU 12x64): measured slower through the one-call backward
     why = _blas_ready(kern.lib)
     if why is not None:
         if why not in _WARNED:
@@ -205,24 +207,18 @@ class _Layer(torch.autograd.Function):
         want_dx, want_dW = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dgx = torch.empty_like(gx)  # [T, B, NH, G, DH]
         ds0 = gx.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
-        if kern.dr_in_kernel == fused_block.DR_TILES:  # dR | db partials per chunk and batch tile
-            dw, drhb = torch.empty(K, -(-B // kern.batch_tile), NH, G * DH * DH + G * DH, **f32), None
-        else:  # d(rhb) [T, B, NH, G, DH]; dR, db from one float32 GEMM below
-            dw, drhb = None, torch.empty(T, B, NH, G, DH, **f32)
+        dw = torch.empty(K, -(-B // kern.batch_tile), NH, G * DH * DH + G * DH, **f32)  # dR | db per chunk, tile
         dx = torch.empty_like(x) if want_dx else None  # [T, B, I]
         dW = torch.empty(W.shape, **f32) if want_dW else None  # [NH*G*DH, I]
         dsbuf = torch.empty(2, S, B, NH, DH, **f32) if K > 1 else None
-        _variants.poison(fused_block.POISON, [t for t in (dgx, ds0, dw, drhb, dx, dW) if t is not None])
+        _variants.poison(fused_block.POISON, [t for t in (dgx, ds0, dw, dx, dW) if t is not None])
         with on(x.device):
             rc = kern.lib.frnn_layer_backward(T, B, NH, I, int(ctx.reverse), K, ptr(dh), ptr(dsT), ptr(gx), ptr(R),
                                               ptr(states_in), ptr(rhb), ptr(x), ptr(W), ptr(dgx), ptr(ds0), ptr(dw),
-                                              ptr(drhb), ptr(dx), ptr(dW), ptr(dsbuf), stream(x.device))
+                                              ptr(dx), ptr(dW), ptr(dsbuf), stream(x.device))
         if rc != 0:
             raise RuntimeError(f"flashrnn recurrent_layer backward ({ctx.cell}): {kern.lib.frnn_error().decode()}")
-        if dw is not None:
-            dR, db = fused_block._tile_sums(dw.view(K * dw.shape[1], NH, -1), NH, G, DH)  # float32
-        else:
-            dR, db = fused_block._weight_grads(drhb, states_in, tf32=gx.dtype == torch.bfloat16)
+        dR, db = fused_block._tile_sums(dw.view(K * dw.shape[1], NH, -1), NH, G, DH)  # float32
         db_in = None
         if ctx.has_b_in and ctx.needs_input_grad[2]:
             db_in = (db if spec.rhb_grad_is_gx else dgx.sum((0, 1), dtype=torch.float32)).reshape(-1).to(x.dtype)

@@ -111,16 +111,17 @@ int frnn_layer_set_blas(void* create, void* set_stream, void* set_math, void* ge
 // (zeros), the forward's gx, states_in and rhb, x and W ->
 // dgx [T, B, N], ds0, dw [K][ceil(B / BT)][NH][G * DH * DH + G * DH] float (dR | db partials, as
 // frnn_backward's dw, one block per chunk), dx [T, B, I] (nullptr: not wanted) and dW [N, I] float
-// (nullptr: not wanted). dsbuf: [2][S * B * NH * DH] float. Libraries whose backward writes drhb
-// instead of dR (frnn_dr_in_kernel() == 0) take drhb [T, B, N] float and leave dw alone; those with
-// neither (2) are refused. 0 = queued.
+// (nullptr: not wanted). dsbuf: [2][S * B * NH * DH] float. Only for libraries whose backward
+// accumulates dR (frnn_dr_in_kernel() == 1); 1 <= K <= 16 with T >= 2K - 1 (layer::chunk_range).
+// 0 = queued.
 int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const void* dh, const void* dsT,
                         const void* gx, const void* R, const float* states_in, const float* rhb, const void* x,
-                        const void* W, void* dgx, void* ds0, float* dw, float* drhb, void* dx, float* dW,
-                        float* dsbuf, void* stream) {
+                        const void* W, void* dgx, void* ds0, float* dw, void* dx, float* dW, float* dsbuf,
+                        void* stream) {
   constexpr int G = Cell::G, S = Cell::S;
-  if (!Cfg::DR && !Cfg::DRHB) return fail_msg("frnn_layer_backward: this configuration's backward gives no dR");
-  if (K < 1 || K > layer::MAX_CHUNKS || K > T) return fail_msg("frnn_layer_backward: expected 1 <= K <= min(T, 16)");
+  if (!Cfg::DR) return fail_msg("frnn_layer_backward: this configuration's backward does not accumulate dR");
+  if (K < 1 || K > layer::MAX_CHUNKS || T < 2 * K - 1)
+    return fail_msg("frnn_layer_backward: expected 1 <= K <= 16 and T >= 2K - 1");
   layer::DeviceCtx* c = layer::device_ctx();
   if (c == nullptr) return 1;
   const cudaStream_t main = static_cast<cudaStream_t>(stream);
@@ -141,8 +142,8 @@ int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const v
               first ? dsT : static_cast<const void*>(dsbuf + ((j - 1) & 1) * S * BN),
               static_cast<const TIn*>(gx) + t0 * (long long)B * N, R, states_in + t0 * S * BN,
               rhb + t0 * (long long)B * N, static_cast<TIn*>(dgx) + t0 * (long long)B * N,
-              Cfg::DR ? nullptr : drhb + t0 * (long long)B * N, last ? ds0 : static_cast<void*>(dsbuf + (j & 1) * S * BN),
-              Cfg::DR ? dw + j * dw_chunk : nullptr, first ? 0 : 1, last ? 0 : 1};
+              nullptr, last ? ds0 : static_cast<void*>(dsbuf + (j & 1) * S * BN), dw + j * dw_chunk,
+              first ? 0 : 1, last ? 0 : 1};
     const int rc = launch(backward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, Cfg::bwd_smem(), B, NH, main, &a,
                           "fused_block layer backward", set);
     if (rc != 0) return rc;

@@ -4,7 +4,7 @@
 // the input GEMMs of a chunk run on a side stream once its event fires,
 //   dx[c] = dgx[c] W  and  dW += dgx[c]^T x[c]  (float32, the first chunk with beta 0),
 // so chunk c's GEMMs run while chunk c-1 recurs; the caller's stream waits for the side at the end.
-// Chunks are contiguous time ranges, taken from the end of the recurrence's order; between chunks
+// Chunks are contiguous time ranges (chunk_range), taken from the end of the recurrence's order; between chunks
 // the state gradients pass in float, as inside one launch, so dgx and ds0 are those of the
 // one-launch backward.
 //
@@ -82,11 +82,14 @@ int gemm(void* handle, int ta, int tb, int m, int n, int k, const void* A, int l
   return 0;
 }
 
-// chunk c's time range [t0, t1) in the recurrence's order (reverse: chunk 0 is the last range)
+// chunk c's time range [t0, t1), c counted in the recurrence's order (reverse: from the end of
+// time). Chunk 0 is half as long as the others: the backward takes it last, and its GEMMs are the
+// part of the input GEMMs that no recurrence hides. Every chunk is nonempty when T >= 2K - 1.
 inline void chunk_range(int T, int K, int c, bool reverse, int& t0, int& t1) {
-  const int r = reverse ? K - 1 - c : c;
-  t0 = (int)((long long)T * r / K);
-  t1 = (int)((long long)T * (r + 1) / K);
+  const long long W = 2LL * K - 1, lo = c == 0 ? 0 : 2LL * c - 1, hi = 2LL * c + 1;  // in units of T / W
+  const int a = (int)(T * lo / W), b = (int)(T * hi / W);                            // steps, in order
+  t0 = reverse ? T - b : a;
+  t1 = reverse ? T - a : b;
 }
 
 }  // namespace layer

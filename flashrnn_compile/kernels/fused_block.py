@@ -54,7 +54,7 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.frnn_dr_in_kernel.restype = i
     lib.frnn_layer_set_blas.argtypes = [p] * 4  # the projected layer's backward (flashrnn_compile/layer.py)
     lib.frnn_layer_set_blas.restype = i
-    lib.frnn_layer_backward.argtypes = [i] * 6 + [p] * 16
+    lib.frnn_layer_backward.argtypes = [i] * 6 + [p] * 15
     lib.frnn_layer_backward.restype = i
 
 
