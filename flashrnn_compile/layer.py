@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import functools
 import os
 import types
 import warnings
@@ -73,6 +74,8 @@ def validate(x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, cell: str)
 
 
 def default_chunks(T: int) -> int:
+    """The one-call backward's time chunks for T steps: FLASHRNN_LAYER_CHUNKS, else min(4, T // 256),
+    within 1 .. min(T, 16) (recurrent_layer caps it further at (T + 1) // 2)."""
     env = os.environ.get("FLASHRNN_LAYER_CHUNKS")
     k = int(env) if env else min(4, T // 256)
     return max(1, min(k, T, MAX_CHUNKS))
@@ -94,7 +97,7 @@ def recurrent_layer(x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, b: 
     kern = _fused_kernel(x, W, b_in, R, b, s0, cell, plan)
     if kern is not None:
         K = min(chunks or default_chunks(T), (T + 1) // 2)  # T >= 2K - 1: no empty chunk
-        ops.validate(x.new_empty(1).expand(T, B, NH, G, DH), R, b, s0, cell)  # R, b, s0 against gx's shape
+        ops.validate(x.as_strided((T, B, NH, G, DH), (0,) * 5), R, b, s0, cell)  # R, b, s0 against gx's shape
         STATS["one_call"] += 1
         return _Layer.apply(x, W, b_in, R, b, s0, cell, reverse, kern, K, runtime.parse_plan(plan).params)
     STATS["linear_then_recurrence"] += 1
@@ -104,7 +107,7 @@ def recurrent_layer(x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, b: 
 
 def _fused_kernel(x, W, b_in, R, b, s0, cell, plan):
     """fused_block's Kernel for this call when the one-call layer applies, else None."""
-    if not FAST_PATH or x.device.type != "cuda" or x.shape[0] == 0 or not torch.is_grad_enabled():
+    if not FAST_PATH or x.device.type != "cuda" or x.numel() == 0 or not torch.is_grad_enabled():
         return None
     if not any(t is not None and t.requires_grad for t in (x, W, b_in, R, b, s0)):
         return None  # inference: F.linear then recurrence() is the same launches
@@ -119,7 +122,7 @@ def _fused_kernel(x, W, b_in, R, b, s0, cell, plan):
     T, B, _ = x.shape
     NH, G, DH = R.shape[0], get_cell(cell).num_gates, R.shape[2]
     like_gx = types.SimpleNamespace(shape=(T, B, NH, G, DH), dtype=x.dtype, device=x.device)
-    kern, reason = fused_block._resolve(cell, like_gx, runtime.parse_plan(plan).params)
+    kern, _ = fused_block._resolve(cell, like_gx, runtime.parse_plan(plan).params)
     if kern is None or kern.dr_in_kernel != fused_block.DR_TILES:
         return None  # DR_GEMM tilings (GRU 12x64): measured slower through the one-call backward
     why = _blas_ready(kern.lib)
@@ -132,40 +135,29 @@ def _fused_kernel(x, W, b_in, R, b, s0, cell, plan):
     return kern
 
 
-_BLAS: dict = {}  # "entry points" -> (create, set_stream, set_math, gemm) addresses, or "why" -> reason
-
-
+@functools.lru_cache(maxsize=None)
 def _blas_entry_points():
-    """The cuBLAS entry points of the libcublas this process loaded (torch's), or a reason."""
-    if "entry points" in _BLAS or "why" in _BLAS:
-        return _BLAS.get("entry points"), _BLAS.get("why")
+    """(the cuBLAS entry points of the libcublas this process loaded (torch's), the library, None),
+    or (None, None, the reason there are none); once per process."""
     torch.cuda.current_blas_handle()  # torch loads libcublas and makes a handle
-    path = None
     try:
         with open("/proc/self/maps") as maps:
-            for line in maps:
-                name = line.rsplit(" ", 1)[-1].strip()
-                if os.path.basename(name).startswith("libcublas.so"):
-                    path = name
-                    break
+            paths = [line.rsplit(" ", 1)[-1].strip() for line in maps]
     except OSError as e:
-        _BLAS["why"] = f"cannot read /proc/self/maps to find libcublas ({e})"
-        return None, _BLAS["why"]
+        return None, None, f"cannot read /proc/self/maps to find libcublas ({e})"
+    path = next((p for p in paths if os.path.basename(p).startswith("libcublas.so")), None)
     if path is None:
-        _BLAS["why"] = "libcublas is not loaded in this process"
-        return None, _BLAS["why"]
+        return None, None, "libcublas is not loaded in this process"
     lib = ctypes.CDLL(path)
     names = ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetMathMode", "cublasGemmEx")
-    _BLAS["entry points"] = tuple(ctypes.cast(getattr(lib, n), ctypes.c_void_p).value for n in names)
-    _BLAS["lib"] = lib
-    return _BLAS["entry points"], None
+    return tuple(ctypes.cast(getattr(lib, n), ctypes.c_void_p).value for n in names), lib, None
 
 
 def _blas_ready(lib) -> Optional[str]:
     """Hand the cuBLAS entry points to a configuration's library (once); None, or why not."""
     if id(lib) in _BLAS_SET:
         return None
-    ptrs, why = _blas_entry_points()
+    ptrs, _, why = _blas_entry_points()
     if why is not None:
         return why
     lib.frnn_layer_set_blas(*(ctypes.c_void_p(p) for p in ptrs))
