@@ -4,6 +4,7 @@ recurrence(), and of its chunk count, in one process, interleaved: the layer sui
 order of the variants rotated every rep.
 
     python benchmarks/ab_layer.py [--reps 30] [--rows lstm:bf16:12x64,lstm:fp16:12x64] [--chunks 1,2,4,8]
+                                  [--dr-out-chunks 4]
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ def main() -> None:
     p.add_argument("--rows", default="lstm:bf16:12x64,lstm:fp16:12x64")
     p.add_argument("--chunks", default="1,2,4,8")
     p.add_argument("--B", type=int, default=16)
+    p.add_argument("--dr-out-chunks", default="", help="also these chunk counts with layer.DR_OUT (FRNN_DR_OUT libraries)")
     args = p.parse_args()
     dev = torch.device("cuda")
-    variants = [("linear + recurrence()", None)] + [(f"one call K={k}", int(k)) for k in args.chunks.split(",")]
+    variants = [("linear + recurrence()", None, False)] + [(f"one call K={k}", int(k), False) for k in args.chunks.split(",")]
+    variants += [(f"one call K={k} DR_OUT", int(k), True) for k in args.dr_out_chunks.split(",") if k]
     print(f"B{args.B} T1024, fused_block; ms, median of {args.reps}")
     print("| cell | dtype | heads | variant | fwd | fwd+bwd |")
     print("|---|---|---|---|---|---|")
@@ -39,20 +42,20 @@ def main() -> None:
         cfg = suite.Config(cell, dt, args.B, 1024, NH, DH)
         chosen = planner.plan(cell, args.B, NH, DH, common.DTYPES[dt], families=("fused_block",))
         fwd, fwd_bwd = suite.ours_fns(cfg, runtime.plan_json(chosen.family, chosen.params), dev)
-        times = {(v, k): [] for v, _ in variants for k in ("fwd", "fwd+bwd")}
+        times = {(v, k): [] for v, _, _ in variants for k in ("fwd", "fwd+bwd")}
         for rep in range(args.reps + 3):
             order = variants[rep % len(variants):] + variants[:rep % len(variants)]
-            for name, chunks in order:
-                layer.FAST_PATH = chunks is not None
+            for name, chunks, dr_out in order:
+                layer.FAST_PATH, layer.DR_OUT = chunks is not None, dr_out
                 os.environ["FLASHRNN_LAYER_CHUNKS"] = str(chunks or 1)
                 for k, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
                     t = common._one_call_ms(fn, dev)
                     if rep >= 3:
                         times[(name, k)].append(t)
-        for name, _ in variants:
+        for name, _, _ in variants:
             print(f"| {cell} | {dt} | {heads} | {name} | {statistics.median(times[(name, 'fwd')]):.3f} | "
                   f"{statistics.median(times[(name, 'fwd+bwd')]):.3f} |", flush=True)
-    layer.FAST_PATH = True
+    layer.FAST_PATH, layer.DR_OUT = True, False
     os.environ.pop("FLASHRNN_LAYER_CHUNKS", None)
 
 

@@ -44,6 +44,8 @@ def main():
     p.add_argument("--arch", default="9.0")
     p.add_argument("--jobs", type=int, default=8)
     p.add_argument("--families", default="block,grid", help="which of block, grid to build")
+    p.add_argument("--dr-out", action="store_true",
+                   help="also each block configuration's FRNN_DR_OUT library (recurrent_layer with FLASHRNN_LAYER_DROUT=1)")
     args = p.parse_args()
     families = set(args.families.split(","))
     configs = {}
@@ -63,6 +65,12 @@ def main():
     from bench_fused_grid import prebuild_defines as grid_defines
     from flashrnn_compile.kernels import fused_grid
 
+    if args.dr_out:
+        from flashrnn_compile.cells import CELLS
+
+        functors = {spec.functor for spec in CELLS.values() if spec.rhb_grad_is_gx}
+        configs.update({repr(sorted({**d, "FRNN_DR_OUT": 1}.items())): {**d, "FRNN_DR_OUT": 1}
+                        for d in list(configs.values()) if d["FRNN_CELL"] in functors})
     todo = [(fused_block.SOURCE, d) for d in configs.values()] if "block" in families else []
     todo += [(fused_grid.SOURCE, d) for d in grid_defines(args.gpu)] if "grid" in families else []
     start = time.time()

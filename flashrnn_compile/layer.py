@@ -22,6 +22,10 @@ tracing by Dynamo / make_fx, autocast): F.linear then `recurrence()`, the same v
 `chunks` (default: FLASHRNN_LAYER_CHUNKS, else min(4, T // 256); at least 1, at most (T + 1) // 2)
 changes only where the time goes. Tilings whose backward writes d(rhb) for an outside dR GEMM
 (DR_GEMM, e.g. GRU 12x64) take F.linear then recurrence(): the one-call backward was slower there.
+With FLASHRNN_LAYER_DROUT=1 (`DR_OUT`; not yet run on a GPU) the backward uses the configuration's
+FRNN_DR_OUT library instead, whose kernel leaves dR and db out (70 us shorter in session 6), and the
+side stream makes them per chunk: dR += dgx^T h_in per head (h_in: the forward's h one step back,
+s0's h at the first step; what the in-kernel accumulation rounds too) and db += dgx^T 1.
 Measurements (H200, session 7): benchmarks/results/H200/session7.md.
 """
 
@@ -45,6 +49,9 @@ Tensor = torch.Tensor
 
 MAX_CHUNKS = 16  # layer.cuh MAX_CHUNKS
 FAST_PATH = os.environ.get("FLASHRNN_LAYER", "1") != "0"  # the one-call path (A/B scripts and tests switch it)
+# the one-call backward through an FRNN_DR_OUT library (the kernel leaves dR, db out; the side stream
+# makes them per chunk from dgx and h): cells whose d(rhb) is d(gx) only. Off until timed on a GPU
+DR_OUT = os.environ.get("FLASHRNN_LAYER_DROUT", "0") == "1"
 _WARNED: set = set()
 _BLAS_SET: set = set()  # id() of the libraries that have the cuBLAS entry points
 STATS: collections.Counter = collections.Counter()  # "one_call" / "linear_then_recurrence": calls by path
@@ -123,8 +130,12 @@ def _fused_kernel(x, W, b_in, R, b, s0, cell, plan):
     NH, G, DH = R.shape[0], get_cell(cell).num_gates, R.shape[2]
     like_gx = types.SimpleNamespace(shape=(T, B, NH, G, DH), dtype=x.dtype, device=x.device)
     kern, _ = fused_block._resolve(cell, like_gx, runtime.parse_plan(plan).params)
-    if kern is None or kern.dr_in_kernel != fused_block.DR_TILES:
+    if kern is not None and DR_OUT and get_cell(cell).rhb_grad_is_gx:
+        kern = _dr_out_kernel(cell, like_gx, runtime.parse_plan(plan).params)
+    elif kern is None or kern.dr_in_kernel != fused_block.DR_TILES:
         return None  # DR_GEMM tilings (GRU 12x64): measured slower through the one-call backward
+    if kern is None:
+        return None
     why = _blas_ready(kern.lib)
     if why is not None:
         if why not in _WARNED:
@@ -133,6 +144,35 @@ def _fused_kernel(x, W, b_in, R, b, s0, cell, plan):
                           stacklevel=3)
         return None
     return kern
+
+
+_DR_OUT_KERNELS: dict = {}
+
+
+def _dr_out_kernel(cell, like_gx, params):
+    """The FRNN_DR_OUT library of the configuration `params` (the planner's when empty), or None
+    when its shared memory does not fit the device; cached per configuration and device."""
+    from .kernels import fused_block
+
+    key = (cell, like_gx.dtype, like_gx.shape[1:], like_gx.device.index, tuple(sorted((params or {}).items())))
+    if key not in _DR_OUT_KERNELS:
+        defs = fused_block.defines(cell, like_gx.dtype, like_gx.shape[4],
+                                   fused_block._FAMILY.params(cell, like_gx, params))
+        lib = fused_block.library({**defs, "FRNN_DR_OUT": 1})
+        have = torch.cuda.get_device_properties(like_gx.device).shared_memory_per_block_optin
+        fits = max(fused_block.smem_bytes(lib)) <= have and fused_block.dr_in_kernel(lib) == fused_block.DR_FROM_DGX
+        _DR_OUT_KERNELS[key] = fused_block.Kernel(lib, fused_block.config(lib)[4], fused_block.DR_FROM_DGX) if fits else None
+    return _DR_OUT_KERNELS[key]
+
+
+_ONES: dict = {}  # (device, dtype) -> a ones vector, grown as needed (the db GEMM's right operand)
+
+
+def _ones(n: int, like: Tensor) -> Tensor:
+    key = (like.device, like.dtype)
+    if key not in _ONES or _ONES[key].numel() < n:
+        _ONES[key] = torch.ones(n, dtype=like.dtype, device=like.device)
+    return _ONES[key]
 
 
 @functools.lru_cache(maxsize=None)
@@ -149,7 +189,7 @@ def _blas_entry_points():
     if path is None:
         return None, None, "libcublas is not loaded in this process"
     lib = ctypes.CDLL(path)
-    names = ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetMathMode", "cublasGemmEx")
+    names = ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetMathMode", "cublasGemmEx", "cublasGemmStridedBatchedEx")
     return tuple(ctypes.cast(getattr(lib, n), ctypes.c_void_p).value for n in names), lib, None
 
 
@@ -177,8 +217,9 @@ class _Layer(torch.autograd.Function):
         NH, DH = R.shape[0], R.shape[2]
         x, W = _variants.aligned(x), W.contiguous()
         gx = F.linear(x, W, b_in).view(T, B, NH, -1, DH)  # [T, B, NH, G, DH]
+        s0 = s0.contiguous()
         h, sT, states_in, rhb = fused_block.forward(gx, R, b, s0, cell, reverse, params, True)
-        ctx.save_for_backward(x, W, gx, R, states_in, rhb)
+        ctx.save_for_backward(x, W, gx, R, states_in, rhb, h, s0)
         ctx.cell, ctx.reverse, ctx.kern, ctx.K, ctx.has_b_in = cell, reverse, kern, K, b_in is not None
         ctx.set_materialize_grads(False)
         return h, sT
@@ -189,7 +230,7 @@ class _Layer(torch.autograd.Function):
         from .kernels import _variants, fused_block
         from .kernels._variants import aligned, on, ptr, stream
 
-        x, W, gx, R, states_in, rhb = ctx.saved_tensors
+        x, W, gx, R, states_in, rhb, h, s0 = ctx.saved_tensors
         spec = get_cell(ctx.cell)
         T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
         I, S, K, kern = x.shape[2], spec.num_states, ctx.K, ctx.kern
@@ -199,18 +240,25 @@ class _Layer(torch.autograd.Function):
         want_dx, want_dW = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dgx = torch.empty_like(gx)  # [T, B, NH, G, DH]
         ds0 = gx.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
-        dw = torch.empty(K, -(-B // kern.batch_tile), NH, G * DH * DH + G * DH, **f32)  # dR | db per chunk, tile
+        if kern.dr_in_kernel == fused_block.DR_TILES:  # dR | db partials per chunk and batch tile
+            dw, dR, db, ones = torch.empty(K, -(-B // kern.batch_tile), NH, G * DH * DH + G * DH, **f32), None, None, None
+        else:  # DR_FROM_DGX: dR [NH, G, DH, DH] and db [NH*G*DH] from GEMMs of dgx on the side stream
+            dw, dR, db, ones = None, torch.empty(NH, G, DH, DH, **f32), torch.empty(NH * G * DH, **f32), _ones(T * B, gx)
         dx = torch.empty_like(x) if want_dx else None  # [T, B, I]
         dW = torch.empty(W.shape, **f32) if want_dW else None  # [NH*G*DH, I]
         dsbuf = torch.empty(2, S, B, NH, DH, **f32) if K > 1 else None
-        _variants.poison(fused_block.POISON, [t for t in (dgx, ds0, dw, dx, dW) if t is not None])
+        _variants.poison(fused_block.POISON, [t for t in (dgx, ds0, dw, dR, db, dx, dW) if t is not None])
         with on(x.device):
             rc = kern.lib.frnn_layer_backward(T, B, NH, I, int(ctx.reverse), K, ptr(dh), ptr(dsT), ptr(gx), ptr(R),
                                               ptr(states_in), ptr(rhb), ptr(x), ptr(W), ptr(dgx), ptr(ds0), ptr(dw),
-                                              ptr(dx), ptr(dW), ptr(dsbuf), stream(x.device))
+                                              ptr(dR), ptr(db), ptr(h), ptr(s0), ptr(ones), ptr(dx), ptr(dW),
+                                              ptr(dsbuf), stream(x.device))
         if rc != 0:
             raise RuntimeError(f"flashrnn recurrent_layer backward ({ctx.cell}): {kern.lib.frnn_error().decode()}")
-        dR, db = fused_block._tile_sums(dw.view(K * dw.shape[1], NH, -1), NH, G, DH)  # float32
+        if dw is not None:
+            dR, db = fused_block._tile_sums(dw.view(K * dw.shape[1], NH, -1), NH, G, DH)  # float32
+        else:
+            db = db.view(NH, G, DH)
         db_in = None
         if ctx.has_b_in and ctx.needs_input_grad[2]:
             db_in = (db if spec.rhb_grad_is_gx else dgx.sum((0, 1), dtype=torch.float32)).reshape(-1).to(x.dtype)

@@ -96,13 +96,14 @@ int frnn_backward(int T, int B, int NH, int reverse, const void* dh, const void*
 
 // ---- a projected layer's backward (layer.cuh): the recurrence's in K time chunks, dx and dW beside it
 
-// cuBLAS entry points (cublasCreate_v2, cublasSetStream_v2, cublasSetMathMode, cublasGemmEx) of the
-// libcublas the caller's process loaded; 0 = set
-int frnn_layer_set_blas(void* create, void* set_stream, void* set_math, void* gemm) {
+// cuBLAS entry points (cublasCreate_v2, cublasSetStream_v2, cublasSetMathMode, cublasGemmEx,
+// cublasGemmStridedBatchedEx) of the libcublas the caller's process loaded; 0 = set
+int frnn_layer_set_blas(void* create, void* set_stream, void* set_math, void* gemm, void* gemm_batched) {
   layer::g_blas.create = reinterpret_cast<layer::CreateFn>(create);
   layer::g_blas.set_stream = reinterpret_cast<layer::SetStreamFn>(set_stream);
   layer::g_blas.set_math = reinterpret_cast<layer::SetMathFn>(set_math);
   layer::g_blas.gemm = reinterpret_cast<layer::GemmExFn>(gemm);
+  layer::g_blas.gemm_batched = reinterpret_cast<layer::GemmBatchedFn>(gemm_batched);
   return 0;
 }
 
@@ -111,15 +112,19 @@ int frnn_layer_set_blas(void* create, void* set_stream, void* set_math, void* ge
 // (zeros), the forward's gx, states_in and rhb, x and W ->
 // dgx [T, B, N], ds0, dw [K][ceil(B / BT)][NH][G * DH * DH + G * DH] float (dR | db partials, as
 // frnn_backward's dw, one block per chunk), dx [T, B, I] (nullptr: not wanted) and dW [N, I] float
-// (nullptr: not wanted). dsbuf: [2][S * B * NH * DH] float. Only for libraries whose backward
-// accumulates dR (frnn_dr_in_kernel() == 1); 1 <= K <= 16 with T >= 2K - 1 (layer::chunk_range).
-// 0 = queued.
+// (nullptr: not wanted). dsbuf: [2][S * B * NH * DH] float. Libraries whose backward accumulates
+// dR (frnn_dr_in_kernel() == 1) write dw; FRNN_DR_OUT libraries (2) leave dw alone and make dR
+// [NH, G, DH, DH] and db [N] float on the side stream (layer.cuh) from h [T, B, NH, DH] (the
+// forward's output), s0 (its first state is h_in of the first step) and ones [>= the largest
+// chunk's T_c * B] in TIn; others (0) are refused. 1 <= K <= 16 with T >= 2K - 1
+// (layer::chunk_range). 0 = queued.
 int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const void* dh, const void* dsT,
                         const void* gx, const void* R, const float* states_in, const float* rhb, const void* x,
-                        const void* W, void* dgx, void* ds0, float* dw, void* dx, float* dW, float* dsbuf,
-                        void* stream) {
+                        const void* W, void* dgx, void* ds0, float* dw, float* dR, float* db, const void* h,
+                        const void* s0, const void* ones, void* dx, float* dW, float* dsbuf, void* stream) {
   constexpr int G = Cell::G, S = Cell::S;
-  if (!Cfg::DR) return fail_msg("frnn_layer_backward: this configuration's backward does not accumulate dR");
+  constexpr bool dr_out = !Cfg::DR && !Cfg::DRHB;
+  if (!Cfg::DR && !dr_out) return fail_msg("frnn_layer_backward: this configuration's backward writes drhb");
   if (K < 1 || K > layer::MAX_CHUNKS || T < 2 * K - 1)
     return fail_msg("frnn_layer_backward: expected 1 <= K <= 16 and T >= 2K - 1");
   layer::DeviceCtx* c = layer::device_ctx();
@@ -127,7 +132,7 @@ int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const v
   const cudaStream_t main = static_cast<cudaStream_t>(stream);
   const long long N = (long long)NH * G * DH, BN = (long long)B * NH * DH;
   const long long dw_chunk = (long long)((B + BT - 1) / BT) * NH * (G * DH * DH + G * DH);
-  const bool side_work = dx != nullptr || dW != nullptr;
+  const bool side_work = dx != nullptr || dW != nullptr || dr_out;
   if (side_work && layer::g_blas.set_stream(c->handle, c->side) != 0)
     return fail_msg("frnn_layer_backward: cublasSetStream failed");
   static bool set = false;
@@ -142,7 +147,7 @@ int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const v
               first ? dsT : static_cast<const void*>(dsbuf + ((j - 1) & 1) * S * BN),
               static_cast<const TIn*>(gx) + t0 * (long long)B * N, R, states_in + t0 * S * BN,
               rhb + t0 * (long long)B * N, static_cast<TIn*>(dgx) + t0 * (long long)B * N,
-              nullptr, last ? ds0 : static_cast<void*>(dsbuf + (j & 1) * S * BN), dw + j * dw_chunk,
+              nullptr, last ? ds0 : static_cast<void*>(dsbuf + (j & 1) * S * BN), Cfg::DR ? dw + j * dw_chunk : nullptr,
               first ? 0 : 1, last ? 0 : 1};
     const int rc = launch(backward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, Cfg::bwd_smem(), B, NH, main, &a,
                           "fused_block layer backward", set);
@@ -163,6 +168,27 @@ int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const v
     if (dW != nullptr &&  // dW [N, I] += dgx[c]^T x[c]
         layer::gemm(c->handle, layer::OP_N, layer::OP_T, I, (int)N, (int)M, xc, I, dgxc, (int)N, j == 0 ? 0.0f : 1.0f,
                     dW, CUDA_R_32F, I))
+      return 1;
+    if (!dr_out) continue;
+    // dR += dgx[c]^T h_in[c] per head, db += dgx[c]^T 1. h_in of step t is h of the step before it
+    // in the recurrence's order (t - 1, reverse: t + 1), s0's h at the first step (t = 0, reverse: T - 1)
+    const float beta = j == 0 ? 0.0f : 1.0f;
+    const int t_edge = reverse ? T - 1 : 0;  // the step whose h_in is s0's
+    const bool has_edge = t0 <= t_edge && t_edge < t1;
+    const int r0 = has_edge && !reverse ? t0 + 1 : t0, r1 = has_edge && reverse ? t1 - 1 : t1;  // rows with h_in in h
+    float beta_r = beta;
+    if (has_edge) {
+      if (layer::dr_gemm(c->handle, NH, G * DH, DH, B, s0, static_cast<const TIn*>(dgx) + t_edge * (long long)B * N,
+                         beta_r, dR))
+        return 1;
+      beta_r = 1.0f;
+    }
+    if (r1 > r0 && layer::dr_gemm(c->handle, NH, G * DH, DH, (long long)(r1 - r0) * B,
+                                  static_cast<const TIn*>(h) + (r0 + (reverse ? 1 : -1)) * BN,
+                                  static_cast<const TIn*>(dgx) + r0 * (long long)B * N, beta_r, dR))
+      return 1;
+    if (layer::gemm(c->handle, layer::OP_N, layer::OP_N, (int)N, 1, (int)M, dgxc, (int)N, ones, (int)M, beta, db,
+                    CUDA_R_32F, (int)N))
       return 1;
   }
   if (side_work) {

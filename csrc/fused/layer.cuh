@@ -8,7 +8,12 @@
 // the state gradients pass in float, as inside one launch, so dgx and ds0 are those of the
 // one-launch backward.
 //
-// cuBLAS is not linked (CI compiles without its headers): the caller hands over the four entry
+// With an FRNN_DR_OUT library (the kernel leaves dR and db out), the side stream also makes
+//   dR += dgx[c]^T h_in[c] per head  and  db += dgx[c]^T 1,
+// h_in being the forward's h one step back (s0's h at the first step): the values the kernel's MMA
+// would have used, as dR's in-kernel accumulation rounds them.
+//
+// cuBLAS is not linked (CI compiles without its headers): the caller hands over the five entry
 // points of the libcublas its process already loaded (frnn_layer_set_blas) and the library keeps
 // one handle per device, in math mode "no reduced-precision reductions". Not thread-safe: one
 // host thread per device at a time.
@@ -29,11 +34,16 @@ using SetMathFn = int (*)(void*, int);
 using GemmExFn = int (*)(void*, int, int, int, int, int, const void*, const void*, cudaDataType, int, const void*,
                          cudaDataType, int, const void*, void*, cudaDataType, int, int, int);
 
+using GemmBatchedFn = int (*)(void*, int, int, int, int, int, const void*, const void*, cudaDataType, int, long long,
+                              const void*, cudaDataType, int, long long, const void*, void*, cudaDataType, int, long long,
+                              int, int, int);
+
 struct Blas {
   CreateFn create = nullptr;
   SetStreamFn set_stream = nullptr;
   SetMathFn set_math = nullptr;
   GemmExFn gemm = nullptr;
+  GemmBatchedFn gemm_batched = nullptr;  // cublasGemmStridedBatchedEx
 };
 Blas g_blas;
 
@@ -56,7 +66,8 @@ DeviceCtx* device_ctx() {
   if (dev < 0 || dev >= MAX_DEVICES) return fail_msg("layer: device index out of range"), nullptr;
   DeviceCtx& c = g_dev[dev];
   if (c.ready) return &c;
-  if (g_blas.gemm == nullptr) return fail_msg("layer: frnn_layer_set_blas was not called"), nullptr;
+  if (g_blas.gemm == nullptr || g_blas.gemm_batched == nullptr)
+    return fail_msg("layer: frnn_layer_set_blas was not called"), nullptr;
   e = cudaStreamCreateWithFlags(&c.side, cudaStreamNonBlocking);
   if (e != cudaSuccess) return fail("layer: side stream", e), nullptr;
   for (auto& ev : c.ev) {
@@ -77,6 +88,21 @@ int gemm(void* handle, int ta, int tb, int m, int n, int k, const void* A, int l
                              COMPUTE_32F, GEMM_DEFAULT);
   if (st != 0) {
     snprintf(g_error, sizeof(g_error), "layer: cublasGemmEx failed with status %d (m %d n %d k %d)", st, m, n, k);
+    return 1;
+  }
+  return 0;
+}
+
+// FRNN_DR_OUT libraries: dR [NH][G * DH][DH] (+)= sum over M rows of dgx [M][NH][G * DH] (x) h_in
+// [M][NH][DH], one GEMM per head (strided batched), float accumulation and output
+int dr_gemm(void* handle, int NH, int GDH, int DH_, long long M, const void* h_in, const void* dgx, float beta,
+            float* dR) {
+  const float one = 1.0f;
+  const int st = g_blas.gemm_batched(handle, OP_N, OP_T, DH_, GDH, (int)M, &one, h_in, kDtype, NH * DH_, DH_, dgx,
+                                     kDtype, NH * GDH, GDH, &beta, dR, CUDA_R_32F, DH_, (long long)GDH * DH_, NH,
+                                     COMPUTE_32F, GEMM_DEFAULT);
+  if (st != 0) {
+    snprintf(g_error, sizeof(g_error), "layer: cublasGemmStridedBatchedEx failed with status %d (M %lld)", st, M);
     return 1;
   }
   return 0;

@@ -52,9 +52,9 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.frnn_config.argtypes = [p]
     lib.frnn_error.restype = ctypes.c_char_p
     lib.frnn_dr_in_kernel.restype = i
-    lib.frnn_layer_set_blas.argtypes = [p] * 4  # the projected layer's backward (flashrnn_compile/layer.py)
+    lib.frnn_layer_set_blas.argtypes = [p] * 5  # the projected layer's backward (flashrnn_compile/layer.py)
     lib.frnn_layer_set_blas.restype = i
-    lib.frnn_layer_backward.argtypes = [i] * 6 + [p] * 15
+    lib.frnn_layer_backward.argtypes = [i] * 6 + [p] * 20
     lib.frnn_layer_backward.restype = i
 
 

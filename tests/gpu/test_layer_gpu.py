@@ -89,6 +89,28 @@ def _linear_then_reference(cell, reverse, dtype):
                               for c, nh, dh, b, i, t, k, r in CASES])
 def test_layer_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, monkeypatch):
     monkeypatch.setattr(fused_block, "POISON", True)
+    _check_layer(cell, NH, DH, B, I, T, chunks, reverse,
+                 lambda dtype, plan: "one_call" if _dr_tiles(cell, T, B, NH, DH, dtype, plan) else "linear_then_recurrence")
+
+
+# the one-call backward through FRNN_DR_OUT libraries (layer.DR_OUT; FLASHRNN_LAYER_DROUT=1): cells
+# whose d(rhb) is d(gx), the chunk holding s0's step first or last, K from 1 to 9, 6x128 (whose
+# plan's own library writes drhb) included
+DR_OUT_CASES = [(c, *s, r) for c, s, r in itertools.product(("lstm", "elman_tanh", "slstm"), SHAPES[1:], (False, True))]
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,I,T,chunks,reverse", DR_OUT_CASES,
+                         ids=[f"{c}-{nh}x{dh}-B{b}-I{i}-T{t}-K{k}-{'rev' if r else 'fwd'}"
+                              for c, nh, dh, b, i, t, k, r in DR_OUT_CASES])
+def test_layer_dr_out_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, monkeypatch):
+    monkeypatch.setattr(fused_block, "POISON", True)
+    monkeypatch.setattr(layer, "DR_OUT", True)
+    _check_layer(cell, NH, DH, B, I, T, chunks, reverse, lambda dtype, plan: "one_call")
+
+
+def _check_layer(cell, NH, DH, B, I, T, chunks, reverse, expected_path) -> None:
+    """recurrent_layer within 2x PyTorch's native error for h, sT and every gradient, in each dtype,
+    through the path expected_path(dtype, plan) names (a layer.STATS key)."""
     seed = zlib.crc32(f"layer-{cell}-{NH}-{DH}-{B}-{I}-{T}-{chunks}-{reverse}".encode())
     draws = SMALL_DRAWS if B * NH * DH < SMALL_ELEMENTS else 1  # as conftest pools small outputs
     sq = {}  # (dtype, name) -> [|ours - ref|^2, |torch - ref|^2, |ref|^2] summed over the draws
@@ -99,7 +121,7 @@ def test_layer_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, monkeypat
             plan = family_plan("fused_block", cell, B, NH, DH, dtype)
             low = [t.to(dtype) for t in inputs]
             native = _run(_linear_then_reference(cell, reverse, dtype), low, dh.to(dtype), dsT.to(dtype))
-            path = "one_call" if _dr_tiles(cell, T, B, NH, DH, dtype, plan) else "linear_then_recurrence"
+            path = expected_path(dtype, plan)
             before = layer.STATS[path]
             ours = _run(lambda *a: layer.recurrent_layer(*a, cell=cell, reverse=reverse, plan=plan, chunks=chunks),
                         low, dh.to(dtype), dsT.to(dtype))
