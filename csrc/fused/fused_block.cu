@@ -137,11 +137,12 @@ int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const v
     return fail_msg("frnn_layer_backward: cublasSetStream failed");
   static bool set = false;
   cudaError_t e;
+  int t0s[layer::MAX_CHUNKS], t1s[layer::MAX_CHUNKS];  // chunk j's time range: the forward's chunks from the last
+  for (int j = 0; j < K; ++j) layer::chunk_range(T, K, K - 1 - j, reverse, t0s[j], t1s[j]);
   // every chunk's recurrence first (main, an event after each), then the GEMMs (side, each after
   // its chunk's event): the recurrence is queued whole before the host spends time on GEMM calls
-  for (int j = 0; j < K; ++j) {  // the forward's chunks from the last
-    int t0, t1;
-    layer::chunk_range(T, K, K - 1 - j, reverse, t0, t1);
+  for (int j = 0; j < K; ++j) {
+    const int t0 = t0s[j], t1 = t1s[j];
     const bool first = j == 0, last = j == K - 1;
     BwdArgs a{t1 - t0, B, NH, reverse, static_cast<const TIn*>(dh) + t0 * BN,
               first ? dsT : static_cast<const void*>(dsbuf + ((j - 1) & 1) * S * BN),
@@ -155,8 +156,7 @@ int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const v
     if (side_work && (e = cudaEventRecord(c->ev[j], main)) != cudaSuccess) return fail("frnn_layer_backward: event", e);
   }
   for (int j = 0; side_work && j < K; ++j) {
-    int t0, t1;
-    layer::chunk_range(T, K, K - 1 - j, reverse, t0, t1);
+    const int t0 = t0s[j], t1 = t1s[j];
     const long long M = (long long)(t1 - t0) * B;
     if ((e = cudaStreamWaitEvent(c->side, c->ev[j], 0)) != cudaSuccess) return fail("frnn_layer_backward: wait", e);
     const TIn* dgxc = static_cast<const TIn*>(dgx) + t0 * (long long)B * N;

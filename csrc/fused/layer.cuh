@@ -47,11 +47,11 @@ struct Blas {
 };
 Blas g_blas;
 
-// one device's side stream, events (one per chunk, plus start and end) and cuBLAS handle
+// one device's side stream, events (one per chunk, plus the join) and cuBLAS handle
 struct DeviceCtx {
   bool ready = false;
   cudaStream_t side = nullptr;
-  cudaEvent_t ev[MAX_CHUNKS + 2] = {};
+  cudaEvent_t ev[MAX_CHUNKS + 1] = {};
   void* handle = nullptr;
 };
 DeviceCtx g_dev[MAX_DEVICES];
