@@ -129,13 +129,12 @@ def _fused_kernel(x, W, b_in, R, b, s0, cell, plan):
     T, B, _ = x.shape
     NH, G, DH = R.shape[0], get_cell(cell).num_gates, R.shape[2]
     like_gx = types.SimpleNamespace(shape=(T, B, NH, G, DH), dtype=x.dtype, device=x.device)
-    kern, _ = fused_block._resolve(cell, like_gx, runtime.parse_plan(plan).params)
-    if kern is not None and DR_OUT and get_cell(cell).rhb_grad_is_gx:
-        kern = _dr_out_kernel(cell, like_gx, runtime.parse_plan(plan).params)
-    elif kern is None or kern.dr_in_kernel != fused_block.DR_TILES:
+    params = runtime.parse_plan(plan).params
+    if DR_OUT and get_cell(cell).rhb_grad_is_gx:  # the tiling's FRNN_DR_OUT library
+        params = {**fused_block._FAMILY.params(cell, like_gx, params), "DR_OUT": 1}
+    kern, _ = fused_block._resolve(cell, like_gx, params)
+    if kern is None or kern.dr_in_kernel == fused_block.DR_GEMM:
         return None  # DR_GEMM tilings (GRU 12x64): measured slower through the one-call backward
-    if kern is None:
-        return None
     why = _blas_ready(kern.lib)
     if why is not None:
         if why not in _WARNED:
@@ -144,25 +143,6 @@ def _fused_kernel(x, W, b_in, R, b, s0, cell, plan):
                           stacklevel=3)
         return None
     return kern
-
-
-_DR_OUT_KERNELS: dict = {}
-
-
-def _dr_out_kernel(cell, like_gx, params):
-    """The FRNN_DR_OUT library of the configuration `params` (the planner's when empty), or None
-    when its shared memory does not fit the device; cached per configuration and device."""
-    from .kernels import fused_block
-
-    key = (cell, like_gx.dtype, like_gx.shape[1:], like_gx.device.index, tuple(sorted((params or {}).items())))
-    if key not in _DR_OUT_KERNELS:
-        defs = fused_block.defines(cell, like_gx.dtype, like_gx.shape[4],
-                                   fused_block._FAMILY.params(cell, like_gx, params))
-        lib = fused_block.library({**defs, "FRNN_DR_OUT": 1})
-        have = torch.cuda.get_device_properties(like_gx.device).shared_memory_per_block_optin
-        fits = max(fused_block.smem_bytes(lib)) <= have and fused_block.dr_in_kernel(lib) == fused_block.DR_FROM_DGX
-        _DR_OUT_KERNELS[key] = fused_block.Kernel(lib, fused_block.config(lib)[4], fused_block.DR_FROM_DGX) if fits else None
-    return _DR_OUT_KERNELS[key]
 
 
 _ONES: dict = {}  # (device, dtype) -> a ones vector, grown as needed (the db GEMM's right operand)

@@ -221,3 +221,12 @@ def test_weight_grads_from_dgx_is_the_sum_over_steps_and_batch():
     want_dR = torch.einsum("tbngo,tbnu->ngou", dgx.double(), states_in[:, 0].double())
     torch.testing.assert_close(dR.double(), want_dR, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(db.double(), dgx.double().sum((0, 1)), rtol=1e-5, atol=1e-5)
+
+
+def test_dr_out_param_selects_the_dr_out_library():
+    """recurrent_layer's DR_OUT backward asks for a tiling's FRNN_DR_OUT library through params;
+    a cell whose d(rhb) is not d(gx) (GRU) is refused by name."""
+    assert fused_block.defines("lstm", torch.bfloat16, 32, {**P, "DR_OUT": 1})["FRNN_DR_OUT"] == 1
+    assert "FRNN_DR_OUT" not in fused_block.defines("lstm", torch.bfloat16, 32, P)
+    with pytest.raises(ValueError, match=r"DR_OUT: cell 'gru'"):
+        fused_block.defines("gru", torch.bfloat16, 32, {**P, "DR_OUT": 1})

@@ -89,8 +89,13 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
     if warps % groups != 0 or not (q == 1 or (q % 2 == 0 and (bt // 8) % (q // 2) == 0)):
         raise ValueError(f"fused_block: WARPS={warps}: expected DH / 16 = {groups} unit groups times 1, or times 2 x a "
                          f"divisor of the BATCH_TILE / 8 = {bt // 8} n-tiles")
-    return {"FRNN_CELL": spec.functor, "FRNN_DTYPE": DTYPE_CODES[dtype], "FRNN_DH": DH,
+    defs = {"FRNN_CELL": spec.functor, "FRNN_DTYPE": DTYPE_CODES[dtype], "FRNN_DH": DH,
             "FRNN_WARPS": warps, "FRNN_BATCH_TILE": bt, "FRNN_R_REG_TILES": rreg, **knob_defines(spec)}
+    if params.get("DR_OUT"):  # the FRNN_DR_OUT library of this tiling (recurrent_layer's DR_OUT backward)
+        if not spec.rhb_grad_is_gx:
+            raise ValueError(f"fused_block: DR_OUT: cell {cell!r}'s d(rhb) is not d(gx), dR cannot come from dgx")
+        defs["FRNN_DR_OUT"] = 1
+    return defs
 
 
 # A/B knobs of fused_block.cuh, off by default (not yet timed on a GPU): env var -> (define, values)

@@ -42,6 +42,10 @@ CASES = [(c, *s, r) for c, s, r in itertools.product(sorted(CELLS), SHAPES, (Fal
          if s[4] < 1024 or (c == "lstm" and not r) or (c == "gru" and r)]
 
 
+def _ids(cases):
+    return [f"{c}-{nh}x{dh}-B{b}-I{i}-T{t}-K{k}-{'rev' if r else 'fwd'}" for c, nh, dh, b, i, t, k, r in cases]
+
+
 def _layer_inputs(cell, T, B, NH, DH, I, seed):
     """float64 inputs exact in every dtype, with x W^T + b_in exact too (see the module): x, W, b_in,
     R, b, s0, dh, dsT."""
@@ -85,8 +89,7 @@ def _linear_then_reference(cell, reverse, dtype):
 
 
 @pytest.mark.parametrize("cell,NH,DH,B,I,T,chunks,reverse", CASES,
-                         ids=[f"{c}-{nh}x{dh}-B{b}-I{i}-T{t}-K{k}-{'rev' if r else 'fwd'}"
-                              for c, nh, dh, b, i, t, k, r in CASES])
+                         ids=_ids(CASES))
 def test_layer_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, monkeypatch):
     monkeypatch.setattr(fused_block, "POISON", True)
     _check_layer(cell, NH, DH, B, I, T, chunks, reverse,
@@ -100,8 +103,7 @@ DR_OUT_CASES = [(c, *s, r) for c, s, r in itertools.product(("lstm", "elman_tanh
 
 
 @pytest.mark.parametrize("cell,NH,DH,B,I,T,chunks,reverse", DR_OUT_CASES,
-                         ids=[f"{c}-{nh}x{dh}-B{b}-I{i}-T{t}-K{k}-{'rev' if r else 'fwd'}"
-                              for c, nh, dh, b, i, t, k, r in DR_OUT_CASES])
+                         ids=_ids(DR_OUT_CASES))
 def test_layer_dr_out_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, monkeypatch):
     monkeypatch.setattr(fused_block, "POISON", True)
     monkeypatch.setattr(layer, "DR_OUT", True)
