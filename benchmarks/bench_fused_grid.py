@@ -39,7 +39,7 @@ CONFIGS = [  # cell, NH, DH, dtype, B, T
     ("lstm", 2, 512, "bf16", 16, 1024),
     ("lstm", 1, 1024, "bf16", 64, 1024),
 ]
-KNOB_ROWS = [{"WAIT": 0}]  # the first config again with each kernel knob (fused_grid.cuh FRNN_GRID_*)
+KNOB_ROWS = [{"WAIT": 1}]  # the first config again with each kernel knob (fused_grid.cuh FRNN_GRID_*)
 
 
 def variants(gpu: str):
@@ -49,11 +49,11 @@ def variants(gpu: str):
     from tests.gpu import test_fused_grid as t
 
     out = tested_variants("fused_grid", t, CONFIGS, gpu)
-    for cell, NH, DH, B, prm, T, r in t.WAIT0_CASES:
+    for cell, NH, DH, B, prm, T, r in t.WAIT1_CASES:
         for dtype in t.DTYPES:
             out.add((cell, dtype, DH, tuple(sorted(prm.items()))))
-    for cell in sorted(t.CELLS):  # sanitizer_case's WAIT=0 tiling (bfloat16)
-        out.add((cell, torch.bfloat16, t.EXPLICIT[3][1], tuple(sorted({**t.EXPLICIT[3][3], "WAIT": 0}.items()))))
+    for cell in sorted(t.CELLS):  # sanitizer_case's WAIT=1 tiling (bfloat16)
+        out.add((cell, torch.bfloat16, t.EXPLICIT[3][1], tuple(sorted({**t.EXPLICIT[3][3], "WAIT": 1}.items()))))
     for cfg in CONFIGS[:1]:  # the knob rows of the first config
         chosen = planner.plan(cfg[0], cfg[4], cfg[1], cfg[2], DT[cfg[3]], gpu=gpu, families=("fused_grid",))
         if chosen.family == "fused_grid":

@@ -15,9 +15,10 @@
 // groups times KS = WARPS / UGB K slices. Per step:
 //   1. (step > 0) wait for h_{t-1}. The exchange IS the output h: block r's units of h_{t-1} are
 //      in h[t_prev] (the input dtype, which is also the MMA operand type: HP = 1), flagged by r.
-//      FRNN_GRID_WAIT = 1 (default): each thread waits (ld.acquire.gpu spin) for the flags of the
-//      blocks whose units its own h chunks hold (one block for most tilings), then copies them:
-//      no block barrier. 0: the threads tid < GS wait for block tid's flag, then __syncthreads.
+//      FRNN_GRID_WAIT = 0 (default): the threads tid < GS wait (ld.acquire.gpu spin) for block
+//      tid's flag, then __syncthreads. 1: each thread waits for the flags of the blocks whose units
+//      its own h chunks hold (one block for most tilings), then copies them: no block barrier
+//      (24% slower at LSTM 1x1024 on the H200, session 6).
 //   2. every thread copies its 16-byte chunks of h_{t-1} [nb][DH] of the batch tile (s0[0] at the
 //      first step) from global memory into shared memory xs [BT][DH + 8] with cp.async.cg (L2,
 //      never a stale L1 line; no registers); cp.async.wait_all, __syncthreads
@@ -54,7 +55,7 @@
 // 1: each thread acquires the flags of its own h chunks' source blocks, then copies (no block
 // barrier); 0: the threads tid < GS acquire one flag each, then a block barrier, then the copies
 #ifndef FRNN_GRID_WAIT
-#define FRNN_GRID_WAIT 1
+#define FRNN_GRID_WAIT 0
 #endif
 
 namespace flashrnn {

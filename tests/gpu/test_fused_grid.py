@@ -65,9 +65,9 @@ EXPLICIT = [
 ]
 EXPLICIT_CASES = [(c, nh, dh, b, prm, T, r) for c in CELLS_RUN for nh, dh, b, prm, _ in EXPLICIT
                   for T in (1, 17) for r in (False, True)]
-# the knob WAIT=0 (fused_grid.cuh FRNN_GRID_WAIT: a block barrier after GRID_SPLIT threads
-# acquire one flag each) on the tilings with 3 and 16 blocks per head
-WAIT0_CASES = [(c, nh, dh, b, {**prm, "WAIT": 0}, 17, r) for c in ("lstm", "slstm") for nh, dh, b, prm, _ in
+# the knob WAIT=1 (fused_grid.cuh FRNN_GRID_WAIT: each thread acquires its own h chunks' source
+# flags, no block barrier; the default is 0) on the tilings with 3 and 16 blocks per head
+WAIT1_CASES = [(c, nh, dh, b, {**prm, "WAIT": 1}, 17, r) for c in ("lstm", "slstm") for nh, dh, b, prm, _ in
                (EXPLICIT[1], EXPLICIT[3]) for r in (False, True)]
 
 
@@ -109,10 +109,10 @@ def test_explicit_tilings_match_float64_reference(cell, NH, DH, B, params, T, re
     assert_tiling_matches_float64("fused_grid", params, "grid-explicit", cell, NH, DH, B, T, reverse, DTYPES)
 
 
-@pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", WAIT0_CASES,
-                         ids=tiling_case_ids(WAIT0_CASES, {"GRID_SPLIT": "GS", "WARPS": "W", "WAIT": "WAIT"}))
-def test_wait0_knob_matches_float64_reference(cell, NH, DH, B, params, T, reverse):
-    assert_tiling_matches_float64("fused_grid", params, "grid-wait0", cell, NH, DH, B, T, reverse, DTYPES)
+@pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", WAIT1_CASES,
+                         ids=tiling_case_ids(WAIT1_CASES, {"GRID_SPLIT": "GS", "WARPS": "W", "WAIT": "WAIT"}))
+def test_wait1_knob_matches_float64_reference(cell, NH, DH, B, params, T, reverse):
+    assert_tiling_matches_float64("fused_grid", params, "grid-wait1", cell, NH, DH, B, T, reverse, DTYPES)
 
 
 @pytest.mark.skipif(not LONG, reason="FLASHRNN_GPU_LONG=0")
@@ -215,13 +215,13 @@ def test_dense_2048_at_batch_16_is_refused_by_the_planner_with_the_reason():
 
 def sanitizer_case() -> None:
     """A small forward of every cell on the explicit tilings (1x48 over 3 blocks, 16 blocks with 2
-    batch tiles, the same with the WAIT=0 knob), both directions, T=5, states kept, for `compute-sanitizer --tool memcheck |
+    batch tiles, the same with the WAIT=1 knob), both directions, T=5, states kept, for `compute-sanitizer --tool memcheck |
     racecheck`; raises on an h further than 0.05 (relative) from the float64 reference."""
     from flashrnn_compile import reference
     from flashrnn_compile.testing import rel_err
 
-    wait0 = EXPLICIT[3][:3] + ({**EXPLICIT[3][3], "WAIT": 0}, "the WAIT=0 knob")
-    for cell, (NH, DH, B, prm, _), reverse in itertools.product(CELLS_RUN, (EXPLICIT[0], EXPLICIT[3], wait0),
+    wait1 = EXPLICIT[3][:3] + ({**EXPLICIT[3][3], "WAIT": 1}, "the WAIT=1 knob")
+    for cell, (NH, DH, B, prm, _), reverse in itertools.product(CELLS_RUN, (EXPLICIT[0], EXPLICIT[3], wait1),
                                                                 (False, True)):
         gx, R, b, s0, _, _ = make_inputs(cell, 5, B, NH, DH, seed=5)
         low = [t.bfloat16() for t in (gx, R, b, s0)]
