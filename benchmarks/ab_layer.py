@@ -4,7 +4,10 @@ recurrence(), and of its chunk count, in one process, interleaved: the layer sui
 order of the variants rotated every rep.
 
     python benchmarks/ab_layer.py [--reps 30] [--rows lstm:bf16:12x64,lstm:fp16:12x64] [--chunks 1,2,4,8]
-                                  [--dr-out-chunks 4]
+                                  [--dr-out-chunks 4] [--recompute-chunks 4]
+
+"one call" rows run the plan's own library (layer.DR_OUT off), "DR_OUT" rows the FRNN_DR_OUT
+library, "RECOMPUTE" rows it with the lean save (layer.RECOMPUTE).
 """
 
 from __future__ import annotations
@@ -29,10 +32,14 @@ def main() -> None:
     p.add_argument("--chunks", default="1,2,4,8")
     p.add_argument("--B", type=int, default=16)
     p.add_argument("--dr-out-chunks", default="", help="also these chunk counts with layer.DR_OUT (FRNN_DR_OUT libraries)")
+    p.add_argument("--recompute-chunks", default="", help="also these chunk counts with DR_OUT and layer.RECOMPUTE")
     args = p.parse_args()
     dev = torch.device("cuda")
-    variants = [("linear + recurrence()", None, False)] + [(f"one call K={k}", int(k), False) for k in args.chunks.split(",")]
-    variants += [(f"one call K={k} DR_OUT", int(k), True) for k in args.dr_out_chunks.split(",") if k]
+    # (name, chunks (None: F.linear then recurrence()), (layer.DR_OUT, layer.RECOMPUTE))
+    variants = [("linear + recurrence()", None, (False, False))]
+    variants += [(f"one call K={k}", int(k), (False, False)) for k in args.chunks.split(",") if k]
+    variants += [(f"one call K={k} DR_OUT", int(k), (True, False)) for k in args.dr_out_chunks.split(",") if k]
+    variants += [(f"one call K={k} RECOMPUTE", int(k), (True, True)) for k in args.recompute_chunks.split(",") if k]
     print(f"B{args.B} T1024, fused_block; ms, median of {args.reps}")
     print("| cell | dtype | heads | variant | fwd | fwd+bwd |")
     print("|---|---|---|---|---|---|")
@@ -45,8 +52,8 @@ def main() -> None:
         times = {(v, k): [] for v, _, _ in variants for k in ("fwd", "fwd+bwd")}
         for rep in range(args.reps + 3):
             order = variants[rep % len(variants):] + variants[:rep % len(variants)]
-            for name, chunks, dr_out in order:
-                layer.FAST_PATH, layer.DR_OUT = chunks is not None, dr_out
+            for name, chunks, (dr_out, recompute) in order:
+                layer.FAST_PATH, layer.DR_OUT, layer.RECOMPUTE = chunks is not None, dr_out, recompute
                 os.environ["FLASHRNN_LAYER_CHUNKS"] = str(chunks or 1)
                 for k, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
                     t = common._one_call_ms(fn, dev)
@@ -55,7 +62,7 @@ def main() -> None:
         for name, _, _ in variants:
             print(f"| {cell} | {dt} | {heads} | {name} | {statistics.median(times[(name, 'fwd')]):.3f} | "
                   f"{statistics.median(times[(name, 'fwd+bwd')]):.3f} |", flush=True)
-    layer.FAST_PATH, layer.DR_OUT = True, False
+    layer.FAST_PATH, layer.DR_OUT, layer.RECOMPUTE = True, True, False
     os.environ.pop("FLASHRNN_LAYER_CHUNKS", None)
 
 

@@ -45,7 +45,9 @@ def main():
     p.add_argument("--jobs", type=int, default=8)
     p.add_argument("--families", default="block,grid", help="which of block, grid to build")
     p.add_argument("--dr-out", action="store_true",
-                   help="also each block configuration's FRNN_DR_OUT library (recurrent_layer with FLASHRNN_LAYER_DROUT=1)")
+                   help="also each block configuration's FRNN_DR_OUT library (recurrent_layer's default backward)")
+    p.add_argument("--recompute", action="store_true",
+                   help="with --dr-out, also their FRNN_BWD_RECOMPUTE libraries (recurrent_layer with FLASHRNN_LAYER_RECOMPUTE=1)")
     args = p.parse_args()
     families = set(args.families.split(","))
     configs = {}
@@ -69,8 +71,11 @@ def main():
         from flashrnn_compile.cells import CELLS
 
         functors = {spec.functor for spec in CELLS.values() if spec.rhb_grad_is_gx}
-        configs.update({repr(sorted({**d, "FRNN_DR_OUT": 1}.items())): {**d, "FRNN_DR_OUT": 1}
-                        for d in list(configs.values()) if d["FRNN_CELL"] in functors})
+        dr_out = [{**d, "FRNN_DR_OUT": 1} for d in configs.values() if d["FRNN_CELL"] in functors]
+        if args.recompute:
+            one_piece = functors - {CELLS[c].functor for c in fused_block.JUMP_CELLS}
+            dr_out += [{**d, "FRNN_BWD_RECOMPUTE": 1} for d in dr_out if d["FRNN_CELL"] in one_piece]
+        configs.update({repr(sorted(d.items())): d for d in dr_out})
     todo = [(fused_block.SOURCE, d) for d in configs.values()] if "block" in families else []
     todo += [(fused_grid.SOURCE, d) for d in grid_defines(args.gpu)] if "grid" in families else []
     start = time.time()

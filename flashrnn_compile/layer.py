@@ -22,10 +22,14 @@ tracing by Dynamo / make_fx, autocast): F.linear then `recurrence()`, the same v
 `chunks` (default: FLASHRNN_LAYER_CHUNKS, else min(4, T // 256); at least 1, at most (T + 1) // 2)
 changes only where the time goes. Tilings whose backward writes d(rhb) for an outside dR GEMM
 (DR_GEMM, e.g. GRU 12x64) take F.linear then recurrence(): the one-call backward was slower there.
-With FLASHRNN_LAYER_DROUT=1 (`DR_OUT`; not yet run on a GPU) the backward uses the configuration's
-FRNN_DR_OUT library instead, whose kernel leaves dR and db out (70 us shorter in session 6), and the
-side stream makes them per chunk: dR += dgx^T h_in per head (h_in: the forward's h one step back,
-s0's h at the first step; what the in-kernel accumulation rounds too) and db += dgx^T 1.
+For cells whose d(rhb) is d(gx) the backward uses the configuration's FRNN_DR_OUT library
+(`DR_OUT`, FLASHRNN_LAYER_DROUT=0 turns it off), whose kernel leaves dR and db out, and the side
+stream makes them per chunk: dR += dgx^T h_in per head (h_in: the forward's h one step back, s0's h
+at the first step; what the in-kernel accumulation rounds too) and db += dgx^T 1. With
+FLASHRNN_LAYER_RECOMPUTE=1 (`RECOMPUTE`) those whose h is one piece (not elman_relu, slstm) take the
+lean save too (FRNN_BWD_RECOMPUTE): the forward writes only the states the cell's backward reads
+(an LSTM's c), no rhb, and the backward recomputes R h_{t-1} + b from h on the forward's fragments:
+the same rhb to the bit, so the same gradients as the full save.
 Measurements (H200, session 7): benchmarks/results/H200/session7.md.
 """
 
@@ -50,11 +54,15 @@ Tensor = torch.Tensor
 MAX_CHUNKS = 16  # layer.cuh MAX_CHUNKS
 FAST_PATH = os.environ.get("FLASHRNN_LAYER", "1") != "0"  # the one-call path (A/B scripts and tests switch it)
 # the one-call backward through an FRNN_DR_OUT library (the kernel leaves dR, db out; the side stream
-# makes them per chunk from dgx and h): cells whose d(rhb) is d(gx) only. Off until timed on a GPU
-DR_OUT = os.environ.get("FLASHRNN_LAYER_DROUT", "0") == "1"
+# makes them per chunk from dgx and h): cells whose d(rhb) is d(gx) only. On since session 8 (H200,
+# LSTM 12x64 B16 T1024 fwd+bwd, K=4: bf16 1.839 -> 1.775 ms, fp16 1.929 -> 1.911)
+DR_OUT = os.environ.get("FLASHRNN_LAYER_DROUT", "1") == "1"
+# with DR_OUT, the lean save (FRNN_BWD_RECOMPUTE: the forward writes only the states the cell's
+# backward reads, the backward recomputes R h_{t-1} + b from h): cells with h in one piece
+RECOMPUTE = os.environ.get("FLASHRNN_LAYER_RECOMPUTE", "0") == "1"
 _WARNED: set = set()
 _BLAS_SET: set = set()  # id() of the libraries that have the cuBLAS entry points
-STATS: collections.Counter = collections.Counter()  # "one_call" / "linear_then_recurrence": calls by path
+STATS: collections.Counter = collections.Counter()  # calls by path: "one_call" / "linear_then_recurrence"; "recompute": one-call calls with the lean save
 
 
 def _shape(t) -> str:
@@ -132,6 +140,8 @@ def _fused_kernel(x, W, b_in, R, b, s0, cell, plan):
     params = runtime.parse_plan(plan).params
     if DR_OUT and get_cell(cell).rhb_grad_is_gx:  # the tiling's FRNN_DR_OUT library
         params = {**fused_block._FAMILY.params(cell, like_gx, params), "DR_OUT": 1}
+        if RECOMPUTE and cell not in fused_block.JUMP_CELLS:
+            params["RECOMPUTE"] = 1
     kern, _ = fused_block._resolve(cell, like_gx, params)
     if kern is None or kern.dr_in_kernel == fused_block.DR_GEMM:
         return None  # DR_GEMM tilings (GRU 12x64): measured slower through the one-call backward
@@ -198,8 +208,14 @@ class _Layer(torch.autograd.Function):
         x, W = _variants.aligned(x), W.contiguous()
         gx = F.linear(x, W, b_in).view(T, B, NH, -1, DH)  # [T, B, NH, G, DH]
         s0 = s0.contiguous()
-        h, sT, states_in, rhb = fused_block.forward(gx, R, b, s0, cell, reverse, params, True)
-        ctx.save_for_backward(x, W, gx, R, states_in, rhb, h, s0)
+        if kern.recompute:  # the lean save: states_in [T, SS, B, NH, DH], no rhb (the backward recomputes it)
+            R, b = R.contiguous(), b.contiguous()
+            h, sT, states_in = fused_block.forward_lean(kern, gx, R, b, s0, reverse)
+            rhb = None
+            STATS["recompute"] += 1
+        else:
+            h, sT, states_in, rhb = fused_block.forward(gx, R, b, s0, cell, reverse, params, True)
+        ctx.save_for_backward(x, W, gx, R, states_in, rhb, h, s0, b)
         ctx.cell, ctx.reverse, ctx.kern, ctx.K, ctx.has_b_in = cell, reverse, kern, K, b_in is not None
         ctx.set_materialize_grads(False)
         return h, sT
@@ -210,7 +226,7 @@ class _Layer(torch.autograd.Function):
         from .kernels import _variants, fused_block
         from .kernels._variants import aligned, on, ptr, stream
 
-        x, W, gx, R, states_in, rhb, h, s0 = ctx.saved_tensors
+        x, W, gx, R, states_in, rhb, h, s0, b = ctx.saved_tensors
         spec = get_cell(ctx.cell)
         T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
         I, S, K, kern = x.shape[2], spec.num_states, ctx.K, ctx.kern
@@ -232,7 +248,7 @@ class _Layer(torch.autograd.Function):
             rc = kern.lib.frnn_layer_backward(T, B, NH, I, int(ctx.reverse), K, ptr(dh), ptr(dsT), ptr(gx), ptr(R),
                                               ptr(states_in), ptr(rhb), ptr(x), ptr(W), ptr(dgx), ptr(ds0), ptr(dw),
                                               ptr(dR), ptr(db), ptr(h), ptr(s0), ptr(ones), ptr(dx), ptr(dW),
-                                              ptr(dsbuf), stream(x.device))
+                                              ptr(dsbuf), ptr(b), stream(x.device))
         if rc != 0:
             raise RuntimeError(f"flashrnn recurrent_layer backward ({ctx.cell}): {kern.lib.frnn_error().decode()}")
         if dw is not None:

@@ -230,3 +230,38 @@ def test_dr_out_param_selects_the_dr_out_library():
     assert "FRNN_DR_OUT" not in fused_block.defines("lstm", torch.bfloat16, 32, P)
     with pytest.raises(ValueError, match=r"DR_OUT: cell 'gru'"):
         fused_block.defines("gru", torch.bfloat16, 32, {**P, "DR_OUT": 1})
+
+
+def test_recompute_param_selects_the_lean_save_library():
+    """recurrent_layer's lean save (RECOMPUTE) needs DR_OUT and h in one piece: the jump cells
+    (h in two pieces) and a request without DR_OUT are refused by name."""
+    defs = fused_block.defines("lstm", torch.bfloat16, 32, {**P, "DR_OUT": 1, "RECOMPUTE": 1})
+    assert defs["FRNN_BWD_RECOMPUTE"] == 1 and defs["FRNN_DR_OUT"] == 1
+    assert "FRNN_BWD_RECOMPUTE" not in fused_block.defines("lstm", torch.bfloat16, 32, {**P, "DR_OUT": 1})
+    with pytest.raises(ValueError, match=r"RECOMPUTE: expected DR_OUT"):
+        fused_block.defines("lstm", torch.bfloat16, 32, {**P, "RECOMPUTE": 1})
+    for cell in fused_block.JUMP_CELLS:
+        with pytest.raises(ValueError, match=rf"RECOMPUTE: cell '{cell}'"):
+            fused_block.defines(cell, torch.bfloat16, 32, {**P, "DR_OUT": 1, "RECOMPUTE": 1})
+
+
+@pytest.mark.skipif(build.find_nvcc() is None, reason="needs nvcc to build a variant")
+def test_recompute_library_reports_its_save_and_refuses_the_op_paths(tmp_path, monkeypatch):
+    """A FRNN_BWD_RECOMPUTE library says how many states its forward saves (an LSTM's backward
+    reads c only: 1; elman_tanh's its one state), and refuses the op's full-save calls (a forward
+    given an rhb buffer, frnn_backward) with an error before any launch."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    prm = {"WARPS": 2, "BATCH_TILE": 8, "R_REG_TILES": 2, "DR_OUT": 1}
+    got = {}
+    for cell, rc in (("lstm", 1), ("lstm", 0), ("elman_tanh", 1)):
+        defs = fused_block.defines(cell, torch.bfloat16, 16, {**prm, "RECOMPUTE": rc} if rc else prm)
+        lib = ctypes.CDLL(str(build.ensure_variant(fused_block.SOURCE, defs, ["9.0"])))
+        fused_block._bind(lib)
+        got[(cell, rc)] = lib.frnn_recompute()
+        if rc:
+            buf = ctypes.c_void_p(16)  # never dereferenced: the call fails first
+            assert lib.frnn_forward(1, 1, 1, 0, *[buf] * 8, None) != 0
+            assert "saves no rhb" in lib.frnn_error().decode()
+            assert lib.frnn_backward(1, 1, 1, 0, *[buf] * 10, None) != 0
+            assert "frnn_layer_backward" in lib.frnn_error().decode()
+    assert got == {("lstm", 1): 1, ("lstm", 0): 0, ("elman_tanh", 1): 1}

@@ -71,9 +71,16 @@ const char* frnn_error() { return g_error; }
 // dR, db come from dgx outside; dw, drhb unused)
 int frnn_dr_in_kernel() { return Cfg::DR ? 1 : (Cfg::DRHB ? 0 : 2); }
 
-// pointers as in fused_block.cuh (FwdArgs); states_in = rhb = nullptr: save=false. 0 = queued.
+// FRNN_BWD_RECOMPUTE libraries (recurrent_layer's): the number SS of states the forward saves
+// ([T, SS, B, NH, DH] f32, no rhb; the backward recomputes rhb from h); 0: the full save
+int frnn_recompute() { return Cfg::RC ? Cfg::SS : 0; }
+
+// pointers as in fused_block.cuh (FwdArgs); states_in = rhb = nullptr: save=false (RC: rhb always
+// nullptr, states_in [T, SS, B, NH, DH] with save). 0 = queued.
 int frnn_forward(int T, int B, int NH, int reverse, const void* gx, const void* R, const void* b,
                  const void* s0, void* h, void* sT, float* states_in, float* rhb, void* stream) {
+  if (Cfg::RC && rhb != nullptr)
+    return fail_msg("frnn_forward: a FRNN_BWD_RECOMPUTE library saves no rhb (recurrent_layer's save)");
   FwdArgs a{T, B, NH, reverse, gx, R, b, s0, h, sT, states_in, rhb};
   static bool set_save = false, set_plain = false;
   if (states_in != nullptr)
@@ -88,6 +95,7 @@ int frnn_forward(int T, int B, int NH, int reverse, const void* gx, const void* 
 int frnn_backward(int T, int B, int NH, int reverse, const void* dh, const void* dsT, const void* gx,
                   const void* R, const float* states_in, const float* rhb, void* dgx, float* drhb,
                   void* ds0, float* dw, void* stream) {
+  if (Cfg::RC) return fail_msg("frnn_backward: a FRNN_BWD_RECOMPUTE library's backward is frnn_layer_backward's");
   BwdArgs a{T, B, NH, reverse, dh, dsT, gx, R, states_in, rhb, dgx, drhb, ds0, dw};
   static bool set = false;
   return launch(backward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, Cfg::bwd_smem(), B, NH,
@@ -116,12 +124,14 @@ int frnn_layer_set_blas(void* create, void* set_stream, void* set_math, void* ge
 // dR (frnn_dr_in_kernel() == 1) write dw; FRNN_DR_OUT libraries (2) leave dw alone and make dR
 // [NH, G, DH, DH] and db [N] float on the side stream (layer.cuh) from h [T, B, NH, DH] (the
 // forward's output), s0 (its first state is h_in of the first step) and ones [>= the largest
-// chunk's T_c * B] in TIn; others (0) are refused. 1 <= K <= 16 with T >= 2K - 1
+// chunk's T_c * B] in TIn; others (0) are refused. FRNN_BWD_RECOMPUTE libraries take the forward's
+// save [T, SS, B, NH, DH] as states_in (rhb unused) and b [NH, G, DH]. 1 <= K <= 16 with T >= 2K - 1
 // (layer::chunk_range). 0 = queued.
 int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const void* dh, const void* dsT,
                         const void* gx, const void* R, const float* states_in, const float* rhb, const void* x,
                         const void* W, void* dgx, void* ds0, float* dw, float* dR, float* db, const void* h,
-                        const void* s0, const void* ones, void* dx, float* dW, float* dsbuf, void* stream) {
+                        const void* s0, const void* ones, void* dx, float* dW, float* dsbuf, const void* b,
+                        void* stream) {
   constexpr int G = Cell::G, S = Cell::S;
   constexpr bool dr_out = !Cfg::DR && !Cfg::DRHB;
   if (!Cfg::DR && !dr_out) return fail_msg("frnn_layer_backward: this configuration's backward writes drhb");
@@ -144,12 +154,16 @@ int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const v
   for (int j = 0; j < K; ++j) {
     const int t0 = t0s[j], t1 = t1s[j];
     const bool first = j == 0, last = j == K - 1;
+    // RC: h_{t-1} of the chunk's first step in the forward's order: s0's h at the sequence's edge,
+    // else h of the neighbour step
+    const bool edge = reverse ? t1 == T : t0 == 0;
+    const void* h0 = edge ? s0 : static_cast<const void*>(static_cast<const TIn*>(h) + (reverse ? t1 : t0 - 1) * BN);
     BwdArgs a{t1 - t0, B, NH, reverse, static_cast<const TIn*>(dh) + t0 * BN,
               first ? dsT : static_cast<const void*>(dsbuf + ((j - 1) & 1) * S * BN),
-              static_cast<const TIn*>(gx) + t0 * (long long)B * N, R, states_in + t0 * S * BN,
-              rhb + t0 * (long long)B * N, static_cast<TIn*>(dgx) + t0 * (long long)B * N,
+              static_cast<const TIn*>(gx) + t0 * (long long)B * N, R, states_in + t0 * Cfg::SS * BN,
+              Cfg::RC ? nullptr : rhb + t0 * (long long)B * N, static_cast<TIn*>(dgx) + t0 * (long long)B * N,
               nullptr, last ? ds0 : static_cast<void*>(dsbuf + (j & 1) * S * BN), Cfg::DR ? dw + j * dw_chunk : nullptr,
-              first ? 0 : 1, last ? 0 : 1};
+              first ? 0 : 1, last ? 0 : 1, static_cast<const TIn*>(h) + t0 * BN, h0, b};
     const int rc = launch(backward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, Cfg::bwd_smem(), B, NH, main, &a,
                           "fused_block layer backward", set);
     if (rc != 0) return rc;

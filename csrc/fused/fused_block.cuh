@@ -2,7 +2,8 @@
 // Plain CUDA C++ (no torch headers). Layouts as flashrnn_compile/reference.py:
 //   gx [T, B, NH, G, DH] T_IN   R [NH, G, DH, DH] T_IN (R[n, g, out, in])   b [NH, G, DH] T_IN
 //   s0, sT [S, B, NH, DH] T_IN  h [T, B, NH, DH] T_IN
-//   states_in [T, S, B, NH, DH] fp32, rhb [T, B, NH, G, DH] fp32 (saved by the forward)
+//   states_in [T, S, B, NH, DH] fp32, rhb [T, B, NH, G, DH] fp32 (saved by the forward; with
+//             FRNN_BWD_RECOMPUTE states_in [T, SS, B, NH, DH] only, the backward recomputing rhb)
 //   backward: dh [T, B, NH, DH], dsT [S, B, NH, DH] -> dgx [T, B, NH, G, DH], ds0 [S, B, NH, DH],
 //             and dR, db per batch tile dw [NBT, NH, G*DH*DH + G*DH] fp32 (Config::DR, accumulated
 //             on chip: DrAcc), or else drhb [T, B, NH, G, DH] fp32 (dR, db one GEMM outside)
@@ -65,6 +66,14 @@
 #ifndef FRNN_DR_OUT
 #define FRNN_DR_OUT 0
 #endif
+// 1 (with FRNN_DR_OUT, h in one piece; recurrent_layer's libraries): the forward with SAVE writes
+// only the states the cell's backward reads (BwdStates) and no rhb; the backward recomputes
+// rhb = R h_{t-1} + b per step from the forward's h output (p.h; p.h0 the first step's h_{t-1}),
+// on the forward's fragments of R: the same MMA operands and summation order as the forward, so the
+// same rhb to the bit. Config::RC
+#ifndef FRNN_BWD_RECOMPUTE
+#define FRNN_BWD_RECOMPUTE 0
+#endif
 // 1: the forward with SAVE stages a step's rhb and states_in in shared memory and writes them (and
 // h, from the next step's X) during the next step as 16-byte row chunks (Config::F_STAGED); 0: each
 // lane stores its elements (4-byte stores, a quarter of a sector row each)
@@ -91,6 +100,10 @@ template <> struct Precision<SlstmCell> {
   static constexpr bool JUMPS = true;
   template <typename DtypeMath> using MathFor = FastMath;
 };
+
+// the states a cell's backward reads: FIRST .. S - 1 (an LSTM's reads c, not h)
+template <typename Cell> struct BwdStates { static constexpr int FIRST = 0; };
+template <> struct BwdStates<LstmCell> { static constexpr int FIRST = 1; };
 
 template <typename TIn, typename Cell, int DH, int WARPS, int BT, int RREG>
 struct Config {
@@ -154,6 +167,12 @@ struct Config {
   static constexpr int DR_REGS = DR_MPW * DR_NT * 4 + E * (2 * G + 2 * S + 2) + Bwd::NREG * 4;
   static constexpr bool DR = FRNN_DR_KERNEL != 0 && FRNN_DR_OUT == 0 && DR_REGS <= 160;
   static constexpr bool DRHB = !DR && FRNN_DR_OUT == 0;  // drhb [T, B, NH, G, DH] written
+  // FRNN_BWD_RECOMPUTE: the save is states S0 .. S - 1 only ([T, SS, B, NH, DH] f32), the backward
+  // recomputes rhb on FwdRc (the forward's fragments, in registers where RREG * RH allows)
+  static constexpr bool RC = FRNN_BWD_RECOMPUTE != 0;
+  static_assert(!RC || (FRNN_DR_OUT != 0 && HP == 1), "FRNN_BWD_RECOMPUTE needs FRNN_DR_OUT and h in one piece");
+  static constexpr int S0 = RC ? BwdStates<Cell>::FIRST : 0, SS = S - S0;
+  using FwdRc = WarpGemm<Op, FMT, KT, NTW, HP, RREG * RH, WARPS>;
   // h_in of a step for the dR MMA: [DH][HBW words] (row = unit, batch columns in pairs; HBW % 8 = 4:
   // the B fragments are conflict-free)
   static constexpr int HBW = BT / 2 + (12 - (BT / 2) % 8) % 8;
@@ -194,17 +213,20 @@ struct Config {
   // [2][S][BT][STR] f32 (double-buffered by step parity; RHR, STR = 4 mod 16 floats: a lane's
   // scalar writes are conflict-free), where it fits
   static constexpr size_t F_SR = align16((size_t)2 * BT * RHR * 4), F_SS = align16((size_t)2 * S * BT * STR * 4);
-  static constexpr bool F_STAGED = FRNN_SAVE_V2 != 0 && F_A + F_X + F_NS * F_STAGE + F_SR + F_SS <= 200 * 1024;
+  static constexpr bool F_STAGED = FRNN_SAVE_V2 != 0 && !RC && F_A + F_X + F_NS * F_STAGE + F_SR + F_SS <= 200 * 1024;
   __host__ __device__ static constexpr size_t fwd_smem() {
     return F_A + F_X + F_NS * F_STAGE + (F_STAGED ? F_SR + F_SS : 0);
   }
-  // backward stage: gx [BT][GXR] | rhb [BT][RHR] f32 | states_in [S][BT][STR] f32 | dh [BT][DHR]
+  // backward stage: gx [BT][GXR] | rhb [BT][RHR] f32 (RC: h_{t-1} [BT][XF], the forward's X) |
+  // states_in [SS][BT][STR] f32 | dh [BT][DHR]
   static constexpr size_t B_GX = 0, B_RH = align16((size_t)BT * GXR * 2);
-  static constexpr size_t B_ST = B_RH + align16((size_t)BT * RHR * 4);
-  static constexpr size_t B_DH = B_ST + align16((size_t)S * BT * STR * 4);
+  static constexpr size_t B_ST = B_RH + align16(RC ? (size_t)BT * XF * 2 : (size_t)BT * RHR * 4);
+  static constexpr size_t B_DH = B_ST + align16((size_t)SS * BT * STR * 4);
   static constexpr size_t B_STAGE = B_DH + align16((size_t)BT * DHR * 2);
   static constexpr int B_NS = stages(B_STAGE);
-  static constexpr size_t B_A = align16(Bwd::smem_a_bytes()), B_X = align16((size_t)2 * XT * 2);
+  // a_smem: R^T's fragments in shared memory (Bwd), then (RC) R's (FwdRc)
+  static constexpr size_t B_A = align16(Bwd::smem_a_bytes()) + (RC ? align16(FwdRc::smem_a_bytes()) : 0);
+  static constexpr size_t B_X = align16((size_t)2 * XT * 2);
   // after the ring: the K-split exchange [WARPS][NTW][32] float2 | h_in [2][DH][HBW] words (DR) |
   // db partials [WN][G * DH] floats (DR)
   static constexpr size_t B_XCH = KSPLIT == 2 ? align16((size_t)WARPS * NTW * 32 * 8) : 0;
@@ -223,10 +245,13 @@ struct FwdArgs {
 struct BwdArgs {
   int T, B, NH, reverse;
   const void* dh; const void* dsT; const void* gx; const void* R;  // dsT nullptr: zeros
-  const float* states_in; const float* rhb;
+  const float* states_in; const float* rhb;  // RC: states_in [T, SS, B, NH, DH], rhb unused
   void* dgx; float* drhb; void* ds0;
   float* dw;  // DR: per batch tile [NBT][NH][G * DH * DH (dR) + G * DH (db)]; else drhb is written
   int dsT_f32, ds0_f32;  // dsT / ds0 in float, not TIn (a layer's time chunks pass them on in float)
+  // RC: the forward's h [T, B, NH, DH], h_{t-1} of its first step [B, NH, DH] (s0's h, or a time
+  // chunk's neighbour step), b [NH, G, DH]
+  const void* h; const void* h0; const void* b;
 };
 
 // element i of a state tensor [S, B, NH, DH] that is float (f32) or TIn

@@ -7,7 +7,8 @@
 namespace flashrnn {
 namespace fused {
 
-// SAVE: states_in and rhb are written (p.states_in, p.rhb not null), for the backward
+// SAVE: states_in and rhb are written (p.states_in not null), for the backward; with C::RC
+// (FRNN_BWD_RECOMPUTE) only the states S0 .. S - 1 the cell's backward reads, and no rhb
 template <typename TIn, typename Cell, int DH, int WARPS, int BT, int RREG, bool SAVE>
 __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   using C = Config<TIn, Cell, DH, WARPS, BT, RREG>;
@@ -90,8 +91,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     hpe[e] = static_cast<TIn*>(p.h) + (long long)t_first * BND + sidx[e];
-    spe[e] = p.states_in + (long long)t_first * S * BND + sidx[e];
-    rpe[e] = p.rhb + (long long)t_first * G * BND + gidx[e];
+    spe[e] = p.states_in + (long long)t_first * C::SS * BND + sidx[e];
+    rpe[e] = C::RC ? nullptr : p.rhb + (long long)t_first * G * BND + gidx[e];
   }
   auto store_outputs = [&]() {
 #pragma unroll
@@ -100,14 +101,15 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
         *hpe[e] = In<TIn>::store(hv[e]);
         if (SAVE) {
 #pragma unroll
-          for (int s = 0; s < S; ++s) spe[e][s * BND] = sin_[e][s];
+          for (int s = C::S0; s < S; ++s) spe[e][(s - C::S0) * BND] = sin_[e][s];
+          if (!C::RC)
 #pragma unroll
-          for (int g = 0; g < G; ++g) rpe[e][g * DH] = rv[e][g];
+            for (int g = 0; g < G; ++g) rpe[e][g * DH] = rv[e][g];
         }
       }
       hpe[e] += (long long)dstep * BND;
-      spe[e] += (long long)dstep * S * BND;
-      rpe[e] += (long long)dstep * G * BND;
+      spe[e] += (long long)dstep * C::SS * BND;
+      if (!C::RC) rpe[e] += (long long)dstep * G * BND;
     }
   };
   // FRNN_SAVE_V2 (C::F_STAGED): the cells write rhb and states_in to the staging buffer of the
@@ -244,19 +246,31 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   const size_t gxe = (((size_t)bt0 * NH + nh) * G * DH);  // element offset of (t=0, bt0, nh) in gx / rhb
   const long long gx_t = (long long)B * NH * G * DH;  // elements per step of gx / rhb
   const unsigned char* gx0 = static_cast<const unsigned char*>(p.gx) + (gxe + t_first * gx_t) * sizeof(TIn);
-  const unsigned char* rh0 = reinterpret_cast<const unsigned char*>(p.rhb + gxe + t_first * gx_t);
+  const unsigned char* rh0 = C::RC ? nullptr : reinterpret_cast<const unsigned char*>(p.rhb + gxe + t_first * gx_t);
   const unsigned char* st0 = reinterpret_cast<const unsigned char*>(p.states_in + ((size_t)bt0 * NH + nh) * DH +
-                                                                    (long long)t_first * S * BND);
+                                                                    (long long)t_first * C::SS * BND);
   const unsigned char* dh0 = static_cast<const unsigned char*>(p.dh) +
                              (((size_t)bt0 * NH + nh) * DH + (long long)t_first * BND) * sizeof(TIn);
   const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
   RowCopy<C::THREADS, BT, G * DH * 2 / 16> gxc;      // gx [BT][G*DH]
   RowCopy<C::THREADS, BT, G * DH * 4 / 16> rhc;      // rhb [BT][G*DH] f32
-  RowCopy<C::THREADS, S * BT, DH * 4 / 16> stc;      // states_in [S][BT][DH] f32
+  RowCopy<C::THREADS, C::SS * BT, DH * 4 / 16> stc;  // states_in [SS][BT][DH] f32
   RowCopy<C::THREADS, BT, DH * 2 / 16> dhc;          // dh [BT][DH]
+  // RC: h_{t-1} [BT][DH] into rows of XF (the forward's X): from h one step back in the forward's
+  // order (hpc), at the forward's first step from h0 (h0c)
+  RowCopy<C::THREADS, BT, DH * 2 / 16> hpc, h0c;
   // rows past the batch copy the tile's first row (RowCopy)
   gxc.init(ring_s + C::B_GX, C::GXR * 2, [&](int n) { return gx0 + (n < nb ? n : 0) * (size_t)NH * G * DH * sizeof(TIn); }, tid);
-  rhc.init(ring_s + C::B_RH, C::RHR * 4, [&](int n) { return rh0 + (n < nb ? n : 0) * (size_t)NH * G * DH * 4; }, tid);
+  if constexpr (C::RC) {
+    const size_t hrow = (size_t)NH * DH * sizeof(TIn), hoff = ((size_t)bt0 * NH + nh) * DH * sizeof(TIn);
+    const unsigned char* hp0 = static_cast<const unsigned char*>(p.h) + hoff +
+                               (long long)(t_first - (p.reverse ? -1 : 1)) * BND * (long long)sizeof(TIn);
+    const unsigned char* h00 = static_cast<const unsigned char*>(p.h0) + hoff;
+    hpc.init(ring_s + C::B_RH, C::XF * 2, [&](int n) { return hp0 + (n < nb ? n : 0) * hrow; }, tid);
+    h0c.init(ring_s + C::B_RH, C::XF * 2, [&](int n) { return h00 + (n < nb ? n : 0) * hrow; }, tid);
+  } else {
+    rhc.init(ring_s + C::B_RH, C::RHR * 4, [&](int n) { return rh0 + (n < nb ? n : 0) * (size_t)NH * G * DH * 4; }, tid);
+  }
   stc.init(ring_s + C::B_ST, C::STR * 4, [&](int r) {
     const int s = r / BT, n = r % BT;
     return st0 + ((size_t)s * BND + (size_t)(n < nb ? n : 0) * NH * DH) * 4;
@@ -267,13 +281,19 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   auto prefetch = [&](int step) {
     if (step < T) {
       gxc.issue(pf_stage);
-      rhc.issue(pf_stage);
+      if constexpr (C::RC) {
+        if (step == T - 1) h0c.issue(pf_stage);  // the forward's first step
+        else hpc.issue(pf_stage);
+      } else {
+        rhc.issue(pf_stage);
+      }
       stc.issue(pf_stage);
       dhc.issue(pf_stage);
     }
     gxc.advance(dstep * gx_t * (long long)sizeof(TIn));
-    rhc.advance(dstep * gx_t * 4);
-    stc.advance((long long)dstep * S * BND * 4);
+    if constexpr (C::RC) hpc.advance((long long)dstep * BND * (long long)sizeof(TIn));
+    else rhc.advance(dstep * gx_t * 4);
+    stc.advance((long long)dstep * C::SS * BND * 4);
     dhc.advance((long long)dstep * BND * (long long)sizeof(TIn));
     pf_stage = pf_stage + C::B_STAGE == NS * C::B_STAGE ? 0u : pf_stage + (uint32_t)C::B_STAGE;
     cp_async_commit();
@@ -284,6 +304,19 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   Gm gemm;  // A[r][(g, o)] = R[g][o][ug*16 + r]; a K-split pair: the first or the second half of K
   gemm.load([&](int, int r, int k) { return In<TIn>::load(R[k * DH + ug * 16 + r]); }, a_smem, warp, lane,
             C::KSPLIT == 2 ? rh * C::BKT : 0);
+  // RC: R's forward fragments (after R^T's in shared memory) and the lane's bias, as the forward's
+  typename C::FwdRc gemm_f;
+  uint32_t* af_smem = a_smem + C::align16(Gm::smem_a_bytes()) / 4;
+  float bb[C::RC ? C::JN : 1][G];
+  if constexpr (C::RC) {
+    auto r_at = [&](int g, int u, int k) { return In<TIn>::load(R[(g * DH + u) * DH + k]); };
+    gemm_f.load([&](int mt, int r, int k) { return C::fwd_a(r_at, ug, rh, mt, r, k); }, af_smem, warp, lane);
+    const TIn* bias = static_cast<const TIn*>(p.b) + (size_t)nh * G * DH;
+#pragma unroll
+    for (int jj = 0; jj < C::JN; ++jj)
+#pragma unroll
+      for (int g = 0; g < G; ++g) bb[jj][g] = In<TIn>::load(bias[g * DH + ug * 16 + gq + 8 * (C::RH == 2 ? rh : jj)]);
+  }
   for (int i = tid; i < 2 * XT; i += C::THREADS) xs[i] = to_op(0.0f, (Op*)nullptr);
   // in-kernel dR / db (C::DR): h_in of each step as MMA operand, double-buffered [2][DH][HBW]
   // words, zero before the first step (its dR MMAs add zeros). Compile-time, not p.dw != nullptr:
@@ -386,6 +419,10 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     const float* sts = reinterpret_cast<const float*>(stage + C::B_ST);
     const Op* dhs = reinterpret_cast<const Op*>(stage + C::B_DH);
     float gxv[E][G], rhv[E][G], sv[E][S], dhv[E];
+    // RC: rhb = R h_{t-1} + b again, beside R^T drhb (the cells below wait for both)
+    float facc[C::FMT][NTW][4];
+    if constexpr (C::RC)
+      gemm_f.template run<BT, C::XF>(af_smem, reinterpret_cast<const Op*>(stage + C::B_RH), nt0, warp, lane, facc, [] {});
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       const auto el = C::elem(e, rh);
@@ -393,10 +430,11 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         gxv[e][g] = In<TIn>::load(gxs[n * C::GXR + g * DH + u]);
-        rhv[e][g] = rhs[n * C::RHR + g * DH + u];
+        if constexpr (C::RC) rhv[e][g] = C::gate(facc, g, el) + bb[el.jj][g];
+        else rhv[e][g] = rhs[n * C::RHR + g * DH + u];
       }
 #pragma unroll
-      for (int s = 0; s < S; ++s) sv[e][s] = sts[(s * BT + n) * C::STR + u];
+      for (int s = 0; s < S; ++s) sv[e][s] = s < C::S0 ? 0.0f : sts[((s - C::S0) * BT + n) * C::STR + u];
       dhv[e] = In<TIn>::load(dhs[n * C::DHR + u]);
       if (C::DR && el.c == 1) {  // h_in of the element pair e - 1, e (columns n - 1, n; 0 past the batch)
         const int e0 = e > 0 ? e - 1 : 0;

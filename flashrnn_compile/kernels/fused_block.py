@@ -54,8 +54,9 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.frnn_dr_in_kernel.restype = i
     lib.frnn_layer_set_blas.argtypes = [p] * 5  # the projected layer's backward (flashrnn_compile/layer.py)
     lib.frnn_layer_set_blas.restype = i
-    lib.frnn_layer_backward.argtypes = [i] * 6 + [p] * 20
+    lib.frnn_layer_backward.argtypes = [i] * 6 + [p] * 21
     lib.frnn_layer_backward.restype = i
+    lib.frnn_recompute.restype = i
 
 
 _FAMILY = _variants.Family("fused_block", SOURCE, (8, "bf16 mma.sync"), _bind)
@@ -95,7 +96,19 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
         if not spec.rhb_grad_is_gx:
             raise ValueError(f"fused_block: DR_OUT: cell {cell!r}'s d(rhb) is not d(gx), dR cannot come from dgx")
         defs["FRNN_DR_OUT"] = 1
+    if params.get("RECOMPUTE"):  # recurrent_layer's lean save: the backward recomputes rhb from h
+        if not params.get("DR_OUT"):
+            raise ValueError("fused_block: RECOMPUTE: expected DR_OUT too (the recomputing backward leaves dR to the layer)")
+        if cell in JUMP_CELLS:
+            raise ValueError(f"fused_block: RECOMPUTE: cell {cell!r} runs h in two pieces (fused_block.cuh Precision), "
+                             "its forward's MMA operand is not the h it outputs")
+        defs["FRNN_BWD_RECOMPUTE"] = 1
     return defs
+
+
+# cells whose kernels keep h exact to fp32 in two input-dtype pieces (fused_block.cuh Precision: a
+# rounded h moves their gradient's jump for a few elements)
+JUMP_CELLS = ("elman_relu", "slstm")
 
 
 # A/B knobs of fused_block.cuh, off by default (not yet timed on a GPU): env var -> (define, values)
@@ -152,14 +165,15 @@ def _resolve_uncached(cell: str, gx: Tensor, params):
     lib, defs, reason = _FAMILY.configured(cell, gx, params, defines, lambda lib: max(smem_bytes(lib)))
     if reason is not None:
         return None, reason
-    return Kernel(lib, config(lib)[4], dr_in_kernel(lib)), None
+    return Kernel(lib, config(lib)[4], dr_in_kernel(lib), int(lib.frnn_recompute())), None
 
 
 class Kernel:
-    """A loaded configuration and what the Python side needs of it per call."""
+    """A loaded configuration and what the Python side needs of it per call. recompute: the number
+    of states a FRNN_BWD_RECOMPUTE library's forward saves (`forward_lean`), 0 for the others."""
 
-    def __init__(self, lib: ctypes.CDLL, batch_tile: int, dr_in_kernel: int):
-        self.lib, self.batch_tile, self.dr_in_kernel = lib, batch_tile, dr_in_kernel
+    def __init__(self, lib: ctypes.CDLL, batch_tile: int, dr_in_kernel: int, recompute: int = 0):
+        self.lib, self.batch_tile, self.dr_in_kernel, self.recompute = lib, batch_tile, dr_in_kernel, recompute
 
 
 def _poison(*tensors: Tensor) -> None:
@@ -178,6 +192,26 @@ def _launch_forward(kern: Kernel, gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, 
     rc = kern.lib.frnn_forward(T, B, NH, int(reverse), _ptr(gx), _ptr(R), _ptr(b), _ptr(s0), _ptr(h), _ptr(sT),
                                _ptr(states_in) if save else None, _ptr(rhb) if save else None, _stream(gx.device))
     return None if rc == 0 else kern.lib.frnn_error().decode()
+
+
+def forward_lean(kern: Kernel, gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """The forward of a FRNN_BWD_RECOMPUTE library (recurrent_layer's, kern.recompute = SS > 0) with
+    its save: (h [T,B,NH,DH], sT [S,B,NH,DH], saved [T,SS,B,NH,DH] float32: the states the cell's
+    backward reads, no rhb). gx is aligned, R, b, s0 contiguous (the caller's)."""
+    T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
+    S = s0.shape[0]
+    _check_sizes(B, NH, G, S, DH)
+    h = gx.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
+    sT = gx.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
+    saved = torch.empty(T, kern.recompute, B, NH, DH, dtype=torch.float32, device=gx.device)  # [T, SS, B, NH, DH]
+    _poison(h, sT, saved)
+    if B > 0 and NH > 0:  # (T = 0: the kernel copies s0 to sT)
+        with _on(gx.device):
+            rc = kern.lib.frnn_forward(T, B, NH, int(reverse), _ptr(gx), _ptr(R), _ptr(b), _ptr(s0), _ptr(h), _ptr(sT),
+                                       _ptr(saved), None, _stream(gx.device))
+        if rc != 0:
+            raise RuntimeError(f"flashrnn fused_block forward: {kern.lib.frnn_error().decode()}")
+    return h, sT, saved
 
 
 def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, rhb: Tensor, cell: str,

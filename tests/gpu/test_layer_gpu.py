@@ -92,11 +92,12 @@ def _linear_then_reference(cell, reverse, dtype):
                          ids=_ids(CASES))
 def test_layer_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, monkeypatch):
     monkeypatch.setattr(fused_block, "POISON", True)
+    monkeypatch.setattr(layer, "DR_OUT", False)  # the plan's own library (DR_TILES or DR_GEMM)
     _check_layer(cell, NH, DH, B, I, T, chunks, reverse,
                  lambda dtype, plan: "one_call" if _dr_tiles(cell, T, B, NH, DH, dtype, plan) else "linear_then_recurrence")
 
 
-# the one-call backward through FRNN_DR_OUT libraries (layer.DR_OUT; FLASHRNN_LAYER_DROUT=1): cells
+# the one-call backward through FRNN_DR_OUT libraries (layer.DR_OUT, the default): cells
 # whose d(rhb) is d(gx), the chunk holding s0's step first or last, K from 1 to 9, 6x128 (whose
 # plan's own library writes drhb) included
 DR_OUT_CASES = [(c, *s, r) for c, s, r in itertools.product(("lstm", "elman_tanh", "slstm"), SHAPES[1:], (False, True))]
@@ -107,7 +108,49 @@ DR_OUT_CASES = [(c, *s, r) for c, s, r in itertools.product(("lstm", "elman_tanh
 def test_layer_dr_out_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, monkeypatch):
     monkeypatch.setattr(fused_block, "POISON", True)
     monkeypatch.setattr(layer, "DR_OUT", True)
+    monkeypatch.setattr(layer, "RECOMPUTE", False)
     _check_layer(cell, NH, DH, B, I, T, chunks, reverse, lambda dtype, plan: "one_call")
+
+
+# the lean save (layer.RECOMPUTE: FRNN_BWD_RECOMPUTE libraries, the backward recomputes R h + b):
+# the cells whose h is one piece; slstm (two pieces) keeps the full save (the negative case)
+RECOMPUTE_CASES = [(c, *s, r) for c, s, r in itertools.product(("lstm", "elman_tanh"), SHAPES[1:], (False, True))]
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,I,T,chunks,reverse", RECOMPUTE_CASES, ids=_ids(RECOMPUTE_CASES))
+def test_layer_recompute_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, monkeypatch):
+    monkeypatch.setattr(fused_block, "POISON", True)
+    monkeypatch.setattr(layer, "DR_OUT", True)
+    monkeypatch.setattr(layer, "RECOMPUTE", True)
+    before = layer.STATS["recompute"]
+    _check_layer(cell, NH, DH, B, I, T, chunks, reverse, lambda dtype, plan: "one_call")
+    assert layer.STATS["recompute"] > before, "the lean save did not run"
+
+
+RECOMPUTE_SAME = [("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 17, 3, True),
+                  ("elman_tanh", 2, 16, 1, 8, 17, 9, False), ("slstm", 2, 16, 3, 8, 9, 2, True)]
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,I,T,chunks,reverse", RECOMPUTE_SAME, ids=_ids(RECOMPUTE_SAME))
+def test_recompute_gives_the_full_saves_results_bit_for_bit(cell, NH, DH, B, I, T, chunks, reverse, monkeypatch):
+    """The recomputed rhb is the forward's to the bit (the same MMA operands and summation order),
+    so h, sT and every gradient equal the full save's (DR_OUT) exactly; slstm (h in two pieces)
+    keeps the full save under RECOMPUTE: the lean path does not run."""
+    monkeypatch.setattr(fused_block, "POISON", True)
+    monkeypatch.setattr(layer, "DR_OUT", True)
+    inputs, dh, dsT = _layer_inputs(cell, T, B, NH, DH, I, 11)
+    for dtype in DTYPES:
+        low = [t.to(dtype) for t in inputs]
+        plan = family_plan("fused_block", cell, B, NH, DH, dtype)
+        got = {}
+        for rc in (False, True):
+            monkeypatch.setattr(layer, "RECOMPUTE", rc)
+            before = layer.STATS["recompute"]
+            got[rc] = _run(lambda *a: layer.recurrent_layer(*a, cell=cell, reverse=reverse, plan=plan, chunks=chunks),
+                           low, dh.to(dtype), dsT.to(dtype))
+            assert layer.STATS["recompute"] == before + (rc and cell not in fused_block.JUMP_CELLS)
+        for name, a, b in zip(NAMES, got[False], got[True]):
+            assert torch.isfinite(a).all() and torch.equal(a, b), (dtype, name, (a.double() - b.double()).abs().max())
 
 
 def _check_layer(cell, NH, DH, B, I, T, chunks, reverse, expected_path) -> None:
