@@ -224,6 +224,9 @@ struct Config {
   static constexpr size_t B_DH = B_ST + align16((size_t)SS * BT * STR * 4);
   static constexpr size_t B_STAGE = B_DH + align16((size_t)BT * DHR * 2);
   static constexpr int B_NS = stages(B_STAGE);
+  // RC with 3+ stages: a step recomputes the NEXT step's rhb (its h_{t-1} stage landed one step
+  // early: the step's end waits for two stages ahead), so the cells never wait for those MMAs
+  static constexpr bool RC_AHEAD = RC && B_NS >= 3;
   // a_smem: R^T's fragments in shared memory (Bwd), then (RC) R's (FwdRc)
   static constexpr size_t B_A = align16(Bwd::smem_a_bytes()) + (RC ? align16(FwdRc::smem_a_bytes()) : 0);
   static constexpr size_t B_X = align16((size_t)2 * XT * 2);

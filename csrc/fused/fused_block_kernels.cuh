@@ -384,8 +384,14 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     }
   };
   uint32_t rd_stage = 0;  // the ring stage of this step (bytes)
-  cp_async_wait<NS - 2>();
+  // (RC_AHEAD: a step reads the next step's stage too, so the copies run one stage further ahead)
+  constexpr int WAIT = C::RC_AHEAD ? NS - 3 : NS - 2;
+  cp_async_wait<WAIT>();
   __syncthreads();
+  // RC: rhb of the step (frc; RC_AHEAD: computed by the step before, the first step's here)
+  float frc[C::FMT][NTW][4];
+  if constexpr (C::RC_AHEAD)
+    gemm_f.template run<BT, C::XF>(af_smem, reinterpret_cast<const Op*>(ring + C::B_RH), nt0, warp, lane, frc, [] {});
 
 #if FRNN_BWD_DR16
   // one step; par: Par<its parity> where the loop runs step pairs (C::DR_XSTEP), else Par<-1>
@@ -419,10 +425,14 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     const float* sts = reinterpret_cast<const float*>(stage + C::B_ST);
     const Op* dhs = reinterpret_cast<const Op*>(stage + C::B_DH);
     float gxv[E][G], rhv[E][G], sv[E][S], dhv[E];
-    // RC: rhb = R h_{t-1} + b again, beside R^T drhb (the cells below wait for both)
-    float facc[C::FMT][NTW][4];
-    if constexpr (C::RC)
-      gemm_f.template run<BT, C::XF>(af_smem, reinterpret_cast<const Op*>(stage + C::B_RH), nt0, warp, lane, facc, [] {});
+    // RC: rhb = R h_{t-1} + b again, after R^T drhb's MMAs: RC_AHEAD the next step's (stage
+    // rd_stage, landed before the last barrier), else this step's (the cells below wait for it)
+    float fnx[C::FMT][NTW][4];
+    if constexpr (C::RC_AHEAD)
+      gemm_f.template run<BT, C::XF>(af_smem, reinterpret_cast<const Op*>(ring + rd_stage + C::B_RH), nt0, warp, lane,
+                                     fnx, [] {});
+    else if constexpr (C::RC)
+      gemm_f.template run<BT, C::XF>(af_smem, reinterpret_cast<const Op*>(stage + C::B_RH), nt0, warp, lane, frc, [] {});
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       const auto el = C::elem(e, rh);
@@ -430,7 +440,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         gxv[e][g] = In<TIn>::load(gxs[n * C::GXR + g * DH + u]);
-        if constexpr (C::RC) rhv[e][g] = C::gate(facc, g, el) + bb[el.jj][g];
+        if constexpr (C::RC) rhv[e][g] = C::gate(frc, g, el) + bb[el.jj][g];
         else rhv[e][g] = rhs[n * C::RHR + g * DH + u];
       }
 #pragma unroll
@@ -508,7 +518,14 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
       }
     }
     store_dgx();
-    cp_async_wait<NS - 2>();
+    if constexpr (C::RC_AHEAD)
+#pragma unroll
+      for (int m = 0; m < C::FMT; ++m)
+#pragma unroll
+        for (int i = 0; i < NTW; ++i)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) frc[m][i][r] = fnx[m][i][r];
+    cp_async_wait<WAIT>();
     __syncthreads();
 #if FRNN_BWD_DR16
   };

@@ -1,0 +1,129 @@
+"""When the host and the GPU reach each point of one recurrent_layer fwd+bwd (the layer suite's "ours"
+call, LSTM 12x64 B16 T1024 by default): is the GPU waiting for the host, and where?
+
+    python benchmarks/probe_layer_timeline.py [--reps 30] [--cell lstm] [--heads 12x64] [--dtype bf16]
+
+Markers: the call's start, around F.linear, after the forward kernel's launch, around the backward's
+library call, after autograd.grad returns. At each, the host's time (perf_counter) and a CUDA event
+on the current stream. An event completes when the work queued before it has run, so its GPU time is
+max(when the host recorded it, when that work ended): where two consecutive markers' GPU times
+differ by more than the kernels queued between them, the GPU was idle, waiting for the host.
+Printed per variant (layer.RECOMPUTE off / on): each marker's median host and GPU time since the
+start (µs), and the GPU gap to the marker before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import types
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flashrnn_compile import get_cell, layer, planner, recurrent_layer, runtime  # noqa: E402
+from flashrnn_compile.kernels import fused_block  # noqa: E402
+
+DT = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Marks:
+    def __init__(self):
+        self.points = []  # (name, host s, event)
+
+    def mark(self, name):
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        self.points.append((name, time.perf_counter(), ev))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--cell", default="lstm")
+    p.add_argument("--heads", default="12x64")
+    p.add_argument("--dtype", default="bf16", choices=sorted(DT))
+    p.add_argument("--B", type=int, default=16)
+    p.add_argument("--T", type=int, default=1024)
+    a = p.parse_args()
+    dev, dt = torch.device("cuda"), DT[a.dtype]
+    NH, DH = (int(v) for v in a.heads.split("x"))
+    spec = get_cell(a.cell)
+    G, S, H = spec.num_gates, spec.num_states, NH * DH
+    g = torch.Generator(device=dev).manual_seed(0)
+
+    def rnd(*shape, scale=1.0, grad=True):
+        return (torch.randn(*shape, generator=g, device=dev) * scale).to(dt).requires_grad_(grad)
+
+    x, W, b_in = rnd(a.T, a.B, H), rnd(NH * G * DH, H, scale=H**-0.5), rnd(NH * G * DH, scale=0.1)
+    R, b, s0 = rnd(NH, G, DH, DH, scale=DH**-0.5), rnd(NH, G, DH, scale=0.1), rnd(S, a.B, NH, DH, scale=0.5, grad=False)
+    dh = torch.randn(a.T, a.B, NH, DH, generator=g, device=dev).to(dt)
+    chosen = planner.plan(a.cell, a.B, NH, DH, dt, families=("fused_block",))
+    plan = runtime.plan_json(chosen.family, chosen.params)
+    leaves = [x, W, b_in, R, b]
+    marks = Marks()
+
+    def wrap(fn, before, after):
+        def inner(*args, **kw):
+            if before:
+                marks.mark(before)
+            out = fn(*args, **kw)
+            marks.mark(after)
+            return out
+        return inner
+
+    orig = (layer.F, fused_block.forward, fused_block.forward_lean)
+    layer.F = types.SimpleNamespace(linear=wrap(F.linear, "linear: before", "linear: launched"))
+    fused_block.forward = wrap(orig[1], None, "forward kernel: launched")
+    fused_block.forward_lean = wrap(orig[2], None, "forward kernel: launched")
+    print(f"{a.cell} {a.heads} {a.dtype} B{a.B} T{a.T} {chosen.params}; µs since the start, median of {a.reps}")
+    for rc in (False, True):
+        layer.RECOMPUTE = rc
+        kern = layer._fused_kernel(x, W, b_in, R, b, s0, a.cell, plan)
+        assert kern is not None, "the one-call path does not apply"
+        lib_fn = kern.lib.frnn_layer_backward
+        kern.lib.frnn_layer_backward = wrap(lib_fn, "backward C call: start", "backward C call: returned")
+        rows = {}
+        for rep in range(a.reps + 3):
+            marks.points.clear()
+            marks.mark("start")
+            torch.autograd.grad(recurrent_layer(x, W, b_in, R, b, s0, cell=a.cell, plan=plan)[0], leaves, dh)
+            marks.mark("autograd.grad returned")
+            torch.cuda.synchronize()
+            if rep < 3:
+                continue
+            _, h0, e0 = marks.points[0]
+            for i, (name, hs, ev) in enumerate(marks.points):
+                rows.setdefault((i, name), []).append(((hs - h0) * 1e6, e0.elapsed_time(ev) * 1e3))
+        kern.lib.frnn_layer_backward = lib_fn
+        print(f"\nlayer.RECOMPUTE={rc}\n| marker | host µs | GPU µs | GPU gap |\n|---|---|---|---|")
+        last = 0.0
+        for (i, name), v in sorted(rows.items()):
+            hm, gm = statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)
+            print(f"| {name} | {hm:.0f} | {gm:.0f} | {gm - last:.0f} |")
+            last = gm
+    layer.F, fused_block.forward, fused_block.forward_lean = orig
+    layer.RECOMPUTE = False
+    # the host cost of the projection's launch alone (no synchronisation inside the timed calls)
+    x2, W2, b2 = x.detach().view(-1, H), W.detach(), b_in.detach()
+    print("\n| projection call | host µs (median of 200) |\n|---|---|")
+    for name, fn in (("F.linear(x, W, b_in)", lambda: F.linear(x2, W2, b2)), ("F.linear(x, W)", lambda: F.linear(x2, W2)),
+                     ("torch.addmm(b_in, x, W.t())", lambda: torch.addmm(b2, x2, W2.t())),
+                     ("torch.mm(x, W.t())", lambda: torch.mm(x2, W2.t())),
+                     ("torch.empty_like(x) (for scale)", lambda: torch.empty_like(x2))):
+        ts = []
+        for _ in range(220):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e6)
+            torch.cuda.synchronize()
+        print(f"| {name} | {statistics.median(ts[20:]):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
