@@ -33,11 +33,18 @@ DT = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Marks:
-    def __init__(self):
+    """Host times and CUDA events at named points; the events are made (and recorded once) up front,
+    so a mark costs one record, not an event's creation."""
+
+    def __init__(self, n: int = 32):
         self.points = []  # (name, host s, event)
+        self.pool = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        for ev in self.pool:
+            ev.record()
+        torch.cuda.synchronize()
 
     def mark(self, name):
-        ev = torch.cuda.Event(enable_timing=True)
+        ev = self.pool[len(self.points)]
         ev.record()
         self.points.append((name, time.perf_counter(), ev))
 
@@ -77,11 +84,27 @@ def main() -> None:
             return out
         return inner
 
-    orig = (layer.F, fused_block.forward, fused_block.forward_lean)
+    orig = (layer.F, fused_block.forward, fused_block.forward_lean, layer._Layer.forward, layer._Layer.backward)
     layer.F = types.SimpleNamespace(linear=wrap(F.linear, "linear: before", "linear: launched"))
     fused_block.forward = wrap(orig[1], None, "forward kernel: launched")
     fused_block.forward_lean = wrap(orig[2], None, "forward kernel: launched")
+    layer._Layer.forward = staticmethod(wrap(orig[3], "_Layer.forward: start", "_Layer.forward: returned"))
+    layer._Layer.backward = staticmethod(wrap(orig[4], "_Layer.backward: start", "_Layer.backward: returned"))
     print(f"{a.cell} {a.heads} {a.dtype} B{a.B} T{a.T} {chosen.params}; µs since the start, median of {a.reps}")
+    # the forward alone, without a gradient (F.linear then recurrence()'s fast path)
+    rows = {}
+    for rep in range(a.reps + 3):
+        marks.points.clear()
+        marks.mark("start")
+        with torch.no_grad():
+            recurrent_layer(x, W, b_in, R, b, s0, cell=a.cell, plan=plan)
+        marks.mark("recurrent_layer returned")
+        torch.cuda.synchronize()
+        if rep >= 3:
+            _, h0, e0 = marks.points[0]
+            for i, (name, hs, ev) in enumerate(marks.points):
+                rows.setdefault((i, name), []).append(((hs - h0) * 1e6, e0.elapsed_time(ev) * 1e3))
+    _table("forward without a gradient", rows)
     for rc in (False, True):
         layer.RECOMPUTE = rc
         kern = layer._fused_kernel(x, W, b_in, R, b, s0, a.cell, plan)
@@ -101,13 +124,9 @@ def main() -> None:
             for i, (name, hs, ev) in enumerate(marks.points):
                 rows.setdefault((i, name), []).append(((hs - h0) * 1e6, e0.elapsed_time(ev) * 1e3))
         kern.lib.frnn_layer_backward = lib_fn
-        print(f"\nlayer.RECOMPUTE={rc}\n| marker | host µs | GPU µs | GPU gap |\n|---|---|---|---|")
-        last = 0.0
-        for (i, name), v in sorted(rows.items()):
-            hm, gm = statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)
-            print(f"| {name} | {hm:.0f} | {gm:.0f} | {gm - last:.0f} |")
-            last = gm
-    layer.F, fused_block.forward, fused_block.forward_lean = orig
+        _table(f"fwd+bwd, layer.RECOMPUTE={rc}", rows)
+    layer.F, fused_block.forward, fused_block.forward_lean = orig[:3]
+    layer._Layer.forward, layer._Layer.backward = staticmethod(orig[3]), staticmethod(orig[4])
     layer.RECOMPUTE = False
     # the host cost of the projection's launch alone (no synchronisation inside the timed calls)
     x2, W2, b2 = x.detach().view(-1, H), W.detach(), b_in.detach()
@@ -115,7 +134,10 @@ def main() -> None:
     for name, fn in (("F.linear(x, W, b_in)", lambda: F.linear(x2, W2, b2)), ("F.linear(x, W)", lambda: F.linear(x2, W2)),
                      ("torch.addmm(b_in, x, W.t())", lambda: torch.addmm(b2, x2, W2.t())),
                      ("torch.mm(x, W.t())", lambda: torch.mm(x2, W2.t())),
-                     ("torch.empty_like(x) (for scale)", lambda: torch.empty_like(x2))):
+                     ("F.linear(x 3-d, W, b_in), leaves needing grad", lambda: F.linear(x, W, b_in)),
+                     ("the same under no_grad", lambda: _no_grad(F.linear, x, W, b_in)),
+                     ("torch.empty_like(x) (for scale)", lambda: torch.empty_like(x2)),
+                     ("torch.cuda.Event() + record", lambda: torch.cuda.Event(enable_timing=True).record())):
         ts = []
         for _ in range(220):
             t0 = time.perf_counter()
@@ -123,6 +145,20 @@ def main() -> None:
             ts.append((time.perf_counter() - t0) * 1e6)
             torch.cuda.synchronize()
         print(f"| {name} | {statistics.median(ts[20:]):.1f} |")
+
+
+def _no_grad(fn, *args):
+    with torch.no_grad():
+        return fn(*args)
+
+
+def _table(title, rows) -> None:
+    print(f"\n{title}\n| marker | host µs | host step | GPU µs | GPU step |\n|---|---|---|---|---|")
+    last_h = last_g = 0.0
+    for (i, name), v in sorted(rows.items()):
+        hm, gm = statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)
+        print(f"| {name} | {hm:.0f} | {hm - last_h:.0f} | {gm:.0f} | {gm - last_g:.0f} |")
+        last_h, last_g = hm, gm
 
 
 if __name__ == "__main__":
