@@ -3,8 +3,9 @@ call, LSTM 12x64 B16 T1024 by default): is the GPU waiting for the host, and whe
 
     python benchmarks/probe_layer_timeline.py [--reps 30] [--cell lstm] [--heads 12x64] [--dtype bf16]
 
-Markers: the call's start, around F.linear, after the forward kernel's launch, around the backward's
-library call, after autograd.grad returns. At each, the host's time (perf_counter) and a CUDA event
+Markers: the call's start, around _Layer.forward, the forward's library call (frnn_layer_forward: the
+projection and the forward kernel) or F.linear and the forward kernel (without a gradient), around
+_Layer.backward and its library call, after autograd.grad returns. At each, the host's time (perf_counter) and a CUDA event
 on the current stream. An event completes when the work queued before it has run, so its GPU time is
 max(when the host recorded it, when that work ended): where two consecutive markers' GPU times
 differ by more than the kernels queued between them, the GPU was idle, waiting for the host.
@@ -84,10 +85,10 @@ def main() -> None:
             return out
         return inner
 
-    orig = (layer.F, fused_block.forward, fused_block.forward_lean, layer._Layer.forward, layer._Layer.backward)
+    orig = (layer.F, fused_block.forward, fused_block.layer_forward, layer._Layer.forward, layer._Layer.backward)
     layer.F = types.SimpleNamespace(linear=wrap(F.linear, "linear: before", "linear: launched"))
     fused_block.forward = wrap(orig[1], None, "forward kernel: launched")
-    fused_block.forward_lean = wrap(orig[2], None, "forward kernel: launched")
+    fused_block.layer_forward = wrap(orig[2], "layer_forward: start", "layer_forward: launched")
     layer._Layer.forward = staticmethod(wrap(orig[3], "_Layer.forward: start", "_Layer.forward: returned"))
     layer._Layer.backward = staticmethod(wrap(orig[4], "_Layer.backward: start", "_Layer.backward: returned"))
     print(f"{a.cell} {a.heads} {a.dtype} B{a.B} T{a.T} {chosen.params}; µs since the start, median of {a.reps}")
@@ -125,9 +126,9 @@ def main() -> None:
                 rows.setdefault((i, name), []).append(((hs - h0) * 1e6, e0.elapsed_time(ev) * 1e3))
         kern.lib.frnn_layer_backward = lib_fn
         _table(f"fwd+bwd, layer.RECOMPUTE={rc}", rows)
-    layer.F, fused_block.forward, fused_block.forward_lean = orig[:3]
+    layer.F, fused_block.forward, fused_block.layer_forward = orig[:3]
     layer._Layer.forward, layer._Layer.backward = staticmethod(orig[3]), staticmethod(orig[4])
-    layer.RECOMPUTE = False
+    layer.RECOMPUTE = True
     # the host cost of the projection's launch alone (no synchronisation inside the timed calls)
     x2, W2, b2 = x.detach().view(-1, H), W.detach(), b_in.detach()
     print("\n| projection call | host µs (median of 200) |\n|---|---|")

@@ -9,7 +9,9 @@ recurrence(F.linear(x, W, b_in).view(T, B, NH, G, DH), R, b, s0, ...).
 
 Under a fused_block plan on a CUDA device, called eagerly with some input needing a gradient
 (nothing tracing: as `ops.recurrence`'s fast path), the layer is one autograd node. Its forward is
-F.linear then fused_block's forward kernel; its backward is one library call
+one library call (frnn_layer_forward): gx = x W^T on cuBLAS, then fused_block's forward kernel,
+which adds b_in to gx in float32 (one rounding fewer than F.linear's x W^T + b_in; F.linear's host
+time was most of the GPU's idle time before the first kernel); its backward is one library call
 (csrc/fused/layer.cuh): the recurrence's backward in `chunks` time chunks, with dx = dgx W and
 dW = dgx^T x of each chunk on a side stream beside the next chunk's recurrence. The chunks pass
 their state gradients on in float32, so dgx and ds0 are those of the one-launch backward; dW is
@@ -25,9 +27,9 @@ changes only where the time goes. Tilings whose backward writes d(rhb) for an ou
 For cells whose d(rhb) is d(gx) the backward uses the configuration's FRNN_DR_OUT library
 (`DR_OUT`, FLASHRNN_LAYER_DROUT=0 turns it off), whose kernel leaves dR and db out, and the side
 stream makes them per chunk: dR += dgx^T h_in per head (h_in: the forward's h one step back, s0's h
-at the first step; what the in-kernel accumulation rounds too) and db += dgx^T 1. With
-FLASHRNN_LAYER_RECOMPUTE=1 (`RECOMPUTE`) those whose h is one piece (not elman_relu, slstm) take the
-lean save too (FRNN_BWD_RECOMPUTE): the forward writes only the states the cell's backward reads
+at the first step; what the in-kernel accumulation rounds too) and db += dgx^T 1. Those whose
+h is one piece (not elman_relu, slstm) take the lean save too (`RECOMPUTE`, FLASHRNN_LAYER_RECOMPUTE=0
+turns it off; FRNN_BWD_RECOMPUTE): the forward writes only the states the cell's backward reads
 (an LSTM's c), no rhb, and the backward recomputes R h_{t-1} + b from h on the forward's fragments:
 the same rhb to the bit, so the same gradients as the full save.
 Measurements (H200, session 7): benchmarks/results/H200/session7.md.
@@ -58,8 +60,10 @@ FAST_PATH = os.environ.get("FLASHRNN_LAYER", "1") != "0"  # the one-call path (A
 # LSTM 12x64 B16 T1024 fwd+bwd, K=4: bf16 1.839 -> 1.775 ms, fp16 1.929 -> 1.911)
 DR_OUT = os.environ.get("FLASHRNN_LAYER_DROUT", "1") == "1"
 # with DR_OUT, the lean save (FRNN_BWD_RECOMPUTE: the forward writes only the states the cell's
-# backward reads, the backward recomputes R h_{t-1} + b from h): cells with h in one piece
-RECOMPUTE = os.environ.get("FLASHRNN_LAYER_RECOMPUTE", "0") == "1"
+# backward reads, the backward recomputes R h_{t-1} + b from h): cells with h in one piece. On since
+# session 8 (H200, K=4 fwd+bwd: LSTM 12x64 bf16 1.807 -> 1.628 ms, fp16 1.973 -> 1.731; elman_tanh
+# bf16 1.286 -> 1.218; forward kernel with its save 541 -> 375 us)
+RECOMPUTE = os.environ.get("FLASHRNN_LAYER_RECOMPUTE", "1") == "1"
 _WARNED: set = set()
 _BLAS_SET: set = set()  # id() of the libraries that have the cuBLAS entry points
 STATS: collections.Counter = collections.Counter()  # calls by path: "one_call" / "linear_then_recurrence"; "recompute": one-call calls with the lean save
@@ -112,22 +116,49 @@ def recurrent_layer(x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, b: 
     kern = _fused_kernel(x, W, b_in, R, b, s0, cell, plan)
     if kern is not None:
         K = min(chunks or default_chunks(T), (T + 1) // 2)  # T >= 2K - 1: no empty chunk
-        ops.validate(x.as_strided((T, B, NH, G, DH), (0,) * 5), R, b, s0, cell)  # R, b, s0 against gx's shape
         STATS["one_call"] += 1
-        return _Layer.apply(x, W, b_in, R, b, s0, cell, reverse, kern, K, runtime.parse_plan(plan).params)
+        return _Layer.apply(x, W, b_in, R, b, s0, cell, reverse, kern, K)
     STATS["linear_then_recurrence"] += 1
     gx = F.linear(x, W, b_in).view(T, B, NH, G, DH)  # [T, B, NH, G, DH]
     return ops.recurrence(gx, R, b, s0, cell=cell, reverse=reverse, plan=plan)
 
 
+# the one-call path's decision per call signature (what _resolved_kernel and ops.validate depend on):
+# the fused_block Kernel, or None; the host time before the first launch is GPU idle time, and this
+# was 150-200 us of Python per call on the device machine (session 8, probe_layer_timeline.py)
+_SIGNATURES: dict = {}
+MAX_SIGNATURES = 1024
+
+
 def _fused_kernel(x, W, b_in, R, b, s0, cell, plan):
-    """fused_block's Kernel for this call when the one-call layer applies, else None."""
+    """fused_block's Kernel for this call when the one-call layer applies, else None; R, b and s0
+    validated against gx's shape when it applies (ValueError naming the argument)."""
     if not FAST_PATH or x.device.type != "cuda" or x.numel() == 0 or not torch.is_grad_enabled():
         return None
     if not any(t is not None and t.requires_grad for t in (x, W, b_in, R, b, s0)):
         return None  # inference: F.linear then recurrence() is the same launches
-    if not ops._eager_ok(tuple(t for t in (x, W, b_in, R, b, s0) if t is not None)):
+    if not ops._eager_ok((x, W, R, b, s0) if b_in is None else (x, W, b_in, R, b, s0)):
         return None  # tracing (Dynamo first: nothing after it is evaluated under compile)
+    # (validate() has checked W and b_in against x and R; plain tensors only, by _eager_ok)
+    key = (cell, plan, DR_OUT, RECOMPUTE, x.shape, x.dtype, x.device, R.shape, R.dtype, R.device,
+           b.shape, b.dtype, b.device, s0.shape, s0.dtype, s0.device)
+    hit = _SIGNATURES.get(key, _SIGNATURES)
+    if hit is not _SIGNATURES:
+        return hit
+    kern = _resolved_kernel(x, R, cell, plan)
+    if kern is not None:  # R, b, s0 against gx's shape (raises: nothing cached)
+        T, B, _ = x.shape
+        NH, G, DH = R.shape[0], get_cell(cell).num_gates, R.shape[2]
+        ops.validate(x.as_strided((T, B, NH, G, DH), (0,) * 5), R, b, s0, cell)
+    if len(_SIGNATURES) >= MAX_SIGNATURES:
+        _SIGNATURES.clear()
+    _SIGNATURES[key] = kern
+    return kern
+
+
+def _resolved_kernel(x, R, cell, plan):
+    """_fused_kernel's per-signature part: the plan's fused_block Kernel (DR_OUT, RECOMPUTE
+    libraries where they apply) with cuBLAS handed over, else None."""
     if runtime.parse_plan(plan).family != "fused_block":
         return None
     from .kernels import fused_block
@@ -150,7 +181,7 @@ def _fused_kernel(x, W, b_in, R, b, s0, cell, plan):
         if why not in _WARNED:
             _WARNED.add(why)
             warnings.warn(f"flashrnn: recurrent_layer: {why}; running F.linear then recurrence()", RuntimeWarning,
-                          stacklevel=3)
+                          stacklevel=4)
         return None
     return kern
 
@@ -196,27 +227,21 @@ def _blas_ready(lib) -> Optional[str]:
 
 
 class _Layer(torch.autograd.Function):
-    """recurrent_layer's fused_block path: F.linear and fused_block's forward, then
-    frnn_layer_backward."""
+    """recurrent_layer's fused_block path: frnn_layer_forward (the projection's GEMM and the forward
+    kernel, b_in added inside it), then frnn_layer_backward."""
 
     @staticmethod
-    def forward(ctx, x, W, b_in, R, b, s0, cell, reverse, kern, K, params):
+    def forward(ctx, x, W, b_in, R, b, s0, cell, reverse, kern, K):
         from .kernels import _variants, fused_block
 
-        T, B, _ = x.shape  # x [T, B, I]
-        NH, DH = R.shape[0], R.shape[2]
-        x, W = _variants.aligned(x), W.contiguous()
-        gx = F.linear(x, W, b_in).view(T, B, NH, -1, DH)  # [T, B, NH, G, DH]
-        s0 = s0.contiguous()
-        if kern.recompute:  # the lean save: states_in [T, SS, B, NH, DH], no rhb (the backward recomputes it)
-            R, b = R.contiguous(), b.contiguous()
-            h, sT, states_in = fused_block.forward_lean(kern, gx, R, b, s0, reverse)
-            rhb = None
+        x, W = _variants.aligned(x), W.contiguous()  # x [T, B, I], W [NH*G*DH, I]
+        R, b, s0 = R.contiguous(), b.contiguous(), s0.contiguous()
+        b_in = None if b_in is None else b_in.contiguous()
+        h, sT, gx, states_in, rhb = fused_block.layer_forward(kern, x, W, b_in, R, b, s0, reverse)
+        if kern.recompute:
             STATS["recompute"] += 1
-        else:
-            h, sT, states_in, rhb = fused_block.forward(gx, R, b, s0, cell, reverse, params, True)
-        ctx.save_for_backward(x, W, gx, R, states_in, rhb, h, s0, b)
-        ctx.cell, ctx.reverse, ctx.kern, ctx.K, ctx.has_b_in = cell, reverse, kern, K, b_in is not None
+        ctx.save_for_backward(x, W, gx, R, states_in, rhb, h, s0, b, b_in)
+        ctx.cell, ctx.reverse, ctx.kern, ctx.K = cell, reverse, kern, K
         ctx.set_materialize_grads(False)
         return h, sT
 
@@ -226,7 +251,7 @@ class _Layer(torch.autograd.Function):
         from .kernels import _variants, fused_block
         from .kernels._variants import aligned, on, ptr, stream
 
-        x, W, gx, R, states_in, rhb, h, s0, b = ctx.saved_tensors
+        x, W, gx, R, states_in, rhb, h, s0, b, b_in = ctx.saved_tensors
         spec = get_cell(ctx.cell)
         T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
         I, S, K, kern = x.shape[2], spec.num_states, ctx.K, ctx.kern
@@ -248,7 +273,7 @@ class _Layer(torch.autograd.Function):
             rc = kern.lib.frnn_layer_backward(T, B, NH, I, int(ctx.reverse), K, ptr(dh), ptr(dsT), ptr(gx), ptr(R),
                                               ptr(states_in), ptr(rhb), ptr(x), ptr(W), ptr(dgx), ptr(ds0), ptr(dw),
                                               ptr(dR), ptr(db), ptr(h), ptr(s0), ptr(ones), ptr(dx), ptr(dW),
-                                              ptr(dsbuf), ptr(b), stream(x.device))
+                                              ptr(dsbuf), ptr(b), ptr(b_in), stream(x.device))
         if rc != 0:
             raise RuntimeError(f"flashrnn recurrent_layer backward ({ctx.cell}): {kern.lib.frnn_error().decode()}")
         if dw is not None:
@@ -256,7 +281,7 @@ class _Layer(torch.autograd.Function):
         else:
             db = db.view(NH, G, DH)
         db_in = None
-        if ctx.has_b_in and ctx.needs_input_grad[2]:
+        if b_in is not None and ctx.needs_input_grad[2]:
             db_in = (db if spec.rhb_grad_is_gx else dgx.sum((0, 1), dtype=torch.float32)).reshape(-1).to(x.dtype)
         return (dx, None if dW is None else dW.to(W.dtype), db_in, dR.to(R.dtype), db.to(R.dtype), ds0,
                 None, None, None, None, None)

@@ -262,6 +262,8 @@ def test_recompute_library_reports_its_save_and_refuses_the_op_paths(tmp_path, m
             buf = ctypes.c_void_p(16)  # never dereferenced: the call fails first
             assert lib.frnn_forward(1, 1, 1, 0, *[buf] * 8, None) != 0
             assert "saves no rhb" in lib.frnn_error().decode()
+            assert lib.frnn_layer_forward(1, 1, 1, 1, 0, *[buf] * 11, None) != 0
+            assert "frnn_layer_forward" in lib.frnn_error().decode() and "saves no rhb" in lib.frnn_error().decode()
             assert lib.frnn_backward(1, 1, 1, 0, *[buf] * 10, None) != 0
             assert "frnn_layer_backward" in lib.frnn_error().decode()
     assert got == {("lstm", 1): 1, ("lstm", 0): 0, ("elman_tanh", 1): 1}

@@ -115,6 +115,31 @@ int frnn_layer_set_blas(void* create, void* set_stream, void* set_math, void* ge
   return 0;
 }
 
+// The forward of a projected layer in one call: gx = x W^T [T, B, N] (x [T, B, I], W [N, I], N = NH *
+// G * DH; cuBLAS on the caller's stream, float accumulation), then the forward kernel over gx with
+// b_in [N] (nullptr: none) added to it in fp32, saving as frnn_forward does (RC libraries: states_in
+// [T, SS, B, NH, DH] only). frnn_layer_backward takes the same b_in. 0 = queued.
+int frnn_layer_forward(int T, int B, int NH, int I, int reverse, const void* x, const void* W, const void* b_in,
+                       const void* R, const void* b, const void* s0, void* gx, void* h, void* sT, float* states_in,
+                       float* rhb, void* stream) {
+  if (Cfg::RC && rhb != nullptr)
+    return fail_msg("frnn_layer_forward: a FRNN_BWD_RECOMPUTE library saves no rhb (recurrent_layer's save)");
+  layer::DeviceCtx* c = layer::device_ctx();
+  if (c == nullptr) return 1;
+  const cudaStream_t main = static_cast<cudaStream_t>(stream);
+  const int N = NH * Cell::G * DH;
+  if (layer::g_blas.set_stream(c->handle, main) != 0) return fail_msg("frnn_layer_forward: cublasSetStream failed");
+  // gx [M, N] = x [M, I] W^T (column-major: gx^T = W^T^T x^T)
+  if (layer::gemm(c->handle, layer::OP_T, layer::OP_N, N, T * B, I, W, I, x, I, 0.0f, gx, layer::kDtype, N)) return 1;
+  FwdArgs a{T, B, NH, reverse, gx, R, b, s0, h, sT, states_in, rhb, b_in};
+  static bool set_save = false, set_plain = false;
+  if (states_in != nullptr)
+    return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, true>, Cfg::fwd_smem(), B, NH, main, &a,
+                  "fused_block layer forward", set_save);
+  return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, false>, Cfg::fwd_smem(), B, NH, main, &a,
+                "fused_block layer forward", set_plain);
+}
+
 // The backward of a layer gx = x W^T + b_in [T, B, N] (x [T, B, I], W [N, I]) whose recurrence
 // frnn_forward ran with save, in K time chunks: dh [T, B, NH, DH], dsT [S, B, NH, DH] or nullptr
 // (zeros), the forward's gx, states_in and rhb, x and W ->
@@ -125,13 +150,14 @@ int frnn_layer_set_blas(void* create, void* set_stream, void* set_math, void* ge
 // [NH, G, DH, DH] and db [N] float on the side stream (layer.cuh) from h [T, B, NH, DH] (the
 // forward's output), s0 (its first state is h_in of the first step) and ones [>= the largest
 // chunk's T_c * B] in TIn; others (0) are refused. FRNN_BWD_RECOMPUTE libraries take the forward's
-// save [T, SS, B, NH, DH] as states_in (rhb unused) and b [NH, G, DH]. 1 <= K <= 16 with T >= 2K - 1
+// save [T, SS, B, NH, DH] as states_in (rhb unused) and b [NH, G, DH]. b_in: as frnn_layer_forward's
+// (gx then is x W^T without it; nullptr: gx holds it). 1 <= K <= 16 with T >= 2K - 1
 // (layer::chunk_range). 0 = queued.
 int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const void* dh, const void* dsT,
                         const void* gx, const void* R, const float* states_in, const float* rhb, const void* x,
                         const void* W, void* dgx, void* ds0, float* dw, float* dR, float* db, const void* h,
                         const void* s0, const void* ones, void* dx, float* dW, float* dsbuf, const void* b,
-                        void* stream) {
+                        const void* b_in, void* stream) {
   constexpr int G = Cell::G, S = Cell::S;
   constexpr bool dr_out = !Cfg::DR && !Cfg::DRHB;
   if (!Cfg::DR && !dr_out) return fail_msg("frnn_layer_backward: this configuration's backward writes drhb");
@@ -163,7 +189,7 @@ int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const v
               static_cast<const TIn*>(gx) + t0 * (long long)B * N, R, states_in + t0 * Cfg::SS * BN,
               Cfg::RC ? nullptr : rhb + t0 * (long long)B * N, static_cast<TIn*>(dgx) + t0 * (long long)B * N,
               nullptr, last ? ds0 : static_cast<void*>(dsbuf + (j & 1) * S * BN), Cfg::DR ? dw + j * dw_chunk : nullptr,
-              first ? 0 : 1, last ? 0 : 1, static_cast<const TIn*>(h) + t0 * BN, h0, b};
+              first ? 0 : 1, last ? 0 : 1, static_cast<const TIn*>(h) + t0 * BN, h0, b, b_in};
     const int rc = launch(backward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, Cfg::bwd_smem(), B, NH, main, &a,
                           "fused_block layer backward", set);
     if (rc != 0) return rc;

@@ -243,6 +243,9 @@ struct FwdArgs {
   int T, B, NH, reverse;
   const void* gx; const void* R; const void* b; const void* s0;
   void* h; void* sT; float* states_in; float* rhb;  // states_in, rhb: nullptr = save=false
+  // a projected layer's input bias [NH, G, DH] (nullptr: none), added to gx in fp32 (its projection
+  // then leaves it out: recurrent_layer's one-call path)
+  const void* b_in;
 };
 
 struct BwdArgs {
@@ -255,7 +258,20 @@ struct BwdArgs {
   // RC: the forward's h [T, B, NH, DH], h_{t-1} of its first step [B, NH, DH] (s0's h, or a time
   // chunk's neighbour step), b [NH, G, DH]
   const void* h; const void* h0; const void* b;
+  const void* b_in;  // as FwdArgs::b_in (the forward's)
 };
+
+// the lane's b_in values [JN][G] (zeros without one): unit ug * 16 + gq + 8 (rh, or jj) of head nh, as
+// the recurrent bias
+template <typename TIn, int G, int DH, int JN, int RH>
+__device__ __forceinline__ void load_b_in(const void* b_in, int nh, int ug, int gq, int rh, float (&out)[JN][G]) {
+  const TIn* p = static_cast<const TIn*>(b_in);
+#pragma unroll
+  for (int jj = 0; jj < JN; ++jj)
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+      out[jj][g] = p != nullptr ? In<TIn>::load(p[((size_t)nh * G + g) * DH + ug * 16 + gq + 8 * (RH == 2 ? rh : jj)]) : 0.0f;
+}
 
 // element i of a state tensor [S, B, NH, DH] that is float (f32) or TIn
 template <typename TIn>

@@ -62,6 +62,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   for (int jj = 0; jj < C::JN; ++jj)
 #pragma unroll
     for (int g = 0; g < G; ++g) bb[jj][g] = In<TIn>::load(bias[g * DH + ug * 16 + gq + 8 * (C::RH == 2 ? rh : jj)]);
+  float bin[C::JN][G];  // b_in (zeros without one), added to gx
+  load_b_in<TIn, G, DH, C::JN, C::RH>(p.b_in, nh, ug, gq, rh, bin);
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     const auto el = C::elem(e, rh);
@@ -164,7 +166,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
       const auto el = C::elem(e, rh);
       const int n = (nt0 + el.i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * el.j;
 #pragma unroll
-      for (int g = 0; g < G; ++g) gxe[e][g] = In<TIn>::load(gxs[n * GXR + g * DH + u]);
+      for (int g = 0; g < G; ++g) gxe[e][g] = In<TIn>::load(gxs[n * GXR + g * DH + u]) + bin[el.jj][g];
     }
     float acc[C::FMT][NTW][4];
     // the prefetch fills the stage step - 1 used (every warp is past it)
@@ -304,6 +306,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   Gm gemm;  // A[r][(g, o)] = R[g][o][ug*16 + r]; a K-split pair: the first or the second half of K
   gemm.load([&](int, int r, int k) { return In<TIn>::load(R[k * DH + ug * 16 + r]); }, a_smem, warp, lane,
             C::KSPLIT == 2 ? rh * C::BKT : 0);
+  float bin[C::JN][G];  // b_in (zeros without one), added to gx as in the forward
+  load_b_in<TIn, G, DH, C::JN, C::RH>(p.b_in, nh, ug, gq, rh, bin);
   // RC: R's forward fragments (after R^T's in shared memory) and the lane's bias, as the forward's
   typename C::FwdRc gemm_f;
   uint32_t* af_smem = a_smem + C::align16(Gm::smem_a_bytes()) / 4;
@@ -439,7 +443,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
       const int n = (nt0 + el.i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * el.j;
 #pragma unroll
       for (int g = 0; g < G; ++g) {
-        gxv[e][g] = In<TIn>::load(gxs[n * C::GXR + g * DH + u]);
+        gxv[e][g] = In<TIn>::load(gxs[n * C::GXR + g * DH + u]) + bin[el.jj][g];
         if constexpr (C::RC) rhv[e][g] = C::gate(frc, g, el) + bb[el.jj][g];
         else rhv[e][g] = rhs[n * C::RHR + g * DH + u];
       }

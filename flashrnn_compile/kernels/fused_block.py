@@ -54,7 +54,9 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.frnn_dr_in_kernel.restype = i
     lib.frnn_layer_set_blas.argtypes = [p] * 5  # the projected layer's backward (flashrnn_compile/layer.py)
     lib.frnn_layer_set_blas.restype = i
-    lib.frnn_layer_backward.argtypes = [i] * 6 + [p] * 21
+    lib.frnn_layer_forward.argtypes = [i] * 5 + [p] * 12
+    lib.frnn_layer_forward.restype = i
+    lib.frnn_layer_backward.argtypes = [i] * 6 + [p] * 22
     lib.frnn_layer_backward.restype = i
     lib.frnn_recompute.restype = i
 
@@ -170,7 +172,7 @@ def _resolve_uncached(cell: str, gx: Tensor, params):
 
 class Kernel:
     """A loaded configuration and what the Python side needs of it per call. recompute: the number
-    of states a FRNN_BWD_RECOMPUTE library's forward saves (`forward_lean`), 0 for the others."""
+    of states a FRNN_BWD_RECOMPUTE library's forward saves (`layer_forward`), 0 for the others."""
 
     def __init__(self, lib: ctypes.CDLL, batch_tile: int, dr_in_kernel: int, recompute: int = 0):
         self.lib, self.batch_tile, self.dr_in_kernel, self.recompute = lib, batch_tile, dr_in_kernel, recompute
@@ -194,24 +196,35 @@ def _launch_forward(kern: Kernel, gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, 
     return None if rc == 0 else kern.lib.frnn_error().decode()
 
 
-def forward_lean(kern: Kernel, gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """The forward of a FRNN_BWD_RECOMPUTE library (recurrent_layer's, kern.recompute = SS > 0) with
-    its save: (h [T,B,NH,DH], sT [S,B,NH,DH], saved [T,SS,B,NH,DH] float32: the states the cell's
-    backward reads, no rhb). gx is aligned, R, b, s0 contiguous (the caller's)."""
-    T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
-    S = s0.shape[0]
+def layer_forward(kern: Kernel, x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, b: Tensor, s0: Tensor,
+                  reverse: bool) -> Tuple[Tensor, ...]:
+    """recurrent_layer's forward in one library call (frnn_layer_forward): gx = x W^T (cuBLAS), then the
+    forward kernel over gx + b_in (b_in added in fp32 inside: gx leaves it out), saving for
+    frnn_layer_backward. -> (h [T,B,NH,DH], sT [S,B,NH,DH], gx [T,B,NH,G,DH], states_in, rhb): the
+    full save (states_in [T,S,B,NH,DH], rhb [T,B,NH,G,DH] float32), or for a FRNN_BWD_RECOMPUTE
+    library (kern.recompute = SS) states_in [T,SS,B,NH,DH] and rhb None. x aligned and contiguous,
+    the others contiguous (the caller's)."""
+    T, B, I = x.shape  # x [T, B, I]
+    NH, G, DH, S = R.shape[0], R.shape[1], R.shape[2], s0.shape[0]
     _check_sizes(B, NH, G, S, DH)
-    h = gx.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
-    sT = gx.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
-    saved = torch.empty(T, kern.recompute, B, NH, DH, dtype=torch.float32, device=gx.device)  # [T, SS, B, NH, DH]
-    _poison(h, sT, saved)
-    if B > 0 and NH > 0:  # (T = 0: the kernel copies s0 to sT)
-        with _on(gx.device):
-            rc = kern.lib.frnn_forward(T, B, NH, int(reverse), _ptr(gx), _ptr(R), _ptr(b), _ptr(s0), _ptr(h), _ptr(sT),
-                                       _ptr(saved), None, _stream(gx.device))
-        if rc != 0:
-            raise RuntimeError(f"flashrnn fused_block forward: {kern.lib.frnn_error().decode()}")
-    return h, sT, saved
+    if T * B > _variants.INT_MAX or max(I, NH * G * DH) > _variants.INT_MAX:
+        raise ValueError(f"recurrent_layer: T*B={T * B}, I={I}: the projection's GEMM takes 32-bit sizes")
+    f32 = dict(dtype=torch.float32, device=x.device)
+    gx = x.new_empty(T, B, NH, G, DH)  # [T, B, NH, G, DH]: x W^T
+    h = x.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
+    sT = x.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
+    if kern.recompute:
+        states_in, rhb = torch.empty(T, kern.recompute, B, NH, DH, **f32), None  # [T, SS, B, NH, DH]
+    else:
+        states_in, rhb = torch.empty(T, S, B, NH, DH, **f32), torch.empty(T, B, NH, G, DH, **f32)
+    _variants.poison(POISON, [t for t in (gx, h, sT, states_in, rhb) if t is not None])
+    with _on(x.device):
+        rc = kern.lib.frnn_layer_forward(T, B, NH, I, int(reverse), _ptr(x), _ptr(W), _ptr(b_in), _ptr(R), _ptr(b),
+                                         _ptr(s0), _ptr(gx), _ptr(h), _ptr(sT), _ptr(states_in), _ptr(rhb),
+                                         _stream(x.device))
+    if rc != 0:
+        raise RuntimeError(f"flashrnn recurrent_layer forward: {kern.lib.frnn_error().decode()}")
+    return h, sT, gx, states_in, rhb
 
 
 def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, rhb: Tensor, cell: str,

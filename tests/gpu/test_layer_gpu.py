@@ -46,9 +46,10 @@ def _ids(cases):
     return [f"{c}-{nh}x{dh}-B{b}-I{i}-T{t}-K{k}-{'rev' if r else 'fwd'}" for c, nh, dh, b, i, t, k, r in cases]
 
 
-def _layer_inputs(cell, T, B, NH, DH, I, seed):
+def _layer_inputs(cell, T, B, NH, DH, I, seed, with_b_in=False):
     """float64 inputs exact in every dtype, with x W^T + b_in exact too (see the module): x, W, b_in,
-    R, b, s0, dh, dsT."""
+    R, b, s0, dh, dsT. b_in is zero unless with_b_in (then exact values, whose sum with x W^T
+    F.linear may round: the one-call path adds b_in in float32 inside the kernels)."""
     G = get_cell(cell).num_gates
     _, R, b, s0, dh, dsT = make_inputs(cell, T, B, NH, DH, seed)
     g = torch.Generator().manual_seed(seed ^ 0x5A5A)
@@ -58,6 +59,8 @@ def _layer_inputs(cell, T, B, NH, DH, I, seed):
     scale = torch.tensor([-2.0, -1.0, -0.5, 0.5, 1.0, 2.0], dtype=torch.float64)
     W[torch.arange(NH * G * DH), cols] = scale[torch.randint(0, 6, (NH * G * DH,), generator=g)]
     b_in = torch.zeros(NH * G * DH, dtype=torch.float64)
+    if with_b_in:
+        b_in = exact(0.5 * torch.randn(NH * G * DH, generator=g, dtype=torch.float64))
     return tuple(t.cuda() for t in (x, W, b_in)) + (R, b, s0), dh, dsT
 
 
@@ -127,6 +130,24 @@ def test_layer_recompute_matches_float64(cell, NH, DH, B, I, T, chunks, reverse,
     assert layer.STATS["recompute"] > before, "the lean save did not run"
 
 
+# a nonzero b_in (added in float32 inside the kernels on the one-call path): every cell, each
+# library kind (DR_TILES, DR_OUT, the lean save), both directions
+B_IN_CASES = [(c, 5, 48, 3, 37, 17, 3, r, mode) for c in sorted(CELLS) for r in (False, True)
+              for mode in ("tiles", "dr_out", "recompute")
+              if mode == "tiles" or (get_cell(c).rhb_grad_is_gx and (mode == "dr_out" or c not in fused_block.JUMP_CELLS))]
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,I,T,chunks,reverse,mode", B_IN_CASES,
+                         ids=[f"{i}-{m}" for i, m in zip(_ids([c[:8] for c in B_IN_CASES]), [c[8] for c in B_IN_CASES])])
+def test_layer_with_input_bias_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, mode, monkeypatch):
+    monkeypatch.setattr(fused_block, "POISON", True)
+    monkeypatch.setattr(layer, "DR_OUT", mode != "tiles")
+    monkeypatch.setattr(layer, "RECOMPUTE", mode == "recompute")
+    _check_layer(cell, NH, DH, B, I, T, chunks, reverse,
+                 lambda dtype, plan: "one_call" if mode != "tiles" or _dr_tiles(cell, T, B, NH, DH, dtype, plan)
+                 else "linear_then_recurrence", with_b_in=True)
+
+
 RECOMPUTE_SAME = [("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 17, 3, True),
                   ("elman_tanh", 2, 16, 1, 8, 17, 9, False), ("slstm", 2, 16, 3, 8, 9, 2, True)]
 
@@ -138,7 +159,7 @@ def test_recompute_gives_the_full_saves_results_bit_for_bit(cell, NH, DH, B, I, 
     keeps the full save under RECOMPUTE: the lean path does not run."""
     monkeypatch.setattr(fused_block, "POISON", True)
     monkeypatch.setattr(layer, "DR_OUT", True)
-    inputs, dh, dsT = _layer_inputs(cell, T, B, NH, DH, I, 11)
+    inputs, dh, dsT = _layer_inputs(cell, T, B, NH, DH, I, 11, with_b_in=True)
     for dtype in DTYPES:
         low = [t.to(dtype) for t in inputs]
         plan = family_plan("fused_block", cell, B, NH, DH, dtype)
@@ -153,14 +174,14 @@ def test_recompute_gives_the_full_saves_results_bit_for_bit(cell, NH, DH, B, I, 
             assert torch.isfinite(a).all() and torch.equal(a, b), (dtype, name, (a.double() - b.double()).abs().max())
 
 
-def _check_layer(cell, NH, DH, B, I, T, chunks, reverse, expected_path) -> None:
+def _check_layer(cell, NH, DH, B, I, T, chunks, reverse, expected_path, with_b_in=False) -> None:
     """recurrent_layer within 2x PyTorch's native error for h, sT and every gradient, in each dtype,
     through the path expected_path(dtype, plan) names (a layer.STATS key)."""
-    seed = zlib.crc32(f"layer-{cell}-{NH}-{DH}-{B}-{I}-{T}-{chunks}-{reverse}".encode())
+    seed = zlib.crc32(f"layer-{cell}-{NH}-{DH}-{B}-{I}-{T}-{chunks}-{reverse}-{with_b_in}".encode())
     draws = SMALL_DRAWS if B * NH * DH < SMALL_ELEMENTS else 1  # as conftest pools small outputs
     sq = {}  # (dtype, name) -> [|ours - ref|^2, |torch - ref|^2, |ref|^2] summed over the draws
     for k in range(draws):
-        inputs, dh, dsT = _layer_inputs(cell, T, B, NH, DH, I, seed + k)
+        inputs, dh, dsT = _layer_inputs(cell, T, B, NH, DH, I, seed + k, with_b_in)
         ref = _run(_linear_then_reference(cell, reverse, torch.float64), inputs, dh, dsT)
         for dtype in DTYPES:
             plan = family_plan("fused_block", cell, B, NH, DH, dtype)
