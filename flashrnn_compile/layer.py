@@ -249,39 +249,58 @@ class _Layer(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dh, dsT):
         from .kernels import _variants, fused_block
-        from .kernels._variants import aligned, on, ptr, stream
+        from .kernels._variants import aligned, on, stream
 
         x, W, gx, R, states_in, rhb, h, s0, b, b_in = ctx.saved_tensors
         spec = get_cell(ctx.cell)
         T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
         I, S, K, kern = x.shape[2], spec.num_states, ctx.K, ctx.kern
-        f32 = dict(dtype=torch.float32, device=x.device)
         dh = gx.new_zeros(T, B, NH, DH) if dh is None else aligned(dh.to(gx.dtype))  # [T, B, NH, DH]
         dsT = None if dsT is None else dsT.to(gx.dtype).contiguous()  # [S, B, NH, DH]; None: zeros
         want_dx, want_dW = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dgx = torch.empty_like(gx)  # [T, B, NH, G, DH]
         ds0 = gx.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
-        if kern.dr_in_kernel == fused_block.DR_TILES:  # dR | db partials per chunk and batch tile
-            dw, dR, db, ones = torch.empty(K, -(-B // kern.batch_tile), NH, G * DH * DH + G * DH, **f32), None, None, None
-        else:  # DR_FROM_DGX: dR [NH, G, DH, DH] and db [NH*G*DH] from GEMMs of dgx on the side stream
-            dw, dR, db, ones = None, torch.empty(NH, G, DH, DH, **f32), torch.empty(NH * G * DH, **f32), _ones(T * B, gx)
         dx = torch.empty_like(x) if want_dx else None  # [T, B, I]
-        dW = torch.empty(W.shape, **f32) if want_dW else None  # [NH*G*DH, I]
-        dsbuf = torch.empty(2, S, B, NH, DH, **f32) if K > 1 else None
-        _variants.poison(fused_block.POISON, [t for t in (dgx, ds0, dw, dR, db, dx, dW) if t is not None])
+        # the float32 scratch in one allocation (host time before the launch is GPU idle time):
+        # dw [K, NBT, NH, G*DH*DH + G*DH] (DR_TILES: dR | db partials per chunk and batch tile) or dR
+        # [NH, G, DH, DH] and db [NH*G*DH] (DR_FROM_DGX: GEMMs of dgx on the side stream); dW [NH*G*DH, I];
+        # dsbuf [2, S, B, NH, DH] (K > 1)
+        tiles = kern.dr_in_kernel == fused_block.DR_TILES
+        sizes = ((("dw", K * -(-B // kern.batch_tile) * NH * (G * DH * DH + G * DH)),) if tiles else
+                 (("dR", NH * G * DH * DH), ("db", NH * G * DH))) + (("dW", W.numel() if want_dW else 0),
+                                                                    ("dsbuf", 2 * S * B * NH * DH if K > 1 else 0))
+        offs, n = {}, 0
+        for name, size in sizes:
+            offs[name], n = (n, size), n + (size + 63) // 64 * 64  # 256-byte aligned parts
+        ws = torch.empty(n, dtype=torch.float32, device=x.device)
+        base = ws.data_ptr()
+        at = {name: (base + 4 * o if size else None) for name, (o, size) in offs.items()}
+        ones = None if tiles else _ones(T * B, gx)
+        if fused_block.POISON:
+            _variants.poison(True, [t for t in (dgx, ds0, dx, ws) if t is not None])
+
+        def p(t):
+            return None if t is None else t.data_ptr()
+
         with on(x.device):
-            rc = kern.lib.frnn_layer_backward(T, B, NH, I, int(ctx.reverse), K, ptr(dh), ptr(dsT), ptr(gx), ptr(R),
-                                              ptr(states_in), ptr(rhb), ptr(x), ptr(W), ptr(dgx), ptr(ds0), ptr(dw),
-                                              ptr(dR), ptr(db), ptr(h), ptr(s0), ptr(ones), ptr(dx), ptr(dW),
-                                              ptr(dsbuf), ptr(b), ptr(b_in), stream(x.device))
+            rc = kern.lib.frnn_layer_backward(T, B, NH, I, int(ctx.reverse), K, p(dh), p(dsT), p(gx), p(R), p(states_in),
+                                              p(rhb), p(x), p(W), p(dgx), p(ds0), at.get("dw"), at.get("dR"),
+                                              at.get("db"), p(h), p(s0), p(ones), p(dx), at["dW"], at["dsbuf"], p(b),
+                                              p(b_in), stream(x.device))
         if rc != 0:
             raise RuntimeError(f"flashrnn recurrent_layer backward ({ctx.cell}): {kern.lib.frnn_error().decode()}")
-        if dw is not None:
-            dR, db = fused_block._tile_sums(dw.view(K * dw.shape[1], NH, -1), NH, G, DH)  # float32
+
+        def part(name, *shape):
+            o, size = offs[name]
+            return ws[o:o + size].view(*shape)
+
+        dW = part("dW", *W.shape) if want_dW else None
+        if tiles:
+            dR, db = fused_block._tile_sums(part("dw", K * -(-B // kern.batch_tile), NH, G * DH * DH + G * DH), NH, G, DH)
         else:
-            db = db.view(NH, G, DH)
+            dR, db = part("dR", NH, G, DH, DH), part("db", NH, G, DH)
         db_in = None
         if b_in is not None and ctx.needs_input_grad[2]:
             db_in = (db if spec.rhb_grad_is_gx else dgx.sum((0, 1), dtype=torch.float32)).reshape(-1).to(x.dtype)
         return (dx, None if dW is None else dW.to(W.dtype), db_in, dR.to(R.dtype), db.to(R.dtype), ds0,
-                None, None, None, None, None)
+                None, None, None, None)  # cell, reverse, kern, K
