@@ -23,7 +23,8 @@ Everywhere else (the CPU, other families, float32/float64, inference, a plan the
 tracing by Dynamo / make_fx, autocast): F.linear then `recurrence()`, the same values by definition.
 `chunks` (default: FLASHRNN_LAYER_CHUNKS, else min(4, T // 256); at least 1, at most (T + 1) // 2)
 changes only where the time goes. Tilings whose backward writes d(rhb) for an outside dR GEMM
-(DR_GEMM, e.g. GRU 12x64) take F.linear then recurrence(): the one-call backward was slower there.
+(DR_GEMM, e.g. GRU 12x64, LSTM 6x128) take F.linear then recurrence(): the one-call backward was
+slower there, with their own library and with the DR_OUT one.
 For cells whose d(rhb) is d(gx) the backward uses the configuration's FRNN_DR_OUT library
 (`DR_OUT`, FLASHRNN_LAYER_DROUT=0 turns it off), whose kernel leaves dR and db out, and the side
 stream makes them per chunk: dR += dgx^T h_in per head (h_in: the forward's h one step back, s0's h
@@ -169,13 +170,17 @@ def _resolved_kernel(x, R, cell, plan):
     NH, G, DH = R.shape[0], get_cell(cell).num_gates, R.shape[2]
     like_gx = types.SimpleNamespace(shape=(T, B, NH, G, DH), dtype=x.dtype, device=x.device)
     params = runtime.parse_plan(plan).params
-    if DR_OUT and get_cell(cell).rhb_grad_is_gx:  # the tiling's FRNN_DR_OUT library
+    kern, _ = fused_block._resolve(cell, like_gx, params)
+    if kern is None or kern.dr_in_kernel != fused_block.DR_TILES:
+        # DR_GEMM tilings (GRU 12x64, 6x128): measured slower through the one-call backward, with
+        # the plan's library (session 7: GRU 12x64 1.765 -> 1.984 ms) and through DR_OUT and the
+        # lean save (session 8: LSTM 6x128 4.475 -> 7.176)
+        return None
+    if DR_OUT and get_cell(cell).rhb_grad_is_gx:  # the tiling's FRNN_DR_OUT library (its own if that one is refused)
         params = {**fused_block._FAMILY.params(cell, like_gx, params), "DR_OUT": 1}
         if RECOMPUTE and cell not in fused_block.JUMP_CELLS:
             params["RECOMPUTE"] = 1
-    kern, _ = fused_block._resolve(cell, like_gx, params)
-    if kern is None or kern.dr_in_kernel == fused_block.DR_GEMM:
-        return None  # DR_GEMM tilings (GRU 12x64): measured slower through the one-call backward
+        kern = fused_block._resolve(cell, like_gx, params)[0] or kern
     why = _blas_ready(kern.lib)
     if why is not None:
         if why not in _WARNED:

@@ -101,8 +101,8 @@ def test_layer_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, monkeypat
 
 
 # the one-call backward through FRNN_DR_OUT libraries (layer.DR_OUT, the default): cells
-# whose d(rhb) is d(gx), the chunk holding s0's step first or last, K from 1 to 9, 6x128 (whose
-# plan's own library writes drhb) included
+# whose d(rhb) is d(gx), the chunk holding s0's step first or last, K from 1 to 9; 6x128 (where the
+# plan's own library of lstm and slstm writes drhb: F.linear then recurrence() instead) included
 DR_OUT_CASES = [(c, *s, r) for c, s, r in itertools.product(("lstm", "elman_tanh", "slstm"), SHAPES[1:], (False, True))]
 
 
@@ -112,7 +112,19 @@ def test_layer_dr_out_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, mo
     monkeypatch.setattr(fused_block, "POISON", True)
     monkeypatch.setattr(layer, "DR_OUT", True)
     monkeypatch.setattr(layer, "RECOMPUTE", False)
-    _check_layer(cell, NH, DH, B, I, T, chunks, reverse, lambda dtype, plan: "one_call")
+    _check_layer(cell, NH, DH, B, I, T, chunks, reverse, _tiles_path(cell, T, B, NH, DH))
+
+
+def _tiles_path(cell, T, B, NH, DH, one_calls=None):
+    """expected_path for _check_layer: the one-call path where the plan's own library accumulates dR
+    (DR_TILES: its DR_OUT / lean-save library then runs), else F.linear then recurrence(); each
+    one-call expectation appended to one_calls."""
+    def path(dtype, plan):
+        one = _dr_tiles(cell, T, B, NH, DH, dtype, plan)
+        if one_calls is not None:
+            one_calls.append(one)
+        return "one_call" if one else "linear_then_recurrence"
+    return path
 
 
 # the lean save (layer.RECOMPUTE: FRNN_BWD_RECOMPUTE libraries, the backward recomputes R h + b):
@@ -125,9 +137,9 @@ def test_layer_recompute_matches_float64(cell, NH, DH, B, I, T, chunks, reverse,
     monkeypatch.setattr(fused_block, "POISON", True)
     monkeypatch.setattr(layer, "DR_OUT", True)
     monkeypatch.setattr(layer, "RECOMPUTE", True)
-    before = layer.STATS["recompute"]
-    _check_layer(cell, NH, DH, B, I, T, chunks, reverse, lambda dtype, plan: "one_call")
-    assert layer.STATS["recompute"] > before, "the lean save did not run"
+    before, one_calls = layer.STATS["recompute"], []
+    _check_layer(cell, NH, DH, B, I, T, chunks, reverse, _tiles_path(cell, T, B, NH, DH, one_calls))
+    assert layer.STATS["recompute"] == before + sum(one_calls), "the lean save did not run where it applies"
 
 
 # a nonzero b_in (added in float32 inside the kernels on the one-call path): every cell, each
@@ -143,9 +155,7 @@ def test_layer_with_input_bias_matches_float64(cell, NH, DH, B, I, T, chunks, re
     monkeypatch.setattr(fused_block, "POISON", True)
     monkeypatch.setattr(layer, "DR_OUT", mode != "tiles")
     monkeypatch.setattr(layer, "RECOMPUTE", mode == "recompute")
-    _check_layer(cell, NH, DH, B, I, T, chunks, reverse,
-                 lambda dtype, plan: "one_call" if mode != "tiles" or _dr_tiles(cell, T, B, NH, DH, dtype, plan)
-                 else "linear_then_recurrence", with_b_in=True)
+    _check_layer(cell, NH, DH, B, I, T, chunks, reverse, _tiles_path(cell, T, B, NH, DH), with_b_in=True)
 
 
 RECOMPUTE_SAME = [("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 17, 3, True),
