@@ -1,21 +1,19 @@
 """A/B of a fused_block knob (kernels/fused_block.py `defines()` reads its environment variable and
 adds a -D define; fused_block.cuh), knob off and on built as two libraries in one process:
 
-    python benchmarks/ab_fused_block.py [--knob v2|dr16|dr16_2|drout] [--reps 50] [--check full|fast|none]
-    python benchmarks/ab_fused_block.py --knob dr16 --prebuild h200   # CPU host: build what the A/B loads
+    python benchmarks/ab_fused_block.py [--knob drout] [--reps 50] [--check full|fast|none]
+    python benchmarks/ab_fused_block.py --knob drout --prebuild h200   # CPU host: build what the A/B loads
 
-Knobs (KNOBS): v2 = FLASHRNN_FUSED_V2=1 -> FRNN_SAVE_V2=1 (the forward with SAVE writes rhb /
-states_in / h as 16-byte row chunks staged in shared memory); dr16 / dr16_2 = FLASHRNN_FUSED_DR16=1 / 2
--> FRNN_BWD_DR16=1 / 2 (the backward's in-kernel dR on m16n8k16 MMAs, K = two steps or two chunks;
-2: a step pair's MMAs split over two steps); drout = FLASHRNN_FUSED_DROUT=1 -> FRNN_DR_OUT=1 (the backward
-makes no dR / db; one GEMM of dgx and h_in outside, for the cells whose d(rhb) is d(gx)).
+Knobs (KNOBS): drout = FLASHRNN_FUSED_DROUT=1 -> FRNN_DR_OUT=1 (the op's backward makes no dR / db; one
+GEMM of dgx and h_in outside, for the cells whose d(rhb) is d(gx)). (Session 8 removed the knobs
+v2, FRNN_SAVE_V2, and dr16, FRNN_BWD_DR16: measured not faster in sessions 6 and 7.)
 
 1. check (--check full, the default; fast: only the 12x64 cases, the planner's LSTM / GRU tilings,
    bf16 + fp16, T 1 and 17, both directions; none, or --no-check: skip it and time only): the knob's
    outputs against the default's: forward with save (h, sT, states_in, rhb) and backward (dgx, dR, db,
    ds0) for every cell, both directions, ragged batches (a partial batch tile), T = 1 and 17, the
-   planner's tiling and the tests' explicit tilings; bit-identical, except dR for the dr16 knobs (its
-   summation order changes: there within DR_ULPS ulps of the dtype at the largest |dR| of the case;
+   planner's tiling and the tests' explicit tilings; bit-identical, except dR where the knob changes
+   its summation order (drout: within DR_ULPS ulps of the dtype at the largest |dR| of the case;
    the GPU test with the knob on is what checks it, against float64); exits 1 on any difference. Variants not
    built before (--prebuild) are JIT-built here: the full check asks for ~30 configurations per knob.
 2. timing: the op's forward (no save), forward with save, backward, and forward-with-save +
@@ -48,12 +46,9 @@ def _knob(env: str, on: str, reorders_dr: bool):
     return env, on, fused_block.KNOBS[env][0], int(on), reorders_dr
 
 
-KNOBS = {"v2": _knob("FLASHRNN_FUSED_V2", "1", False),
-         "dr16": _knob("FLASHRNN_FUSED_DR16", "1", True),
-         "dr16_2": _knob("FLASHRNN_FUSED_DR16", "2", True),
-         "drout": _knob("FLASHRNN_FUSED_DROUT", "1", True)}
-KNOB = KNOBS["v2"]  # main() sets the chosen one
-# dr16: |dR(on) - dR(off)| <= DR_ULPS eps(dtype) max |dR(off)|: the kernel's fp32 sums in another order,
+KNOBS = {"drout": _knob("FLASHRNN_FUSED_DROUT", "1", True)}
+KNOB = KNOBS["drout"]  # main() sets the chosen one
+# |dR(on) - dR(off)| <= DR_ULPS eps(dtype) max |dR(off)|: the kernel's fp32 sums in another order,
 # then rounded to R's dtype (an element may round the other way: one ulp of itself)
 DR_ULPS = 2
 _CACHES = {0: {}, 1: {}}  # the family's per-configuration resolution cache, one per knob value
@@ -257,7 +252,7 @@ def prebuild(gpu: str, arch: str, fast: bool, jobs: int) -> None:
 def main():
     global KNOB
     p = argparse.ArgumentParser()
-    p.add_argument("--knob", choices=sorted(KNOBS), default="v2", help="which knob to A/B (KNOBS)")
+    p.add_argument("--knob", choices=sorted(KNOBS), default="drout", help="which knob to A/B (KNOBS)")
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--check", choices=("full", "fast", "none"), default="full",
                    help="the knob on vs off output check before the timing: full (every cell, ~30 configurations "

@@ -181,12 +181,8 @@ def test_knobs_add_their_defines_only_when_set(monkeypatch):
         monkeypatch.delenv(env, raising=False)
     base = fused_block.defines("lstm", torch.bfloat16, 64, params)
     assert not set(base) & {d for d, _ in fused_block.KNOBS.values()}
-    monkeypatch.setenv("FLASHRNN_FUSED_V2", "1")
-    monkeypatch.setenv("FLASHRNN_FUSED_DR16", "2")
-    on = fused_block.defines("lstm", torch.bfloat16, 64, params)
-    assert on == {**base, "FRNN_SAVE_V2": 1, "FRNN_BWD_DR16": 2}
-    monkeypatch.setenv("FLASHRNN_FUSED_DR16", "3")  # not a mode of the kernel: ignored
-    assert "FRNN_BWD_DR16" not in fused_block.defines("lstm", torch.bfloat16, 64, params)
+    monkeypatch.setenv("FLASHRNN_FUSED_DROUT", "2")  # not a value of the knob: ignored
+    assert fused_block.defines("lstm", torch.bfloat16, 64, params) == base
     monkeypatch.setenv("FLASHRNN_FUSED_DROUT", "1")  # only cells whose d(rhb) is d(gx)
     assert fused_block.defines("lstm", torch.bfloat16, 64, params)["FRNN_DR_OUT"] == 1
     assert "FRNN_DR_OUT" not in fused_block.defines("gru", torch.bfloat16, 64, params)

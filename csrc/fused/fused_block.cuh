@@ -74,12 +74,6 @@
 #ifndef FRNN_BWD_RECOMPUTE
 #define FRNN_BWD_RECOMPUTE 0
 #endif
-// 1: the forward with SAVE stages a step's rhb and states_in in shared memory and writes them (and
-// h, from the next step's X) during the next step as 16-byte row chunks (Config::F_STAGED); 0: each
-// lane stores its elements (4-byte stores, a quarter of a sector row each)
-#ifndef FRNN_SAVE_V2
-#define FRNN_SAVE_V2 0
-#endif
 
 namespace flashrnn {
 namespace fused {
@@ -176,19 +170,7 @@ struct Config {
   // h_in of a step for the dR MMA: [DH][HBW words] (row = unit, batch columns in pairs; HBW % 8 = 4:
   // the B fragments are conflict-free)
   static constexpr int HBW = BT / 2 + (12 - (BT / 2) % 8) % 8;
-  // FRNN_BWD_DR16: DR16 the mode (0: m16n8k8); DR_INSTEP: K pairs two 8-column chunks of a step (an
-  // even number of chunks DR_NK); DR_XSTEP: K pairs two steps (an odd number), where the pair's A
-  // halves (4 DR_NK DR_MPW HP registers) fit: ptxas (sm_90, the 56 prebuild_fused configurations)
-  // spilled only GRU 48 W3 BT8 RREG9 (DR_REGS + those 160: 210 -> 255 registers, 12 bytes of
-  // spills), none up to 148 (slstm 64 W8: 223 -> 228); elsewhere m16n8k8 as with 0. With DR_XSTEP
-  // h_in of a step pair sits in [DH][HBW2] words, word (chunk * 4 + t4) * 2 + slot = columns 2 t4,
-  // 2 t4 + 1 of the chunk in the pair's step `slot` (one 64-bit B fragment per m16n8k16; HBW2 = 8
-  // mod 32: conflict-free per half warp), double-buffered by pair parity
-  static constexpr int DR_NK = BT / 8, DR16 = DR ? FRNN_BWD_DR16 : 0;
-  static constexpr bool DR_INSTEP = DR16 != 0 && DR_NK % 2 == 0;
-  static constexpr bool DR_XSTEP = DR16 != 0 && DR_NK % 2 == 1 && DR_REGS + 4 * DR_NK * DR_MPW * HP <= 150;
-  static constexpr int HBW2 = BT + (40 - BT % 32) % 32;
-  static constexpr int HB_WORDS = 2 * DH * (DR_XSTEP ? HBW2 : HBW);  // both buffers
+  static constexpr int HB_WORDS = 2 * DH * HBW;  // both buffers
   // shared-memory rows (Op elements unless said), padded by 16 bytes: conflict-free fragments
   static constexpr int XF = DH + 8;        // forward X (h) row
   // backward X (drhb) transposed, [HP][G * DH][XN]: row = (g, o), the batch columns contiguous;
@@ -209,14 +191,7 @@ struct Config {
   static constexpr size_t F_STAGE = align16((size_t)BT * GXR * 2);
   static constexpr int F_NS = stages(F_STAGE);
   static constexpr size_t F_A = align16(Fwd::smem_a_bytes()), F_X = align16((size_t)2 * HP * BT * XF * 2);
-  // FRNN_SAVE_V2: after the ring, the staging of a step's rhb [2][BT][RHR] f32 and states_in
-  // [2][S][BT][STR] f32 (double-buffered by step parity; RHR, STR = 4 mod 16 floats: a lane's
-  // scalar writes are conflict-free), where it fits
-  static constexpr size_t F_SR = align16((size_t)2 * BT * RHR * 4), F_SS = align16((size_t)2 * S * BT * STR * 4);
-  static constexpr bool F_STAGED = FRNN_SAVE_V2 != 0 && !RC && F_A + F_X + F_NS * F_STAGE + F_SR + F_SS <= 200 * 1024;
-  __host__ __device__ static constexpr size_t fwd_smem() {
-    return F_A + F_X + F_NS * F_STAGE + (F_STAGED ? F_SR + F_SS : 0);
-  }
+  __host__ __device__ static constexpr size_t fwd_smem() { return F_A + F_X + F_NS * F_STAGE; }
   // backward stage: gx [BT][GXR] | rhb [BT][RHR] f32 (RC: h_{t-1} [BT][XF], the forward's X) |
   // states_in [SS][BT][STR] f32 | dh [BT][DHR]
   static constexpr size_t B_GX = 0, B_RH = align16((size_t)BT * GXR * 2);
@@ -316,45 +291,6 @@ struct RowCopy {
   __device__ void advance(long long bytes) {
 #pragma unroll
     for (int k = 0; k < CH; ++k) src[k] += bytes;
-  }
-};
-
-// One thread's share of writing a tile of ROWS rows x ROW_CHUNKS 16-byte chunks from shared memory
-// (a double buffer: `flush` takes the buffer's byte offset) to global rows each step (FRNN_SAVE_V2):
-// as RowCopy, the chunk slots' shared addresses and the first step's global addresses are fixed
-// before the time loop and `advance` moves the global ones by a step; a row past the batch
-// (dst_of gives nullptr) is never written.
-template <int THREADS, int ROWS, int ROW_CHUNKS>
-struct RowStore {
-  static constexpr int TOTAL = ROWS * ROW_CHUNKS, CH = (TOTAL + THREADS - 1) / THREADS;
-  uint32_t src[CH];
-  unsigned char* dst[CH];
-  bool in[CH];  // the slot is in the tile and its row in the batch
-  // row r sits at src_base + r * src_row (buffer 0); dst_of(r): its global address at the first
-  // step, nullptr past the batch
-  template <typename F>
-  __device__ void init(uint32_t src_base, int src_row, F dst_of, int tid) {
-#pragma unroll
-    for (int k = 0; k < CH; ++k) {
-      const int i = k * THREADS + tid, r = i < TOTAL ? i / ROW_CHUNKS : 0, c = i % ROW_CHUNKS;
-      unsigned char* row = dst_of(r);
-      src[k] = src_base + r * src_row + c * 16;
-      dst[k] = row + c * 16;
-      in[k] = i < TOTAL && row != nullptr;
-    }
-  }
-  __device__ void flush(uint32_t buf_off) const {
-#pragma unroll
-    for (int k = 0; k < CH; ++k)
-      if (in[k]) {
-        uint32_t v0, v1, v2, v3;
-        asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v0), "=r"(v1), "=r"(v2), "=r"(v3) : "r"(src[k] + buf_off) : "memory");
-        asm volatile("st.global.v4.u32 [%0], {%1,%2,%3,%4};\n" ::"l"(dst[k]), "r"(v0), "r"(v1), "r"(v2), "r"(v3) : "memory");
-      }
-  }
-  __device__ void advance(long long bytes) {
-#pragma unroll
-    for (int k = 0; k < CH; ++k) dst[k] += bytes;
   }
 };
 

@@ -114,42 +114,6 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
       if (!C::RC) rpe[e] += (long long)dstep * G * BND;
     }
   };
-  // FRNN_SAVE_V2 (C::F_STAGED): the cells write rhb and states_in to the staging buffer of the
-  // step's parity; the next step (or the end) writes the buffer and h (piece 0 of the next step's X
-  // is h rounded to the input dtype: the same value) as 16-byte row chunks. The buffer written in
-  // step k is read in step k + 1 and written again in step k + 2: one barrier between each.
-  constexpr bool STG = SAVE && C::F_STAGED;
-  float* srs = reinterpret_cast<float*>(smem + C::F_A + C::F_X + NS * C::F_STAGE);               // [2][BT][RHR]
-  float* sss = reinterpret_cast<float*>(smem + C::F_A + C::F_X + NS * C::F_STAGE + C::F_SR);     // [2][S][BT][STR]
-  RowStore<C::THREADS, BT, G * DH * 4 / 16> rhw;     // rhb rows [BT][G * DH] f32
-  RowStore<C::THREADS, S * BT, DH * 4 / 16> stw;     // states_in rows [S][BT][DH] f32
-  RowStore<C::THREADS, BT, DH * sizeof(TIn) / 16> hw;  // h rows [BT][DH]
-  if (STG) {
-    const uint32_t smem_s = (uint32_t)__cvta_generic_to_shared(smem);
-    rhw.init(smem_s + (uint32_t)(C::F_A + C::F_X + NS * C::F_STAGE), C::RHR * 4, [&](int n) {
-      return n < nb ? reinterpret_cast<unsigned char*>(p.rhb + (long long)t_first * G * BND + ((size_t)(bt0 + n) * NH + nh) * G * DH)
-                    : nullptr;
-    }, tid);
-    stw.init(smem_s + (uint32_t)(C::F_A + C::F_X + NS * C::F_STAGE + C::F_SR), C::STR * 4, [&](int r) {
-      const int s = r / BT, n = r % BT;
-      return n < nb ? reinterpret_cast<unsigned char*>(p.states_in + (long long)t_first * S * BND + (long long)s * BND +
-                                                       ((size_t)(bt0 + n) * NH + nh) * DH)
-                    : nullptr;
-    }, tid);
-    hw.init(smem_s + (uint32_t)C::F_A, XF * 2, [&](int n) {
-      return n < nb ? reinterpret_cast<unsigned char*>(static_cast<TIn*>(p.h) + (long long)t_first * BND + ((size_t)(bt0 + n) * NH + nh) * DH)
-                    : nullptr;
-    }, tid);
-  }
-  // the outputs of the step whose rhb / states_in sit in staging buffer sb and whose h is X buffer xb
-  auto flush = [&](int sb, int xb) {
-    rhw.flush((uint32_t)(sb * BT * C::RHR * 4));
-    stw.flush((uint32_t)(sb * S * BT * C::STR * 4));
-    hw.flush((uint32_t)(xb * HP * BT * XF * 2));
-    rhw.advance((long long)dstep * G * BND * 4);
-    stw.advance((long long)dstep * S * BND * 4);
-    hw.advance((long long)dstep * BND * (long long)sizeof(TIn));
-  };
   uint32_t rd_stage = 0;  // the ring stage of this step (bytes)
   cp_async_wait<NS - 2>();
   __syncthreads();
@@ -175,11 +139,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
     });
     if (SAVE) {
       prefetch(step + NS - 1);
-      if (STG) {
-        if (step > 0) flush(cur ^ 1, cur);  // the last step's (its h is this step's X)
-      } else if (step > 0) {
-        store_outputs();  // the last step's
-      }
+      if (step > 0) store_outputs();  // the last step's
     }
     Op* xn = xs + (cur ^ 1) * HP * BT * XF;
 #pragma unroll
@@ -193,13 +153,9 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
       for (int g = 0; g < G; ++g) {
         gxv[g] = gxe[e][g];
         rv[e][g] = C::gate(acc, g, el) + bb[el.jj][g];
-        if (STG) srs[(cur * BT + n) * C::RHR + g * DH + u] = rv[e][g];
       }
 #pragma unroll
-      for (int s = 0; s < S; ++s) {
-        sin_[e][s] = st[e][s];
-        if (STG) sss[((cur * S + s) * BT + n) * C::STR + u] = st[e][s];
-      }
+      for (int s = 0; s < S; ++s) sin_[e][s] = st[e][s];
       Cell::template forward<M>(gxv, rv[e], st[e], sn);
 #pragma unroll
       for (int s = 0; s < S; ++s) st[e][s] = sn[s];
@@ -213,8 +169,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
     cp_async_wait<NS - 2>();  // this thread's copies of step + 1 landed; the barrier shows them to all
     __syncthreads();
   }
-  if (STG && T > 0) flush((T - 1) & 1, T & 1);  // the last step's (its h is X buffer T & 1)
-  else if (SAVE && T > 0) store_outputs();
+  if (SAVE && T > 0) store_outputs();  // the last step's
   cp_async_wait<0>();
   TIn* sT = static_cast<TIn*>(p.sT);
 #pragma unroll
@@ -331,9 +286,6 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     for (int i = tid; i < C::HB_WORDS; i += C::THREADS) hb[i] = 0u;
   DrAcc<C> dr;
   if (C::DR) dr.zero();
-#if FRNN_BWD_DR16
-  if (C::DR_XSTEP) dr.zero16();  // the pair before the first: A halves zero (and its h_in buffer)
-#endif
   // a K-split pair adds the partner's half of the lane's rows of R^T drhb (after the exchange both
   // halves of acc hold the sums, so C::pick needs no change)
   float2* xch = reinterpret_cast<float2*>(smem + C::B_TAIL);  // [WARPS][NTW][32]
@@ -397,19 +349,9 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   if constexpr (C::RC_AHEAD)
     gemm_f.template run<BT, C::XF>(af_smem, reinterpret_cast<const Op*>(ring + C::B_RH), nt0, warp, lane, frc, [] {});
 
-#if FRNN_BWD_DR16
-  // one step; par: Par<its parity> where the loop runs step pairs (C::DR_XSTEP), else Par<-1>
-  auto body = [&](const int step, auto par) {
-    constexpr int PAR = decltype(par)::value;
-    const int t = t_first + dstep * step, cur = PAR >= 0 ? PAR : step & 1;
-    // step pairs: this step's h_in goes to the buffer of its pair (slot `cur`), the dR MMAs read the
-    // pair before's (hbr)
-    uint32_t* hbw = hb + ((step >> 1) & 1) * DH * C::HBW2;
-#else
 #pragma unroll 1
   for (int step = 0; step < T; ++step) {
     const int t = t_first + dstep * step, cur = step & 1;
-#endif
     // R^T drhb of the step before (zero at the first): its fragments first, right after the barrier
     float acc[1][NTW][4];
     // the prefetch (into the stage step - 1 used: every warp is past it) between the fragment loads
@@ -453,11 +395,6 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
       if (C::DR && el.c == 1) {  // h_in of the element pair e - 1, e (columns n - 1, n; 0 past the batch)
         const int e0 = e > 0 ? e - 1 : 0;
         const float h0 = sidx[e0] >= 0 ? sv[e0][0] : 0.0f, h1 = sidx[e] >= 0 ? sv[e][0] : 0.0f;
-#if FRNN_BWD_DR16
-        if (C::DR_XSTEP)  // word (chunk * 4 + t4) * 2 + slot (C::HBW2)
-          hbw[u * C::HBW2 + (n - 1) / 2 * 2 + cur] = pack2(to_op(h0, (Op*)nullptr), to_op(h1, (Op*)nullptr));
-        else
-#endif
         hb[(cur * DH + u) * C::HBW + (n - 1) / 2] = pack2(to_op(h0, (Op*)nullptr), to_op(h1, (Op*)nullptr));
       }
     }
@@ -466,26 +403,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     // dR of the step before (its drhb is this step's X, its h_in in the other hb buffer; zeros at
     // the first step): no branch, so its MMAs share a basic block with the cells below and ptxas
     // interleaves them with the cells' latency chains
-#if FRNN_BWD_DR16
-    // step pairs (steps 2p, 2p + 1 the pair p): an odd step keeps the A halves of the step before (the
-    // first of its pair); an even step loads the second's and runs the MMAs of pair p - 1 (its h_in
-    // in hbr), mode 2 half of them, the odd step after it the other half (before it loads ak)
-    if constexpr (C::DR_XSTEP) {
-      const uint32_t* hbr = hb + (((step >> 1) & 1) ^ 1) * DH * C::HBW2;
-      if constexpr (PAR == 0) {
-        dr.load_a(dr.an, xs + cur * XT, warp, lane);
-        dr.template mma_pair<0, DrAcc<C>::NSPLIT>(hbr, warp, lane);
-      } else {
-        dr.template mma_pair<DrAcc<C>::NSPLIT, DrAcc<C>::NT>(hbr, warp, lane);
-        dr.load_a(dr.ak, xs + cur * XT, warp, lane);
-      }
-    } else if (dr_on) {
-      if (C::DR_INSTEP) dr.step16(xs + cur * XT, hb + (cur ^ 1) * DH * C::HBW, warp, lane);
-      else dr.step(xs + cur * XT, hb + (cur ^ 1) * DH * C::HBW, warp, lane);
-    }
-#else
     if (dr_on) dr.step(xs + cur * XT, hb + (cur ^ 1) * DH * C::HBW, warp, lane);
-#endif
     uint32_t* xn = reinterpret_cast<uint32_t*>(xs + (cur ^ 1) * XT);  // this step's drhb, X^T word pairs
     float* drt = C::DRHB ? p.drhb + (size_t)t * G * BND : nullptr;
     float drv[E][G];
@@ -531,42 +449,10 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
           for (int r = 0; r < 4; ++r) frc[m][i][r] = fnx[m][i][r];
     cp_async_wait<WAIT>();
     __syncthreads();
-#if FRNN_BWD_DR16
-  };
-  if (C::DR_XSTEP) {
-#pragma unroll 1
-    for (int step = 0; step < T; step += 2) {
-      body(step, Par<0>{});
-      if (step + 1 < T) body(step + 1, Par<1>{});
-    }
-  } else {
-#pragma unroll 1
-    for (int step = 0; step < T; ++step) body(step, Par<-1>{});
   }
-#else
-  }
-#endif
   cp_async_wait<0>();
   if (dr_on) {  // the last step's dR, then the block's partials
-#if FRNN_BWD_DR16
-    if (C::DR_XSTEP && T > 0) {
-      // T even: pair (T - 2, T - 1) complete (ak from step T - 1), all its MMAs; T odd: mode 2's second
-      // half of pair (T - 3, T - 2), then step T - 1 alone (slot 0 of its pair's buffer)
-      const uint32_t* hbr = hb + (((T >> 1) & 1) ^ 1) * DH * C::HBW2;
-      if ((T & 1) == 0) {
-        dr.load_a(dr.an, xs, warp, lane);
-        dr.template mma_pair<0, DrAcc<C>::NT>(hbr, warp, lane);
-      } else {
-        dr.template mma_pair<DrAcc<C>::NSPLIT, DrAcc<C>::NT>(hbr, warp, lane);
-        dr.single(xs + XT, hb + (((T - 1) >> 1) & 1) * DH * C::HBW2, warp, lane);
-      }
-    } else if (T > 0) {
-      if (C::DR_INSTEP) dr.step16(xs + (T & 1) * XT, hb + ((T - 1) & 1) * DH * C::HBW, warp, lane);
-      else dr.step(xs + (T & 1) * XT, hb + ((T - 1) & 1) * DH * C::HBW, warp, lane);
-    }
-#else
     if (T > 0) dr.step(xs + (T & 1) * XT, hb + ((T - 1) & 1) * DH * C::HBW, warp, lane);
-#endif
     dr.store(p.dw + ((size_t)blockIdx.x * NH + nh) * (G * DH * DH + G * DH),
              reinterpret_cast<float*>(smem + C::B_TAIL + C::B_XCH + C::B_HB), warp, lane, ug, rh, wn, tid);
   }

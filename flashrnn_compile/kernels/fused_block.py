@@ -113,10 +113,8 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
 JUMP_CELLS = ("elman_relu", "slstm")
 
 
-# A/B knobs of fused_block.cuh, off by default (not yet timed on a GPU): env var -> (define, values)
+# A/B knobs of fused_block.cuh, off by default (timed in session 6: not faster): env var -> (define, values)
 KNOBS = {
-    "FLASHRNN_FUSED_V2": ("FRNN_SAVE_V2", ("1",)),  # forward-with-save staged through shared memory
-    "FLASHRNN_FUSED_DR16": ("FRNN_BWD_DR16", ("1", "2")),  # backward dR on K=16 MMAs (two steps a MMA)
     # backward without dR / db: one GEMM of dgx and h_in outside (`_weight_grads_from_dgx`); only for
     # cells whose d(rhb) is d(gx) (CellSpec.rhb_grad_is_gx), other cells build without it
     "FLASHRNN_FUSED_DROUT": ("FRNN_DR_OUT", ("1",)),
