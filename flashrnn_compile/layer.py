@@ -33,7 +33,7 @@ h is one piece (not elman_relu, slstm) take the lean save too (`RECOMPUTE`, FLAS
 turns it off; FRNN_BWD_RECOMPUTE): the forward writes only the states the cell's backward reads
 (an LSTM's c), no rhb, and the backward recomputes R h_{t-1} + b from h on the forward's fragments:
 the same rhb to the bit, so the same gradients as the full save.
-Measurements (H200, session 7): benchmarks/results/H200/session7.md.
+Measurements (H200): benchmarks/results/H200/session7.md, session8.md.
 """
 
 from __future__ import annotations
@@ -270,8 +270,8 @@ class _Layer(torch.autograd.Function):
         # dw [K, NBT, NH, G*DH*DH + G*DH] (DR_TILES: dR | db partials per chunk and batch tile) or dR
         # [NH, G, DH, DH] and db [NH*G*DH] (DR_FROM_DGX: GEMMs of dgx on the side stream); dW [NH*G*DH, I];
         # dsbuf [2, S, B, NH, DH] (K > 1)
-        tiles = kern.dr_in_kernel == fused_block.DR_TILES
-        sizes = ((("dw", K * -(-B // kern.batch_tile) * NH * (G * DH * DH + G * DH)),) if tiles else
+        tiles, nbt = kern.dr_in_kernel == fused_block.DR_TILES, -(-B // kern.batch_tile)
+        sizes = ((("dw", K * nbt * NH * (G * DH * DH + G * DH)),) if tiles else
                  (("dR", NH * G * DH * DH), ("db", NH * G * DH))) + (("dW", W.numel() if want_dW else 0),
                                                                     ("dsbuf", 2 * S * B * NH * DH if K > 1 else 0))
         offs, n = {}, 0
@@ -301,7 +301,7 @@ class _Layer(torch.autograd.Function):
 
         dW = part("dW", *W.shape) if want_dW else None
         if tiles:
-            dR, db = fused_block._tile_sums(part("dw", K * -(-B // kern.batch_tile), NH, G * DH * DH + G * DH), NH, G, DH)
+            dR, db = fused_block._tile_sums(part("dw", K * nbt, NH, G * DH * DH + G * DH), NH, G, DH)
         else:
             dR, db = part("dR", NH, G, DH, DH), part("db", NH, G, DH)
         db_in = None
