@@ -4,10 +4,11 @@ recurrence(), and of its chunk count, in one process, interleaved: the layer sui
 order of the variants rotated every rep.
 
     python benchmarks/ab_layer.py [--reps 30] [--rows lstm:bf16:12x64,lstm:fp16:12x64] [--chunks 1,2,4,8]
-                                  [--dr-out-chunks 4] [--recompute-chunks 4]
+                                  [--dr-out-chunks 4] [--recompute-chunks 4] [--handles-chunks 4]
 
 "one call" rows run the plan's own library (layer.DR_OUT off), "DR_OUT" rows the FRNN_DR_OUT
-library, "RECOMPUTE" rows it with the lean save (layer.RECOMPUTE).
+library, "RECOMPUTE" rows it with the lean save (layer.RECOMPUTE), "handles" rows that with a cuBLAS
+handle per stream (layer.set_stream_handles).
 """
 
 from __future__ import annotations
@@ -33,13 +34,16 @@ def main() -> None:
     p.add_argument("--B", type=int, default=16)
     p.add_argument("--dr-out-chunks", default="", help="also these chunk counts with layer.DR_OUT (FRNN_DR_OUT libraries)")
     p.add_argument("--recompute-chunks", default="", help="also these chunk counts with DR_OUT and layer.RECOMPUTE")
+    p.add_argument("--handles-chunks", default="", help="also these with the lean save and a cuBLAS handle per stream")
     args = p.parse_args()
     dev = torch.device("cuda")
-    # (name, chunks (None: F.linear then recurrence()), (layer.DR_OUT, layer.RECOMPUTE))
-    variants = [("linear + recurrence()", None, (False, False))]
-    variants += [(f"one call K={k}", int(k), (False, False)) for k in args.chunks.split(",") if k]
-    variants += [(f"one call K={k} DR_OUT", int(k), (True, False)) for k in args.dr_out_chunks.split(",") if k]
-    variants += [(f"one call K={k} RECOMPUTE", int(k), (True, True)) for k in args.recompute_chunks.split(",") if k]
+    # (name, chunks (None: F.linear then recurrence()), (layer.DR_OUT, layer.RECOMPUTE, handle per stream))
+    variants = [("linear + recurrence()", None, (False, False, False))]
+    variants += [(f"one call K={k}", int(k), (False, False, False)) for k in args.chunks.split(",") if k]
+    variants += [(f"one call K={k} DR_OUT", int(k), (True, False, False)) for k in args.dr_out_chunks.split(",") if k]
+    variants += [(f"one call K={k} RECOMPUTE", int(k), (True, True, False)) for k in args.recompute_chunks.split(",") if k]
+    variants += [(f"one call K={k} RECOMPUTE handles", int(k), (True, True, True))
+                 for k in args.handles_chunks.split(",") if k]
     print(f"B{args.B} T1024, fused_block; ms, median of {args.reps}")
     print("| cell | dtype | heads | variant | fwd | fwd+bwd |")
     print("|---|---|---|---|---|---|")
@@ -52,8 +56,9 @@ def main() -> None:
         times = {(v, k): [] for v, _, _ in variants for k in ("fwd", "fwd+bwd")}
         for rep in range(args.reps + 3):
             order = variants[rep % len(variants):] + variants[:rep % len(variants)]
-            for name, chunks, (dr_out, recompute) in order:
+            for name, chunks, (dr_out, recompute, handles) in order:
                 layer.FAST_PATH, layer.DR_OUT, layer.RECOMPUTE = chunks is not None, dr_out, recompute
+                layer.set_stream_handles(handles)
                 os.environ["FLASHRNN_LAYER_CHUNKS"] = str(chunks or 1)
                 for k, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
                     t = common._one_call_ms(fn, dev)
@@ -63,6 +68,7 @@ def main() -> None:
             print(f"| {cell} | {dt} | {heads} | {name} | {statistics.median(times[(name, 'fwd')]):.3f} | "
                   f"{statistics.median(times[(name, 'fwd+bwd')]):.3f} |", flush=True)
     layer.FAST_PATH, layer.DR_OUT, layer.RECOMPUTE = True, True, True
+    layer.set_stream_handles(False)
     os.environ.pop("FLASHRNN_LAYER_CHUNKS", None)
 
 

@@ -65,8 +65,13 @@ DR_OUT = os.environ.get("FLASHRNN_LAYER_DROUT", "1") == "1"
 # session 8 (H200, K=4 fwd+bwd: LSTM 12x64 bf16 1.807 -> 1.628 ms, fp16 1.973 -> 1.731; elman_tanh
 # bf16 1.286 -> 1.218; forward kernel with its save 541 -> 375 us)
 RECOMPUTE = os.environ.get("FLASHRNN_LAYER_RECOMPUTE", "1") == "1"
+# A/B knob (session 8, not yet timed): a cuBLAS handle per stream, bound once, instead of one handle
+# per device bound to each use's stream (cublasSetStream also resets the handle's workspace; the
+# timeline showed ~115 us from frnn_layer_forward's call to its GEMM, F.linear ~40); set_stream_handles
+STREAM_HANDLES = os.environ.get("FLASHRNN_LAYER_HANDLES", "0") == "1"
 _WARNED: set = set()
 _BLAS_SET: set = set()  # id() of the libraries that have the cuBLAS entry points
+_BLAS_LIBS: list = []  # those libraries (set_stream_handles reaches each)
 STATS: collections.Counter = collections.Counter()  # calls by path: "one_call" / "linear_then_recurrence"; "recompute": one-call calls with the lean save
 
 
@@ -227,8 +232,18 @@ def _blas_ready(lib) -> Optional[str]:
     if why is not None:
         return why
     lib.frnn_layer_set_blas(*(ctypes.c_void_p(p) for p in ptrs))
+    lib.frnn_layer_options(int(STREAM_HANDLES))
     _BLAS_SET.add(id(lib))
+    _BLAS_LIBS.append(lib)
     return None
+
+
+def set_stream_handles(on: bool) -> None:
+    """STREAM_HANDLES for every loaded library (each keeps its own handles; A/B scripts switch it)."""
+    global STREAM_HANDLES
+    STREAM_HANDLES = bool(on)
+    for lib in _BLAS_LIBS:
+        lib.frnn_layer_options(int(STREAM_HANDLES))
 
 
 class _Layer(torch.autograd.Function):

@@ -102,6 +102,14 @@ int frnn_backward(int T, int B, int NH, int reverse, const void* dh, const void*
                 static_cast<cudaStream_t>(stream), &a, "fused_block backward", set);
 }
 
+// the layer's cuBLAS handles: 0 one per device, bound to each use's stream; 1 one per stream,
+// bound once (layer.cuh g_stream_handles; recurrent_layer's A/B knob). 0 = set
+int frnn_layer_options(int stream_handles) {
+  layer::g_stream_handles = stream_handles != 0;
+  for (auto& d : layer::g_dev) d.side_bound = false;
+  return 0;
+}
+
 // ---- a projected layer's backward (layer.cuh): the recurrence's in K time chunks, dx and dW beside it
 
 // cuBLAS entry points (cublasCreate_v2, cublasSetStream_v2, cublasSetMathMode, cublasGemmEx,
@@ -128,9 +136,10 @@ int frnn_layer_forward(int T, int B, int NH, int I, int reverse, const void* x, 
   if (c == nullptr) return 1;
   const cudaStream_t main = static_cast<cudaStream_t>(stream);
   const int N = NH * Cell::G * DH;
-  if (layer::g_blas.set_stream(c->handle, main) != 0) return fail_msg("frnn_layer_forward: cublasSetStream failed");
+  void* handle = layer::handle_for(c, main);
+  if (handle == nullptr) return 1;
   // gx [M, N] = x [M, I] W^T (column-major: gx^T = W^T^T x^T)
-  if (layer::gemm(c->handle, layer::OP_T, layer::OP_N, N, T * B, I, W, I, x, I, 0.0f, gx, layer::kDtype, N)) return 1;
+  if (layer::gemm(handle, layer::OP_T, layer::OP_N, N, T * B, I, W, I, x, I, 0.0f, gx, layer::kDtype, N)) return 1;
   FwdArgs a{T, B, NH, reverse, gx, R, b, s0, h, sT, states_in, rhb, b_in};
   static bool set_save = false, set_plain = false;
   if (states_in != nullptr)
@@ -169,8 +178,8 @@ int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const v
   const long long N = (long long)NH * G * DH, BN = (long long)B * NH * DH;
   const long long dw_chunk = (long long)((B + BT - 1) / BT) * NH * (G * DH * DH + G * DH);
   const bool side_work = dx != nullptr || dW != nullptr || dr_out;
-  if (side_work && layer::g_blas.set_stream(c->handle, c->side) != 0)
-    return fail_msg("frnn_layer_backward: cublasSetStream failed");
+  void* const handle = side_work ? layer::handle_for(c, c->side) : nullptr;
+  if (side_work && handle == nullptr) return 1;
   static bool set = false;
   cudaError_t e;
   int t0s[layer::MAX_CHUNKS], t1s[layer::MAX_CHUNKS];  // chunk j's time range: the forward's chunks from the last
@@ -202,11 +211,11 @@ int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const v
     const TIn* dgxc = static_cast<const TIn*>(dgx) + t0 * (long long)B * N;
     const TIn* xc = static_cast<const TIn*>(x) + t0 * (long long)B * I;
     if (dx != nullptr &&  // dx[c] [M, I] = dgx[c] [M, N] W [N, I]
-        layer::gemm(c->handle, layer::OP_N, layer::OP_N, I, (int)M, (int)N, W, I, dgxc, (int)N, 0.0f,
+        layer::gemm(handle, layer::OP_N, layer::OP_N, I, (int)M, (int)N, W, I, dgxc, (int)N, 0.0f,
                     static_cast<TIn*>(dx) + t0 * (long long)B * I, layer::kDtype, I))
       return 1;
     if (dW != nullptr &&  // dW [N, I] += dgx[c]^T x[c]
-        layer::gemm(c->handle, layer::OP_N, layer::OP_T, I, (int)N, (int)M, xc, I, dgxc, (int)N, j == 0 ? 0.0f : 1.0f,
+        layer::gemm(handle, layer::OP_N, layer::OP_T, I, (int)N, (int)M, xc, I, dgxc, (int)N, j == 0 ? 0.0f : 1.0f,
                     dW, CUDA_R_32F, I))
       return 1;
     if (!dr_out) continue;
@@ -218,16 +227,16 @@ int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const v
     const int r0 = has_edge && !reverse ? t0 + 1 : t0, r1 = has_edge && reverse ? t1 - 1 : t1;  // rows with h_in in h
     float beta_r = beta;
     if (has_edge) {
-      if (layer::dr_gemm(c->handle, NH, G * DH, DH, B, s0, static_cast<const TIn*>(dgx) + t_edge * (long long)B * N,
+      if (layer::dr_gemm(handle, NH, G * DH, DH, B, s0, static_cast<const TIn*>(dgx) + t_edge * (long long)B * N,
                          beta_r, dR))
         return 1;
       beta_r = 1.0f;
     }
-    if (r1 > r0 && layer::dr_gemm(c->handle, NH, G * DH, DH, (long long)(r1 - r0) * B,
+    if (r1 > r0 && layer::dr_gemm(handle, NH, G * DH, DH, (long long)(r1 - r0) * B,
                                   static_cast<const TIn*>(h) + (r0 + (reverse ? 1 : -1)) * BN,
                                   static_cast<const TIn*>(dgx) + r0 * (long long)B * N, beta_r, dR))
       return 1;
-    if (layer::gemm(c->handle, layer::OP_N, layer::OP_N, (int)N, 1, (int)M, dgxc, (int)N, ones, (int)M, beta, db,
+    if (layer::gemm(handle, layer::OP_N, layer::OP_N, (int)N, 1, (int)M, dgxc, (int)N, ones, (int)M, beta, db,
                     CUDA_R_32F, (int)N))
       return 1;
   }

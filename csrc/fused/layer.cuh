@@ -47,14 +47,22 @@ struct Blas {
 };
 Blas g_blas;
 
-// one device's side stream, events (one per chunk, plus the join) and cuBLAS handle
+// one device's side stream, events (one per chunk, plus the join) and cuBLAS handle(s)
 struct DeviceCtx {
   bool ready = false;
   cudaStream_t side = nullptr;
   cudaEvent_t ev[MAX_CHUNKS + 1] = {};
   void* handle = nullptr;
+  // g_stream_handles: `handle` stays bound to the side stream, handle_main to the caller's last stream
+  void* handle_main = nullptr;
+  cudaStream_t main_bound = nullptr;
+  bool side_bound = false, main_set = false;
 };
 DeviceCtx g_dev[MAX_DEVICES];
+// 0: one handle per device, bound to the stream of each use (cublasSetStream every call, which also
+// resets the handle's workspace); 1: a handle per stream, bound once (frnn_layer_options; A/B knob
+// FLASHRNN_LAYER_HANDLES, session 8: not yet timed)
+int g_stream_handles = 0;
 
 constexpr cudaDataType kDtype = FRNN_DTYPE == 1 ? CUDA_R_16BF : CUDA_R_16F;  // TIn's
 
@@ -78,6 +86,28 @@ DeviceCtx* device_ctx() {
   if (g_blas.set_math(c.handle, MATH_NO_REDUCED_REDUCTION) != 0) return fail_msg("layer: cublasSetMathMode failed"), nullptr;
   c.ready = true;
   return &c;
+}
+
+// the handle for GEMMs on stream s (the caller's or the side stream), bound to it; nullptr with
+// g_error set
+void* handle_for(DeviceCtx* c, cudaStream_t s) {
+  if (!g_stream_handles || s == c->side) {
+    if ((!g_stream_handles || !c->side_bound) && g_blas.set_stream(c->handle, s) != 0)
+      return fail_msg("layer: cublasSetStream failed"), nullptr;
+    c->side_bound = g_stream_handles && s == c->side;
+    return c->handle;
+  }
+  if (c->handle_main == nullptr) {
+    if (g_blas.create(&c->handle_main) != 0) return fail_msg("layer: cublasCreate failed"), nullptr;
+    if (g_blas.set_math(c->handle_main, MATH_NO_REDUCED_REDUCTION) != 0)
+      return fail_msg("layer: cublasSetMathMode failed"), nullptr;
+  }
+  if (!c->main_set || c->main_bound != s) {
+    if (g_blas.set_stream(c->handle_main, s) != 0) return fail_msg("layer: cublasSetStream failed"), nullptr;
+    c->main_bound = s;
+    c->main_set = true;
+  }
+  return c->handle_main;
 }
 
 // C (column-major m x n, ldc) = alpha op(A) op(B) + beta C with A, B in TIn, C in c_type; float accumulation
