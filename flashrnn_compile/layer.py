@@ -165,7 +165,8 @@ def _fused_kernel(x, W, b_in, R, b, s0, cell, plan):
 def _resolved_kernel(x, R, cell, plan):
     """_fused_kernel's per-signature part: the plan's fused_block Kernel (DR_OUT, RECOMPUTE
     libraries where they apply) with cuBLAS handed over, else None."""
-    if runtime.parse_plan(plan).family != "fused_block":
+    parsed = runtime.parse_plan(plan)
+    if parsed.family != "fused_block":
         return None
     from .kernels import fused_block
 
@@ -174,7 +175,7 @@ def _resolved_kernel(x, R, cell, plan):
     T, B, _ = x.shape
     NH, G, DH = R.shape[0], get_cell(cell).num_gates, R.shape[2]
     like_gx = types.SimpleNamespace(shape=(T, B, NH, G, DH), dtype=x.dtype, device=x.device)
-    params = runtime.parse_plan(plan).params
+    params = parsed.params
     kern, _ = fused_block._resolve(cell, like_gx, params)
     if kern is None or kern.dr_in_kernel != fused_block.DR_TILES:
         # DR_GEMM tilings (GRU 12x64, 6x128): measured slower through the one-call backward, with
@@ -269,7 +270,7 @@ class _Layer(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dh, dsT):
         from .kernels import _variants, fused_block
-        from .kernels._variants import aligned, on, stream
+        from .kernels._variants import aligned, on, ptr, stream
 
         x, W, gx, R, states_in, rhb, h, s0, b, b_in = ctx.saved_tensors
         spec = get_cell(ctx.cell)
@@ -298,15 +299,11 @@ class _Layer(torch.autograd.Function):
         ones = None if tiles else _ones(T * B, gx)
         if fused_block.POISON:
             _variants.poison(True, [t for t in (dgx, ds0, dx, ws) if t is not None])
-
-        def p(t):
-            return None if t is None else t.data_ptr()
-
         with on(x.device):
-            rc = kern.lib.frnn_layer_backward(T, B, NH, I, int(ctx.reverse), K, p(dh), p(dsT), p(gx), p(R), p(states_in),
-                                              p(rhb), p(x), p(W), p(dgx), p(ds0), at.get("dw"), at.get("dR"),
-                                              at.get("db"), p(h), p(s0), p(ones), p(dx), at["dW"], at["dsbuf"], p(b),
-                                              p(b_in), stream(x.device))
+            rc = kern.lib.frnn_layer_backward(T, B, NH, I, int(ctx.reverse), K, ptr(dh), ptr(dsT), ptr(gx), ptr(R),
+                                              ptr(states_in), ptr(rhb), ptr(x), ptr(W), ptr(dgx), ptr(ds0), at.get("dw"),
+                                              at.get("dR"), at.get("db"), ptr(h), ptr(s0), ptr(ones), ptr(dx), at["dW"],
+                                              at["dsbuf"], ptr(b), ptr(b_in), stream(x.device))
         if rc != 0:
             raise RuntimeError(f"flashrnn recurrent_layer backward ({ctx.cell}): {kern.lib.frnn_error().decode()}")
 

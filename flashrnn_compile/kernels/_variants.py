@@ -201,8 +201,10 @@ def aligned(t: Tensor) -> Tensor:
     return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
-def ptr(t: Optional[Tensor]):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+def ptr(t: Optional[Tensor]) -> Optional[int]:
+    """A tensor's address for a c_void_p argument (every library entry point declares its
+    argtypes, so ctypes takes the plain int: no c_void_p object per argument), None for NULL."""
+    return None if t is None else t.data_ptr()
 
 
 def device_index(device: torch.device) -> int:

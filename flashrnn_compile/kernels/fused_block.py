@@ -219,13 +219,10 @@ def layer_forward(kern: Kernel, x: Tensor, W: Tensor, b_in: Optional[Tensor], R:
         states_in, rhb = torch.empty(T, S, B, NH, DH, **f32), torch.empty(T, B, NH, G, DH, **f32)
     if POISON:
         _variants.poison(True, [t for t in (gx, h, sT, states_in, rhb) if t is not None])
-
-    def p(t):  # (plain ints: ctypes takes them for c_void_p, without a c_void_p object each)
-        return None if t is None else t.data_ptr()
-
     with _on(x.device):
-        rc = kern.lib.frnn_layer_forward(T, B, NH, I, int(reverse), p(x), p(W), p(b_in), p(R), p(b), p(s0), p(gx),
-                                         p(h), p(sT), p(states_in), p(rhb), _stream(x.device))
+        rc = kern.lib.frnn_layer_forward(T, B, NH, I, int(reverse), _ptr(x), _ptr(W), _ptr(b_in), _ptr(R), _ptr(b),
+                                         _ptr(s0), _ptr(gx), _ptr(h), _ptr(sT), _ptr(states_in), _ptr(rhb),
+                                         _stream(x.device))
     if rc != 0:
         raise RuntimeError(f"flashrnn recurrent_layer forward: {kern.lib.frnn_error().decode()}")
     return h, sT, gx, states_in, rhb
