@@ -53,6 +53,25 @@ int launch(K kernel, size_t smem, int B, int NH, cudaStream_t stream, void* args
   if (e != cudaSuccess) return fail(what, e);
   return 0;
 }
+
+// the forward kernel, saving when a.states_in is set (an RC library: never an rhb), and the backward
+// kernel; each kernel's shared-memory opt-in once per process, whichever entry point launches it
+int launch_forward(FwdArgs& a, cudaStream_t stream, const char* what) {
+  if (Cfg::RC && a.rhb != nullptr) {
+    snprintf(g_error, sizeof(g_error), "%s: a FRNN_BWD_RECOMPUTE library saves no rhb (recurrent_layer's save)", what);
+    return 1;
+  }
+  static bool set_save = false, set_plain = false;
+  if (a.states_in != nullptr)
+    return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, true>, Cfg::fwd_smem(), a.B, a.NH, stream, &a, what,
+                  set_save);
+  return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, false>, Cfg::fwd_smem(), a.B, a.NH, stream, &a, what,
+                set_plain);
+}
+int launch_backward(BwdArgs& a, cudaStream_t stream, const char* what) {
+  static bool set = false;
+  return launch(backward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, Cfg::bwd_smem(), a.B, a.NH, stream, &a, what, set);
+}
 }  // namespace
 
 extern "C" {
@@ -79,15 +98,8 @@ int frnn_recompute() { return Cfg::RC ? Cfg::SS : 0; }
 // nullptr, states_in [T, SS, B, NH, DH] with save). 0 = queued.
 int frnn_forward(int T, int B, int NH, int reverse, const void* gx, const void* R, const void* b,
                  const void* s0, void* h, void* sT, float* states_in, float* rhb, void* stream) {
-  if (Cfg::RC && rhb != nullptr)
-    return fail_msg("frnn_forward: a FRNN_BWD_RECOMPUTE library saves no rhb (recurrent_layer's save)");
   FwdArgs a{T, B, NH, reverse, gx, R, b, s0, h, sT, states_in, rhb};
-  static bool set_save = false, set_plain = false;
-  if (states_in != nullptr)
-    return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, true>, Cfg::fwd_smem(), B, NH,
-                  static_cast<cudaStream_t>(stream), &a, "fused_block forward", set_save);
-  return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, false>, Cfg::fwd_smem(), B, NH,
-                static_cast<cudaStream_t>(stream), &a, "fused_block forward", set_plain);
+  return launch_forward(a, static_cast<cudaStream_t>(stream), "frnn_forward");
 }
 
 // dw: with frnn_dr_in_kernel(), [ceil(B / BATCH_TILE)][NH][G * DH * DH + G * DH] fp32 (dR, db of
@@ -97,9 +109,7 @@ int frnn_backward(int T, int B, int NH, int reverse, const void* dh, const void*
                   void* ds0, float* dw, void* stream) {
   if (Cfg::RC) return fail_msg("frnn_backward: a FRNN_BWD_RECOMPUTE library's backward is frnn_layer_backward's");
   BwdArgs a{T, B, NH, reverse, dh, dsT, gx, R, states_in, rhb, dgx, drhb, ds0, dw};
-  static bool set = false;
-  return launch(backward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, Cfg::bwd_smem(), B, NH,
-                static_cast<cudaStream_t>(stream), &a, "fused_block backward", set);
+  return launch_backward(a, static_cast<cudaStream_t>(stream), "fused_block backward");
 }
 
 // the layer's cuBLAS handles: 0 one per device, bound to each use's stream; 1 one per stream,
@@ -130,7 +140,7 @@ int frnn_layer_set_blas(void* create, void* set_stream, void* set_math, void* ge
 int frnn_layer_forward(int T, int B, int NH, int I, int reverse, const void* x, const void* W, const void* b_in,
                        const void* R, const void* b, const void* s0, void* gx, void* h, void* sT, float* states_in,
                        float* rhb, void* stream) {
-  if (Cfg::RC && rhb != nullptr)
+  if (Cfg::RC && rhb != nullptr)  // (launch_forward checks it too; before the GEMM here)
     return fail_msg("frnn_layer_forward: a FRNN_BWD_RECOMPUTE library saves no rhb (recurrent_layer's save)");
   layer::DeviceCtx* c = layer::device_ctx();
   if (c == nullptr) return 1;
@@ -141,12 +151,7 @@ int frnn_layer_forward(int T, int B, int NH, int I, int reverse, const void* x, 
   // gx [M, N] = x [M, I] W^T (column-major: gx^T = W^T^T x^T)
   if (layer::gemm(handle, layer::OP_T, layer::OP_N, N, T * B, I, W, I, x, I, 0.0f, gx, layer::kDtype, N)) return 1;
   FwdArgs a{T, B, NH, reverse, gx, R, b, s0, h, sT, states_in, rhb, b_in};
-  static bool set_save = false, set_plain = false;
-  if (states_in != nullptr)
-    return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, true>, Cfg::fwd_smem(), B, NH, main, &a,
-                  "fused_block layer forward", set_save);
-  return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, false>, Cfg::fwd_smem(), B, NH, main, &a,
-                "fused_block layer forward", set_plain);
+  return launch_forward(a, main, "frnn_layer_forward");
 }
 
 // The backward of a layer gx = x W^T + b_in [T, B, N] (x [T, B, I], W [N, I]) whose recurrence
@@ -180,7 +185,6 @@ int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const v
   const bool side_work = dx != nullptr || dW != nullptr || dr_out;
   void* const handle = side_work ? layer::handle_for(c, c->side) : nullptr;
   if (side_work && handle == nullptr) return 1;
-  static bool set = false;
   cudaError_t e;
   int t0s[layer::MAX_CHUNKS], t1s[layer::MAX_CHUNKS];  // chunk j's time range: the forward's chunks from the last
   for (int j = 0; j < K; ++j) layer::chunk_range(T, K, K - 1 - j, reverse, t0s[j], t1s[j]);
@@ -199,8 +203,7 @@ int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const v
               Cfg::RC ? nullptr : rhb + t0 * (long long)B * N, static_cast<TIn*>(dgx) + t0 * (long long)B * N,
               nullptr, last ? ds0 : static_cast<void*>(dsbuf + (j & 1) * S * BN), Cfg::DR ? dw + j * dw_chunk : nullptr,
               first ? 0 : 1, last ? 0 : 1, static_cast<const TIn*>(h) + t0 * BN, h0, b, b_in};
-    const int rc = launch(backward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, Cfg::bwd_smem(), B, NH, main, &a,
-                          "fused_block layer backward", set);
+    const int rc = launch_backward(a, main, "fused_block layer backward");
     if (rc != 0) return rc;
     if (side_work && (e = cudaEventRecord(c->ev[j], main)) != cudaSuccess) return fail("frnn_layer_backward: event", e);
   }
