@@ -96,8 +96,7 @@ def _linear_then_reference(cell, reverse, dtype):
 def test_layer_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, monkeypatch):
     monkeypatch.setattr(fused_block, "POISON", True)
     monkeypatch.setattr(layer, "DR_OUT", False)  # the plan's own library (DR_TILES or DR_GEMM)
-    _check_layer(cell, NH, DH, B, I, T, chunks, reverse,
-                 lambda dtype, plan: "one_call" if _dr_tiles(cell, T, B, NH, DH, dtype, plan) else "linear_then_recurrence")
+    _check_layer(cell, NH, DH, B, I, T, chunks, reverse, _tiles_path(cell, T, B, NH, DH))
 
 
 # the one-call backward through FRNN_DR_OUT libraries (layer.DR_OUT, the default): cells
