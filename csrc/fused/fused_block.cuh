@@ -183,9 +183,9 @@ struct Config {
   static constexpr int DHR = DH + 8;       // dh row
   __host__ __device__ static constexpr size_t align16(size_t x) { return (x + 15) / 16 * 16; }
   // ring stages: up to 6 (5 steps of prefetch, ~1.5 us at 0.3 us a step: past DRAM latency) within
-  // 128 KiB, at least 2
-  __host__ __device__ static constexpr int stages(size_t stage_bytes) {
-    return (int)(128 * 1024 / stage_bytes) >= 6 ? 6 : ((int)(128 * 1024 / stage_bytes) <= 2 ? 2 : (int)(128 * 1024 / stage_bytes));
+  // `budget` bytes (128 KiB), at least 2
+  __host__ __device__ static constexpr int stages(size_t stage_bytes, size_t budget = 128 * 1024) {
+    return (int)(budget / stage_bytes) >= 6 ? 6 : ((int)(budget / stage_bytes) <= 2 ? 2 : (int)(budget / stage_bytes));
   }
   // forward: a_smem | xs [2][HP][BT][XF] | NS stages of gx [BT][GXR]
   static constexpr size_t F_STAGE = align16((size_t)BT * GXR * 2);
@@ -198,7 +198,10 @@ struct Config {
   static constexpr size_t B_ST = B_RH + align16(RC ? (size_t)BT * XF * 2 : (size_t)BT * RHR * 4);
   static constexpr size_t B_DH = B_ST + align16((size_t)SS * BT * STR * 4);
   static constexpr size_t B_STAGE = B_DH + align16((size_t)BT * DHR * 2);
-  static constexpr int B_NS = stages(B_STAGE);
+  // dgx staging (B_DGX): its bytes come out of the ring's 128 KiB
+  static constexpr int DGR = G * DH + 8;  // row (elements): 16 bytes of padding, conflict-free cell writes
+  static constexpr size_t DG_BYTES = align16((size_t)2 * BT * DGR * 2);
+  static constexpr int B_NS = stages(B_STAGE, DG_BYTES < 64 * 1024 ? 128 * 1024 - DG_BYTES : 64 * 1024);
   // RC with 3+ stages: a step recomputes the NEXT step's rhb (its h_{t-1} stage landed one step
   // early: the step's end waits for two stages ahead), so the cells never wait for those MMAs
   static constexpr bool RC_AHEAD = RC && B_NS >= 3;
@@ -211,7 +214,9 @@ struct Config {
   static constexpr size_t B_HB = DR ? align16((size_t)HB_WORDS * 4) : 0;
   static constexpr size_t B_DB = DR ? align16((size_t)WN * G * DH * 4) : 0;
   static constexpr size_t B_TAIL = B_A + B_X + B_NS * B_STAGE;
-  __host__ __device__ static constexpr size_t bwd_smem() { return B_TAIL + B_XCH + B_HB + B_DB; }
+  // dgx of two steps [2][BT][DGR] (the cells write a step's, the next step stores it in 16-byte rows)
+  static constexpr size_t B_DGX = B_TAIL + B_XCH + B_HB + B_DB;
+  __host__ __device__ static constexpr size_t bwd_smem() { return B_DGX + DG_BYTES; }
 };
 
 struct FwdArgs {
@@ -291,6 +296,86 @@ struct RowCopy {
   __device__ void advance(long long bytes) {
 #pragma unroll
     for (int k = 0; k < CH; ++k) src[k] += bytes;
+  }
+};
+
+// One thread's share of a ring stage's copies when several tiles fill the stage: all their 16-byte
+// chunks in one list (chunk i: slot i / THREADS of thread i % THREADS), each slot with its fixed
+// shared address, its global address and the tile's per-step stride. `issue` first moves the
+// global address a step (that add waits on no copy in flight: the slot's last copy went out a step
+// before), then copies, predicated, not branched: measured (ncu, H200, the LSTM 12x64 backward)
+// a branch after a copy waits for the copy to read its registers (long-scoreboard stalls on the
+// RowCopy guards, ~15% of the samples). ALT: slots with a second source for one step (`use_alt`).
+struct StageChunk {
+  uint32_t dst;             // shared address in stage 0
+  unsigned long long src;   // global address at the first step
+  long long stride;         // bytes per step
+  unsigned long long alt;   // the second source (0: none)
+};
+template <int THREADS, int TOTAL, bool ALT>
+struct StageCopy {
+  static constexpr int CH = (TOTAL + THREADS - 1) / THREADS;
+  uint32_t dst[CH];
+  unsigned long long src[CH], alt[ALT ? CH : 1];
+  long long stride[CH];
+  bool on[CH], has_alt[ALT ? CH : 1];
+  // chunk(i) -> StageChunk of chunk i (0 <= i < TOTAL)
+  template <typename F>
+  __device__ void init(F chunk, int tid) {
+#pragma unroll
+    for (int k = 0; k < CH; ++k) {
+      const int i = k * THREADS + tid;
+      on[k] = i < TOTAL;
+      const StageChunk c = chunk(on[k] ? i : 0);
+      dst[k] = c.dst;
+      stride[k] = c.stride;
+      src[k] = c.src - (unsigned long long)c.stride;  // issue() moves it first
+      if constexpr (ALT) {
+        alt[k] = c.alt;
+        has_alt[k] = c.alt != 0;
+      }
+    }
+  }
+  __device__ void issue(uint32_t stage_off, bool live, bool use_alt) {
+#pragma unroll
+    for (int k = 0; k < CH; ++k) {
+      src[k] += (unsigned long long)stride[k];
+      unsigned long long s = src[k];
+      if constexpr (ALT) s = use_alt && has_alt[k] ? alt[k] : s;
+      cp_async16_if(dst[k] + stage_off, s, live && on[k]);
+    }
+  }
+};
+
+// One thread's share of writing a step's [ROWS][ROW_CHUNKS x 16 B] tile from shared memory (row
+// stride src_row bytes) to global memory in 16-byte stores: rows past `rows_in` are not stored;
+// the global addresses move by `stride` bytes before each store (as StageCopy's).
+template <int THREADS, int ROWS, int ROW_CHUNKS>
+struct RowStore {
+  static constexpr int TOTAL = ROWS * ROW_CHUNKS, CH = (TOTAL + THREADS - 1) / THREADS;
+  uint32_t soff[CH];
+  unsigned long long dst[CH];
+  bool on[CH];
+  long long stride;
+  // dst_of(r): row r's global address at the first step
+  template <typename F>
+  __device__ void init(int src_row, int rows_in, F dst_of, long long stride_, int tid) {
+    stride = stride_;
+#pragma unroll
+    for (int k = 0; k < CH; ++k) {
+      const int i = k * THREADS + tid, r = i < TOTAL ? i / ROW_CHUNKS : 0, c = i % ROW_CHUNKS;
+      on[k] = i < TOTAL && r < rows_in;
+      soff[k] = (uint32_t)(r * src_row + c * 16);
+      dst[k] = dst_of(r) + (unsigned long long)(c * 16) - (unsigned long long)stride;
+    }
+  }
+  // the tile at shared address `base` to the next step's place (`live`: stored at all)
+  __device__ void store(uint32_t base, bool live) {
+#pragma unroll
+    for (int k = 0; k < CH; ++k) {
+      dst[k] += (unsigned long long)stride;
+      copy16_if(dst[k], base + soff[k], live && on[k]);
+    }
   }
 };
 

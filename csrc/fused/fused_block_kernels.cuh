@@ -209,49 +209,50 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   const unsigned char* dh0 = static_cast<const unsigned char*>(p.dh) +
                              (((size_t)bt0 * NH + nh) * DH + (long long)t_first * BND) * sizeof(TIn);
   const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
-  RowCopy<C::THREADS, BT, G * DH * 2 / 16> gxc;      // gx [BT][G*DH]
-  RowCopy<C::THREADS, BT, G * DH * 4 / 16> rhc;      // rhb [BT][G*DH] f32
-  RowCopy<C::THREADS, C::SS * BT, DH * 4 / 16> stc;  // states_in [SS][BT][DH] f32
-  RowCopy<C::THREADS, BT, DH * 2 / 16> dhc;          // dh [BT][DH]
-  // RC: h_{t-1} [BT][DH] into rows of XF (the forward's X): from h one step back in the forward's
-  // order (hpc), at the forward's first step from h0 (h0c)
-  RowCopy<C::THREADS, BT, DH * 2 / 16> hpc, h0c;
-  // rows past the batch copy the tile's first row (RowCopy)
-  gxc.init(ring_s + C::B_GX, C::GXR * 2, [&](int n) { return gx0 + (n < nb ? n : 0) * (size_t)NH * G * DH * sizeof(TIn); }, tid);
-  if constexpr (C::RC) {
+  // a stage: gx [BT][G*DH] | rhb [BT][G*DH] f32, or (RC) h_{t-1} [BT][DH] into rows of XF (the
+  // forward's X: h one step back in the forward's order, at its first step h0, the ALT source) |
+  // states_in [SS][BT][DH] f32 | dh [BT][DH], as one list of 16-byte chunks; rows past the batch
+  // copy the tile's first row (finite values for the columns that compute and store nothing)
+  constexpr int GXC = G * DH * 2 / 16, RHC = C::RC ? DH * 2 / 16 : G * DH * 4 / 16, STC = DH * 4 / 16, DHC = DH * 2 / 16;
+  constexpr int N_GX = BT * GXC, N_RH = BT * RHC, N_ST = C::SS * BT * STC, N_DH = BT * DHC;
+  StageCopy<C::THREADS, N_GX + N_RH + N_ST + N_DH, C::RC> copy;
+  {
+    using U = unsigned long long;
     const size_t hrow = (size_t)NH * DH * sizeof(TIn), hoff = ((size_t)bt0 * NH + nh) * DH * sizeof(TIn);
-    const unsigned char* hp0 = static_cast<const unsigned char*>(p.h) + hoff +
-                               (long long)(t_first - (p.reverse ? -1 : 1)) * BND * (long long)sizeof(TIn);
-    const unsigned char* h00 = static_cast<const unsigned char*>(p.h0) + hoff;
-    hpc.init(ring_s + C::B_RH, C::XF * 2, [&](int n) { return hp0 + (n < nb ? n : 0) * hrow; }, tid);
-    h0c.init(ring_s + C::B_RH, C::XF * 2, [&](int n) { return h00 + (n < nb ? n : 0) * hrow; }, tid);
-  } else {
-    rhc.init(ring_s + C::B_RH, C::RHR * 4, [&](int n) { return rh0 + (n < nb ? n : 0) * (size_t)NH * G * DH * 4; }, tid);
-  }
-  stc.init(ring_s + C::B_ST, C::STR * 4, [&](int r) {
-    const int s = r / BT, n = r % BT;
-    return st0 + ((size_t)s * BND + (size_t)(n < nb ? n : 0) * NH * DH) * 4;
-  }, tid);
-  dhc.init(ring_s + C::B_DH, C::DHR * 2, [&](int n) { return dh0 + (n < nb ? n : 0) * (size_t)NH * DH * sizeof(TIn); }, tid);
-  uint32_t pf_stage = 0;  // the ring stage the next prefetch fills (bytes)
-  // the stage of the next step in order (calls go step 0, 1, ...; none past T), one commit group always
-  auto prefetch = [&](int step) {
-    if (step < T) {
-      gxc.issue(pf_stage);
-      if constexpr (C::RC) {
-        if (step == T - 1) h0c.issue(pf_stage);  // the forward's first step
-        else hpc.issue(pf_stage);
-      } else {
-        rhc.issue(pf_stage);
+    const U hp0 = (U)p.h + hoff + (U)((long long)(t_first - (p.reverse ? -1 : 1)) * BND * (long long)sizeof(TIn));
+    const U h00 = (U)p.h0 + hoff;
+    copy.init([&](int i) -> StageChunk {
+      if (i < N_GX) {
+        const int r = i / GXC, c = i % GXC, n = r < nb ? r : 0;
+        return {ring_s + (uint32_t)(C::B_GX + r * C::GXR * 2 + c * 16), (U)gx0 + (U)n * NH * G * DH * sizeof(TIn) + c * 16,
+                dstep * gx_t * (long long)sizeof(TIn), 0};
       }
-      stc.issue(pf_stage);
-      dhc.issue(pf_stage);
-    }
-    gxc.advance(dstep * gx_t * (long long)sizeof(TIn));
-    if constexpr (C::RC) hpc.advance((long long)dstep * BND * (long long)sizeof(TIn));
-    else rhc.advance(dstep * gx_t * 4);
-    stc.advance((long long)dstep * C::SS * BND * 4);
-    dhc.advance((long long)dstep * BND * (long long)sizeof(TIn));
+      i -= N_GX;
+      if (i < N_RH) {
+        const int r = i / RHC, c = i % RHC, n = r < nb ? r : 0;
+        if constexpr (C::RC)
+          return {ring_s + (uint32_t)(C::B_RH + r * C::XF * 2 + c * 16), hp0 + (U)n * hrow + c * 16,
+                  (long long)dstep * BND * (long long)sizeof(TIn), h00 + (U)n * hrow + c * 16};
+        return {ring_s + (uint32_t)(C::B_RH + r * C::RHR * 4 + c * 16), (U)rh0 + (U)n * NH * G * DH * 4 + c * 16,
+                dstep * gx_t * 4, 0};
+      }
+      i -= N_RH;
+      if (i < N_ST) {
+        const int r = i / STC, c = i % STC, st = r / BT, n = r % BT < nb ? r % BT : 0;
+        return {ring_s + (uint32_t)(C::B_ST + r * C::STR * 4 + c * 16), (U)st0 + ((U)st * BND + (U)n * NH * DH) * 4 + c * 16,
+                (long long)dstep * C::SS * BND * 4, 0};
+      }
+      i -= N_ST;
+      const int r = i / DHC, c = i % DHC, n = r < nb ? r : 0;
+      return {ring_s + (uint32_t)(C::B_DH + r * C::DHR * 2 + c * 16), (U)dh0 + (U)n * NH * DH * sizeof(TIn) + c * 16,
+              (long long)dstep * BND * (long long)sizeof(TIn), 0};
+    }, tid);
+  }
+  uint32_t pf_stage = 0;  // the ring stage the next prefetch fills (bytes)
+  // the stage of the next step in order (calls go step 0, 1, ...; none past T; RC: at the forward's
+  // first step, h0), one commit group always
+  auto prefetch = [&](int step) {
+    copy.issue(pf_stage, step < T, step == T - 1);
     pf_stage = pf_stage + C::B_STAGE == NS * C::B_STAGE ? 0u : pf_stage + (uint32_t)C::B_STAGE;
     cp_async_commit();
   };
@@ -320,23 +321,31 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
 #pragma unroll
       for (int s = 0; s < S; ++s) ds[e][s] = load_state<TIn>(p.dsT, p.dsT_f32, s * BND + sidx[e]);
   }
-  // dgx of a step is stored at the step's end, after its drhb (the next step's operand), through
-  // per-element pointers that move one step per store (no per-step index math)
+  // dgx of a step: the cells write it at the step's end (after its drhb, the next step's operand)
+  // into shared memory, [2][BT][DGR] by the step's parity; the next step stores the rows in the batch
+  // in 16-byte pieces (the last step's after the loop). Before: 2-byte stores per element and gate
+  // straight from the cells (ncu, H200: their registers waited on the LSU, ~4% of the samples)
   float dgp[E][G];
-  TIn* dge[E];
   float mk[E];  // 1 for a column in the batch, 0 past it (its db share)
 #pragma unroll
-  for (int e = 0; e < E; ++e) {
-    dge[e] = static_cast<TIn*>(p.dgx) + (long long)t_first * G * BND + gidx[e];
-    mk[e] = sidx[e] >= 0 ? 1.0f : 0.0f;
-  }
-  auto store_dgx = [&]() {
+  for (int e = 0; e < E; ++e) mk[e] = sidx[e] >= 0 ? 1.0f : 0.0f;
+  TIn* dgs = reinterpret_cast<TIn*>(smem + C::B_DGX);
+  const uint32_t dgs_s = (uint32_t)__cvta_generic_to_shared(dgs);
+  constexpr uint32_t DG_STEP = BT * C::DGR * 2;  // bytes of one step's dgx in shared memory
+  RowStore<C::THREADS, BT, G * DH * 2 / 16> dgo;
+  // (the first store() is the step before the first: nothing stored)
+  dgo.init(C::DGR * 2, nb, [&](int r) {
+    return (unsigned long long)p.dgx + (unsigned long long)((((long long)(t_first - dstep) * B + bt0 + r) * NH + nh) * G * DH *
+                                                            (long long)sizeof(TIn));
+  }, (long long)dstep * G * BND * (long long)sizeof(TIn), tid);
+  auto stage_dgx = [&](int cur) {
+    TIn* w = dgs + cur * BT * C::DGR;
 #pragma unroll
     for (int e = 0; e < E; ++e) {
-      if (sidx[e] >= 0)
+      const auto el = C::elem(e, rh);
+      const int n = (nt0 + el.i) * 8 + 2 * t4 + el.c, u = ug * 16 + gq + 8 * el.j;
 #pragma unroll
-        for (int g = 0; g < G; ++g) dge[e][g * DH] = In<TIn>::store(dgp[e][g]);
-      dge[e] += (long long)dstep * G * BND;
+      for (int g = 0; g < G; ++g) w[n * C::DGR + g * DH + u] = In<TIn>::store(dgp[e][g]);
     }
   };
   uint32_t rd_stage = 0;  // the ring stage of this step (bytes)
@@ -361,7 +370,10 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     // reading them: ncu long-scoreboard stalls on register moves, 27% of the samples); both before
     // the MMAs 0.962; prefetch first, dgx at the end 0.808; the dR MMAs before the exchange 0.820
     gemm.template run_t<XN>(a_smem, xs_s + (uint32_t)(cur * XT * 2), nt0, warp, lane, acc,
-                            [&]() { prefetch(step + NS - 1); });
+                            [&]() {
+                              prefetch(step + NS - 1);
+                              dgo.store(dgs_s + (cur ^ 1) * DG_STEP, step > 0);  // the step before's dgx
+                            });
     // this step's inputs (landed before the last barrier): the cell's gate math does not wait for
     // R^T drhb and can overlap it
     const unsigned char* stage = ring + rd_stage;
@@ -439,7 +451,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
         for (int hp = 0; hp < HP; ++hp) xn[((hp * G * DH + g * DH + u) * XN + n) / 2] = pack2(p0[hp], p1[hp]);
       }
     }
-    store_dgx();
+    stage_dgx(cur);
     if constexpr (C::RC_AHEAD)
 #pragma unroll
       for (int m = 0; m < C::FMT; ++m)
@@ -451,6 +463,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     __syncthreads();
   }
   cp_async_wait<0>();
+  dgo.store(dgs_s + ((T - 1) & 1) * DG_STEP, T > 0);  // the last step's dgx (written before the loop's last barrier)
   if (dr_on) {  // the last step's dR, then the block's partials
     if (T > 0) dr.step(xs + (T & 1) * XT, hb + ((T - 1) & 1) * DH * C::HBW, warp, lane);
     dr.store(p.dw + ((size_t)blockIdx.x * NH + nh) * (G * DH * DH + G * DH),

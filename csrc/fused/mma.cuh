@@ -105,6 +105,18 @@ __device__ __forceinline__ void pair_barrier(int id) { asm volatile("bar.sync %0
 __device__ __forceinline__ void cp_async16(uint32_t smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem));
 }
+// the same copy, issued only where `on` (a predicated instruction, no branch)
+__device__ __forceinline__ void cp_async16_if(uint32_t smem, unsigned long long gmem, bool on) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\n@p cp.async.cg.shared.global [%0], [%1], 16;\n}\n" ::"r"(smem),
+               "l"(gmem), "r"((int)on));
+}
+// 16 bytes shared -> global through registers, the store only where `on`
+__device__ __forceinline__ void copy16_if(unsigned long long gmem, uint32_t smem, bool on) {
+  uint32_t v[4];
+  asm volatile("ld.shared.v4.b32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3]) : "r"(smem) : "memory");
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %5, 0;\n@p st.global.v4.b32 [%0], {%1,%2,%3,%4};\n}\n" ::"l"(gmem),
+               "r"(v[0]), "r"(v[1]), "r"(v[2]), "r"(v[3]), "r"((int)on) : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
