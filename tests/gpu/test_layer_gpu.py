@@ -171,6 +171,25 @@ def test_layer_with_a_handle_per_stream_matches_float64(cell, NH, DH, B, I, T, c
         layer.set_stream_handles(False)
 
 
+GX_CHUNK_CASES = [("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 100, 3, True),
+                  ("elman_tanh", 2, 16, 1, 8, 65, 2, False)]
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,I,T,chunks,reverse", GX_CHUNK_CASES, ids=_ids(GX_CHUNK_CASES))
+@pytest.mark.parametrize("gx_chunks", [2, 8])
+def test_layer_with_the_projection_in_time_chunks_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, gx_chunks,
+                                                                   monkeypatch):
+    """layer.GX_CHUNKS (the forward's projection in time chunks on the side stream, the forward kernel
+    waiting on each chunk's flag: an A/B knob) gives results as good as the default's, with every
+    output poisoned first: a chunk the kernel read before its GEMM wrote it would show."""
+    monkeypatch.setattr(fused_block, "POISON", True)
+    layer.set_gx_chunks(gx_chunks)
+    try:
+        _check_layer(cell, NH, DH, B, I, T, chunks, reverse, _tiles_path(cell, T, B, NH, DH), with_b_in=True)
+    finally:
+        layer.set_gx_chunks(0)
+
+
 RECOMPUTE_SAME = [("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 17, 3, True),
                   ("elman_tanh", 2, 16, 1, 8, 17, 9, False), ("slstm", 2, 16, 3, 8, 9, 2, True)]
 
