@@ -7,9 +7,10 @@
 W's rows are ordered (head, gate, unit), as gx's last three axes: the result is
 recurrence(F.linear(x, W, b_in).view(T, B, NH, G, DH), R, b, s0, ...).
 
-Under a fused_block plan on a CUDA device, called eagerly with some input needing a gradient
-(nothing tracing: as `ops.recurrence`'s fast path), the layer is one autograd node. Its forward is
-one library call (frnn_layer_forward): gx = x W^T on cuBLAS, then fused_block's forward kernel,
+Under a fused_block plan on a CUDA device, called eagerly (nothing tracing: as `ops.recurrence`'s
+fast path), the layer's forward is one library call (frnn_layer_forward; without a gradient to
+compute, saving nothing), and with some input needing a gradient the layer is one autograd node.
+The forward: gx = x W^T on cuBLAS, then fused_block's forward kernel,
 which adds b_in to gx in float32 (one rounding fewer than F.linear's x W^T + b_in; F.linear's host
 time was most of the GPU's idle time before the first kernel); its backward is one library call
 (csrc/fused/layer.cuh): the recurrence's backward in `chunks` time chunks, with dx = dgx W and
@@ -19,7 +20,7 @@ accumulated over the chunks in float32 and rounded once; dR and db sum per-chunk
 db_in is the recurrence's db where the cell's d(rhb) is d(gx) (summed in float32 by the kernel),
 else the float32 sum of dgx.
 
-Everywhere else (the CPU, other families, float32/float64, inference, a plan the kernel turns down,
+Everywhere else (the CPU, other families, float32/float64, a plan the kernel turns down,
 tracing by Dynamo / make_fx, autocast): F.linear then `recurrence()`, the same values by definition.
 `chunks` (default: FLASHRNN_LAYER_CHUNKS, else min(4, T // 256); at least 1, at most (T + 1) // 2)
 changes only where the time goes. Tilings whose backward writes d(rhb) for an outside dR GEMM
@@ -76,7 +77,7 @@ GX_CHUNKS = int(os.environ.get("FLASHRNN_LAYER_GX_CHUNKS", "0"))
 _WARNED: set = set()
 _BLAS_SET: set = set()  # id() of the libraries that have the cuBLAS entry points
 _BLAS_LIBS: list = []  # those libraries (set_stream_handles reaches each)
-STATS: collections.Counter = collections.Counter()  # calls by path: "one_call" / "linear_then_recurrence"; "recompute": one-call calls with the lean save
+STATS: collections.Counter = collections.Counter()  # calls by path: "one_call" / "one_call_inference" (nothing needs a gradient) / "linear_then_recurrence"; "recompute": one-call calls with the lean save
 
 
 def _shape(t) -> str:
@@ -124,10 +125,17 @@ def recurrent_layer(x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, b: 
         raise ValueError(f"chunks: expected 1 .. {MAX_CHUNKS}, got {chunks}")
     plan = runtime.REFERENCE_PLAN if plan is None else plan
     kern = _fused_kernel(x, W, b_in, R, b, s0, cell, plan)
-    if kern is not None:
+    if kern is not None and torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, W, b_in, R, b, s0)):
         K = min(chunks or default_chunks(T), (T + 1) // 2)  # T >= 2K - 1: no empty chunk
         STATS["one_call"] += 1
         return _Layer.apply(x, W, b_in, R, b, s0, cell, reverse, kern, K)
+    if kern is not None:  # inference: the same library call, saving nothing
+        from .kernels import _variants, fused_block
+
+        STATS["one_call_inference"] += 1
+        return fused_block.layer_forward(kern, _variants.aligned(x), W.contiguous(), None if b_in is None else b_in.contiguous(),
+                                         R.contiguous(), b.contiguous(), s0.contiguous(), reverse, save=False)[:2]
     STATS["linear_then_recurrence"] += 1
     gx = F.linear(x, W, b_in).view(T, B, NH, G, DH)  # [T, B, NH, G, DH]
     return ops.recurrence(gx, R, b, s0, cell=cell, reverse=reverse, plan=plan)
@@ -143,10 +151,8 @@ MAX_SIGNATURES = 1024
 def _fused_kernel(x, W, b_in, R, b, s0, cell, plan):
     """fused_block's Kernel for this call when the one-call layer applies, else None; R, b and s0
     validated against gx's shape when it applies (ValueError naming the argument)."""
-    if not FAST_PATH or x.device.type != "cuda" or x.numel() == 0 or not torch.is_grad_enabled():
+    if not FAST_PATH or x.device.type != "cuda" or x.numel() == 0:
         return None
-    if not any(t is not None and t.requires_grad for t in (x, W, b_in, R, b, s0)):
-        return None  # inference: F.linear then recurrence() is the same launches
     if not ops._eager_ok((x, W, R, b, s0) if b_in is None else (x, W, b_in, R, b, s0)):
         return None  # tracing (Dynamo first: nothing after it is evaluated under compile)
     # (validate() has checked W and b_in against x and R; plain tensors only, by _eager_ok)

@@ -162,15 +162,19 @@ int frnn_layer_forward(int T, int B, int NH, int I, int reverse, const void* x, 
     if (layer::gemm(handle, layer::OP_T, layer::OP_N, N, T * B, I, W, I, x, I, 0.0f, gx, layer::kDtype, N)) return 1;
     return launch_forward(a, main, "frnn_layer_forward");
   }
+  // Every GEMM and flag is queued before the kernel: a kernel that spins on work launched after it
+  // can deadlock (a lazy module load or an allocation that waits for the device to idle: session 9,
+  // H200, the first version hung). The kernel runs on c->high, the caller's stream waits for both.
   void* handle = layer::handle_for(c, c->side);
   if (handle == nullptr) return 1;
   a.epoch = ++c->epoch == 0 ? ++c->epoch : c->epoch;  // flags start at 0: never an epoch
   a.gx_ready = c->gx_flags;
   a.gx_first = first;
   a.gx_steps = steps;
-  cudaError_t e = cudaEventRecord(c->ev[0], main);  // the side stream after the caller's work (x, W written)
+  cudaError_t e = cudaEventRecord(c->ev[0], main);  // after the caller's work so far (x, W written)
   if (e == cudaSuccess) e = cudaStreamWaitEvent(c->side, c->ev[0], 0);
-  if (e != cudaSuccess) return fail("frnn_layer_forward: side stream", e);
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(c->high, c->ev[0], 0);
+  if (e != cudaSuccess) return fail("frnn_layer_forward: streams", e);
   for (int j = 0, s0_ = 0; j < nck; ++j) {
     const int s1_ = j == 0 ? first : (s0_ + steps < T ? s0_ + steps : T);  // processing steps [s0_, s1_)
     const size_t t0 = reverse ? T - s1_ : s0_;
@@ -179,11 +183,14 @@ int frnn_layer_forward(int T, int B, int NH, int I, int reverse, const void* x, 
       return 1;
     layer::set_flag<<<1, 1, 0, c->side>>>(c->gx_flags + j, a.epoch);
     if ((e = cudaGetLastError()) != cudaSuccess) return fail("frnn_layer_forward: gx flag", e);
-    if (j == 0 && launch_forward(a, main, "frnn_layer_forward")) return 1;
     s0_ = s1_;
   }
-  e = cudaEventRecord(c->ev[1], c->side);  // the caller's stream after every chunk (gx's later readers)
+  if (launch_forward(a, c->high, "frnn_layer_forward")) return 1;
+  // the caller's stream after both (gx's and h's later readers)
+  e = cudaEventRecord(c->ev[1], c->side);
+  if (e == cudaSuccess) e = cudaEventRecord(c->ev[2], c->high);
   if (e == cudaSuccess) e = cudaStreamWaitEvent(main, c->ev[1], 0);
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(main, c->ev[2], 0);
   return e == cudaSuccess ? 0 : fail("frnn_layer_forward: join", e);
 }
 

@@ -57,8 +57,11 @@ struct DeviceCtx {
   void* handle_main = nullptr;
   cudaStream_t main_bound = nullptr;
   bool side_bound = false, main_set = false;
-  // the forward's gx in time chunks (gx_chunks): one flag per chunk, set to the call's epoch
+  // the forward's gx in time chunks (gx_chunks): one flag per chunk, set to the call's epoch; the
+  // forward kernel then runs on `high` (the device's greatest stream priority: its blocks take SMs
+  // ahead of the side stream's GEMM blocks)
   unsigned* gx_flags = nullptr;
+  cudaStream_t high = nullptr;
   unsigned epoch = 0;
   int sms = 0;
 };
@@ -113,12 +116,16 @@ inline int gx_plan(int T, int max_chunks, int& first, int& steps) {
   return rest > 0 ? 1 + (rest + steps - 1) / steps : 1;
 }
 
-// the gx chunk flags (zeroed once, on the side stream, waited for) and the SM count; false with g_error set
+// the gx chunk flags (zeroed once, on the side stream, waited for), the high-priority stream and the
+// SM count; false with g_error set
 inline bool ensure_ready(DeviceCtx* c) {
   if (c->gx_flags != nullptr) return true;
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, dev);
+  int least = 0, greatest = 0;
+  if (e == cudaSuccess) e = cudaDeviceGetStreamPriorityRange(&least, &greatest);
+  if (e == cudaSuccess) e = cudaStreamCreateWithPriority(&c->high, cudaStreamNonBlocking, greatest);
   if (e == cudaSuccess) e = cudaMalloc(&c->gx_flags, MAX_GX_CHUNKS * sizeof(unsigned));
   if (e == cudaSuccess) e = cudaMemsetAsync(c->gx_flags, 0, MAX_GX_CHUNKS * sizeof(unsigned), c->side);
   if (e == cudaSuccess) e = cudaStreamSynchronize(c->side);

@@ -197,13 +197,13 @@ def _launch_forward(kern: Kernel, gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, 
 
 
 def layer_forward(kern: Kernel, x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, b: Tensor, s0: Tensor,
-                  reverse: bool) -> Tuple[Tensor, ...]:
+                  reverse: bool, save: bool = True) -> Tuple[Tensor, ...]:
     """recurrent_layer's forward in one library call (frnn_layer_forward): gx = x W^T (cuBLAS), then the
     forward kernel over gx + b_in (b_in added in fp32 inside: gx leaves it out), saving for
     frnn_layer_backward. -> (h [T,B,NH,DH], sT [S,B,NH,DH], gx [T,B,NH,G,DH], states_in, rhb): the
     full save (states_in [T,S,B,NH,DH], rhb [T,B,NH,G,DH] float32), or for a FRNN_BWD_RECOMPUTE
-    library (kern.recompute = SS) states_in [T,SS,B,NH,DH] and rhb None. x aligned and contiguous,
-    the others contiguous (the caller's)."""
+    library (kern.recompute = SS) states_in [T,SS,B,NH,DH] and rhb None; without `save` both None.
+    x aligned and contiguous, the others contiguous (the caller's)."""
     T, B, I = x.shape  # x [T, B, I]
     NH, G, DH, S = R.shape[0], R.shape[1], R.shape[2], s0.shape[0]
     _check_sizes(B, NH, G, S, DH)
@@ -213,7 +213,9 @@ def layer_forward(kern: Kernel, x: Tensor, W: Tensor, b_in: Optional[Tensor], R:
     gx = x.new_empty(T, B, NH, G, DH)  # [T, B, NH, G, DH]: x W^T
     h = x.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
     sT = x.new_empty(S, B, NH, DH)  # [S, B, NH, DH]
-    if kern.recompute:
+    if not save:
+        states_in, rhb = None, None
+    elif kern.recompute:
         states_in, rhb = torch.empty(T, kern.recompute, B, NH, DH, **f32), None  # [T, SS, B, NH, DH]
     else:
         states_in, rhb = torch.empty(T, S, B, NH, DH, **f32), torch.empty(T, B, NH, G, DH, **f32)

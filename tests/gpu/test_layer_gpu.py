@@ -261,15 +261,29 @@ def test_chunks_keep_the_one_launch_state_gradient(chunks):
     assert torch.equal(grads[0][NAMES.index("ds0")], grads[1][NAMES.index("ds0")])
 
 
-def test_inference_takes_linear_then_recurrence():
-    """Without a gradient to compute, the layer is F.linear then recurrence() (the same launches)."""
-    inputs, _, _ = _layer_inputs("lstm", 9, 3, 2, 16, 20, 3)
+@pytest.mark.parametrize("gx_chunks", [0, 8])
+def test_inference_takes_the_one_call_forward(gx_chunks, monkeypatch):
+    """Without a gradient to compute, the layer is the same library call saving nothing: h and sT
+    equal the training forward's to the bit (the same kernel source, its save left out; that one is
+    held to float64 by the tests above), with every output poisoned first."""
+    monkeypatch.setattr(fused_block, "POISON", True)
+    cell, T, B, NH, DH, I = "lstm", 130, 3, 2, 16, 20
+    inputs, _, _ = _layer_inputs(cell, T, B, NH, DH, I, 3, with_b_in=True)
     low = [t.to(torch.bfloat16) for t in inputs]
-    plan = family_plan("fused_block", "lstm", 3, 2, 16, torch.bfloat16)
-    before = layer.STATS["one_call"]
-    with torch.no_grad():
-        layer.recurrent_layer(*low, cell="lstm", plan=plan)
-    assert layer.STATS["one_call"] == before
+    plan = family_plan("fused_block", cell, B, NH, DH, torch.bfloat16)
+    layer.set_gx_chunks(gx_chunks)
+    try:
+        before = dict(layer.STATS)
+        with torch.no_grad():
+            h, sT = layer.recurrent_layer(*low, cell=cell, plan=plan)
+        assert layer.STATS["one_call_inference"] == before.get("one_call_inference", 0) + 1
+        assert layer.STATS["one_call"] == before.get("one_call", 0)
+        h1, s1 = layer.recurrent_layer(*(t.clone().requires_grad_() for t in low), cell=cell, plan=plan)
+        assert layer.STATS["one_call"] == before.get("one_call", 0) + 1
+    finally:
+        layer.set_gx_chunks(0)
+    assert torch.isfinite(h).all() and torch.isfinite(sT).all()
+    assert torch.equal(h, h1.detach()) and torch.equal(sT, s1.detach())
 
 
 def test_non_fused_plans_take_linear_then_recurrence():
