@@ -280,48 +280,13 @@ __device__ __forceinline__ void store_state(void* p, int f32, int i, float v) {
   else static_cast<TIn*>(p)[i] = In<TIn>::store(v);
 }
 
-// One thread's share of streaming a tile of ROWS rows x ROW_CHUNKS 16-byte chunks into a ring
-// stage each step: its chunk slots' shared addresses (stage 0) and global addresses (the first
-// step) are fixed before the time loop; `issue` adds the stage's byte offset, `advance` moves the
-// global addresses by one step (a 64-bit add per chunk: no per-step index math, no predicates but
-// for a partial last slot). A row past the batch copies the tile's first row (src_of gives its
-// address): finite values for the columns that compute and store nothing.
-template <int THREADS, int ROWS, int ROW_CHUNKS>
-struct RowCopy {
-  static constexpr int TOTAL = ROWS * ROW_CHUNKS, CH = (TOTAL + THREADS - 1) / THREADS;
-  static constexpr bool PARTIAL = TOTAL % THREADS != 0;  // the last slot is past the tile for some threads
-  uint32_t dst[CH];
-  const unsigned char* src[CH];
-  bool last_in;
-  // row r lands at dst_base + r * dst_row; src_of(r): its global address at the first step
-  template <typename F>
-  __device__ void init(uint32_t dst_base, int dst_row, F src_of, int tid) {
-#pragma unroll
-    for (int k = 0; k < CH; ++k) {
-      const int i = k * THREADS + tid, r = i < TOTAL ? i / ROW_CHUNKS : 0, c = i % ROW_CHUNKS;
-      dst[k] = dst_base + r * dst_row + c * 16;
-      src[k] = src_of(r) + c * 16;
-    }
-    last_in = (CH - 1) * THREADS + tid < TOTAL;
-  }
-  __device__ void issue(uint32_t stage_off) const {
-#pragma unroll
-    for (int k = 0; k < CH; ++k)
-      if (!PARTIAL || k < CH - 1 || last_in) cp_async16(dst[k] + stage_off, src[k]);
-  }
-  __device__ void advance(long long bytes) {
-#pragma unroll
-    for (int k = 0; k < CH; ++k) src[k] += bytes;
-  }
-};
-
-// One thread's share of a ring stage's copies when several tiles fill the stage: all their 16-byte
-// chunks in one list (chunk i: slot i / THREADS of thread i % THREADS), each slot with its fixed
-// shared address, its global address and the tile's per-step stride. `issue` first moves the
-// global address a step (that add waits on no copy in flight: the slot's last copy went out a step
-// before), then copies, predicated, not branched: measured (ncu, H200, the LSTM 12x64 backward)
-// a branch after a copy waits for the copy to read its registers (long-scoreboard stalls on the
-// RowCopy guards, ~15% of the samples). ALT: slots with a second source for one step (`use_alt`).
+// One thread's share of a ring stage's copies: one tile's, or several tiles' 16-byte chunks in one
+// list (chunk i: slot i / THREADS of thread i % THREADS), each slot with its fixed shared address,
+// its global address and the tile's per-step stride. `issue` first moves the global address a step
+// (that add waits on no copy in flight: the slot's last copy went out a step before), then copies,
+// predicated, not branched: measured (ncu, H200, the LSTM 12x64 backward) a branch after a copy
+// waits for the copy to read its registers (long-scoreboard stalls on the former per-tile copies'
+// guards, ~15% of the samples). ALT: slots with a second source for one step (`use_alt`).
 struct StageChunk {
   uint32_t dst;             // shared address in stage 0
   unsigned long long src;   // global address at the first step
