@@ -5,12 +5,10 @@ order of the variants rotated every rep.
 
     python benchmarks/ab_layer.py [--reps 30] [--rows lstm:bf16:12x64,lstm:fp16:12x64] [--chunks 1,2,4,8]
                                   [--dr-out-chunks 4] [--recompute-chunks 4] [--handles-chunks 4]
-                                  [--gx-chunks 4,8]
 
 "one call" rows run the plan's own library (layer.DR_OUT off), "DR_OUT" rows the FRNN_DR_OUT
 library, "RECOMPUTE" rows it with the lean save (layer.RECOMPUTE), "handles" rows that with a cuBLAS
-handle per stream (layer.set_stream_handles), "gx N" rows the lean save at K=4 with the forward's
-projection in up to N time chunks beside its kernel (layer.set_gx_chunks).
+handle per stream (layer.set_stream_handles).
 """
 
 from __future__ import annotations
@@ -37,18 +35,15 @@ def main() -> None:
     p.add_argument("--dr-out-chunks", default="", help="also these chunk counts with layer.DR_OUT (FRNN_DR_OUT libraries)")
     p.add_argument("--recompute-chunks", default="", help="also these chunk counts with DR_OUT and layer.RECOMPUTE")
     p.add_argument("--handles-chunks", default="", help="also these with the lean save and a cuBLAS handle per stream")
-    p.add_argument("--gx-chunks", default="", help="also the lean save at K=4 with these layer.GX_CHUNKS")
     args = p.parse_args()
     dev = torch.device("cuda")
-    # (name, chunks (None: F.linear then recurrence()), (layer.DR_OUT, layer.RECOMPUTE, handle per stream,
-    # layer.GX_CHUNKS))
-    variants = [("linear + recurrence()", None, (False, False, False, 0))]
-    variants += [(f"one call K={k}", int(k), (False, False, False, 0)) for k in args.chunks.split(",") if k]
-    variants += [(f"one call K={k} DR_OUT", int(k), (True, False, False, 0)) for k in args.dr_out_chunks.split(",") if k]
-    variants += [(f"one call K={k} RECOMPUTE", int(k), (True, True, False, 0)) for k in args.recompute_chunks.split(",") if k]
-    variants += [(f"one call K={k} RECOMPUTE handles", int(k), (True, True, True, 0))
+    # (name, chunks (None: F.linear then recurrence()), (layer.DR_OUT, layer.RECOMPUTE, handle per stream))
+    variants = [("linear + recurrence()", None, (False, False, False))]
+    variants += [(f"one call K={k}", int(k), (False, False, False)) for k in args.chunks.split(",") if k]
+    variants += [(f"one call K={k} DR_OUT", int(k), (True, False, False)) for k in args.dr_out_chunks.split(",") if k]
+    variants += [(f"one call K={k} RECOMPUTE", int(k), (True, True, False)) for k in args.recompute_chunks.split(",") if k]
+    variants += [(f"one call K={k} RECOMPUTE handles", int(k), (True, True, True))
                  for k in args.handles_chunks.split(",") if k]
-    variants += [(f"one call K=4 RECOMPUTE gx {n}", 4, (True, True, False, int(n))) for n in args.gx_chunks.split(",") if n]
     print(f"B{args.B} T1024, fused_block; ms, median of {args.reps}")
     print("| cell | dtype | heads | variant | fwd | fwd+bwd |")
     print("|---|---|---|---|---|---|")
@@ -61,10 +56,9 @@ def main() -> None:
         times = {(v, k): [] for v, _, _ in variants for k in ("fwd", "fwd+bwd")}
         for rep in range(args.reps + 3):
             order = variants[rep % len(variants):] + variants[:rep % len(variants)]
-            for name, chunks, (dr_out, recompute, handles, gxc) in order:
+            for name, chunks, (dr_out, recompute, handles) in order:
                 layer.FAST_PATH, layer.DR_OUT, layer.RECOMPUTE = chunks is not None, dr_out, recompute
                 layer.set_stream_handles(handles)
-                layer.set_gx_chunks(gxc)
                 os.environ["FLASHRNN_LAYER_CHUNKS"] = str(chunks or 1)
                 for k, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
                     t = common._one_call_ms(fn, dev)
@@ -75,7 +69,6 @@ def main() -> None:
                   f"{statistics.median(times[(name, 'fwd+bwd')]):.3f} |", flush=True)
     layer.FAST_PATH, layer.DR_OUT, layer.RECOMPUTE = True, True, True
     layer.set_stream_handles(False)
-    layer.set_gx_chunks(0)
     os.environ.pop("FLASHRNN_LAYER_CHUNKS", None)
 
 

@@ -70,10 +70,6 @@ RECOMPUTE = os.environ.get("FLASHRNN_LAYER_RECOMPUTE", "1") == "1"
 # per device bound to each use's stream (cublasSetStream also resets the handle's workspace; the
 # timeline showed ~115 us from frnn_layer_forward's call to its GEMM, F.linear ~40); set_stream_handles
 STREAM_HANDLES = os.environ.get("FLASHRNN_LAYER_HANDLES", "0") == "1"
-# A/B knob (session 9, not yet timed): the forward's projection in up to this many time chunks on the
-# side stream, beside the forward kernel, which waits on each chunk's flag (layer.cuh g_gx_chunks;
-# 0 or 1: one GEMM before the kernel); set_gx_chunks
-GX_CHUNKS = int(os.environ.get("FLASHRNN_LAYER_GX_CHUNKS", "0"))
 _WARNED: set = set()
 _BLAS_SET: set = set()  # id() of the libraries that have the cuBLAS entry points
 _BLAS_LIBS: list = []  # those libraries (set_stream_handles reaches each)
@@ -243,7 +239,7 @@ def _blas_ready(lib) -> Optional[str]:
     if why is not None:
         return why
     lib.frnn_layer_set_blas(*(ctypes.c_void_p(p) for p in ptrs))
-    lib.frnn_layer_options(int(STREAM_HANDLES), GX_CHUNKS)
+    lib.frnn_layer_options(int(STREAM_HANDLES))
     _BLAS_SET.add(id(lib))
     _BLAS_LIBS.append(lib)
     return None
@@ -253,21 +249,8 @@ def set_stream_handles(on: bool) -> None:
     """STREAM_HANDLES for every loaded library (each keeps its own handles; A/B scripts switch it)."""
     global STREAM_HANDLES
     STREAM_HANDLES = bool(on)
-    _set_options()
-
-
-def set_gx_chunks(n: int) -> None:
-    """GX_CHUNKS for every loaded library (A/B scripts switch it); 0 or 1: one GEMM before the kernel."""
-    global GX_CHUNKS
-    if not isinstance(n, int) or n < 0:
-        raise ValueError(f"n: expected an int >= 0, got {n!r}")
-    GX_CHUNKS = n
-    _set_options()
-
-
-def _set_options() -> None:
     for lib in _BLAS_LIBS:
-        lib.frnn_layer_options(int(STREAM_HANDLES), GX_CHUNKS)
+        lib.frnn_layer_options(int(STREAM_HANDLES))
 
 
 class _Layer(torch.autograd.Function):

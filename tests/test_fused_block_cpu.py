@@ -262,5 +262,5 @@ def test_recompute_library_reports_its_save_and_refuses_the_op_paths(tmp_path, m
             assert "frnn_layer_forward" in lib.frnn_error().decode() and "saves no rhb" in lib.frnn_error().decode()
             assert lib.frnn_backward(1, 1, 1, 0, *[buf] * 10, None) != 0
             assert "frnn_layer_backward" in lib.frnn_error().decode()
-        assert lib.frnn_layer_options(1, 0) == 0 and lib.frnn_layer_options(0, 4) == 0  # recurrent_layer's knobs
+        assert lib.frnn_layer_options(1) == 0 and lib.frnn_layer_options(0) == 0  # recurrent_layer's handle knob
     assert got == {("lstm", 1): 1, ("lstm", 0): 0, ("elman_tanh", 1): 1}

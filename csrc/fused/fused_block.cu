@@ -113,12 +113,9 @@ int frnn_backward(int T, int B, int NH, int reverse, const void* dh, const void*
 }
 
 // the layer's cuBLAS handles: 0 one per device, bound to each use's stream; 1 one per stream,
-// bound once (layer.cuh g_stream_handles; recurrent_layer's A/B knob); gx_chunks: the forward's
-// projection in up to that many time chunks beside its kernel (layer.cuh g_gx_chunks; 0, 1: one
-// GEMM before it). 0 = set
-int frnn_layer_options(int stream_handles, int gx_chunks) {
+// bound once (layer.cuh g_stream_handles; recurrent_layer's A/B knob). 0 = set
+int frnn_layer_options(int stream_handles) {
   layer::g_stream_handles = stream_handles != 0;
-  layer::g_gx_chunks = gx_chunks < layer::MAX_GX_CHUNKS ? gx_chunks : layer::MAX_GX_CHUNKS;
   for (auto& d : layer::g_dev) d.side_bound = false;
   return 0;
 }
@@ -149,49 +146,12 @@ int frnn_layer_forward(int T, int B, int NH, int I, int reverse, const void* x, 
   if (c == nullptr) return 1;
   const cudaStream_t main = static_cast<cudaStream_t>(stream);
   const int N = NH * Cell::G * DH;
-  FwdArgs a{T, B, NH, reverse, gx, R, b, s0, h, sT, states_in, rhb, b_in};
-  // gx [M, N] = x [M, I] W^T (column-major: gx^T = W^T^T x^T): one GEMM before the kernel, or
-  // (g_gx_chunks) time chunks on the side stream beside it, where the kernel's blocks leave at least
-  // half of the SMs to the GEMMs (its blocks spin on the flags: they must not keep the GEMMs out)
-  int first = 0, steps = 0;
-  const int nck = layer::g_gx_chunks > 1 && T >= 64 ? layer::gx_plan(T, layer::g_gx_chunks, first, steps) : 1;
-  if (nck > 1 && !layer::ensure_ready(c)) return 1;
-  if (nck <= 1 || 2 * ((B + BT - 1) / BT) * NH > c->sms) {
-    void* handle = layer::handle_for(c, main);
-    if (handle == nullptr) return 1;
-    if (layer::gemm(handle, layer::OP_T, layer::OP_N, N, T * B, I, W, I, x, I, 0.0f, gx, layer::kDtype, N)) return 1;
-    return launch_forward(a, main, "frnn_layer_forward");
-  }
-  // Every GEMM and flag is queued before the kernel: a kernel that spins on work launched after it
-  // can deadlock (a lazy module load or an allocation that waits for the device to idle: session 9,
-  // H200, the first version hung). The kernel runs on c->high, the caller's stream waits for both.
-  void* handle = layer::handle_for(c, c->side);
+  void* handle = layer::handle_for(c, main);
   if (handle == nullptr) return 1;
-  a.epoch = ++c->epoch == 0 ? ++c->epoch : c->epoch;  // flags start at 0: never an epoch
-  a.gx_ready = c->gx_flags;
-  a.gx_first = first;
-  a.gx_steps = steps;
-  cudaError_t e = cudaEventRecord(c->ev[0], main);  // after the caller's work so far (x, W written)
-  if (e == cudaSuccess) e = cudaStreamWaitEvent(c->side, c->ev[0], 0);
-  if (e == cudaSuccess) e = cudaStreamWaitEvent(c->high, c->ev[0], 0);
-  if (e != cudaSuccess) return fail("frnn_layer_forward: streams", e);
-  for (int j = 0, s0_ = 0; j < nck; ++j) {
-    const int s1_ = j == 0 ? first : (s0_ + steps < T ? s0_ + steps : T);  // processing steps [s0_, s1_)
-    const size_t t0 = reverse ? T - s1_ : s0_;
-    if (layer::gemm(handle, layer::OP_T, layer::OP_N, N, (s1_ - s0_) * B, I, W, I, static_cast<const TIn*>(x) + t0 * B * I, I,
-                    0.0f, static_cast<TIn*>(gx) + t0 * B * N, layer::kDtype, N))
-      return 1;
-    layer::set_flag<<<1, 1, 0, c->side>>>(c->gx_flags + j, a.epoch);
-    if ((e = cudaGetLastError()) != cudaSuccess) return fail("frnn_layer_forward: gx flag", e);
-    s0_ = s1_;
-  }
-  if (launch_forward(a, c->high, "frnn_layer_forward")) return 1;
-  // the caller's stream after both (gx's and h's later readers)
-  e = cudaEventRecord(c->ev[1], c->side);
-  if (e == cudaSuccess) e = cudaEventRecord(c->ev[2], c->high);
-  if (e == cudaSuccess) e = cudaStreamWaitEvent(main, c->ev[1], 0);
-  if (e == cudaSuccess) e = cudaStreamWaitEvent(main, c->ev[2], 0);
-  return e == cudaSuccess ? 0 : fail("frnn_layer_forward: join", e);
+  // gx [M, N] = x [M, I] W^T (column-major: gx^T = W^T^T x^T)
+  if (layer::gemm(handle, layer::OP_T, layer::OP_N, N, T * B, I, W, I, x, I, 0.0f, gx, layer::kDtype, N)) return 1;
+  FwdArgs a{T, B, NH, reverse, gx, R, b, s0, h, sT, states_in, rhb, b_in};
+  return launch_forward(a, main, "frnn_layer_forward");
 }
 
 // The backward of a layer gx = x W^T + b_in [T, B, N] (x [T, B, I], W [N, I]) whose recurrence

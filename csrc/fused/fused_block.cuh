@@ -226,23 +226,7 @@ struct FwdArgs {
   // a projected layer's input bias [NH, G, DH] (nullptr: none), added to gx in fp32 (its projection
   // then leaves it out: recurrent_layer's one-call path)
   const void* b_in;
-  // gx made in time chunks beside the kernel (frnn_layer_forward, layer.cuh gx_chunks): chunk j is
-  // written once gx_ready[j] - epoch >= 0 (an acquire load); chunk 0 spans the first gx_first steps
-  // in processing order, the others gx_steps each. nullptr: gx is complete before the launch
-  const unsigned* gx_ready;
-  unsigned epoch;
-  int gx_first, gx_steps;
 };
-
-// spin until the flag reaches `epoch` (wrap-safe), then the writes it released are visible here
-__device__ __forceinline__ void wait_flag(const unsigned* flag, unsigned epoch) {
-  unsigned v;
-  while (true) {
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
-    if ((int)(v - epoch) >= 0) break;
-    __nanosleep(64);
-  }
-}
 
 struct BwdArgs {
   int T, B, NH, reverse;

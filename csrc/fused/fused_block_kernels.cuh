@@ -46,15 +46,9 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
     }, tid);
   }
   uint32_t pf_stage = 0;  // the ring stage the next prefetch fills (bytes)
-  // gx made beside the kernel (p.gx_ready): the step whose copies wait for the next chunk
-  int next_wait = p.gx_ready != nullptr ? 0 : 0x7fffffff, wait_chunk = 0;
   // the gx stage of the next step in order (calls go step 0, 1, ...; none past T), one commit
   // group always
   auto prefetch = [&](int step) {
-    if (step == next_wait && step < T) {  // every thread acquires the chunk its own copies read
-      wait_flag(p.gx_ready + wait_chunk, p.epoch);
-      next_wait += wait_chunk++ == 0 ? p.gx_first : p.gx_steps;
-    }
     gxc.issue(pf_stage, step < T, false);
     pf_stage = pf_stage + C::F_STAGE == NS * C::F_STAGE ? 0u : pf_stage + (uint32_t)C::F_STAGE;
     cp_async_commit();

@@ -57,29 +57,12 @@ struct DeviceCtx {
   void* handle_main = nullptr;
   cudaStream_t main_bound = nullptr;
   bool side_bound = false, main_set = false;
-  // the forward's gx in time chunks (gx_chunks): one flag per chunk, set to the call's epoch; the
-  // forward kernel then runs on `high` (the device's greatest stream priority: its blocks take SMs
-  // ahead of the side stream's GEMM blocks)
-  unsigned* gx_flags = nullptr;
-  cudaStream_t high = nullptr;
-  unsigned epoch = 0;
-  int sms = 0;
 };
 DeviceCtx g_dev[MAX_DEVICES];
 // 0: one handle per device, bound to the stream of each use (cublasSetStream every call, which also
 // resets the handle's workspace); 1: a handle per stream, bound once (frnn_layer_options; A/B knob
 // FLASHRNN_LAYER_HANDLES, session 8: not yet timed)
 int g_stream_handles = 0;
-// the forward's projection in up to this many time chunks on the side stream, each chunk's flag set
-// behind its GEMM, the forward kernel waiting on the flags (FwdArgs::gx_ready) while it runs beside
-// the later chunks' GEMMs; 0 or 1: one GEMM before the kernel (frnn_layer_options)
-int g_gx_chunks = 0;
-constexpr int MAX_GX_CHUNKS = 8;
-
-// flag = v, released: the GEMM before it on the stream is visible to whoever acquires the flag
-__global__ void set_flag(unsigned* flag, unsigned v) {
-  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(flag), "r"(v) : "memory");
-}
 
 constexpr cudaDataType kDtype = FRNN_DTYPE == 1 ? CUDA_R_16BF : CUDA_R_16F;  // TIn's
 
@@ -103,34 +86,6 @@ DeviceCtx* device_ctx() {
   if (g_blas.set_math(c.handle, MATH_NO_REDUCED_REDUCTION) != 0) return fail_msg("layer: cublasSetMathMode failed"), nullptr;
   c.ready = true;
   return &c;
-}
-
-// the forward's gx chunks: chunk 0 `first` steps (T / 16), the others `steps` each (3x first at
-// least: the GEMM makes a step's rows ~3x faster than the kernel takes them, H200 LSTM 12x64), at
-// most max_chunks; -> the number of chunks
-inline int gx_plan(int T, int max_chunks, int& first, int& steps) {
-  first = T / 16 > 0 ? T / 16 : 1;
-  const int rest = T - first;
-  steps = 3 * first;
-  if (max_chunks > 1 && (rest + steps - 1) / steps > max_chunks - 1) steps = (rest + max_chunks - 2) / (max_chunks - 1);
-  return rest > 0 ? 1 + (rest + steps - 1) / steps : 1;
-}
-
-// the gx chunk flags (zeroed once, on the side stream, waited for), the high-priority stream and the
-// SM count; false with g_error set
-inline bool ensure_ready(DeviceCtx* c) {
-  if (c->gx_flags != nullptr) return true;
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, dev);
-  int least = 0, greatest = 0;
-  if (e == cudaSuccess) e = cudaDeviceGetStreamPriorityRange(&least, &greatest);
-  if (e == cudaSuccess) e = cudaStreamCreateWithPriority(&c->high, cudaStreamNonBlocking, greatest);
-  if (e == cudaSuccess) e = cudaMalloc(&c->gx_flags, MAX_GX_CHUNKS * sizeof(unsigned));
-  if (e == cudaSuccess) e = cudaMemsetAsync(c->gx_flags, 0, MAX_GX_CHUNKS * sizeof(unsigned), c->side);
-  if (e == cudaSuccess) e = cudaStreamSynchronize(c->side);
-  if (e != cudaSuccess) return fail("layer: gx chunk flags", e), false;
-  return true;
 }
 
 // the handle for GEMMs on stream s (the caller's or the side stream), bound to it; nullptr with

@@ -171,25 +171,6 @@ def test_layer_with_a_handle_per_stream_matches_float64(cell, NH, DH, B, I, T, c
         layer.set_stream_handles(False)
 
 
-GX_CHUNK_CASES = [("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 100, 3, True),
-                  ("elman_tanh", 2, 16, 1, 8, 65, 2, False)]
-
-
-@pytest.mark.parametrize("cell,NH,DH,B,I,T,chunks,reverse", GX_CHUNK_CASES, ids=_ids(GX_CHUNK_CASES))
-@pytest.mark.parametrize("gx_chunks", [2, 8])
-def test_layer_with_the_projection_in_time_chunks_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, gx_chunks,
-                                                                   monkeypatch):
-    """layer.GX_CHUNKS (the forward's projection in time chunks on the side stream, the forward kernel
-    waiting on each chunk's flag: an A/B knob) gives results as good as the default's, with every
-    output poisoned first: a chunk the kernel read before its GEMM wrote it would show."""
-    monkeypatch.setattr(fused_block, "POISON", True)
-    layer.set_gx_chunks(gx_chunks)
-    try:
-        _check_layer(cell, NH, DH, B, I, T, chunks, reverse, _tiles_path(cell, T, B, NH, DH), with_b_in=True)
-    finally:
-        layer.set_gx_chunks(0)
-
-
 RECOMPUTE_SAME = [("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 17, 3, True),
                   ("elman_tanh", 2, 16, 1, 8, 17, 9, False), ("slstm", 2, 16, 3, 8, 9, 2, True)]
 
@@ -261,8 +242,7 @@ def test_chunks_keep_the_one_launch_state_gradient(chunks):
     assert torch.equal(grads[0][NAMES.index("ds0")], grads[1][NAMES.index("ds0")])
 
 
-@pytest.mark.parametrize("gx_chunks", [0, 8])
-def test_inference_takes_the_one_call_forward(gx_chunks, monkeypatch):
+def test_inference_takes_the_one_call_forward(monkeypatch):
     """Without a gradient to compute, the layer is the same library call saving nothing: h and sT
     equal the training forward's to the bit (the same kernel source, its save left out; that one is
     held to float64 by the tests above), with every output poisoned first."""
@@ -271,17 +251,13 @@ def test_inference_takes_the_one_call_forward(gx_chunks, monkeypatch):
     inputs, _, _ = _layer_inputs(cell, T, B, NH, DH, I, 3, with_b_in=True)
     low = [t.to(torch.bfloat16) for t in inputs]
     plan = family_plan("fused_block", cell, B, NH, DH, torch.bfloat16)
-    layer.set_gx_chunks(gx_chunks)
-    try:
-        before = dict(layer.STATS)
-        with torch.no_grad():
-            h, sT = layer.recurrent_layer(*low, cell=cell, plan=plan)
-        assert layer.STATS["one_call_inference"] == before.get("one_call_inference", 0) + 1
-        assert layer.STATS["one_call"] == before.get("one_call", 0)
-        h1, s1 = layer.recurrent_layer(*(t.clone().requires_grad_() for t in low), cell=cell, plan=plan)
-        assert layer.STATS["one_call"] == before.get("one_call", 0) + 1
-    finally:
-        layer.set_gx_chunks(0)
+    before = dict(layer.STATS)
+    with torch.no_grad():
+        h, sT = layer.recurrent_layer(*low, cell=cell, plan=plan)
+    assert layer.STATS["one_call_inference"] == before.get("one_call_inference", 0) + 1
+    assert layer.STATS["one_call"] == before.get("one_call", 0)
+    h1, s1 = layer.recurrent_layer(*(t.clone().requires_grad_() for t in low), cell=cell, plan=plan)
+    assert layer.STATS["one_call"] == before.get("one_call", 0) + 1
     assert torch.isfinite(h).all() and torch.isfinite(sT).all()
     assert torch.equal(h, h1.detach()) and torch.equal(sT, s1.detach())
 
