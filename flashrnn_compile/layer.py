@@ -34,7 +34,7 @@ h is one piece (not elman_relu, slstm) take the lean save too (`RECOMPUTE`, FLAS
 turns it off; FRNN_BWD_RECOMPUTE): the forward writes only the states the cell's backward reads
 (an LSTM's c), no rhb, and the backward recomputes R h_{t-1} + b from h on the forward's fragments:
 the same rhb to the bit, so the same gradients as the full save.
-Measurements (H200): benchmarks/results/H200/session7.md, session8.md.
+Measurements (H200): benchmarks/results/H200/session7.md, session8.md, session9.md.
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ DR_OUT = os.environ.get("FLASHRNN_LAYER_DROUT", "1") == "1"
 # session 8 (H200, K=4 fwd+bwd: LSTM 12x64 bf16 1.807 -> 1.628 ms, fp16 1.973 -> 1.731; elman_tanh
 # bf16 1.286 -> 1.218; forward kernel with its save 541 -> 375 us)
 RECOMPUTE = os.environ.get("FLASHRNN_LAYER_RECOMPUTE", "1") == "1"
-# A/B knob (session 8, not yet timed): a cuBLAS handle per stream, bound once, instead of one handle
-# per device bound to each use's stream (cublasSetStream also resets the handle's workspace; the
-# timeline showed ~115 us from frnn_layer_forward's call to its GEMM, F.linear ~40); set_stream_handles
+# A/B knob (session 8): a cuBLAS handle per stream, bound once, instead of one handle per device
+# bound to each use's stream (cublasSetStream also resets the handle's workspace); set_stream_handles.
+# Off: session 9's A/B (H200, LSTM 12x64 bf16 fwd+bwd) had 1.517 ms with it, 1.527 without: noise
 STREAM_HANDLES = os.environ.get("FLASHRNN_LAYER_HANDLES", "0") == "1"
 _WARNED: set = set()
 _BLAS_SET: set = set()  # id() of the libraries that have the cuBLAS entry points
@@ -127,11 +127,10 @@ def recurrent_layer(x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, b: 
         STATS["one_call"] += 1
         return _Layer.apply(x, W, b_in, R, b, s0, cell, reverse, kern, K)
     if kern is not None:  # inference: the same library call, saving nothing
-        from .kernels import _variants, fused_block
+        from .kernels import fused_block
 
         STATS["one_call_inference"] += 1
-        return fused_block.layer_forward(kern, _variants.aligned(x), W.contiguous(), None if b_in is None else b_in.contiguous(),
-                                         R.contiguous(), b.contiguous(), s0.contiguous(), reverse, save=False)[:2]
+        return fused_block.layer_forward(kern, *_laid_out(x, W, b_in, R, b, s0), reverse, save=False)[:2]
     STATS["linear_then_recurrence"] += 1
     gx = F.linear(x, W, b_in).view(T, B, NH, G, DH)  # [T, B, NH, G, DH]
     return ops.recurrence(gx, R, b, s0, cell=cell, reverse=reverse, plan=plan)
@@ -253,17 +252,23 @@ def set_stream_handles(on: bool) -> None:
         lib.frnn_layer_options(int(STREAM_HANDLES))
 
 
+def _laid_out(x, W, b_in, R, b, s0):
+    """The library call's operands: x [T, B, I] aligned (16-byte copies), the others contiguous."""
+    from .kernels import _variants
+
+    return (_variants.aligned(x), W.contiguous(), None if b_in is None else b_in.contiguous(), R.contiguous(),
+            b.contiguous(), s0.contiguous())
+
+
 class _Layer(torch.autograd.Function):
     """recurrent_layer's fused_block path: frnn_layer_forward (the projection's GEMM and the forward
     kernel, b_in added inside it), then frnn_layer_backward."""
 
     @staticmethod
     def forward(ctx, x, W, b_in, R, b, s0, cell, reverse, kern, K):
-        from .kernels import _variants, fused_block
+        from .kernels import fused_block
 
-        x, W = _variants.aligned(x), W.contiguous()  # x [T, B, I], W [NH*G*DH, I]
-        R, b, s0 = R.contiguous(), b.contiguous(), s0.contiguous()
-        b_in = None if b_in is None else b_in.contiguous()
+        x, W, b_in, R, b, s0 = _laid_out(x, W, b_in, R, b, s0)
         h, sT, gx, states_in, rhb = fused_block.layer_forward(kern, x, W, b_in, R, b, s0, reverse)
         if kern.recompute:
             STATS["recompute"] += 1
