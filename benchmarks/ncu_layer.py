@@ -16,37 +16,19 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flashrnn_compile import get_cell, layer, planner, recurrent_layer, runtime  # noqa: E402
-
-DT = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
+from benchmarks import layer_case  # noqa: E402
+from flashrnn_compile import layer, recurrent_layer  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--calls", type=int, default=4)
-    p.add_argument("--cell", default="lstm")
-    p.add_argument("--heads", default="12x64")
-    p.add_argument("--dtype", default="bf16", choices=sorted(DT))
-    p.add_argument("--B", type=int, default=16)
-    p.add_argument("--T", type=int, default=1024)
+    layer_case.add_args(p, reps=0)  # (--reps unused)
     a = p.parse_args()
-    dev, dt = torch.device("cuda"), DT[a.dtype]
-    NH, DH = (int(v) for v in a.heads.split("x"))
-    spec = get_cell(a.cell)
-    G, S, H = spec.num_gates, spec.num_states, NH * DH
-
-    def rnd(*shape, scale=1.0, grad=True):
-        return (torch.randn(*shape, device=dev) * scale).to(dt).requires_grad_(grad)
-
-    x, W, b_in = rnd(a.T, a.B, H), rnd(NH * G * DH, H, scale=H**-0.5), rnd(NH * G * DH, scale=0.1)
-    R, b, s0 = rnd(NH, G, DH, DH, scale=DH**-0.5), rnd(NH, G, DH, scale=0.1), rnd(S, a.B, NH, DH, scale=0.5, grad=False)
-    dh = torch.randn(a.T, a.B, NH, DH, device=dev).to(dt)
-    chosen = planner.plan(a.cell, a.B, NH, DH, dt, families=("fused_block",))
-    plan = runtime.plan_json(chosen.family, chosen.params)
+    c = layer_case.make(a)
     for _ in range(a.calls):
-        torch.autograd.grad(recurrent_layer(x, W, b_in, R, b, s0, cell=a.cell, plan=plan)[0], [x, W, b_in, R, b], dh)
+        torch.autograd.grad(recurrent_layer(c.x, c.W, c.b_in, c.R, c.b, c.s0, cell=a.cell, plan=c.plan)[0], c.leaves, c.dh)
     torch.cuda.synchronize()
-    print(f"{a.calls} calls, {chosen.params}, layer paths {dict(layer.STATS)}")
+    print(f"{a.calls} calls, {c.params}, layer paths {dict(layer.STATS)}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ engine's (torch.autograd.grad to the backward's first line, and from its return 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import sys
@@ -24,11 +23,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flashrnn_compile import get_cell, layer, ops, planner, recurrent_layer, runtime  # noqa: E402
+from benchmarks import layer_case  # noqa: E402
+from flashrnn_compile import layer, ops, recurrent_layer  # noqa: E402
 from flashrnn_compile.kernels import _variants  # noqa: E402
-
-DT = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def timed(fn, reps, sync=False):
     ts = []
@@ -43,27 +40,11 @@ def timed(fn, reps, sync=False):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--reps", type=int, default=400)
-    p.add_argument("--cell", default="lstm")
-    p.add_argument("--heads", default="12x64")
-    p.add_argument("--dtype", default="bf16", choices=sorted(DT))
-    p.add_argument("--B", type=int, default=16)
-    p.add_argument("--T", type=int, default=1024)
+    layer_case.add_args(p, reps=400)
     a = p.parse_args()
-    dev, dt = torch.device("cuda"), DT[a.dtype]
-    NH, DH = (int(v) for v in a.heads.split("x"))
-    spec = get_cell(a.cell)
-    G, S, H, T, B = spec.num_gates, spec.num_states, NH * DH, a.T, a.B
-
-    def rnd(*shape, scale=1.0, grad=True):
-        return (torch.randn(*shape, device=dev) * scale).to(dt).requires_grad_(grad)
-
-    x, W, b_in = rnd(T, B, H), rnd(NH * G * DH, H, scale=H**-0.5), rnd(NH * G * DH, scale=0.1)
-    R, b, s0 = rnd(NH, G, DH, DH, scale=DH**-0.5), rnd(NH, G, DH, scale=0.1), rnd(S, B, NH, DH, scale=0.5, grad=False)
-    dh = torch.randn(T, B, NH, DH, device=dev).to(dt)
-    chosen = planner.plan(a.cell, B, NH, DH, dt, families=("fused_block",))
-    plan = runtime.plan_json(chosen.family, chosen.params)
-    leaves = [x, W, b_in, R, b]
+    c = layer_case.make(a)
+    x, W, b_in, R, b, s0, dh, plan, leaves = c.x, c.W, c.b_in, c.R, c.b, c.s0, c.dh, c.plan, c.leaves
+    T, B, NH, DH, S, dev, dt = c.T, c.B, c.NH, c.DH, c.S, c.device, c.dtype
     kern = layer._fused_kernel(x, W, b_in, R, b, s0, a.cell, plan)
     assert kern is not None, "the one-call path does not apply"
     rows = []
@@ -72,7 +53,7 @@ def main() -> None:
         rows.append((name, us))
         print(f"| {name} | {us:.1f} |", flush=True)
 
-    print(f"{a.cell} {a.heads} {a.dtype} B{B} T{T} {chosen.params}; host µs, median of {a.reps}\n| piece | µs |\n|---|---|")
+    print(f"{a.cell} {a.heads} {a.dtype} B{B} T{T} {c.params}; host µs, median of {a.reps}\n| piece | µs |\n|---|---|")
     n = a.reps
     # the whole call, as the layer suite times it (GPU work included: host time to each return)
     row("fwd+bwd whole (host, synchronised after)", timed(lambda: torch.autograd.grad(

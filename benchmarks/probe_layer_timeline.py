@@ -27,11 +27,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flashrnn_compile import get_cell, layer, planner, recurrent_layer, runtime  # noqa: E402
+from benchmarks import layer_case  # noqa: E402
+from flashrnn_compile import layer, recurrent_layer  # noqa: E402
 from flashrnn_compile.kernels import fused_block  # noqa: E402
-
-DT = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 class Marks:
     """Host times and CUDA events at named points; the events are made (and recorded once) up front,
@@ -52,28 +50,10 @@ class Marks:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--reps", type=int, default=30)
-    p.add_argument("--cell", default="lstm")
-    p.add_argument("--heads", default="12x64")
-    p.add_argument("--dtype", default="bf16", choices=sorted(DT))
-    p.add_argument("--B", type=int, default=16)
-    p.add_argument("--T", type=int, default=1024)
+    layer_case.add_args(p, reps=30)
     a = p.parse_args()
-    dev, dt = torch.device("cuda"), DT[a.dtype]
-    NH, DH = (int(v) for v in a.heads.split("x"))
-    spec = get_cell(a.cell)
-    G, S, H = spec.num_gates, spec.num_states, NH * DH
-    g = torch.Generator(device=dev).manual_seed(0)
-
-    def rnd(*shape, scale=1.0, grad=True):
-        return (torch.randn(*shape, generator=g, device=dev) * scale).to(dt).requires_grad_(grad)
-
-    x, W, b_in = rnd(a.T, a.B, H), rnd(NH * G * DH, H, scale=H**-0.5), rnd(NH * G * DH, scale=0.1)
-    R, b, s0 = rnd(NH, G, DH, DH, scale=DH**-0.5), rnd(NH, G, DH, scale=0.1), rnd(S, a.B, NH, DH, scale=0.5, grad=False)
-    dh = torch.randn(a.T, a.B, NH, DH, generator=g, device=dev).to(dt)
-    chosen = planner.plan(a.cell, a.B, NH, DH, dt, families=("fused_block",))
-    plan = runtime.plan_json(chosen.family, chosen.params)
-    leaves = [x, W, b_in, R, b]
+    c = layer_case.make(a)
+    x, W, b_in, R, b, s0, dh, plan, leaves, H = c.x, c.W, c.b_in, c.R, c.b, c.s0, c.dh, c.plan, c.leaves, c.H
     marks = Marks()
 
     def wrap(fn, before, after):
@@ -91,7 +71,7 @@ def main() -> None:
     fused_block.layer_forward = wrap(orig[2], "layer_forward: start", "layer_forward: launched")
     layer._Layer.forward = staticmethod(wrap(orig[3], "_Layer.forward: start", "_Layer.forward: returned"))
     layer._Layer.backward = staticmethod(wrap(orig[4], "_Layer.backward: start", "_Layer.backward: returned"))
-    print(f"{a.cell} {a.heads} {a.dtype} B{a.B} T{a.T} {chosen.params}; µs since the start, median of {a.reps}")
+    print(f"{a.cell} {a.heads} {a.dtype} B{a.B} T{a.T} {c.params}; µs since the start, median of {a.reps}")
     # the forward alone, without a gradient (F.linear then recurrence()'s fast path)
     rows = {}
     for rep in range(a.reps + 3):
