@@ -70,6 +70,10 @@ RECOMPUTE = os.environ.get("FLASHRNN_LAYER_RECOMPUTE", "1") == "1"
 # bound to each use's stream (cublasSetStream also resets the handle's workspace); set_stream_handles.
 # Off: session 9's A/B (H200, LSTM 12x64 bf16 fwd+bwd) had 1.517 ms with it, 1.527 without: noise
 STREAM_HANDLES = os.environ.get("FLASHRNN_LAYER_HANDLES", "0") == "1"
+# A/B knob (session 9, not yet run on a GPU): the forward's x W^T by torch.mm (torch's cuBLAS handle,
+# already bound to the stream: F.linear took ~20 us of host time where the library's GEMM call took
+# ~64, probe_host_pieces.py) before the library call, which then only launches the kernel
+TORCH_GEMM = os.environ.get("FLASHRNN_LAYER_TORCH_GEMM", "0") == "1"
 _WARNED: set = set()
 _BLAS_SET: set = set()  # id() of the libraries that have the cuBLAS entry points
 _BLAS_LIBS: list = []  # those libraries (set_stream_handles reaches each)
@@ -130,7 +134,8 @@ def recurrent_layer(x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, b: 
         from .kernels import fused_block
 
         STATS["one_call_inference"] += 1
-        return fused_block.layer_forward(kern, *_laid_out(x, W, b_in, R, b, s0), reverse, save=False)[:2]
+        return fused_block.layer_forward(kern, *_laid_out(x, W, b_in, R, b, s0), reverse, save=False,
+                                         torch_gemm=TORCH_GEMM)[:2]
     STATS["linear_then_recurrence"] += 1
     gx = F.linear(x, W, b_in).view(T, B, NH, G, DH)  # [T, B, NH, G, DH]
     return ops.recurrence(gx, R, b, s0, cell=cell, reverse=reverse, plan=plan)
@@ -269,7 +274,8 @@ class _Layer(torch.autograd.Function):
         from .kernels import fused_block
 
         x, W, b_in, R, b, s0 = _laid_out(x, W, b_in, R, b, s0)
-        h, sT, gx, states_in, rhb = fused_block.layer_forward(kern, x, W, b_in, R, b, s0, reverse)
+        h, sT, gx, states_in, rhb = fused_block.layer_forward(kern, x, W, b_in, R, b, s0, reverse,
+                                                              torch_gemm=TORCH_GEMM)
         if kern.recompute:
             STATS["recompute"] += 1
         ctx.save_for_backward(x, W, gx, R, states_in, rhb, h, s0, b, b_in)

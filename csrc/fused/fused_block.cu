@@ -134,9 +134,10 @@ int frnn_layer_set_blas(void* create, void* set_stream, void* set_math, void* ge
 }
 
 // The forward of a projected layer in one call: gx = x W^T [T, B, N] (x [T, B, I], W [N, I], N = NH *
-// G * DH; cuBLAS on the caller's stream, float accumulation), then the forward kernel over gx with
-// b_in [N] (nullptr: none) added to it in fp32, saving as frnn_forward does (RC libraries: states_in
-// [T, SS, B, NH, DH] only). frnn_layer_backward takes the same b_in. 0 = queued.
+// G * DH; cuBLAS on the caller's stream, float accumulation; x nullptr: gx holds x W^T already),
+// then the forward kernel over gx with b_in [N] (nullptr: none) added to it in fp32, saving as
+// frnn_forward does (RC libraries: states_in [T, SS, B, NH, DH] only). frnn_layer_backward takes
+// the same b_in. 0 = queued.
 int frnn_layer_forward(int T, int B, int NH, int I, int reverse, const void* x, const void* W, const void* b_in,
                        const void* R, const void* b, const void* s0, void* gx, void* h, void* sT, float* states_in,
                        float* rhb, void* stream) {
@@ -146,10 +147,11 @@ int frnn_layer_forward(int T, int B, int NH, int I, int reverse, const void* x, 
   if (c == nullptr) return 1;
   const cudaStream_t main = static_cast<cudaStream_t>(stream);
   const int N = NH * Cell::G * DH;
-  void* handle = layer::handle_for(c, main);
-  if (handle == nullptr) return 1;
-  // gx [M, N] = x [M, I] W^T (column-major: gx^T = W^T^T x^T)
-  if (layer::gemm(handle, layer::OP_T, layer::OP_N, N, T * B, I, W, I, x, I, 0.0f, gx, layer::kDtype, N)) return 1;
+  if (x != nullptr) {  // gx [M, N] = x [M, I] W^T (column-major: gx^T = W^T^T x^T)
+    void* handle = layer::handle_for(c, main);
+    if (handle == nullptr) return 1;
+    if (layer::gemm(handle, layer::OP_T, layer::OP_N, N, T * B, I, W, I, x, I, 0.0f, gx, layer::kDtype, N)) return 1;
+  }
   FwdArgs a{T, B, NH, reverse, gx, R, b, s0, h, sT, states_in, rhb, b_in};
   return launch_forward(a, main, "frnn_layer_forward");
 }

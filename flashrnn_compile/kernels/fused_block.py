@@ -197,13 +197,14 @@ def _launch_forward(kern: Kernel, gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, 
 
 
 def layer_forward(kern: Kernel, x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, b: Tensor, s0: Tensor,
-                  reverse: bool, save: bool = True) -> Tuple[Tensor, ...]:
+                  reverse: bool, save: bool = True, torch_gemm: bool = False) -> Tuple[Tensor, ...]:
     """recurrent_layer's forward in one library call (frnn_layer_forward): gx = x W^T (cuBLAS), then the
     forward kernel over gx + b_in (b_in added in fp32 inside: gx leaves it out), saving for
     frnn_layer_backward. -> (h [T,B,NH,DH], sT [S,B,NH,DH], gx [T,B,NH,G,DH], states_in, rhb): the
     full save (states_in [T,S,B,NH,DH], rhb [T,B,NH,G,DH] float32), or for a FRNN_BWD_RECOMPUTE
     library (kern.recompute = SS) states_in [T,SS,B,NH,DH] and rhb None; without `save` both None.
-    x aligned and contiguous, the others contiguous (the caller's)."""
+    torch_gemm: x W^T by torch.mm (torch's cuBLAS handle) before the library call, which then only
+    launches the kernel. x aligned and contiguous, the others contiguous (the caller's)."""
     T, B, I = x.shape  # x [T, B, I]
     NH, G, DH, S = R.shape[0], R.shape[1], R.shape[2], s0.shape[0]
     _check_sizes(B, NH, G, S, DH)
@@ -221,10 +222,12 @@ def layer_forward(kern: Kernel, x: Tensor, W: Tensor, b_in: Optional[Tensor], R:
         states_in, rhb = torch.empty(T, S, B, NH, DH, **f32), torch.empty(T, B, NH, G, DH, **f32)
     if POISON:
         _variants.poison(True, [t for t in (gx, h, sT, states_in, rhb) if t is not None])
+    if torch_gemm:  # gx = x W^T on torch's cuBLAS handle (already bound to the stream), the library's kernel after
+        torch.mm(x.view(T * B, I), W.t(), out=gx.view(T * B, NH * G * DH))
     with _on(x.device):
-        rc = kern.lib.frnn_layer_forward(T, B, NH, I, int(reverse), _ptr(x), _ptr(W), _ptr(b_in), _ptr(R), _ptr(b),
-                                         _ptr(s0), _ptr(gx), _ptr(h), _ptr(sT), _ptr(states_in), _ptr(rhb),
-                                         _stream(x.device))
+        rc = kern.lib.frnn_layer_forward(T, B, NH, I, int(reverse), None if torch_gemm else _ptr(x), _ptr(W), _ptr(b_in),
+                                         _ptr(R), _ptr(b), _ptr(s0), _ptr(gx), _ptr(h), _ptr(sT), _ptr(states_in),
+                                         _ptr(rhb), _stream(x.device))
     if rc != 0:
         raise RuntimeError(f"flashrnn recurrent_layer forward: {kern.lib.frnn_error().decode()}")
     return h, sT, gx, states_in, rhb

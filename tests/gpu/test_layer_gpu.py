@@ -171,6 +171,17 @@ def test_layer_with_a_handle_per_stream_matches_float64(cell, NH, DH, B, I, T, c
         layer.set_stream_handles(False)
 
 
+@pytest.mark.parametrize("cell,NH,DH,B,I,T,chunks,reverse", [("lstm", 12, 64, 16, 96, 300, 4, False),
+                                                              ("lstm", 5, 48, 3, 37, 17, 3, True)],
+                         ids=_ids([("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 17, 3, True)]))
+def test_layer_with_the_projection_on_torch_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, monkeypatch):
+    """layer.TORCH_GEMM (x W^T by torch.mm, the library call then launching only the kernel: an A/B
+    knob) gives results as good as the default's, with every output poisoned first."""
+    monkeypatch.setattr(fused_block, "POISON", True)
+    monkeypatch.setattr(layer, "TORCH_GEMM", True)
+    _check_layer(cell, NH, DH, B, I, T, chunks, reverse, _tiles_path(cell, T, B, NH, DH), with_b_in=True)
+
+
 RECOMPUTE_SAME = [("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 17, 3, True),
                   ("elman_tanh", 2, 16, 1, 8, 17, 9, False), ("slstm", 2, 16, 3, 8, 9, 2, True)]
 
