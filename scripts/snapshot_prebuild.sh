@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Snapshot HEAD into build/snap and prebuild there the fused variants a device call loads, from the
+# snapshot's own sources (build.csrc_dir() would otherwise resolve flashrnn_compile.csrc through the
+# editable install to the working tree; a link flashrnn_compile/csrc -> ../csrc lives in the snapshot
+# while the builds run). Then: run(carry=["build/snap"], command="cd build/snap && bash
+# benchmarks/device_steps.sh benchmarks/steps/<file>.txt").
+#
+#   bash scripts/snapshot_prebuild.sh [block|all] [GPU preset, default h200] [arch, default 9.0]
+#
+# block: the headline harness's variants and the fused_block tests' (with the DR_OUT and lean-save
+# libraries), ~3.5 min on 2 cores; all: also fused_grid's and fused_cluster's (all of tests/gpu), ~8 min.
+set -euo pipefail
+what="${1:-block}" gpu="${2:-h200}" arch="${3:-9.0}"
+root="$(git rev-parse --show-toplevel)"
+PY="${PY:-$root/.venv/bin/python}"
+cd "$root"
+rm -rf build/snap && mkdir -p build/snap
+git archive HEAD | tar -x -C build/snap
+git rev-parse HEAD > build/snap/SNAPSHOT_COMMIT
+cd build/snap
+ln -sfn ../csrc flashrnn_compile/csrc
+trap 'rm -f flashrnn_compile/csrc' EXIT
+export PYTHONPATH="$PWD" TORCH_EXTENSIONS_DIR="$PWD/build/fused_cache"
+"$PY" -c "from flashrnn_compile import build; print('sources:', build.csrc_dir())"
+if [ "$what" = all ]; then
+  "$PY" benchmarks/bench_fused_grid.py --prebuild "$gpu" --arch "$arch" --jobs 2
+  "$PY" benchmarks/bench_fused_cluster.py --prebuild "$gpu" --jobs 2
+fi
+"$PY" -m benchmarks.run --prebuild --preset headline --gpu "$gpu" --arch "$arch"
+"$PY" benchmarks/prebuild_fused.py --gpu "$gpu" --arch "$arch" --jobs 2 --families block --dr-out --recompute
+echo "snapshot $(cat SNAPSHOT_COMMIT) prebuilt ($what) under build/snap/build/fused_cache"
