@@ -157,29 +157,27 @@ def test_layer_with_input_bias_matches_float64(cell, NH, DH, B, I, T, chunks, re
     _check_layer(cell, NH, DH, B, I, T, chunks, reverse, _tiles_path(cell, T, B, NH, DH), with_b_in=True)
 
 
-@pytest.mark.parametrize("cell,NH,DH,B,I,T,chunks,reverse", [("lstm", 12, 64, 16, 96, 300, 4, False),
-                                                              ("lstm", 5, 48, 3, 37, 17, 3, True)],
-                         ids=_ids([("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 17, 3, True)]))
-def test_layer_with_a_handle_per_stream_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, monkeypatch):
-    """layer.STREAM_HANDLES (a cuBLAS handle per stream, bound once: an A/B knob) gives results as
-    good as the default's."""
+KNOB_CASES = [("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 17, 3, True)]
+
+
+def _set_knob(knob: str, on: bool) -> None:
+    if knob == "handles":  # a cuBLAS handle per stream, bound once
+        layer.set_stream_handles(on)
+    else:  # "torch_gemm": x W^T by torch.mm, the library call then launching only the kernel
+        layer.TORCH_GEMM = on
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,I,T,chunks,reverse", KNOB_CASES, ids=_ids(KNOB_CASES))
+@pytest.mark.parametrize("knob", ["handles", "torch_gemm"])
+def test_layer_ab_knobs_match_float64(knob, cell, NH, DH, B, I, T, chunks, reverse, monkeypatch):
+    """The layer's A/B knobs (layer.STREAM_HANDLES, layer.TORCH_GEMM) give results as good as the
+    default's, with every output poisoned first."""
     monkeypatch.setattr(fused_block, "POISON", True)
-    layer.set_stream_handles(True)
+    _set_knob(knob, True)
     try:
         _check_layer(cell, NH, DH, B, I, T, chunks, reverse, _tiles_path(cell, T, B, NH, DH), with_b_in=True)
     finally:
-        layer.set_stream_handles(False)
-
-
-@pytest.mark.parametrize("cell,NH,DH,B,I,T,chunks,reverse", [("lstm", 12, 64, 16, 96, 300, 4, False),
-                                                              ("lstm", 5, 48, 3, 37, 17, 3, True)],
-                         ids=_ids([("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 17, 3, True)]))
-def test_layer_with_the_projection_on_torch_matches_float64(cell, NH, DH, B, I, T, chunks, reverse, monkeypatch):
-    """layer.TORCH_GEMM (x W^T by torch.mm, the library call then launching only the kernel: an A/B
-    knob) gives results as good as the default's, with every output poisoned first."""
-    monkeypatch.setattr(fused_block, "POISON", True)
-    monkeypatch.setattr(layer, "TORCH_GEMM", True)
-    _check_layer(cell, NH, DH, B, I, T, chunks, reverse, _tiles_path(cell, T, B, NH, DH), with_b_in=True)
+        _set_knob(knob, False)
 
 
 RECOMPUTE_SAME = [("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 17, 3, True),
