@@ -75,8 +75,7 @@ STREAM_HANDLES = os.environ.get("FLASHRNN_LAYER_HANDLES", "0") == "1"
 # ~64, probe_host_pieces.py) before the library call, which then only launches the kernel
 TORCH_GEMM = os.environ.get("FLASHRNN_LAYER_TORCH_GEMM", "0") == "1"
 _WARNED: set = set()
-_BLAS_SET: set = set()  # id() of the libraries that have the cuBLAS entry points
-_BLAS_LIBS: list = []  # those libraries (set_stream_handles reaches each)
+_BLAS_LIBS: list = []  # the libraries that have the cuBLAS entry points (set_stream_handles reaches each)
 STATS: collections.Counter = collections.Counter()  # calls by path: "one_call" / "one_call_inference" (nothing needs a gradient) / "linear_then_recurrence"; "recompute": one-call calls with the lean save
 
 
@@ -219,8 +218,9 @@ def _ones(n: int, like: Tensor) -> Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _blas_entry_points():
-    """(the cuBLAS entry points of the libcublas this process loaded (torch's), the library, None),
-    or (None, None, the reason there are none); once per process."""
+    """(the cuBLAS entry points of the libcublas this process loaded (torch's), the library (the
+    cache holds it, so the handle to it stays open), None), or (None, None, the reason there are
+    none); once per process."""
     torch.cuda.current_blas_handle()  # torch loads libcublas and makes a handle
     try:
         with open("/proc/self/maps") as maps:
@@ -237,14 +237,13 @@ def _blas_entry_points():
 
 def _blas_ready(lib) -> Optional[str]:
     """Hand the cuBLAS entry points to a configuration's library (once); None, or why not."""
-    if id(lib) in _BLAS_SET:
+    if any(lib is done for done in _BLAS_LIBS):  # (once per call signature: _SIGNATURES)
         return None
     ptrs, _, why = _blas_entry_points()
     if why is not None:
         return why
     lib.frnn_layer_set_blas(*(ctypes.c_void_p(p) for p in ptrs))
     lib.frnn_layer_options(int(STREAM_HANDLES))
-    _BLAS_SET.add(id(lib))
     _BLAS_LIBS.append(lib)
     return None
 
