@@ -374,11 +374,12 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     const int t = t_first + dstep * step, cur = step & 1;
     // R^T drhb of the step before (zero at the first): its fragments first, right after the barrier
     float acc[1][NTW][4];
-    // the prefetch (into the stage step - 1 used: every warp is past it) between the fragment loads
-    // and the MMAs; this step's dgx goes out at the step's end. Measured on the H100 (LSTM 12x64 bf16
-    // B16, backward kernel): 0.805 ms; prefetch and the last step's dgx after the MMAs, before the
-    // K-split exchange: 0.954 (the pointer registers of the stores and copies waited on the LSU
-    // reading them: ncu long-scoreboard stalls on register moves, 27% of the samples); both before
+    // the prefetch (into the stage step - 1 used: every warp is past it) and the step before's dgx
+    // (out of shared memory) between the fragment loads and the MMAs; this step's dgx goes to shared
+    // memory at the step's end. Measured on the H100 with per-element dgx stores from registers (LSTM
+    // 12x64 bf16 B16, backward kernel): 0.805 ms; prefetch and the last step's dgx after the MMAs,
+    // before the K-split exchange: 0.954 (the pointer registers of the stores and copies waited on the
+    // LSU reading them: ncu long-scoreboard stalls on register moves, 27% of the samples); both before
     // the MMAs 0.962; prefetch first, dgx at the end 0.808; the dR MMAs before the exchange 0.820
     gemm.template run_t<XN>(a_smem, xs_s + (uint32_t)(cur * XT * 2), nt0, warp, lane, acc,
                             [&]() {
