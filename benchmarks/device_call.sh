@@ -5,12 +5,7 @@
 # $OUT/summary.md. Every step has its own timeout, so the pack runs even when a step overruns.
 #
 # Here, before the call (the fused variants are torch-free libraries: host-built ones load there):
-#   rm -rf build/snap && mkdir -p build/snap && git archive HEAD | tar -x -C build/snap
-#   git rev-parse HEAD > build/snap/SNAPSHOT_COMMIT
-#   (cd build/snap && PYTHONPATH=$PWD TORCH_EXTENSIONS_DIR=$PWD/build/fused_cache \
-#      python -m benchmarks.run --prebuild --preset headline --gpu h200 --arch 9.0 && \
-#      python benchmarks/prebuild_fused.py --gpu h200 --arch 9.0 && \
-#      python benchmarks/bench_fused_cluster.py --prebuild h200)
+#   bash scripts/snapshot_prebuild.sh all
 # The call (device tool, carry ["build/snap"]):  bash build/snap/benchmarks/device_call.sh
 # Env: everything gpu_check.sh reads; AB='cmd' (a timing command run after the harness, alone on
 # the GPU; log ab.log); defaults below are sized for a ~6-minute call.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One device call that runs a list of named steps from a committed snapshot (see device_call.sh for
-# the snapshot and prebuild recipe): first every correctness step side by side, then every timing
+# One device call that runs a list of named steps from a committed snapshot (made and prebuilt by
+# scripts/snapshot_prebuild.sh): first every correctness step side by side, then every timing
 # step alone on the GPU, each under its own timeout; the logs go into $OUT/all.tar.gz and a table of
 # exit codes and seconds (with each log's tail) into $OUT/summary.md.
 #
