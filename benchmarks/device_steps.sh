@@ -21,6 +21,9 @@ export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
 # prebuilt variants (build/fused_cache, same sources: same cache keys) seed one shared cache
 export TORCH_EXTENSIONS_DIR="$(mktemp -d)"
 [ -d build/fused_cache ] && cp -r build/fused_cache/. "$TORCH_EXTENSIONS_DIR/"
+# FlashRNN 1.0.8 (build/wheels, copied in by the snapshot): one install shared by every step, so a
+# step that JIT-builds its kernels beside the tests leaves them built for the harness
+export FLASHRNN_108_DIR="$(mktemp -d)/flashrnn108"
 { nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv,noheader
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
   echo "snapshot ${BENCH_COMMIT:-unknown}"; } >"$R/card.txt" 2>&1

@@ -4,8 +4,9 @@ The device machine has no network, so the wheel travels with the command (carry 
 filled here by `pip download flashrnn==1.0.8 packaging --no-deps -d build/wheels`; never committed).
 On first use this module
 
-1. installs the wheel into a temporary folder (`pip install --no-deps --target`, or a plain
-   unzip of the pure-Python wheel where pip is missing), never into the environment;
+1. installs the wheel into a temporary folder, or once into $FLASHRNN_108_DIR to share the install
+   and its JIT builds between processes (`pip install --no-deps --target`, or a plain unzip of the
+   pure-Python wheel where pip is missing), never into the environment;
 2. patches the installed copy for CUDA 13 (torch.version.cuda >= 13): its
    `gpu_info/gpu_info.cc` reads `cudaDeviceProp` fields CUDA 13 removed; those reads become 0
    (they are informational: FlashRNN's tiling reads none of them). Two benchmark-only edits to
@@ -49,6 +50,10 @@ BIAS_GATES = {"lstm": 4, "gru": 4, "slstm": 4, "elman_tanh": 1}  # GRU: r, z, n 
 STATES = {"lstm": 2, "gru": 1, "slstm": 4, "elman_tanh": 1}
 FUNCTION = {"lstm": "lstm", "gru": "gru", "slstm": "slstm", "elman_tanh": "elman"}
 MISSING_DEPS = {"packaging": "packaging-*-py3-none-any.whl"}  # module -> carried wheel, if the device lacks it
+# FLASHRNN_108_DIR: install into this folder once and reuse it in later processes (marker file below).
+# Its JIT builds are then cached across processes too: torch's build.ninja names the sources by path,
+# so a fresh temporary copy per process would rebuild every configuration (43-69 s each).
+INSTALLED = ".flashrnn108-installed"
 
 _STATE: Dict[str, object] = {}
 
@@ -146,6 +151,23 @@ def patch_installed(target: str, cuda_version: Optional[str]) -> List[str]:
     return notes + edits
 
 
+def install_patched(wheel: str, target: str, cuda_version: Optional[str]) -> List[str]:
+    """Install `wheel` and its missing deps into `target` and patch it, unless an earlier call did
+    (its marker file is there): then nothing is written, so no source gets a newer time stamp and
+    the JIT builds cached beside it stay valid. Returns what was done."""
+    marker = os.path.join(target, INSTALLED)
+    if os.path.isfile(marker):
+        with open(marker, encoding="utf-8") as f:
+            return [f"reused {target} ({f.read().strip()})"]
+    os.makedirs(target, exist_ok=True)
+    notes = [f"installed {os.path.basename(wheel)} by {install(wheel, target)} into {target}"]
+    notes += install_missing_deps(target)
+    notes += patch_installed(target, cuda_version)
+    with open(marker, "w", encoding="utf-8") as f:
+        f.write("; ".join(notes) + "\n")
+    return notes
+
+
 def _setup() -> None:
     """Install, patch and import once; records the module or the reason in _STATE."""
     if "ok" in _STATE:
@@ -159,18 +181,17 @@ def _setup() -> None:
         _STATE["reason"] = (f"no flashrnn-{VERSION} wheel in {[d for d in WHEEL_DIRS if d]} (pip download "
                             f"flashrnn=={VERSION} --no-deps -d build/wheels, then carry build/wheels)")
         return
-    target = tempfile.mkdtemp(prefix="flashrnn108-")
+    shared = os.environ.get("FLASHRNN_108_DIR", "")
+    target = shared or tempfile.mkdtemp(prefix="flashrnn108-")
     try:
-        how = install(wheel, target)
-        notes = [f"installed {os.path.basename(wheel)} by {how} into {target}"]
-        notes += install_missing_deps(target)
-        notes += patch_installed(target, torch.version.cuda)
+        notes = install_patched(wheel, target, torch.version.cuda)
         sys.path.insert(0, target)
         import flashrnn  # noqa: F401  (the 1.0.8 package from the temp folder)
         from flashrnn.flashrnn import flashrnn as entry
     except Exception as e:  # reported as the reason the FlashRNN rows are missing
         _STATE["reason"] = f"FlashRNN {VERSION} could not be installed/imported: {type(e).__name__}: {e}"
-        shutil.rmtree(target, ignore_errors=True)
+        if not shared:
+            shutil.rmtree(target, ignore_errors=True)
         return
     if os.path.dirname(os.path.dirname(os.path.abspath(flashrnn.__file__))) != target:
         _STATE["reason"] = f"imported flashrnn from {flashrnn.__file__}, not the patched copy in {target}"
@@ -246,3 +267,35 @@ def layer_fn(backend: str, cell: str, NH: int, DH: int, dtype: torch.dtype, B: i
         torch.autograd.grad(run(), leaves, dh)
 
     return forward, forward_backward
+
+
+def warm(specs: List[str], B: int, T: int) -> None:
+    """JIT-build FlashRNN's kernels for each `backend:cell:dtype:NHxDH` spec (one forward and one
+    forward+backward), printing the seconds each took: run beside the GPU tests, with
+    FLASHRNN_108_DIR and TORCH_EXTENSIONS_DIR shared, so the harness later finds the builds done."""
+    import time
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if not available():
+        raise SystemExit(f"FlashRNN {VERSION}: {reason()}")
+    print("\n".join(notes()))
+    for spec in specs:
+        backend, cell, dt, heads = spec.split(":")
+        NH, DH = (int(v) for v in heads.split("x"))
+        t0 = time.perf_counter()
+        fwd, fwd_bwd = layer_fn(backend, cell, NH, DH, dtypes[dt], B, T)
+        fwd()
+        fwd_bwd()
+        torch.cuda.synchronize()
+        print(f"{spec} B{B} T{T}: built and ran in {time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="JIT-build FlashRNN 1.0.8 configurations ahead of the harness")
+    ap.add_argument("--warm", required=True, help="comma list of backend:cell:dtype:NHxDH, e.g. fused:lstm:bf16:12x64")
+    ap.add_argument("--B", type=int, default=16)
+    ap.add_argument("--T", type=int, default=1024)
+    a = ap.parse_args()
+    warm(a.warm.split(","), a.B, a.T)

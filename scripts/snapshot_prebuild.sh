@@ -17,6 +17,8 @@ cd "$root"
 rm -rf build/snap && mkdir -p build/snap
 git archive HEAD | tar -x -C build/snap
 git rev-parse HEAD > build/snap/SNAPSHOT_COMMIT
+# FlashRNN 1.0.8's wheels (never committed) travel inside the snapshot for the harness's baseline rows
+[ -d build/wheels ] && mkdir -p build/snap/build && cp -r build/wheels build/snap/build/
 cd build/snap
 ln -sfn ../csrc flashrnn_compile/csrc
 trap 'rm -f flashrnn_compile/csrc' EXIT

@@ -167,6 +167,18 @@ def test_flashrnn_wheel_installs_and_patches(tmp_path):
         sys.modules.update(saved_mods)
 
 
+@pytest.mark.skipif(flashrnn_108.wheel_path() is None, reason="no flashrnn 1.0.8 wheel in build/wheels")
+def test_flashrnn_shared_install_is_reused_untouched(tmp_path):
+    # a second process must find the same sources with the same time stamps, or its JIT rebuilds
+    first = flashrnn_108.install_patched(flashrnn_108.wheel_path(), str(tmp_path), "13.0")
+    assert first[0].startswith("installed") and any("gpu_info" in n for n in first)
+    cc = tmp_path / "flashrnn" / "flashrnn" / "gpu_info" / "gpu_info.cc"
+    stamp, text = cc.stat().st_mtime_ns, cc.read_text()
+    again = flashrnn_108.install_patched(flashrnn_108.wheel_path(), str(tmp_path), "13.0")
+    assert len(again) == 1 and again[0].startswith(f"reused {tmp_path}") and "gpu_info" in again[0]
+    assert cc.stat().st_mtime_ns == stamp and cc.read_text() == text
+
+
 def test_timer_names_and_budgets():
     t = common.measure(lambda: time.sleep(0.002), "cpu", warmup=1, min_reps=3, max_reps=3)
     assert t.reps == 3 and 1.9 <= t.median_ms < 200 and t.q1_ms <= t.median_ms <= t.q3_ms
