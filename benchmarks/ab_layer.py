@@ -4,13 +4,14 @@ recurrence(), and of its chunk count, in one process, interleaved: the layer sui
 order of the variants rotated every rep.
 
     python benchmarks/ab_layer.py [--reps 30] [--rows lstm:bf16:12x64,lstm:fp16:12x64] [--chunks 1,2,4,8]
-                                  [--dr-out-chunks 4] [--recompute-chunks 4] [--handles-chunks 4]
-                                  [--torch-gemm-chunks 4]
+                                  [--dr-out-chunks 4] [--recompute-chunks 4] [--reserve-chunks 4]
+                                  [--fwd-chunks 2,4] [--fwd-chunks-bwd 4]
 
 "one call" rows run the plan's own library (layer.DR_OUT off), "DR_OUT" rows the FRNN_DR_OUT
-library, "RECOMPUTE" rows it with the lean save (layer.RECOMPUTE), "handles" rows that with a cuBLAS
-handle per stream (layer.set_stream_handles), "torch GEMM" rows the lean save with x W^T by
-torch.mm before the library call (layer.TORCH_GEMM).
+library, "RECOMPUTE" rows it with the lean save (layer.RECOMPUTE), "reserve" rows that with the
+backward kernel taking all of its SMs' shared memory (layer.set_reserve_bwd), "fwd chunks" rows the
+lean save with the forward in that many time chunks (layer.FWD_CHUNKS; backward chunks
+--fwd-chunks-bwd).
 """
 
 from __future__ import annotations
@@ -36,21 +37,22 @@ def main() -> None:
     p.add_argument("--B", type=int, default=16)
     p.add_argument("--dr-out-chunks", default="", help="also these chunk counts with layer.DR_OUT (FRNN_DR_OUT libraries)")
     p.add_argument("--recompute-chunks", default="", help="also these chunk counts with DR_OUT and layer.RECOMPUTE")
-    p.add_argument("--handles-chunks", default="", help="also these with the lean save and a cuBLAS handle per stream")
-    p.add_argument("--torch-gemm-chunks", default="", help="also these with the lean save and x W^T by torch.mm")
+    p.add_argument("--reserve-chunks", default="", help="also these with the lean save and layer.RESERVE_BWD")
+    p.add_argument("--fwd-chunks", default="", help="also the lean save with the forward in these many time chunks")
+    p.add_argument("--fwd-chunks-bwd", type=int, default=4, help="the backward's chunks of the --fwd-chunks rows")
     args = p.parse_args()
     dev = torch.device("cuda")
-    # (name, chunks (None: F.linear then recurrence()), (layer.DR_OUT, layer.RECOMPUTE, handle per stream,
-    # layer.TORCH_GEMM))
-    variants = [("linear + recurrence()", None, (False, False, False, False))]
-    variants += [(f"one call K={k}", int(k), (False, False, False, False)) for k in args.chunks.split(",") if k]
-    variants += [(f"one call K={k} DR_OUT", int(k), (True, False, False, False)) for k in args.dr_out_chunks.split(",") if k]
-    variants += [(f"one call K={k} RECOMPUTE", int(k), (True, True, False, False))
+    # (name, chunks (None: F.linear then recurrence()), (layer.DR_OUT, layer.RECOMPUTE, layer.RESERVE_BWD,
+    # layer.FWD_CHUNKS))
+    variants = [("linear + recurrence()", None, (False, False, False, 1))]
+    variants += [(f"one call K={k}", int(k), (False, False, False, 1)) for k in args.chunks.split(",") if k]
+    variants += [(f"one call K={k} DR_OUT", int(k), (True, False, False, 1)) for k in args.dr_out_chunks.split(",") if k]
+    variants += [(f"one call K={k} RECOMPUTE", int(k), (True, True, False, 1))
                  for k in args.recompute_chunks.split(",") if k]
-    variants += [(f"one call K={k} RECOMPUTE handles", int(k), (True, True, True, False))
-                 for k in args.handles_chunks.split(",") if k]
-    variants += [(f"one call K={k} RECOMPUTE torch GEMM", int(k), (True, True, False, True))
-                 for k in args.torch_gemm_chunks.split(",") if k]
+    variants += [(f"one call K={k} RECOMPUTE reserve", int(k), (True, True, True, 1))
+                 for k in args.reserve_chunks.split(",") if k]
+    variants += [(f"one call K={args.fwd_chunks_bwd} RECOMPUTE fwd chunks {f}", args.fwd_chunks_bwd, (True, True, False, int(f)))
+                 for f in args.fwd_chunks.split(",") if f]
     print(f"B{args.B} T1024, fused_block; ms, median of {args.reps}")
     print("| cell | dtype | heads | variant | fwd | fwd+bwd |")
     print("|---|---|---|---|---|---|")
@@ -63,10 +65,10 @@ def main() -> None:
         times = {(v, k): [] for v, _, _ in variants for k in ("fwd", "fwd+bwd")}
         for rep in range(args.reps + 3):
             order = variants[rep % len(variants):] + variants[:rep % len(variants)]
-            for name, chunks, (dr_out, recompute, handles, torch_gemm) in order:
+            for name, chunks, (dr_out, recompute, reserve, fwd_chunks) in order:
                 layer.FAST_PATH, layer.DR_OUT, layer.RECOMPUTE = chunks is not None, dr_out, recompute
-                layer.TORCH_GEMM = torch_gemm
-                layer.set_stream_handles(handles)
+                layer.FWD_CHUNKS = fwd_chunks
+                layer.set_reserve_bwd(reserve)
                 os.environ["FLASHRNN_LAYER_CHUNKS"] = str(chunks or 1)
                 for k, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
                     t = common._one_call_ms(fn, dev)
@@ -75,8 +77,8 @@ def main() -> None:
         for name, _, _ in variants:
             print(f"| {cell} | {dt} | {heads} | {name} | {statistics.median(times[(name, 'fwd')]):.3f} | "
                   f"{statistics.median(times[(name, 'fwd+bwd')]):.3f} |", flush=True)
-    layer.FAST_PATH, layer.DR_OUT, layer.RECOMPUTE, layer.TORCH_GEMM = True, True, True, False
-    layer.set_stream_handles(False)
+    layer.FAST_PATH, layer.DR_OUT, layer.RECOMPUTE, layer.FWD_CHUNKS = True, True, True, 1
+    layer.set_reserve_bwd(False)
     os.environ.pop("FLASHRNN_LAYER_CHUNKS", None)
 
 

@@ -66,16 +66,15 @@ DR_OUT = os.environ.get("FLASHRNN_LAYER_DROUT", "1") == "1"
 # session 8 (H200, K=4 fwd+bwd: LSTM 12x64 bf16 1.807 -> 1.628 ms, fp16 1.973 -> 1.731; elman_tanh
 # bf16 1.286 -> 1.218; forward kernel with its save 541 -> 375 us)
 RECOMPUTE = os.environ.get("FLASHRNN_LAYER_RECOMPUTE", "1") == "1"
-# A/B knob (session 8): a cuBLAS handle per stream, bound once, instead of one handle per device
-# bound to each use's stream (cublasSetStream also resets the handle's workspace); set_stream_handles.
-# Off: session 9's A/B (H200, LSTM 12x64 bf16 fwd+bwd) had 1.517 ms with it, 1.527 without: noise
-STREAM_HANDLES = os.environ.get("FLASHRNN_LAYER_HANDLES", "0") == "1"
-# A/B knob (session 9, not yet run on a GPU): the forward's x W^T by torch.mm (torch's cuBLAS handle,
-# already bound to the stream: F.linear took ~20 us of host time where the library's GEMM call took
-# ~64, probe_host_pieces.py) before the library call, which then only launches the kernel
-TORCH_GEMM = os.environ.get("FLASHRNN_LAYER_TORCH_GEMM", "0") == "1"
+# A/B knob (session 10): the backward kernel takes all the shared memory a block may, so that the
+# side stream's GEMM blocks cannot share its SMs (a GEMM block beside the forward kernel doubled its
+# step time: benchmarks/probe_concurrency.py, H200); set_reserve_bwd
+RESERVE_BWD = os.environ.get("FLASHRNN_LAYER_RESERVE_BWD", "0") == "1"
+# A/B knob (session 10): the forward in this many time chunks, each chunk's projection GEMM beside the
+# previous chunk's recurrence (fused_block.layer_forward's `chunks`; 1: one GEMM, then the kernel)
+FWD_CHUNKS = int(os.environ.get("FLASHRNN_LAYER_FWD_CHUNKS", "1"))
 _WARNED: set = set()
-_BLAS_LIBS: list = []  # the libraries that have the cuBLAS entry points (set_stream_handles reaches each)
+_BLAS_LIBS: list = []  # the libraries that have the cuBLAS entry points (set_reserve_bwd reaches each)
 STATS: collections.Counter = collections.Counter()  # calls by path: "one_call" / "one_call_inference" (nothing needs a gradient) / "linear_then_recurrence"; "recompute": one-call calls with the lean save
 
 
@@ -134,7 +133,7 @@ def recurrent_layer(x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, b: 
 
         STATS["one_call_inference"] += 1
         return fused_block.layer_forward(kern, *_laid_out(x, W, b_in, R, b, s0), reverse, save=False,
-                                         torch_gemm=TORCH_GEMM)[:2]
+                                         chunks=fwd_chunks(T))[:2]
     STATS["linear_then_recurrence"] += 1
     gx = F.linear(x, W, b_in).view(T, B, NH, G, DH)  # [T, B, NH, G, DH]
     return ops.recurrence(gx, R, b, s0, cell=cell, reverse=reverse, plan=plan)
@@ -243,17 +242,22 @@ def _blas_ready(lib) -> Optional[str]:
     if why is not None:
         return why
     lib.frnn_layer_set_blas(*(ctypes.c_void_p(p) for p in ptrs))
-    lib.frnn_layer_options(int(STREAM_HANDLES))
+    lib.frnn_layer_options(int(RESERVE_BWD))
     _BLAS_LIBS.append(lib)
     return None
 
 
-def set_stream_handles(on: bool) -> None:
-    """STREAM_HANDLES for every loaded library (each keeps its own handles; A/B scripts switch it)."""
-    global STREAM_HANDLES
-    STREAM_HANDLES = bool(on)
+def set_reserve_bwd(on: bool) -> None:
+    """RESERVE_BWD for every loaded library (A/B scripts switch it)."""
+    global RESERVE_BWD
+    RESERVE_BWD = bool(on)
     for lib in _BLAS_LIBS:
-        lib.frnn_layer_options(int(STREAM_HANDLES))
+        lib.frnn_layer_options(int(RESERVE_BWD))
+
+
+def fwd_chunks(T: int) -> int:
+    """The one-call forward's time chunks for T steps: FWD_CHUNKS, at most (T + 1) // 2 (no empty chunk)."""
+    return max(1, min(FWD_CHUNKS, (T + 1) // 2, MAX_CHUNKS))
 
 
 def _laid_out(x, W, b_in, R, b, s0):
@@ -274,7 +278,7 @@ class _Layer(torch.autograd.Function):
 
         x, W, b_in, R, b, s0 = _laid_out(x, W, b_in, R, b, s0)
         h, sT, gx, states_in, rhb = fused_block.layer_forward(kern, x, W, b_in, R, b, s0, reverse,
-                                                              torch_gemm=TORCH_GEMM)
+                                                              chunks=fwd_chunks(x.shape[0]))
         if kern.recompute:
             STATS["recompute"] += 1
         ctx.save_for_backward(x, W, gx, R, states_in, rhb, h, s0, b, b_in)

@@ -38,14 +38,15 @@ using Cell = flashrnn::FRNN_CELL;
 constexpr int DH = FRNN_DH, WARPS = FRNN_WARPS, BT = FRNN_BATCH_TILE, RREG = FRNN_R_REG_TILES;
 using Cfg = Config<TIn, Cell, DH, WARPS, BT, RREG>;
 
-// `set`: the kernel's shared-memory opt-in is done (once per process and kernel, not per launch)
+// `set`: the dynamic shared memory the kernel was opted in to so far (once per process and size,
+// not per launch); smem: what this launch takes (at least what the kernel uses)
 template <typename K>
-int launch(K kernel, size_t smem, int B, int NH, cudaStream_t stream, void* args, const char* what, bool& set) {
+int launch(K kernel, size_t smem, int B, int NH, cudaStream_t stream, void* args, const char* what, size_t& set) {
   cudaError_t e;
-  if (!set) {
+  if (smem > set) {
     e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess) return fail(what, e);
-    set = true;
+    set = smem;
   }
   dim3 grid((B + BT - 1) / BT, NH), block(32 * WARPS);
   void* kargs[] = {args};
@@ -54,23 +55,26 @@ int launch(K kernel, size_t smem, int B, int NH, cudaStream_t stream, void* args
   return 0;
 }
 
+size_t at_least(size_t need, size_t reserve) { return reserve > need ? reserve : need; }
+
 // the forward kernel, saving when a.states_in is set (an RC library: never an rhb), and the backward
-// kernel; each kernel's shared-memory opt-in once per process, whichever entry point launches it
-int launch_forward(FwdArgs& a, cudaStream_t stream, const char* what) {
+// kernel; reserve: take this much shared memory if it is more than the kernel needs (so that no
+// other kernel's block shares the SM)
+int launch_forward(FwdArgs& a, cudaStream_t stream, const char* what, size_t reserve = 0) {
   if (Cfg::RC && a.rhb != nullptr) {
     snprintf(g_error, sizeof(g_error), "%s: a FRNN_BWD_RECOMPUTE library saves no rhb (recurrent_layer's save)", what);
     return 1;
   }
-  static bool set_save = false, set_plain = false;
+  static size_t set_save = 0, set_plain = 0;
+  const size_t smem = at_least(Cfg::fwd_smem(), reserve);
   if (a.states_in != nullptr)
-    return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, true>, Cfg::fwd_smem(), a.B, a.NH, stream, &a, what,
-                  set_save);
-  return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, false>, Cfg::fwd_smem(), a.B, a.NH, stream, &a, what,
-                set_plain);
+    return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, true>, smem, a.B, a.NH, stream, &a, what, set_save);
+  return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, false>, smem, a.B, a.NH, stream, &a, what, set_plain);
 }
-int launch_backward(BwdArgs& a, cudaStream_t stream, const char* what) {
-  static bool set = false;
-  return launch(backward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, Cfg::bwd_smem(), a.B, a.NH, stream, &a, what, set);
+int launch_backward(BwdArgs& a, cudaStream_t stream, const char* what, size_t reserve = 0) {
+  static size_t set = 0;
+  return launch(backward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, at_least(Cfg::bwd_smem(), reserve), a.B, a.NH,
+                stream, &a, what, set);
 }
 }  // namespace
 
@@ -112,11 +116,10 @@ int frnn_backward(int T, int B, int NH, int reverse, const void* dh, const void*
   return launch_backward(a, static_cast<cudaStream_t>(stream), "fused_block backward");
 }
 
-// the layer's cuBLAS handles: 0 one per device, bound to each use's stream; 1 one per stream,
-// bound once (layer.cuh g_stream_handles; recurrent_layer's A/B knob). 0 = set
-int frnn_layer_options(int stream_handles) {
-  layer::g_stream_handles = stream_handles != 0;
-  for (auto& d : layer::g_dev) d.side_bound = false;
+// the layer's A/B knob: 1 = the layer backward's kernel takes all the shared memory a block may
+// (layer.cuh g_reserve_bwd), 0 = what it needs. 0 = set
+int frnn_layer_options(int reserve_bwd) {
+  layer::g_reserve_bwd = reserve_bwd != 0;
   return 0;
 }
 
@@ -154,6 +157,68 @@ int frnn_layer_forward(int T, int B, int NH, int I, int reverse, const void* x, 
   }
   FwdArgs a{T, B, NH, reverse, gx, R, b, s0, h, sT, states_in, rhb, b_in};
   return launch_forward(a, main, "frnn_layer_forward");
+}
+
+// frnn_layer_forward in K time chunks (layer::chunk_range: chunk 0, on the critical path, half as
+// long as the others), so that the projection's GEMM runs beside the recurrence: chunk 0's GEMM and
+// every chunk's forward kernel go on a stream of the greatest priority, the other chunks' GEMMs on
+// the side stream (after chunk 0's), each kernel after its chunk's GEMM. The kernels take all the
+// shared memory a block may (DeviceCtx::smem_optin): measured (H200, LSTM 12x64 bf16,
+// benchmarks/probe_concurrency.py) a GEMM queued beside the forward kernel put its blocks on the
+// kernel's SMs and doubled the kernel's time (303 -> 616 us). The states pass between chunks in
+// float through sbuf [2][S * B * NH * DH], so h, sT, gx and the save are frnn_layer_forward's to the
+// bit. x is required. 1 <= K <= 16 with T >= 2K - 1. 0 = queued (the caller's stream waits for all).
+int frnn_layer_forward_chunked(int T, int B, int NH, int I, int reverse, int K, const void* x, const void* W,
+                               const void* b_in, const void* R, const void* b, const void* s0, void* gx, void* h,
+                               void* sT, float* states_in, float* rhb, float* sbuf, void* stream) {
+  constexpr int G = Cell::G, S = Cell::S;
+  if (Cfg::RC && rhb != nullptr)
+    return fail_msg("frnn_layer_forward_chunked: a FRNN_BWD_RECOMPUTE library saves no rhb (recurrent_layer's save)");
+  if (K < 1 || K > layer::MAX_CHUNKS || T < 2 * K - 1)
+    return fail_msg("frnn_layer_forward_chunked: expected 1 <= K <= 16 and T >= 2K - 1");
+  if (x == nullptr || (K > 1 && sbuf == nullptr)) return fail_msg("frnn_layer_forward_chunked: x and sbuf are required");
+  layer::DeviceCtx* c = layer::device_ctx();
+  if (c == nullptr) return 1;
+  const cudaStream_t main = static_cast<cudaStream_t>(stream);
+  const long long N = (long long)NH * G * DH, BN = (long long)B * NH * DH;
+  void* const side = layer::handle_for(c, c->side);
+  if (side == nullptr) return 1;
+  cudaError_t e = cudaEventRecord(c->fev[0], main);  // the inputs are ready on the caller's stream
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(c->prio, c->fev[0], 0);
+  if (e != cudaSuccess) return fail("frnn_layer_forward_chunked: start", e);
+  // chunk k's GEMM: gx[k] [M, N] = x[k] [M, I] W^T; chunk 0's on prio, then the side stream waits for it
+  auto chunk_gemm = [&](int k) -> int {
+    int t0, t1;
+    layer::chunk_range(T, K, k, reverse, t0, t1);
+    const cudaStream_t s = k == 0 ? c->prio : c->side;
+    if (layer::gemm(k == 0 ? c->handle_prio : side, layer::OP_T, layer::OP_N, (int)N, (t1 - t0) * B, I, W, I,
+                    static_cast<const TIn*>(x) + t0 * (long long)B * I, I, 0.0f,
+                    static_cast<TIn*>(gx) + t0 * (long long)B * N, layer::kDtype, (int)N))
+      return 1;
+    cudaError_t err = cudaEventRecord(c->fev[1 + k], s);
+    if (err == cudaSuccess && k == 0) err = cudaStreamWaitEvent(c->side, c->fev[1], 0);
+    return err == cudaSuccess ? 0 : fail("frnn_layer_forward_chunked: GEMM event", err);
+  };
+  // queued in the order the GPU needs them: GEMM 0, GEMM 1, kernel 0, GEMM 2, kernel 1, ...
+  if (chunk_gemm(0) || (K > 1 && chunk_gemm(1))) return 1;
+  for (int k = 0; k < K; ++k) {
+    int t0, t1;
+    layer::chunk_range(T, K, k, reverse, t0, t1);
+    if (k > 0 && (e = cudaStreamWaitEvent(c->prio, c->fev[1 + k], 0)) != cudaSuccess)
+      return fail("frnn_layer_forward_chunked: wait", e);
+    const bool first = k == 0, last = k == K - 1;
+    FwdArgs a{t1 - t0, B, NH, reverse, static_cast<const TIn*>(gx) + t0 * (long long)B * N, R, b,
+              first ? s0 : static_cast<const void*>(sbuf + ((k - 1) & 1) * S * BN),
+              static_cast<TIn*>(h) + t0 * BN, last ? sT : static_cast<void*>(sbuf + (k & 1) * S * BN),
+              states_in == nullptr ? nullptr : states_in + t0 * Cfg::SS * BN,
+              rhb == nullptr ? nullptr : rhb + t0 * (long long)B * N, b_in, first ? 0 : 1, last ? 0 : 1};
+    const int rc = launch_forward(a, c->prio, "frnn_layer_forward_chunked", c->smem_optin);
+    if (rc != 0) return rc;
+    if (k + 2 < K && chunk_gemm(k + 2)) return 1;
+  }
+  e = cudaEventRecord(c->fev[K + 1], c->prio);
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(main, c->fev[K + 1], 0);
+  return e == cudaSuccess ? 0 : fail("frnn_layer_forward_chunked: join", e);
 }
 
 // The backward of a layer gx = x W^T + b_in [T, B, N] (x [T, B, I], W [N, I]) whose recurrence
@@ -205,7 +270,7 @@ int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const v
               Cfg::RC ? nullptr : rhb + t0 * (long long)B * N, static_cast<TIn*>(dgx) + t0 * (long long)B * N,
               nullptr, last ? ds0 : static_cast<void*>(dsbuf + (j & 1) * S * BN), Cfg::DR ? dw + j * dw_chunk : nullptr,
               first ? 0 : 1, last ? 0 : 1, static_cast<const TIn*>(h) + t0 * BN, h0, b, b_in};
-    const int rc = launch_backward(a, main, "fused_block layer backward");
+    const int rc = launch_backward(a, main, "fused_block layer backward", layer::g_reserve_bwd ? c->smem_optin : 0);
     if (rc != 0) return rc;
     if (side_work && (e = cudaEventRecord(c->ev[j], main)) != cudaSuccess) return fail("frnn_layer_backward: event", e);
   }

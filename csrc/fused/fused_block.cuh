@@ -226,6 +226,7 @@ struct FwdArgs {
   // a projected layer's input bias [NH, G, DH] (nullptr: none), added to gx in fp32 (its projection
   // then leaves it out: recurrent_layer's one-call path)
   const void* b_in;
+  int s0_f32, sT_f32;  // s0 / sT in float, not TIn (a layer's forward time chunks pass the states on in float)
 };
 
 struct BwdArgs {

@@ -81,9 +81,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #pragma unroll
     for (int s = 0; s < S; ++s) st[e][s] = 0.0f;  // a column past the batch computes on zeros
     if (sidx[e] >= 0) {
-      const TIn* s0 = static_cast<const TIn*>(p.s0);
 #pragma unroll
-      for (int s = 0; s < S; ++s) st[e][s] = In<TIn>::load(s0[s * BND + sidx[e]]);
+      for (int s = 0; s < S; ++s) st[e][s] = load_state<TIn>(p.s0, p.s0_f32, s * BND + sidx[e]);
       Op pc[HP];
       split<Op, HP>(st[e][0], pc);
 #pragma unroll
@@ -182,12 +181,11 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   }
   if (SAVE && T > 0) store_outputs();  // the last step's
   cp_async_wait<0>();
-  TIn* sT = static_cast<TIn*>(p.sT);
 #pragma unroll
   for (int e = 0; e < E; ++e)
     if (sidx[e] >= 0)
 #pragma unroll
-      for (int s = 0; s < S; ++s) sT[s * BND + sidx[e]] = In<TIn>::store(st[e][s]);
+      for (int s = 0; s < S; ++s) store_state<TIn>(p.sT, p.sT_f32, s * BND + sidx[e], st[e][s]);
 }
 
 template <typename TIn, typename Cell, int DH, int WARPS, int BT, int RREG>

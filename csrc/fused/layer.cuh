@@ -47,24 +47,34 @@ struct Blas {
 };
 Blas g_blas;
 
-// one device's side stream, events (one per chunk, plus the join) and cuBLAS handle(s)
+// one device's streams, events and cuBLAS handles
 struct DeviceCtx {
   bool ready = false;
-  cudaStream_t side = nullptr;
-  cudaEvent_t ev[MAX_CHUNKS + 1] = {};
-  void* handle = nullptr;
-  // g_stream_handles: `handle` stays bound to the side stream, handle_main to the caller's last stream
-  void* handle_main = nullptr;
-  cudaStream_t main_bound = nullptr;
-  bool side_bound = false, main_set = false;
+  cudaStream_t side = nullptr;                // the backward's input GEMMs, the forward's chunk GEMMs
+  cudaEvent_t ev[MAX_CHUNKS + 1] = {};        // the backward's: one per chunk, the join
+  void* handle = nullptr;                     // bound to the stream of each use
+  // the chunked forward's (frnn_layer_forward_chunked): a stream of the greatest priority for its
+  // kernels and first GEMM, that GEMM's handle (bound to it once), the events: start, one per
+  // chunk's GEMM, the join
+  cudaStream_t prio = nullptr;
+  void* handle_prio = nullptr;
+  cudaEvent_t fev[MAX_CHUNKS + 2] = {};
+  size_t smem_optin = 0;  // the most shared memory a block may take (cudaDevAttrMaxSharedMemoryPerBlockOptin)
 };
 DeviceCtx g_dev[MAX_DEVICES];
-// 0: one handle per device, bound to the stream of each use (cublasSetStream every call, which also
-// resets the handle's workspace); 1: a handle per stream, bound once (frnn_layer_options; A/B knob
-// FLASHRNN_LAYER_HANDLES, session 8: not yet timed)
-int g_stream_handles = 0;
+// frnn_layer_options: the backward kernel takes smem_optin bytes of shared memory, so that no block of
+// the side stream's GEMMs shares an SM with it (A/B knob)
+bool g_reserve_bwd = false;
 
 constexpr cudaDataType kDtype = FRNN_DTYPE == 1 ? CUDA_R_16BF : CUDA_R_16F;  // TIn's
+
+// a cuBLAS handle in math mode "no reduced-precision reductions"; nullptr with g_error set
+void* new_handle() {
+  void* h = nullptr;
+  if (g_blas.create(&h) != 0) return fail_msg("layer: cublasCreate failed"), nullptr;
+  if (g_blas.set_math(h, MATH_NO_REDUCED_REDUCTION) != 0) return fail_msg("layer: cublasSetMathMode failed"), nullptr;
+  return h;
+}
 
 // the current device's context, created on first use; nullptr with g_error set
 DeviceCtx* device_ctx() {
@@ -76,38 +86,27 @@ DeviceCtx* device_ctx() {
   if (c.ready) return &c;
   if (g_blas.gemm == nullptr || g_blas.gemm_batched == nullptr)
     return fail_msg("layer: frnn_layer_set_blas was not called"), nullptr;
+  int least = 0, greatest = 0, optin = 0;
   e = cudaStreamCreateWithFlags(&c.side, cudaStreamNonBlocking);
-  if (e != cudaSuccess) return fail("layer: side stream", e), nullptr;
-  for (auto& ev : c.ev) {
-    e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
-    if (e != cudaSuccess) return fail("layer: event", e), nullptr;
-  }
-  if (g_blas.create(&c.handle) != 0) return fail_msg("layer: cublasCreate failed"), nullptr;
-  if (g_blas.set_math(c.handle, MATH_NO_REDUCED_REDUCTION) != 0) return fail_msg("layer: cublasSetMathMode failed"), nullptr;
+  if (e == cudaSuccess) e = cudaDeviceGetStreamPriorityRange(&least, &greatest);
+  if (e == cudaSuccess) e = cudaStreamCreateWithPriority(&c.prio, cudaStreamNonBlocking, greatest);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (e != cudaSuccess) return fail("layer: streams", e), nullptr;
+  c.smem_optin = (size_t)optin;
+  for (auto& ev : c.ev)
+    if ((e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming)) != cudaSuccess) return fail("layer: event", e), nullptr;
+  for (auto& ev : c.fev)
+    if ((e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming)) != cudaSuccess) return fail("layer: event", e), nullptr;
+  if ((c.handle = new_handle()) == nullptr || (c.handle_prio = new_handle()) == nullptr) return nullptr;
+  if (g_blas.set_stream(c.handle_prio, c.prio) != 0) return fail_msg("layer: cublasSetStream failed"), nullptr;
   c.ready = true;
   return &c;
 }
 
-// the handle for GEMMs on stream s (the caller's or the side stream), bound to it; nullptr with
-// g_error set
+// the shared handle bound to stream s; nullptr with g_error set
 void* handle_for(DeviceCtx* c, cudaStream_t s) {
-  if (!g_stream_handles || s == c->side) {
-    if ((!g_stream_handles || !c->side_bound) && g_blas.set_stream(c->handle, s) != 0)
-      return fail_msg("layer: cublasSetStream failed"), nullptr;
-    c->side_bound = g_stream_handles && s == c->side;
-    return c->handle;
-  }
-  if (c->handle_main == nullptr) {
-    if (g_blas.create(&c->handle_main) != 0) return fail_msg("layer: cublasCreate failed"), nullptr;
-    if (g_blas.set_math(c->handle_main, MATH_NO_REDUCED_REDUCTION) != 0)
-      return fail_msg("layer: cublasSetMathMode failed"), nullptr;
-  }
-  if (!c->main_set || c->main_bound != s) {
-    if (g_blas.set_stream(c->handle_main, s) != 0) return fail_msg("layer: cublasSetStream failed"), nullptr;
-    c->main_bound = s;
-    c->main_set = true;
-  }
-  return c->handle_main;
+  if (g_blas.set_stream(c->handle, s) != 0) return fail_msg("layer: cublasSetStream failed"), nullptr;
+  return c->handle;
 }
 
 // C (column-major m x n, ldc) = alpha op(A) op(B) + beta C with A, B in TIn, C in c_type; float accumulation

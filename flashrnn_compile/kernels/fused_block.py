@@ -58,6 +58,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.frnn_layer_options.restype = i
     lib.frnn_layer_forward.argtypes = [i] * 5 + [p] * 12
     lib.frnn_layer_forward.restype = i
+    lib.frnn_layer_forward_chunked.argtypes = [i] * 6 + [p] * 13
+    lib.frnn_layer_forward_chunked.restype = i
     lib.frnn_layer_backward.argtypes = [i] * 6 + [p] * 22
     lib.frnn_layer_backward.restype = i
     lib.frnn_recompute.restype = i
@@ -197,19 +199,22 @@ def _launch_forward(kern: Kernel, gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, 
 
 
 def layer_forward(kern: Kernel, x: Tensor, W: Tensor, b_in: Optional[Tensor], R: Tensor, b: Tensor, s0: Tensor,
-                  reverse: bool, save: bool = True, torch_gemm: bool = False) -> Tuple[Tensor, ...]:
-    """recurrent_layer's forward in one library call (frnn_layer_forward): gx = x W^T (cuBLAS), then the
-    forward kernel over gx + b_in (b_in added in fp32 inside: gx leaves it out), saving for
-    frnn_layer_backward. -> (h [T,B,NH,DH], sT [S,B,NH,DH], gx [T,B,NH,G,DH], states_in, rhb): the
-    full save (states_in [T,S,B,NH,DH], rhb [T,B,NH,G,DH] float32), or for a FRNN_BWD_RECOMPUTE
-    library (kern.recompute = SS) states_in [T,SS,B,NH,DH] and rhb None; without `save` both None.
-    torch_gemm: x W^T by torch.mm (torch's cuBLAS handle) before the library call, which then only
-    launches the kernel. x aligned and contiguous, the others contiguous (the caller's)."""
+                  reverse: bool, save: bool = True, chunks: int = 1) -> Tuple[Tensor, ...]:
+    """recurrent_layer's forward in one library call: gx = x W^T (cuBLAS), then the forward kernel
+    over gx + b_in (b_in added in fp32 inside: gx leaves it out), saving for frnn_layer_backward.
+    -> (h [T,B,NH,DH], sT [S,B,NH,DH], gx [T,B,NH,G,DH], states_in, rhb): the full save (states_in
+    [T,S,B,NH,DH], rhb [T,B,NH,G,DH] float32), or for a FRNN_BWD_RECOMPUTE library (kern.recompute =
+    SS) states_in [T,SS,B,NH,DH] and rhb None; without `save` both None. chunks > 1: in that many
+    time chunks, each chunk's GEMM beside the previous chunk's recurrence (frnn_layer_forward_chunked;
+    the same results to the bit; needs T >= 2 chunks - 1). x aligned and contiguous, the others
+    contiguous (the caller's)."""
     T, B, I = x.shape  # x [T, B, I]
     NH, G, DH, S = R.shape[0], R.shape[1], R.shape[2], s0.shape[0]
     _check_sizes(B, NH, G, S, DH)
     if T * B > _variants.INT_MAX or max(I, NH * G * DH) > _variants.INT_MAX:
         raise ValueError(f"recurrent_layer: T*B={T * B}, I={I}: the projection's GEMM takes 32-bit sizes")
+    if not 1 <= chunks <= 16 or (chunks > 1 and T < 2 * chunks - 1):
+        raise ValueError(f"chunks: expected 1 .. 16 with T >= 2 chunks - 1 (T={T}), got {chunks}")
     f32 = dict(dtype=torch.float32, device=x.device)
     gx = x.new_empty(T, B, NH, G, DH)  # [T, B, NH, G, DH]: x W^T
     h = x.new_empty(T, B, NH, DH)  # [T, B, NH, DH]
@@ -222,12 +227,16 @@ def layer_forward(kern: Kernel, x: Tensor, W: Tensor, b_in: Optional[Tensor], R:
         states_in, rhb = torch.empty(T, S, B, NH, DH, **f32), torch.empty(T, B, NH, G, DH, **f32)
     if POISON:
         _variants.poison(True, [t for t in (gx, h, sT, states_in, rhb) if t is not None])
-    if torch_gemm:  # gx = x W^T on torch's cuBLAS handle (already bound to the stream), the library's kernel after
-        torch.mm(x.view(T * B, I), W.t(), out=gx.view(T * B, NH * G * DH))
     with _on(x.device):
-        rc = kern.lib.frnn_layer_forward(T, B, NH, I, int(reverse), None if torch_gemm else _ptr(x), _ptr(W), _ptr(b_in),
-                                         _ptr(R), _ptr(b), _ptr(s0), _ptr(gx), _ptr(h), _ptr(sT), _ptr(states_in),
-                                         _ptr(rhb), _stream(x.device))
+        if chunks > 1:
+            sbuf = torch.empty(2, S * B * NH * DH, **f32)  # [2][S*B*NH*DH]: the states between chunks
+            rc = kern.lib.frnn_layer_forward_chunked(T, B, NH, I, int(reverse), chunks, _ptr(x), _ptr(W), _ptr(b_in),
+                                                     _ptr(R), _ptr(b), _ptr(s0), _ptr(gx), _ptr(h), _ptr(sT),
+                                                     _ptr(states_in), _ptr(rhb), _ptr(sbuf), _stream(x.device))
+        else:
+            rc = kern.lib.frnn_layer_forward(T, B, NH, I, int(reverse), _ptr(x), _ptr(W), _ptr(b_in), _ptr(R), _ptr(b),
+                                             _ptr(s0), _ptr(gx), _ptr(h), _ptr(sT), _ptr(states_in), _ptr(rhb),
+                                             _stream(x.device))
     if rc != 0:
         raise RuntimeError(f"flashrnn recurrent_layer forward: {kern.lib.frnn_error().decode()}")
     return h, sT, gx, states_in, rhb

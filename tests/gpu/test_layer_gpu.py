@@ -20,13 +20,14 @@ The GEMMs still run dense: dx = dgx W and dW = dgx^T x do not know W is sparse.
 from __future__ import annotations
 
 import itertools
+import types
 import zlib
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from flashrnn_compile import layer, reference
+from flashrnn_compile import layer, reference, runtime
 from flashrnn_compile.cells import CELLS, get_cell
 from flashrnn_compile.kernels import fused_block
 from flashrnn_compile.testing import within
@@ -161,16 +162,16 @@ KNOB_CASES = [("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 17
 
 
 def _set_knob(knob: str, on: bool) -> None:
-    if knob == "handles":  # a cuBLAS handle per stream, bound once
-        layer.set_stream_handles(on)
-    else:  # "torch_gemm": x W^T by torch.mm, the library call then launching only the kernel
-        layer.TORCH_GEMM = on
+    if knob == "reserve_bwd":  # the backward kernel takes all of its SMs' shared memory
+        layer.set_reserve_bwd(on)
+    else:  # "fwd_chunks": the forward in 3 time chunks, each chunk's GEMM beside the recurrence
+        layer.FWD_CHUNKS = 3 if on else 1
 
 
 @pytest.mark.parametrize("cell,NH,DH,B,I,T,chunks,reverse", KNOB_CASES, ids=_ids(KNOB_CASES))
-@pytest.mark.parametrize("knob", ["handles", "torch_gemm"])
+@pytest.mark.parametrize("knob", ["reserve_bwd", "fwd_chunks"])
 def test_layer_ab_knobs_match_float64(knob, cell, NH, DH, B, I, T, chunks, reverse, monkeypatch):
-    """The layer's A/B knobs (layer.STREAM_HANDLES, layer.TORCH_GEMM) give results as good as the
+    """The layer's A/B knobs (layer.RESERVE_BWD, layer.FWD_CHUNKS) give results as good as the
     default's, with every output poisoned first."""
     monkeypatch.setattr(fused_block, "POISON", True)
     _set_knob(knob, True)
@@ -178,6 +179,38 @@ def test_layer_ab_knobs_match_float64(knob, cell, NH, DH, B, I, T, chunks, rever
         _check_layer(cell, NH, DH, B, I, T, chunks, reverse, _tiles_path(cell, T, B, NH, DH), with_b_in=True)
     finally:
         _set_knob(knob, False)
+
+
+# (cell, NH, DH, B, I, T, forward chunks, reverse): T = 2K - 1 (chunk 0 one step), odd sizes
+FWD_CHUNK_CASES = [("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 40, 7, 4, True),
+                   ("gru", 3, 32, 5, 24, 33, 5, False), ("slstm", 2, 16, 3, 8, 9, 2, True),
+                   ("elman_tanh", 2, 16, 1, 8, 17, 16, False)]
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,I,T,K,reverse", FWD_CHUNK_CASES, ids=_ids(FWD_CHUNK_CASES))
+@pytest.mark.parametrize("save", [True, False])
+def test_forward_chunks_equal_one_chunk_bit_for_bit(cell, NH, DH, B, I, T, K, reverse, save, monkeypatch):
+    """fused_block.layer_forward in K time chunks (the GEMM of a chunk beside the previous chunk's
+    recurrence, the states passed on in float) gives h, sT, gx and the save of one chunk to the bit,
+    with every output poisoned first; the library saves the lean or the full states alike."""
+    monkeypatch.setattr(fused_block, "POISON", True)
+    inputs, _, _ = _layer_inputs(cell, T, B, NH, DH, I, 23, with_b_in=True)
+    for dtype in DTYPES:
+        x, W, b_in, R, b, s0 = (t.to(dtype).detach() for t in inputs)
+        plan = family_plan("fused_block", cell, B, NH, DH, dtype)
+        kern = layer._fused_kernel(x, W, b_in, R, b, s0, cell, plan)
+        if kern is None:  # a tiling off the one-call path (GRU's DR_GEMM): its own library, the full save
+            like_gx = types.SimpleNamespace(shape=(T, B, NH, get_cell(cell).num_gates, DH), dtype=dtype, device=x.device)
+            kern = fused_block._resolve(cell, like_gx, runtime.parse_plan(plan).params)[0]
+            assert kern is not None and layer._blas_ready(kern.lib) is None, (cell, dtype)
+        outs = [fused_block.layer_forward(kern, *layer._laid_out(x, W, b_in, R, b, s0), reverse, save=save,
+                                          chunks=k) for k in (1, K)]
+        for name, a, c in zip(("h", "sT", "gx", "states_in", "rhb"), *outs):
+            assert (a is None) == (c is None), name
+            if a is not None:
+                assert torch.isfinite(a).all() and torch.equal(a, c), (dtype, name, (a.double() - c.double()).abs().max())
+    with pytest.raises(ValueError, match="chunks"):
+        fused_block.layer_forward(kern, *layer._laid_out(x, W, b_in, R, b, s0), reverse, chunks=(T + 3) // 2)
 
 
 RECOMPUTE_SAME = [("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 17, 3, True),
