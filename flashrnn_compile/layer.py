@@ -66,15 +66,15 @@ DR_OUT = os.environ.get("FLASHRNN_LAYER_DROUT", "1") == "1"
 # session 8 (H200, K=4 fwd+bwd: LSTM 12x64 bf16 1.807 -> 1.628 ms, fp16 1.973 -> 1.731; elman_tanh
 # bf16 1.286 -> 1.218; forward kernel with its save 541 -> 375 us)
 RECOMPUTE = os.environ.get("FLASHRNN_LAYER_RECOMPUTE", "1") == "1"
-# A/B knob (session 10): the backward kernel takes all the shared memory a block may, so that the
-# side stream's GEMM blocks cannot share its SMs (a GEMM block beside the forward kernel doubled its
-# step time: benchmarks/probe_concurrency.py, H200); set_reserve_bwd
-RESERVE_BWD = os.environ.get("FLASHRNN_LAYER_RESERVE_BWD", "0") == "1"
-# A/B knob (session 10): the forward in this many time chunks, each chunk's projection GEMM beside the
-# previous chunk's recurrence (fused_block.layer_forward's `chunks`; 1: one GEMM, then the kernel)
-FWD_CHUNKS = int(os.environ.get("FLASHRNN_LAYER_FWD_CHUNKS", "1"))
+# the one-call forward's time chunks (fwd_chunks): each chunk's projection GEMM runs beside the previous
+# chunk's recurrence. FLASHRNN_LAYER_FWD_CHUNKS=K forces K (1: one GEMM, then the kernel); unset:
+# min(3, T // 256). Session 10 (H200, LSTM 12x64 B16 T1024, interleaved A/B, forward ms): bf16
+# 0.625 -> 0.600 / 0.594 / 0.595 / 0.597 with 2 / 3 / 4 / 6 chunks, fp16 0.742 -> 0.743 / 0.727 /
+# 0.740 / 0.711; fwd+bwd unchanged (1.436 -> 1.430 bf16 at 3)
+_FWD_ENV = os.environ.get("FLASHRNN_LAYER_FWD_CHUNKS")
+FWD_CHUNKS: Optional[int] = int(_FWD_ENV) if _FWD_ENV else None
 _WARNED: set = set()
-_BLAS_LIBS: list = []  # the libraries that have the cuBLAS entry points (set_reserve_bwd reaches each)
+_BLAS_LIBS: list = []  # the libraries that have the cuBLAS entry points
 STATS: collections.Counter = collections.Counter()  # calls by path: "one_call" / "one_call_inference" (nothing needs a gradient) / "linear_then_recurrence"; "recompute": one-call calls with the lean save
 
 
@@ -242,22 +242,15 @@ def _blas_ready(lib) -> Optional[str]:
     if why is not None:
         return why
     lib.frnn_layer_set_blas(*(ctypes.c_void_p(p) for p in ptrs))
-    lib.frnn_layer_options(int(RESERVE_BWD))
     _BLAS_LIBS.append(lib)
     return None
 
 
-def set_reserve_bwd(on: bool) -> None:
-    """RESERVE_BWD for every loaded library (A/B scripts switch it)."""
-    global RESERVE_BWD
-    RESERVE_BWD = bool(on)
-    for lib in _BLAS_LIBS:
-        lib.frnn_layer_options(int(RESERVE_BWD))
-
-
 def fwd_chunks(T: int) -> int:
-    """The one-call forward's time chunks for T steps: FWD_CHUNKS, at most (T + 1) // 2 (no empty chunk)."""
-    return max(1, min(FWD_CHUNKS, (T + 1) // 2, MAX_CHUNKS))
+    """The one-call forward's time chunks for T steps: FWD_CHUNKS, else min(3, T // 256); within
+    1 .. min((T + 1) // 2, 16) (T >= 2K - 1: no empty chunk)."""
+    k = FWD_CHUNKS if FWD_CHUNKS is not None else min(3, T // 256)
+    return max(1, min(k, (T + 1) // 2, MAX_CHUNKS))
 
 
 def _laid_out(x, W, b_in, R, b, s0):

@@ -63,6 +63,15 @@ def test_chunks_out_of_range():
         recurrent_layer(*[t.detach() for t in _inputs("lstm")], cell="lstm", chunks=17)
 
 
+def test_forward_chunks(monkeypatch):
+    monkeypatch.setattr(layer, "FWD_CHUNKS", None)
+    assert [layer.fwd_chunks(T) for T in (1, 511, 512, 767, 768, 5000)] == [1, 1, 2, 2, 3, 3]
+    monkeypatch.setattr(layer, "FWD_CHUNKS", 40)  # within 1 .. 16 and T >= 2K - 1
+    assert layer.fwd_chunks(3) == 2 and layer.fwd_chunks(31) == 16 and layer.fwd_chunks(1024) == 16
+    monkeypatch.setattr(layer, "FWD_CHUNKS", 0)
+    assert layer.fwd_chunks(1024) == 1
+
+
 def test_default_chunks(monkeypatch):
     monkeypatch.delenv("FLASHRNN_LAYER_CHUNKS", raising=False)
     assert [layer.default_chunks(T) for T in (1, 255, 256, 700, 1024, 5000)] == [1, 1, 1, 2, 4, 4]

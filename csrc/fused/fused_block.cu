@@ -55,26 +55,23 @@ int launch(K kernel, size_t smem, int B, int NH, cudaStream_t stream, void* args
   return 0;
 }
 
-size_t at_least(size_t need, size_t reserve) { return reserve > need ? reserve : need; }
-
 // the forward kernel, saving when a.states_in is set (an RC library: never an rhb), and the backward
-// kernel; reserve: take this much shared memory if it is more than the kernel needs (so that no
-// other kernel's block shares the SM)
+// kernel; reserve: the forward takes this much shared memory where it is more than the kernel needs
+// (so that no other kernel's block shares the SM: frnn_layer_forward_chunked)
 int launch_forward(FwdArgs& a, cudaStream_t stream, const char* what, size_t reserve = 0) {
   if (Cfg::RC && a.rhb != nullptr) {
     snprintf(g_error, sizeof(g_error), "%s: a FRNN_BWD_RECOMPUTE library saves no rhb (recurrent_layer's save)", what);
     return 1;
   }
   static size_t set_save = 0, set_plain = 0;
-  const size_t smem = at_least(Cfg::fwd_smem(), reserve);
+  const size_t smem = reserve > Cfg::fwd_smem() ? reserve : Cfg::fwd_smem();
   if (a.states_in != nullptr)
     return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, true>, smem, a.B, a.NH, stream, &a, what, set_save);
   return launch(forward_kernel<TIn, Cell, DH, WARPS, BT, RREG, false>, smem, a.B, a.NH, stream, &a, what, set_plain);
 }
-int launch_backward(BwdArgs& a, cudaStream_t stream, const char* what, size_t reserve = 0) {
+int launch_backward(BwdArgs& a, cudaStream_t stream, const char* what) {
   static size_t set = 0;
-  return launch(backward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, at_least(Cfg::bwd_smem(), reserve), a.B, a.NH,
-                stream, &a, what, set);
+  return launch(backward_kernel<TIn, Cell, DH, WARPS, BT, RREG>, Cfg::bwd_smem(), a.B, a.NH, stream, &a, what, set);
 }
 }  // namespace
 
@@ -114,13 +111,6 @@ int frnn_backward(int T, int B, int NH, int reverse, const void* dh, const void*
   if (Cfg::RC) return fail_msg("frnn_backward: a FRNN_BWD_RECOMPUTE library's backward is frnn_layer_backward's");
   BwdArgs a{T, B, NH, reverse, dh, dsT, gx, R, states_in, rhb, dgx, drhb, ds0, dw};
   return launch_backward(a, static_cast<cudaStream_t>(stream), "fused_block backward");
-}
-
-// the layer's A/B knob: 1 = the layer backward's kernel takes all the shared memory a block may
-// (layer.cuh g_reserve_bwd), 0 = what it needs. 0 = set
-int frnn_layer_options(int reserve_bwd) {
-  layer::g_reserve_bwd = reserve_bwd != 0;
-  return 0;
 }
 
 // ---- a projected layer's backward (layer.cuh): the recurrence's in K time chunks, dx and dW beside it
@@ -270,7 +260,7 @@ int frnn_layer_backward(int T, int B, int NH, int I, int reverse, int K, const v
               Cfg::RC ? nullptr : rhb + t0 * (long long)B * N, static_cast<TIn*>(dgx) + t0 * (long long)B * N,
               nullptr, last ? ds0 : static_cast<void*>(dsbuf + (j & 1) * S * BN), Cfg::DR ? dw + j * dw_chunk : nullptr,
               first ? 0 : 1, last ? 0 : 1, static_cast<const TIn*>(h) + t0 * BN, h0, b, b_in};
-    const int rc = launch_backward(a, main, "fused_block layer backward", layer::g_reserve_bwd ? c->smem_optin : 0);
+    const int rc = launch_backward(a, main, "fused_block layer backward");
     if (rc != 0) return rc;
     if (side_work && (e = cudaEventRecord(c->ev[j], main)) != cudaSuccess) return fail("frnn_layer_backward: event", e);
   }

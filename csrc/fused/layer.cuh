@@ -62,9 +62,6 @@ struct DeviceCtx {
   size_t smem_optin = 0;  // the most shared memory a block may take (cudaDevAttrMaxSharedMemoryPerBlockOptin)
 };
 DeviceCtx g_dev[MAX_DEVICES];
-// frnn_layer_options: the backward kernel takes smem_optin bytes of shared memory, so that no block of
-// the side stream's GEMMs shares an SM with it (A/B knob)
-bool g_reserve_bwd = false;
 
 constexpr cudaDataType kDtype = FRNN_DTYPE == 1 ? CUDA_R_16BF : CUDA_R_16F;  // TIn's
 

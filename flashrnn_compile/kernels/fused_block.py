@@ -54,8 +54,6 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.frnn_dr_in_kernel.restype = i
     lib.frnn_layer_set_blas.argtypes = [p] * 5  # the projected layer's backward (flashrnn_compile/layer.py)
     lib.frnn_layer_set_blas.restype = i
-    lib.frnn_layer_options.argtypes = [i]
-    lib.frnn_layer_options.restype = i
     lib.frnn_layer_forward.argtypes = [i] * 5 + [p] * 12
     lib.frnn_layer_forward.restype = i
     lib.frnn_layer_forward_chunked.argtypes = [i] * 6 + [p] * 13
