@@ -1,0 +1,49 @@
+"""A driver for ncu on the fused_cluster forward: --calls forward calls (no gradient) of
+recurrence() over random gx with the planner's fused_cluster plan (LSTM 1x768 bf16 B16 T1024 by
+default), so that ncu can pick one launch of the cluster kernel.
+
+    ncu --section WarpStateStats --section SourceCounters -k regex:forward --launch-skip 1 -c 1 \\
+        -o OUT python3 benchmarks/ncu_cluster.py
+    ncu -i OUT.ncu-rep --page source --csv --print-source sass > OUT.csv; python3 benchmarks/ncu_stalls.py OUT.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.profile_fused import inputs  # noqa: E402
+from flashrnn_compile import planner, runtime  # noqa: E402
+from flashrnn_compile.ops import recurrence  # noqa: E402
+
+DT = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--calls", type=int, default=2)
+    p.add_argument("--cell", default="lstm")
+    p.add_argument("--heads", default="1x768", help="NHxDH")
+    p.add_argument("--dtype", default="bf16", choices=sorted(DT))
+    p.add_argument("--B", type=int, default=16)
+    p.add_argument("--T", type=int, default=1024)
+    a = p.parse_args()
+    NH, DH = (int(v) for v in a.heads.split("x"))
+    chosen = planner.plan(a.cell, a.B, NH, DH, DT[a.dtype], families=("fused_cluster",))
+    assert chosen.family == "fused_cluster", chosen.reason
+    plan = runtime.plan_json(chosen.family, chosen.params)
+    gx, R, b, s0, _ = inputs(a.cell, a.T, a.B, NH, DH, DT[a.dtype])
+    with torch.no_grad():
+        for _ in range(a.calls):
+            recurrence(gx, R, b, s0, cell=a.cell, plan=plan)
+    torch.cuda.synchronize()
+    print(f"{a.calls} calls, {a.cell} {a.heads} {a.dtype} B{a.B} T{a.T}, {chosen.params}")
+
+
+if __name__ == "__main__":
+    main()
