@@ -12,7 +12,9 @@ fast path), the layer's forward is one library call (frnn_layer_forward; without
 compute, saving nothing), and with some input needing a gradient the layer is one autograd node.
 The forward: gx = x W^T on cuBLAS, then fused_block's forward kernel,
 which adds b_in to gx in float32 (one rounding fewer than F.linear's x W^T + b_in; F.linear's host
-time was most of the GPU's idle time before the first kernel); its backward is one library call
+time was most of the GPU's idle time before the first kernel); from T = 512 in time chunks
+(fwd_chunks(): frnn_layer_forward_chunked, each chunk's GEMM beside the previous chunk's recurrence,
+the states passed on in float32, so the same values to the bit). Its backward is one library call
 (csrc/fused/layer.cuh): the recurrence's backward in `chunks` time chunks, with dx = dgx W and
 dW = dgx^T x of each chunk on a side stream beside the next chunk's recurrence. The chunks pass
 their state gradients on in float32, so dgx and ds0 are those of the one-launch backward; dW is
@@ -34,7 +36,7 @@ h is one piece (not elman_relu, slstm) take the lean save too (`RECOMPUTE`, FLAS
 turns it off; FRNN_BWD_RECOMPUTE): the forward writes only the states the cell's backward reads
 (an LSTM's c), no rhb, and the backward recomputes R h_{t-1} + b from h on the forward's fragments:
 the same rhb to the bit, so the same gradients as the full save.
-Measurements (H200): benchmarks/results/H200/session7.md, session8.md, session9.md.
+Measurements (H200): benchmarks/results/H200/session7.md .. session10.md.
 """
 
 from __future__ import annotations
