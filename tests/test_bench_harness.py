@@ -211,3 +211,18 @@ def test_replot_from_layer_json(tmp_path):
         return
     assert run.main(["--replot", str(tmp_path)]) == 0
     assert (tmp_path / "layer_time_vs_head_dim.png").stat().st_size > 1000
+
+
+def test_fused_limits_finds_the_edge(monkeypatch, tmp_path):
+    # the largest H a family takes is taken, the next multiple of 16 is not, and the family that
+    # never takes a shape on a GPU without clusters says why
+    monkeypatch.setenv("FLASHRNN_CACHE_DIR", str(tmp_path))
+    from benchmarks import fused_limits as fl
+
+    H, why = fl.largest("lstm", 16, torch.bfloat16, "h200", "fused_block", 1024)
+    assert H is not None and H % 16 == 0
+    assert fl.takes("lstm", 16, H, torch.bfloat16, "h200", "fused_block").family == "fused_block"
+    assert fl.takes("lstm", 16, H + 16, torch.bfloat16, "h200", "fused_block").family != "fused_block"
+    assert why.startswith("fused_block: impossible")
+    none, why = fl.largest("lstm", 16, torch.bfloat16, "a100-80gb", "fused_cluster", 512)
+    assert none is None and why.startswith("fused_cluster: impossible")
