@@ -49,8 +49,8 @@ def main() -> None:
     P = _variants.ptr
 
     def kernel(stream):
-        rc = kern.lib.frnn_layer_forward(T, B, NH, I, 0, None, P(W), P(b_in), P(R), P(b), P(s0), P(gx), P(h),
-                                         P(sT), None, None, ctypes.c_void_p(stream.cuda_stream))
+        rc = kern.lib.frnn_layer_forward(T, B, NH, I, 0, 1, None, P(W), P(b_in), P(R), P(b), P(s0), P(gx), P(h),
+                                         P(sT), None, None, None, ctypes.c_void_p(stream.cuda_stream))
         assert rc == 0, kern.lib.frnn_error().decode()
 
     def gemm(stream):

@@ -13,7 +13,7 @@ compute, saving nothing), and with some input needing a gradient the layer is on
 The forward: gx = x W^T on cuBLAS, then fused_block's forward kernel,
 which adds b_in to gx in float32 (one rounding fewer than F.linear's x W^T + b_in; F.linear's host
 time was most of the GPU's idle time before the first kernel); from T = 512 in time chunks
-(fwd_chunks(): frnn_layer_forward_chunked, each chunk's GEMM beside the previous chunk's recurrence,
+(fwd_chunks(): frnn_layer_forward's K, each chunk's GEMM beside the previous chunk's recurrence,
 the states passed on in float32, so the same values to the bit). Its backward is one library call
 (csrc/fused/layer.cuh): the recurrence's backward in `chunks` time chunks, with dx = dgx W and
 dW = dgx^T x of each chunk on a side stream beside the next chunk's recurrence. The chunks pass

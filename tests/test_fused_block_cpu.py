@@ -258,16 +258,16 @@ def test_recompute_library_reports_its_save_and_refuses_the_op_paths(tmp_path, m
             buf = ctypes.c_void_p(16)  # never dereferenced: the call fails first
             assert lib.frnn_forward(1, 1, 1, 0, *[buf] * 8, None) != 0
             assert "saves no rhb" in lib.frnn_error().decode()
-            assert lib.frnn_layer_forward(1, 1, 1, 1, 0, *[buf] * 11, None) != 0
+            assert lib.frnn_layer_forward(1, 1, 1, 1, 0, 1, *[buf] * 12, None) != 0
             assert "frnn_layer_forward" in lib.frnn_error().decode() and "saves no rhb" in lib.frnn_error().decode()
             assert lib.frnn_backward(1, 1, 1, 0, *[buf] * 10, None) != 0
             assert "frnn_layer_backward" in lib.frnn_error().decode()
-            assert lib.frnn_layer_forward_chunked(3, 1, 1, 1, 0, 2, *[buf] * 12, None) != 0
-            assert "frnn_layer_forward_chunked" in lib.frnn_error().decode() and "saves no rhb" in lib.frnn_error().decode()
-        # the chunked forward refuses K out of 1 .. 16 or past T >= 2K - 1, and a missing x or sbuf,
+            assert lib.frnn_layer_forward(3, 1, 1, 1, 0, 2, *[buf] * 12, None) != 0
+            assert "frnn_layer_forward" in lib.frnn_error().decode() and "saves no rhb" in lib.frnn_error().decode()
+        # the forward refuses K out of 1 .. 16 or past T >= 2K - 1, and a missing x or sbuf,
         # before it touches the device
         buf = ctypes.c_void_p(16)
         for T, K, x, sbuf in ((3, 0, buf, buf), (3, 17, buf, buf), (4, 3, buf, buf), (3, 2, None, buf), (3, 2, buf, None)):
-            assert lib.frnn_layer_forward_chunked(T, 1, 1, 1, 0, K, x, *[buf] * 8, None, None, sbuf, None) != 0
-            assert lib.frnn_error().decode().startswith("frnn_layer_forward_chunked: ")
+            assert lib.frnn_layer_forward(T, 1, 1, 1, 0, K, x, *[buf] * 8, None, None, sbuf, None) != 0
+            assert lib.frnn_error().decode().startswith("frnn_layer_forward: ")
     assert got == {("lstm", 1): 1, ("lstm", 0): 0, ("elman_tanh", 1): 1}

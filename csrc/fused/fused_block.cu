@@ -57,7 +57,7 @@ int launch(K kernel, size_t smem, int B, int NH, cudaStream_t stream, void* args
 
 // the forward kernel, saving when a.states_in is set (an RC library: never an rhb), and the backward
 // kernel; reserve: the forward takes this much shared memory where it is more than the kernel needs
-// (so that no other kernel's block shares the SM: frnn_layer_forward_chunked)
+// (so that no other kernel's block shares the SM: frnn_layer_forward's time chunks)
 int launch_forward(FwdArgs& a, cudaStream_t stream, const char* what, size_t reserve = 0) {
   if (Cfg::RC && a.rhb != nullptr) {
     snprintf(g_error, sizeof(g_error), "%s: a FRNN_BWD_RECOMPUTE library saves no rhb (recurrent_layer's save)", what);
@@ -127,88 +127,79 @@ int frnn_layer_set_blas(void* create, void* set_stream, void* set_math, void* ge
 }
 
 // The forward of a projected layer in one call: gx = x W^T [T, B, N] (x [T, B, I], W [N, I], N = NH *
-// G * DH; cuBLAS on the caller's stream, float accumulation; x nullptr: gx holds x W^T already),
-// then the forward kernel over gx with b_in [N] (nullptr: none) added to it in fp32, saving as
-// frnn_forward does (RC libraries: states_in [T, SS, B, NH, DH] only). frnn_layer_backward takes
-// the same b_in. 0 = queued.
-int frnn_layer_forward(int T, int B, int NH, int I, int reverse, const void* x, const void* W, const void* b_in,
-                       const void* R, const void* b, const void* s0, void* gx, void* h, void* sT, float* states_in,
-                       float* rhb, void* stream) {
+// G * DH; cuBLAS, float accumulation), then the forward kernel over gx with b_in [N] (nullptr: none)
+// added to it in fp32, saving as frnn_forward does (RC libraries: states_in [T, SS, B, NH, DH] only).
+// frnn_layer_backward takes the same b_in.
+// K = 1: the GEMM, then the kernel, on the caller's stream (x nullptr: gx holds x W^T already).
+// K > 1: in K time chunks (layer::chunk_range: chunk 0, on the critical path, half as long as the
+// others), so that the projection's GEMM runs beside the recurrence: chunk 0's GEMM and every
+// chunk's forward kernel go on a stream of the greatest priority, the other chunks' GEMMs on the
+// side stream (after chunk 0's), each kernel after its chunk's GEMM, and the caller's stream waits
+// for all. The kernels then take all the shared memory a block may (DeviceCtx::smem_optin):
+// measured (H200, LSTM 12x64 bf16, benchmarks/probe_concurrency.py) a GEMM queued beside the forward
+// kernel put its blocks on the kernel's SMs and doubled the kernel's time (303 -> 616 us). The
+// states pass between chunks in float through sbuf [2][S * B * NH * DH], so h, sT, gx and the save
+// are those of K = 1 to the bit; x is required. 1 <= K <= 16 with T >= 2K - 1. 0 = queued.
+int frnn_layer_forward(int T, int B, int NH, int I, int reverse, int K, const void* x, const void* W,
+                       const void* b_in, const void* R, const void* b, const void* s0, void* gx, void* h, void* sT,
+                       float* states_in, float* rhb, float* sbuf, void* stream) {
+  constexpr int G = Cell::G, S = Cell::S;
   if (Cfg::RC && rhb != nullptr)  // (launch_forward checks it too; before the GEMM here)
     return fail_msg("frnn_layer_forward: a FRNN_BWD_RECOMPUTE library saves no rhb (recurrent_layer's save)");
-  layer::DeviceCtx* c = layer::device_ctx();
-  if (c == nullptr) return 1;
-  const cudaStream_t main = static_cast<cudaStream_t>(stream);
-  const int N = NH * Cell::G * DH;
-  if (x != nullptr) {  // gx [M, N] = x [M, I] W^T (column-major: gx^T = W^T^T x^T)
-    void* handle = layer::handle_for(c, main);
-    if (handle == nullptr) return 1;
-    if (layer::gemm(handle, layer::OP_T, layer::OP_N, N, T * B, I, W, I, x, I, 0.0f, gx, layer::kDtype, N)) return 1;
-  }
-  FwdArgs a{T, B, NH, reverse, gx, R, b, s0, h, sT, states_in, rhb, b_in};
-  return launch_forward(a, main, "frnn_layer_forward");
-}
-
-// frnn_layer_forward in K time chunks (layer::chunk_range: chunk 0, on the critical path, half as
-// long as the others), so that the projection's GEMM runs beside the recurrence: chunk 0's GEMM and
-// every chunk's forward kernel go on a stream of the greatest priority, the other chunks' GEMMs on
-// the side stream (after chunk 0's), each kernel after its chunk's GEMM. The kernels take all the
-// shared memory a block may (DeviceCtx::smem_optin): measured (H200, LSTM 12x64 bf16,
-// benchmarks/probe_concurrency.py) a GEMM queued beside the forward kernel put its blocks on the
-// kernel's SMs and doubled the kernel's time (303 -> 616 us). The states pass between chunks in
-// float through sbuf [2][S * B * NH * DH], so h, sT, gx and the save are frnn_layer_forward's to the
-// bit. x is required. 1 <= K <= 16 with T >= 2K - 1. 0 = queued (the caller's stream waits for all).
-int frnn_layer_forward_chunked(int T, int B, int NH, int I, int reverse, int K, const void* x, const void* W,
-                               const void* b_in, const void* R, const void* b, const void* s0, void* gx, void* h,
-                               void* sT, float* states_in, float* rhb, float* sbuf, void* stream) {
-  constexpr int G = Cell::G, S = Cell::S;
-  if (Cfg::RC && rhb != nullptr)
-    return fail_msg("frnn_layer_forward_chunked: a FRNN_BWD_RECOMPUTE library saves no rhb (recurrent_layer's save)");
   if (K < 1 || K > layer::MAX_CHUNKS || T < 2 * K - 1)
-    return fail_msg("frnn_layer_forward_chunked: expected 1 <= K <= 16 and T >= 2K - 1");
-  if (x == nullptr || (K > 1 && sbuf == nullptr)) return fail_msg("frnn_layer_forward_chunked: x and sbuf are required");
+    return fail_msg("frnn_layer_forward: expected 1 <= K <= 16 and T >= 2K - 1");
+  if (K > 1 && (x == nullptr || sbuf == nullptr)) return fail_msg("frnn_layer_forward: K > 1 needs x and sbuf");
   layer::DeviceCtx* c = layer::device_ctx();
   if (c == nullptr) return 1;
   const cudaStream_t main = static_cast<cudaStream_t>(stream);
   const long long N = (long long)NH * G * DH, BN = (long long)B * NH * DH;
+  if (K == 1) {
+    if (x != nullptr) {  // gx [M, N] = x [M, I] W^T (column-major: gx^T = W^T^T x^T)
+      void* handle = layer::handle_for(c, main);
+      if (handle == nullptr) return 1;
+      if (layer::gemm(handle, layer::OP_T, layer::OP_N, (int)N, T * B, I, W, I, x, I, 0.0f, gx, layer::kDtype, (int)N))
+        return 1;
+    }
+    FwdArgs a{T, B, NH, reverse, gx, R, b, s0, h, sT, states_in, rhb, b_in};
+    return launch_forward(a, main, "frnn_layer_forward");
+  }
   void* const side = layer::handle_for(c, c->side);
   if (side == nullptr) return 1;
+  int t0s[layer::MAX_CHUNKS], t1s[layer::MAX_CHUNKS];  // chunk k's time range, k in the recurrence's order
+  for (int k = 0; k < K; ++k) layer::chunk_range(T, K, k, reverse, t0s[k], t1s[k]);
   cudaError_t e = cudaEventRecord(c->fev[0], main);  // the inputs are ready on the caller's stream
   if (e == cudaSuccess) e = cudaStreamWaitEvent(c->prio, c->fev[0], 0);
-  if (e != cudaSuccess) return fail("frnn_layer_forward_chunked: start", e);
+  if (e != cudaSuccess) return fail("frnn_layer_forward: start", e);
   // chunk k's GEMM: gx[k] [M, N] = x[k] [M, I] W^T; chunk 0's on prio, then the side stream waits for it
   auto chunk_gemm = [&](int k) -> int {
-    int t0, t1;
-    layer::chunk_range(T, K, k, reverse, t0, t1);
     const cudaStream_t s = k == 0 ? c->prio : c->side;
-    if (layer::gemm(k == 0 ? c->handle_prio : side, layer::OP_T, layer::OP_N, (int)N, (t1 - t0) * B, I, W, I,
-                    static_cast<const TIn*>(x) + t0 * (long long)B * I, I, 0.0f,
-                    static_cast<TIn*>(gx) + t0 * (long long)B * N, layer::kDtype, (int)N))
+    if (layer::gemm(k == 0 ? c->handle_prio : side, layer::OP_T, layer::OP_N, (int)N, (t1s[k] - t0s[k]) * B, I, W, I,
+                    static_cast<const TIn*>(x) + t0s[k] * (long long)B * I, I, 0.0f,
+                    static_cast<TIn*>(gx) + t0s[k] * (long long)B * N, layer::kDtype, (int)N))
       return 1;
     cudaError_t err = cudaEventRecord(c->fev[1 + k], s);
     if (err == cudaSuccess && k == 0) err = cudaStreamWaitEvent(c->side, c->fev[1], 0);
-    return err == cudaSuccess ? 0 : fail("frnn_layer_forward_chunked: GEMM event", err);
+    return err == cudaSuccess ? 0 : fail("frnn_layer_forward: GEMM event", err);
   };
   // queued in the order the GPU needs them: GEMM 0, GEMM 1, kernel 0, GEMM 2, kernel 1, ...
-  if (chunk_gemm(0) || (K > 1 && chunk_gemm(1))) return 1;
+  if (chunk_gemm(0) || chunk_gemm(1)) return 1;
   for (int k = 0; k < K; ++k) {
-    int t0, t1;
-    layer::chunk_range(T, K, k, reverse, t0, t1);
+    const int t0 = t0s[k];
     if (k > 0 && (e = cudaStreamWaitEvent(c->prio, c->fev[1 + k], 0)) != cudaSuccess)
-      return fail("frnn_layer_forward_chunked: wait", e);
+      return fail("frnn_layer_forward: wait", e);
     const bool first = k == 0, last = k == K - 1;
-    FwdArgs a{t1 - t0, B, NH, reverse, static_cast<const TIn*>(gx) + t0 * (long long)B * N, R, b,
+    FwdArgs a{t1s[k] - t0, B, NH, reverse, static_cast<const TIn*>(gx) + t0 * (long long)B * N, R, b,
               first ? s0 : static_cast<const void*>(sbuf + ((k - 1) & 1) * S * BN),
               static_cast<TIn*>(h) + t0 * BN, last ? sT : static_cast<void*>(sbuf + (k & 1) * S * BN),
               states_in == nullptr ? nullptr : states_in + t0 * Cfg::SS * BN,
               rhb == nullptr ? nullptr : rhb + t0 * (long long)B * N, b_in, first ? 0 : 1, last ? 0 : 1};
-    const int rc = launch_forward(a, c->prio, "frnn_layer_forward_chunked", c->smem_optin);
+    const int rc = launch_forward(a, c->prio, "frnn_layer_forward", c->smem_optin);
     if (rc != 0) return rc;
     if (k + 2 < K && chunk_gemm(k + 2)) return 1;
   }
   e = cudaEventRecord(c->fev[K + 1], c->prio);
   if (e == cudaSuccess) e = cudaStreamWaitEvent(main, c->fev[K + 1], 0);
-  return e == cudaSuccess ? 0 : fail("frnn_layer_forward_chunked: join", e);
+  return e == cudaSuccess ? 0 : fail("frnn_layer_forward: join", e);
 }
 
 // The backward of a layer gx = x W^T + b_in [T, B, N] (x [T, B, I], W [N, I]) whose recurrence

@@ -53,7 +53,7 @@ struct DeviceCtx {
   cudaStream_t side = nullptr;                // the backward's input GEMMs, the forward's chunk GEMMs
   cudaEvent_t ev[MAX_CHUNKS + 1] = {};        // the backward's: one per chunk, the join
   void* handle = nullptr;                     // bound to the stream of each use
-  // the chunked forward's (frnn_layer_forward_chunked): a stream of the greatest priority for its
+  // the chunked forward's (frnn_layer_forward with K > 1): a stream of the greatest priority for its
   // kernels and first GEMM, that GEMM's handle (bound to it once), the events: start, one per
   // chunk's GEMM, the join
   cudaStream_t prio = nullptr;

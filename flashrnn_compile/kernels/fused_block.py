@@ -54,10 +54,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.frnn_dr_in_kernel.restype = i
     lib.frnn_layer_set_blas.argtypes = [p] * 5  # the projected layer's backward (flashrnn_compile/layer.py)
     lib.frnn_layer_set_blas.restype = i
-    lib.frnn_layer_forward.argtypes = [i] * 5 + [p] * 12
+    lib.frnn_layer_forward.argtypes = [i] * 6 + [p] * 13
     lib.frnn_layer_forward.restype = i
-    lib.frnn_layer_forward_chunked.argtypes = [i] * 6 + [p] * 13
-    lib.frnn_layer_forward_chunked.restype = i
     lib.frnn_layer_backward.argtypes = [i] * 6 + [p] * 22
     lib.frnn_layer_backward.restype = i
     lib.frnn_recompute.restype = i
@@ -203,8 +201,8 @@ def layer_forward(kern: Kernel, x: Tensor, W: Tensor, b_in: Optional[Tensor], R:
     -> (h [T,B,NH,DH], sT [S,B,NH,DH], gx [T,B,NH,G,DH], states_in, rhb): the full save (states_in
     [T,S,B,NH,DH], rhb [T,B,NH,G,DH] float32), or for a FRNN_BWD_RECOMPUTE library (kern.recompute =
     SS) states_in [T,SS,B,NH,DH] and rhb None; without `save` both None. chunks > 1: in that many
-    time chunks, each chunk's GEMM beside the previous chunk's recurrence (frnn_layer_forward_chunked;
-    the same results to the bit; needs T >= 2 chunks - 1). x aligned and contiguous, the others
+    time chunks, each chunk's GEMM beside the previous chunk's recurrence (the same results to the
+    bit; needs T >= 2 chunks - 1). x aligned and contiguous, the others
     contiguous (the caller's)."""
     T, B, I = x.shape  # x [T, B, I]
     NH, G, DH, S = R.shape[0], R.shape[1], R.shape[2], s0.shape[0]
@@ -225,16 +223,11 @@ def layer_forward(kern: Kernel, x: Tensor, W: Tensor, b_in: Optional[Tensor], R:
         states_in, rhb = torch.empty(T, S, B, NH, DH, **f32), torch.empty(T, B, NH, G, DH, **f32)
     if POISON:
         _variants.poison(True, [t for t in (gx, h, sT, states_in, rhb) if t is not None])
+    sbuf = torch.empty(2, S * B * NH * DH, **f32) if chunks > 1 else None  # [2][S*B*NH*DH]: states between chunks
     with _on(x.device):
-        if chunks > 1:
-            sbuf = torch.empty(2, S * B * NH * DH, **f32)  # [2][S*B*NH*DH]: the states between chunks
-            rc = kern.lib.frnn_layer_forward_chunked(T, B, NH, I, int(reverse), chunks, _ptr(x), _ptr(W), _ptr(b_in),
-                                                     _ptr(R), _ptr(b), _ptr(s0), _ptr(gx), _ptr(h), _ptr(sT),
-                                                     _ptr(states_in), _ptr(rhb), _ptr(sbuf), _stream(x.device))
-        else:
-            rc = kern.lib.frnn_layer_forward(T, B, NH, I, int(reverse), _ptr(x), _ptr(W), _ptr(b_in), _ptr(R), _ptr(b),
-                                             _ptr(s0), _ptr(gx), _ptr(h), _ptr(sT), _ptr(states_in), _ptr(rhb),
-                                             _stream(x.device))
+        rc = kern.lib.frnn_layer_forward(T, B, NH, I, int(reverse), chunks, _ptr(x), _ptr(W), _ptr(b_in), _ptr(R),
+                                         _ptr(b), _ptr(s0), _ptr(gx), _ptr(h), _ptr(sT), _ptr(states_in), _ptr(rhb),
+                                         _ptr(sbuf), _stream(x.device))
     if rc != 0:
         raise RuntimeError(f"flashrnn recurrent_layer forward: {kern.lib.frnn_error().decode()}")
     return h, sT, gx, states_in, rhb
