@@ -275,7 +275,7 @@ def warm(specs: List[str], B: int, T: int) -> None:
     FLASHRNN_108_DIR and TORCH_EXTENSIONS_DIR shared, so the harness later finds the builds done."""
     import time
 
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    from .suites.common import DTYPES
     if not available():
         raise SystemExit(f"FlashRNN {VERSION}: {reason()}")
     print("\n".join(notes()))
@@ -283,7 +283,7 @@ def warm(specs: List[str], B: int, T: int) -> None:
         backend, cell, dt, heads = spec.split(":")
         NH, DH = (int(v) for v in heads.split("x"))
         t0 = time.perf_counter()
-        fwd, fwd_bwd = layer_fn(backend, cell, NH, DH, dtypes[dt], B, T)
+        fwd, fwd_bwd = layer_fn(backend, cell, NH, DH, DTYPES[dt], B, T)
         fwd()
         fwd_bwd()
         torch.cuda.synchronize()

@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.suites.common import DTYPES as DT  # noqa: E402
 from flashrnn_compile import planner  # noqa: E402
 
-DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FAMILIES = ("fused_block", "fused_cluster", "fused_grid")
 STEP, COARSE = 16, 128
 

@@ -17,11 +17,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.layer_case import DT  # noqa: E402
 from benchmarks.profile_fused import inputs  # noqa: E402
 from flashrnn_compile import planner, runtime  # noqa: E402
 from flashrnn_compile.ops import recurrence  # noqa: E402
-
-DT = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def main() -> None:

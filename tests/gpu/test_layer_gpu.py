@@ -158,10 +158,10 @@ def test_layer_with_input_bias_matches_float64(cell, NH, DH, B, I, T, chunks, re
     _check_layer(cell, NH, DH, B, I, T, chunks, reverse, _tiles_path(cell, T, B, NH, DH), with_b_in=True)
 
 
-KNOB_CASES = [("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 17, 3, True)]
+FWD_FLOAT64_CASES = [("lstm", 12, 64, 16, 96, 300, 4, False), ("lstm", 5, 48, 3, 37, 17, 3, True)]
 
 
-@pytest.mark.parametrize("cell,NH,DH,B,I,T,chunks,reverse", KNOB_CASES, ids=_ids(KNOB_CASES))
+@pytest.mark.parametrize("cell,NH,DH,B,I,T,chunks,reverse", FWD_FLOAT64_CASES, ids=_ids(FWD_FLOAT64_CASES))
 @pytest.mark.parametrize("fwd_chunks", [1, 3])
 def test_layer_forward_chunks_match_float64(fwd_chunks, cell, NH, DH, B, I, T, chunks, reverse, monkeypatch):
     """The one-call forward in one and in 3 time chunks (layer.FWD_CHUNKS; the default takes 3 at
