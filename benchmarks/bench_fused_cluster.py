@@ -46,6 +46,9 @@ EXPLICIT = [
 ABLATIONS = [("one cluster barrier per step", {"SYNC": 0}),
              ("cluster barrier, 4-byte stores per unit pair", {"SYNC": 0, "VEC": 0}), ("no stores to peers", {"ABLATE": 1}),
              ("block barrier, not cluster", {"ABLATE": 2}), ("no MMAs", {"ABLATE": 3})]
+# the same for the family's own backward kernel (fwd+bwd timed; the forward is the kernel's)
+BWD_ABLATIONS = [("bwd: no stores to peers", {"BWD_ABLATE": 1}), ("bwd: no MMAs", {"BWD_ABLATE": 2}),
+                 ("bwd: block barrier, not cluster", {"BWD_ABLATE": 3})]
 
 
 def variants(gpu: str):
@@ -58,14 +61,14 @@ def variants(gpu: str):
     for prm in EXPLICIT:
         out.add(("lstm", torch.bfloat16, 768, tuple(sorted(prm.items()))))
     base = planner.plan("lstm", 16, 1, 768, torch.bfloat16, gpu=gpu, families=("fused_cluster",)).params
-    for _, knob in ABLATIONS:
+    for _, knob in ABLATIONS + BWD_ABLATIONS:
         out.add(("lstm", torch.bfloat16, 768, tuple(sorted({**base, **knob}.items()))))
     return sorted(out, key=str)
 
 
 def bwd_variants(gpu: str):
     """(cell, dtype, DH, params) of every configuration whose own backward (FRNN_CLUSTER_BWD=1) the
-    GPU tests or this benchmark run on `gpu`: all of variants(gpu) but the timing switches, and the
+    GPU tests or this benchmark run on `gpu`: all of variants(gpu) but the forward's timing switches, and the
     tests' backward-only tilings."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from tests.gpu import test_fused_cluster as t
@@ -106,6 +109,11 @@ def ablation_rows(reps):
         prm = {**chosen.params, **knob}
         r = forward_only(runtime.plan_json("fused_cluster", prm), "lstm", 1, 768, torch.bfloat16, 16, 1024, reps)
         rows.append(dict(system=f"ablate: {name}", params=knob, **base, **r))
+    with cluster_bwd(True):
+        for name, knob in [("bwd: kernel", {})] + BWD_ABLATIONS:
+            prm = {**chosen.params, **knob}
+            r = ours(runtime.plan_json("fused_cluster", prm), "lstm", 1, 768, torch.bfloat16, 16, 1024, reps)
+            rows.append(dict(system=f"ablate: {name}", params=knob, **base, **r))
     return rows
 
 

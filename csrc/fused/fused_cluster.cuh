@@ -435,6 +435,13 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #define FRNN_CLUSTER_BWD_PREFETCH 1
 #endif
 
+// timing probes of the backward only (results are wrong): 1 the partial sums go to the block's own
+// recv (no distributed-shared-memory stores), 2 no MMAs, 3 a block barrier instead of the cluster
+// barrier per step; 0 the kernel
+#ifndef FRNN_CLUSTER_BWD_ABLATE
+#define FRNN_CLUSTER_BWD_ABLATE 0
+#endif
+
 __host__ __device__ constexpr int gcd_int(int a, int b) { return b == 0 ? a : gcd_int(b, a % b); }
 
 template <typename TIn, typename Cell, int DH, int CS, int WARPS, int BT, int RREG>
@@ -556,7 +563,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
     const int m0 = (mg * MT + mt) * 16;
-    dst[mt] = map_rank(recv_s + (uint32_t)((((rank * C::BKS + kk) * BT) * RP + m0 % DHB) * 4), (uint32_t)(m0 / DHB));
+    dst[mt] = map_rank(recv_s + (uint32_t)((((rank * C::BKS + kk) * BT) * RP + m0 % DHB) * 4),
+                       (uint32_t)(FRNN_CLUSTER_BWD_ABLATE == 1 ? rank : m0 / DHB));
   }
   TIn* dgxp = static_cast<TIn*>(p.dgx);
   cluster_arrive();  // every block of the cluster runs (its recv exists) before a peer stores into it
@@ -616,7 +624,16 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     if (FRNN_CLUSTER_BWD_PREFETCH && step + 1 < T) load_inputs(t + dstep);  // in flight during the MMAs and the barrier
     __syncthreads();  // X complete
     float acc[MT][NT][4];
-    gemm.template run<BT, XK>(a_smem, xs, 0, warp, lane, acc, [] {});
+    if (FRNN_CLUSTER_BWD_ABLATE == 2) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int i = 0; i < NT; ++i)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) acc[mt][i][r] = 0.0f;
+    } else {
+      gemm.template run<BT, XK>(a_smem, xs, 0, warp, lane, acc, [] {});
+    }
     const uint32_t boff = (uint32_t)((step & 1) * NSLOT * BT * RP * 4);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -627,7 +644,15 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
           const int n = i * 8 + 2 * t4 + (r & 1), ul = gq + 8 * (r >> 1);
           st_cluster(dst[mt] + boff + (uint32_t)((n * RP + ul) * 4), __float_as_uint(acc[mt][i][r]));
         }
-    cluster_arrive();  // the partials are in their owners (release), and this block is done with X and recv[step - 1]
+    if (FRNN_CLUSTER_BWD_ABLATE == 3) {
+      __syncthreads();
+    } else {
+      cluster_arrive();  // the partials are in their owners (release), and this block is done with X and recv[step - 1]
+      cluster_wait();
+    }
+  }
+  if (FRNN_CLUSTER_BWD_ABLATE == 3) {  // no block leaves while a peer may still store into it
+    cluster_arrive();
     cluster_wait();
   }
   TIn* ds0 = static_cast<TIn*>(p.ds0);
