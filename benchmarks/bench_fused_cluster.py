@@ -43,7 +43,7 @@ EXPLICIT = [
 ]
 # --ablate: the planner's tiling for dense LSTM 1x768 bf16 B16 T1024 with one kernel switch each
 # (fused_cluster.cuh FRNN_CLUSTER_*): where a step's time goes. ABLATE rows compute wrong results.
-ABLATIONS = [("one cluster barrier per step", {"SYNC": 0}),
+ABLATIONS = [("one cluster barrier per step", {"SYNC": 0}), ("bulk copies, an mbarrier per h buffer", {"SYNC": 2}),
              ("cluster barrier, 4-byte stores per unit pair", {"SYNC": 0, "VEC": 0}), ("no stores to peers", {"ABLATE": 1}),
              ("block barrier, not cluster", {"ABLATE": 2}), ("no MMAs", {"ABLATE": 3})]
 # the same for the family's own backward kernel (fwd+bwd timed; the forward is the kernel's)
@@ -63,6 +63,14 @@ def variants(gpu: str):
     base = planner.plan("lstm", 16, 1, 768, torch.bfloat16, gpu=gpu, families=("fused_cluster",)).params
     for _, knob in ABLATIONS + BWD_ABLATIONS:
         out.add(("lstm", torch.bfloat16, 768, tuple(sorted({**base, **knob}.items()))))
+    for cell, NH, DH, B, prm, T, _ in t.EXCHANGE_CASES:  # the exchange variants' tests
+        for dtype in t.DTYPES:
+            out.add((cell, dtype, DH, tuple(sorted(prm.items()))))
+    for knob in t.EXCHANGE_KNOBS:
+        for cell in sorted({c for c, _, _ in t.EXCHANGE_PLANNED}):
+            for dtype in t.DTYPES:
+                prm = planner.plan(cell, 16, 1, 768, dtype, gpu=gpu, families=("fused_cluster",)).params
+                out.add((cell, dtype, 768, tuple(sorted({**prm, **knob}.items()))))
     return sorted(out, key=str)
 
 

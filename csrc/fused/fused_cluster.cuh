@@ -57,7 +57,10 @@
 #endif
 // 1: after its copies, each sending thread arrives (release, cluster scope) on an mbarrier of the
 // receiving block, one per (h buffer, source block), and a warp waits (acquire) only for the blocks
-// whose units its K slice reads; 0: one cluster barrier per step
+// whose units its K slice reads; 0: one cluster barrier per step; 2: h buffers laid out by source
+// block ([2][CS][HP][BT][DHB + 8]), each block's new units sent by CS - 1 bulk copies (the copy
+// engine, cp.async.bulk shared::cta -> shared::cluster) that complete bytes on one mbarrier per h
+// buffer of the receiver; no thread stores into a peer and no cluster barrier per step
 #ifndef FRNN_CLUSTER_SYNC
 #define FRNN_CLUSTER_SYNC 0
 #endif
@@ -107,17 +110,29 @@ struct Config {
   // shared-memory rows (elements), padded: conflict-free B fragments / partial-sum stores
   static constexpr int XF = DH + 8;    // h row (Op)
   static constexpr int RP = DHB + 4;   // red row (fp32)
+  // SYNC 2: h by source block, xs [2][CS][HP][BT][XP] (XP / 2 words = 4 mod 8: conflict-free B
+  // fragments); one source's rows are one contiguous bulk copy of SEG_BYTES
+  static constexpr bool BY_SOURCE = FRNN_CLUSTER_SYNC == 2;
+  static constexpr int XP = DHB + 8;
+  static constexpr int SEG = HP * BT * XP;  // elements of one source block's h
+  static constexpr int SEG_BYTES = SEG * (int)sizeof(Op);
+  static constexpr int X_ELEMS = BY_SOURCE ? 2 * CS * SEG : 2 * HP * BT * XF;
+  // element (buffer, piece, column n, unit u of the head) of xs
+  __host__ __device__ static constexpr int xoff(int buf, int hp, int n, int u) {
+    return BY_SOURCE ? ((buf * CS + u / DHB) * HP + hp) * BT * XP + n * XP + u % DHB : ((buf * HP + hp) * BT + n) * XF + u;
+  }
   __host__ __device__ static constexpr size_t align16(size_t x) { return (x + 15) / 16 * 16; }
-  // a_smem | xs [2][HP][BT][XF] Op | red [KS][G][BT][RP] f32 | NS stages of gx [BT][G][DHB] Op
+  // a_smem | xs (X_ELEMS Op) | red [KS][G][BT][RP] f32 | NS stages of gx [BT][G][DHB] Op | mbarriers
   static constexpr size_t A_BYTES = align16(Gemm::smem_a_bytes());
-  static constexpr size_t X_BYTES = align16((size_t)2 * HP * BT * XF * sizeof(Op));
+  static constexpr size_t X_BYTES = align16((size_t)X_ELEMS * sizeof(Op));
   static constexpr size_t RED_BYTES = align16((size_t)KS * G * BT * RP * 4);
   static constexpr size_t STAGE = align16((size_t)BT * G * DHB * sizeof(Op));
   static constexpr size_t X_OFF = A_BYTES, RED_OFF = X_OFF + X_BYTES, RING_OFF = RED_OFF + RED_BYTES;
-  // SYNC 1: mbarriers [2][CS] (h buffer, source block) after the ring
+  // SYNC 1: mbarriers [2][CS] (h buffer, source block) after the ring; SYNC 2: [2] (h buffer)
   static constexpr size_t MB_OFF = RING_OFF + NS * STAGE;
   static constexpr int TPP = THREADS / CS;  // SYNC 1: threads sending to one peer (and arriving on its mbarrier)
-  __host__ __device__ static constexpr size_t smem() { return MB_OFF + (FRNN_CLUSTER_SYNC ? 2 * CS * 8 : 0); }
+  static constexpr int NMB = FRNN_CLUSTER_SYNC == 1 ? 2 * CS : FRNN_CLUSTER_SYNC == 2 ? 2 : 0;
+  __host__ __device__ static constexpr size_t smem() { return MB_OFF + NMB * 8; }
 };
 
 struct FwdArgs {
@@ -166,6 +181,21 @@ __device__ __forceinline__ void mbar_wait(uint32_t addr, uint32_t parity) {
       " mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 P1, [%0], %1;\n"
       " @!P1 bra WAIT_LOOP;\n}\n" ::"r"(addr), "r"(parity) : "memory");
 }
+// SYNC 2: this thread's arrival on a local mbarrier that also expects `bytes` more (copy engine)
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t addr, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(addr), "r"(bytes) : "memory");
+}
+// this thread's shared-memory writes become visible to the copy engine (the async proxy)
+__device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// `bytes` (a multiple of 16, both addresses 16-byte aligned) of this block's shared memory at `src`
+// into a peer's at `dst` (shared::cluster), completing them on the peer's mbarrier `mbar`
+__device__ __forceinline__ void bulk_to_peer(uint32_t dst, uint32_t src, uint32_t bytes, uint32_t mbar) {
+  asm volatile("cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+               ::"r"(dst), "r"(src), "r"(bytes), "r"(mbar) : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// this thread's bulk copies have read their sources
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release;\n" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory"); }
 #endif
@@ -180,7 +210,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   constexpr int PPT = C::PPT, NP = C::NP;
   extern __shared__ __align__(16) unsigned char smem[];
   uint32_t* a_smem = reinterpret_cast<uint32_t*>(smem);
-  Op* xs = reinterpret_cast<Op*>(smem + C::X_OFF);         // [2][HP][BT][XF]
+  Op* xs = reinterpret_cast<Op*>(smem + C::X_OFF);         // [2][HP][BT][XF] or SYNC 2 [2][CS][HP][BT][XP]
   float* red = reinterpret_cast<float*>(smem + C::RED_OFF);  // [KS][G][BT][RP]
   unsigned char* ring = smem + C::RING_OFF;                // NS x gx [BT][G][DHB]
 
@@ -203,7 +233,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
     return n < nb ? gx0 + ((size_t)n * NH * G * DH + (size_t)g * DH) * sizeof(TIn) : nullptr;
   }, tid);
   for (int i = tid; i < (int)(NS * C::STAGE / 4); i += C::THREADS) reinterpret_cast<uint32_t*>(ring)[i] = 0u;
-  for (int i = tid; i < 2 * HP * BT * XF; i += C::THREADS) xs[i] = to_op(0.0f, (Op*)nullptr);
+  for (int i = tid; i < C::X_ELEMS; i += C::THREADS) xs[i] = to_op(0.0f, (Op*)nullptr);
   __syncthreads();  // zeros before the cp.async copies and h0 land
   auto prefetch = [&](int step) {  // the gx stage of `step` (if any), one commit group always
     if (step < T) gxc.issue((uint32_t)((step % NS) * C::STAGE), (long long)(t_first + dstep * step) * gx_t);
@@ -223,7 +253,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
     Op pc[HP];
     split<Op, HP>(In<TIn>::load(s0[((size_t)(bt0 + n) * NH + nh) * DH + u]), pc);
 #pragma unroll
-    for (int hp = 0; hp < HP; ++hp) xs[(hp * BT + n) * XF + u] = pc[hp];
+    for (int hp = 0; hp < HP; ++hp) xs[C::xoff(0, hp, n, u)] = pc[hp];
   }
 
   // the thread's unit pairs: pair q = tid + k * THREADS -> column n = q / (DHB / 2), unit u = 2 (q % (DHB / 2))
@@ -234,10 +264,21 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   load_pair_bias_states<TIn, PPT, G, S>(bias, s0, DH, NH, nh, BND, bt0, u0, pn, pu, pok, bb, st);
   // shared-window address of the thread's h words in buffer 0 (piece 0); peers: mapa of it
   const uint32_t xs_s = (uint32_t)__cvta_generic_to_shared(xs);
-  const uint32_t mb_s = (uint32_t)__cvta_generic_to_shared(smem + C::MB_OFF);  // SYNC 1: mbar[2][CS], 8 bytes each
-  if (FRNN_CLUSTER_SYNC && tid == 0) {
+  const uint32_t mb_s = (uint32_t)__cvta_generic_to_shared(smem + C::MB_OFF);  // SYNC 1: mbar[2][CS], SYNC 2: mbar[2]
+  if (FRNN_CLUSTER_SYNC == 1 && tid == 0) {
     for (int i = 0; i < 2 * CS; ++i) mbar_init(mb_s + 8 * i, C::TPP);
     mbar_init_fence();
+  }
+  // SYNC 2: buffer b's mbarrier completes a phase when this block's thread 0 has armed it (one
+  // arrival, expecting the CS - 1 peers' bytes) and all those bytes have landed; both buffers are
+  // armed for their first fill here, and each again right after thread 0 has waited for a fill
+  constexpr uint32_t RECV_BYTES = (uint32_t)((CS - 1) * C::SEG_BYTES);
+  if (FRNN_CLUSTER_SYNC == 2 && tid == 0) {
+    mbar_init(mb_s, 1);
+    mbar_init(mb_s + 8, 1);
+    mbar_init_fence();
+    mbar_arrive_expect_tx(mb_s, RECV_BYTES);
+    mbar_arrive_expect_tx(mb_s + 8, RECV_BYTES);
   }
   // SYNC 1: the k-slice's source blocks (whose units its k-tiles read)
   const int src0 = ks * C::KTW * 16 / DHB, src1 = ((ks + 1) * C::KTW * 16 - 1) / DHB;
@@ -249,6 +290,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   for (int step = 0; step < T; ++step) {
     const int t = t_first + dstep * step, cur = step & 1;
     prefetch(step + NS - 1);  // into the stage step - 1 used (every thread is past it)
+    if (FRNN_CLUSTER_SYNC == 2 && tid < CS - 1) bulk_wait_read();  // the copies of step - 1 (and before) read their segment
     {
       float acc[G][NT][4];
       if (FRNN_CLUSTER_ABLATE == 3) {
@@ -259,9 +301,17 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[g][i][r] = 0.0f;
       } else {
-        if (FRNN_CLUSTER_SYNC && FRNN_CLUSTER_ABLATE == 0 && step > 0)  // h_{t-1} of the k-slice's sources has landed (fill (step - 1) / 2 of buffer cur)
+        if (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0 && step > 0)  // h_{t-1} of the k-slice's sources has landed (fill (step - 1) / 2 of buffer cur)
           for (int src = src0; src <= src1; ++src) mbar_wait(mb_s + 8 * (cur * CS + src), (uint32_t)((step - 1) >> 1) & 1u);
-        gemm.template run<BT, XF>(a_smem, xs + cur * HP * BT * XF, 0, warp, lane, acc, [] {});
+        if (FRNN_CLUSTER_SYNC == 2 && step > 0) {  // every peer's h_{t-1} has landed (fill (step - 1) / 2 of buffer cur)
+          mbar_wait(mb_s + 8 * cur, (uint32_t)((step - 1) >> 1) & 1u);
+          // its next fill (h of step + 1) needs this block's h of `step`: after every warp's wait
+          if (tid == 0) mbar_arrive_expect_tx(mb_s + 8 * cur, RECV_BYTES);
+        }
+        if (C::BY_SOURCE)
+          gemm.template run<BT, C::XP, DHB, C::SEG>(a_smem, xs + C::xoff(cur, 0, 0, 0), 0, warp, lane, acc, [] {});
+        else
+          gemm.template run<BT, XF>(a_smem, xs + cur * HP * BT * XF, 0, warp, lane, acc, [] {});
       }
       // partial sums of the warp's K slice: rows gq, gq + 8 of unit group ug, columns 2 t4, 2 t4 + 1
 #pragma unroll
@@ -327,8 +377,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #pragma unroll
       for (int hp = 0; hp < HP; ++hp) {
         const uint32_t word = fused::pack2(pa[hp], pb[hp]);
-        const int off = ((nxt * HP + hp) * BT + n) * XF + u0 + u;
-        if (FRNN_CLUSTER_VEC || FRNN_CLUSTER_ABLATE == 1) {
+        const int off = C::xoff(nxt, hp, n, u0 + u);
+        if (FRNN_CLUSTER_VEC || FRNN_CLUSTER_ABLATE == 1 || C::BY_SOURCE) {
           *reinterpret_cast<uint32_t*>(xs + off) = word;  // own buffer; the copy below sends it
         } else {
           const uint32_t local = xs_s + (uint32_t)(off * sizeof(Op));
@@ -337,7 +387,20 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
         }
       }
     }
-    if (FRNN_CLUSTER_SYNC && FRNN_CLUSTER_ABLATE == 0) {
+    if (FRNN_CLUSTER_SYNC == 2) {
+      // the block's new units (its segment of buffer nxt) to each peer's same segment: one bulk copy
+      // per peer by lanes 0 .. CS - 2 of warp 0, after every thread's writes are visible to the copy
+      // engine; the copies of step - 2 read that segment before this step's cell rewrote it (their
+      // issuers waited for that at this step's start, before the block barrier after the MMAs)
+      fence_proxy_async_smem();
+      __syncthreads();
+      if (step + 1 < T && tid < CS - 1) {
+        const uint32_t seg = xs_s + (uint32_t)(C::xoff(nxt, 0, 0, u0) * sizeof(Op));
+        const uint32_t d = (uint32_t)((rank + 1 + tid) % CS);
+        bulk_to_peer(map_rank(seg, d), seg, (uint32_t)C::SEG_BYTES, map_rank(mb_s + 8 * nxt, d));
+        bulk_commit();
+      }
+    } else if (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0) {
       // TPP threads per receiving block copy the block's new units (HP x BT rows of DHB units, staged
       // in its own buffer) in 16-byte chunks, then each arrives on the receiver's mbarrier of
       // (buffer nxt, this block); the last step's h goes nowhere
@@ -368,7 +431,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
         st_cluster16(map_rank(xs_s + off, (uint32_t)peer), v);
       }
     }
-    if (FRNN_CLUSTER_SYNC && FRNN_CLUSTER_ABLATE == 0) {
+    if (FRNN_CLUSTER_SYNC == 2 || (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0)) {
       // no cluster barrier: receivers wait on their mbarriers
     } else if (FRNN_CLUSTER_ABLATE == 2) {
       __syncthreads();
@@ -382,6 +445,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
     cluster_wait();
   }
   cp_async_wait<0>();
+  if (FRNN_CLUSTER_SYNC == 2 && tid < CS - 1) bulk_wait_read();  // no copy still reads this block's shared memory
   TIn* sT = static_cast<TIn*>(p.sT);
   store_pair_states<TIn, PPT, S>(sT, DH, NH, nh, BND, bt0, u0, pn, pu, pok, st);
 #else

@@ -182,9 +182,10 @@ struct WarpGemm {
     }
   }
 
-  // xs: this step's X [HP][BT][XK]; nt0: the warp's first n-tile
+  // xs: this step's X [HP][BT][XK]; nt0: the warp's first n-tile. SEG > 0: X is cut along K into
+  // segments of SEG columns (a multiple of 16), SEGS elements apart, each [HP][BT][XK]
   // `between()` runs after the fragment loads are issued and before the MMAs (work for the wait)
-  template <int BT, int XK, typename F>
+  template <int BT, int XK, int SEG = 0, int SEGS = 0, typename F>
   __device__ void run(const uint32_t* a_smem, const Op* xs, int nt0, int warp, int lane, float (&acc)[MT][NTW][4],
                       F between) const {
     const int gq = lane >> 2, t4 = lane & 3;
@@ -206,7 +207,9 @@ struct WarpGemm {
       for (int hp = 0; hp < HP; ++hp)
 #pragma unroll
         for (int i = 0; i < NTW; ++i) {
-          const int base = ((hp * BT + (nt0 + i) * 8 + gq) * XK + (kt0 + kt) * 16) / 2 + t4;
+          const int k0 = (kt0 + kt) * 16;
+          const int kseg = SEG > 0 ? (k0 / (SEG > 0 ? SEG : 1)) * SEGS + k0 % (SEG > 0 ? SEG : 1) : k0;
+          const int base = ((hp * BT + (nt0 + i) * 8 + gq) * XK + kseg) / 2 + t4;
           bfr[kt][hp][i][0] = xw[base];
           bfr[kt][hp][i][1] = xw[base + 4];
         }

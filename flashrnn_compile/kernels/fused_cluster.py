@@ -46,7 +46,7 @@ SOURCE = "fused/fused_cluster.cu"
 DTYPE_CODES = {torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
 TAKES = tuple(DTYPE_CODES)
 PARAMS = ("CLUSTER_SIZE", "WARPS", "BATCH_TILE", "R_REG_TILES")
-KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1), "ABLATE": (0, 1, 2, 3), "BWD_ABLATE": (0, 1, 2, 3)}  # test and timing switches (defines)
+KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1, 2), "ABLATE": (0, 1, 2, 3), "BWD_ABLATE": (0, 1, 2, 3)}  # test and timing switches (defines)
 
 
 def _bind(lib: ctypes.CDLL) -> None:
@@ -76,7 +76,8 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
     params may also carry the kernel's test and timing knobs (never set by the planner): H_PIECES
     (1 or 2: h as that many pieces of the input dtype in R h; default 1), VEC (0: each thread
     stores its unit pair into every peer; default 1: 16-byte copies of the block's staged units),
-    SYNC (default 0: one cluster barrier per step; 1: mbarriers per source block), ABLATE (1..3:
+    SYNC (default 0: one cluster barrier per step; 1: mbarriers per source block; 2: bulk copies of
+    each block's new units into its peers, completing on one mbarrier per h buffer), ABLATE (1..3:
     timing probes that skip part of a step; the results are wrong), BWD_ABLATE (1..3: the same for
     the backward kernel: no distributed-shared-memory stores, no MMAs, a block barrier)."""
     spec = get_cell(cell)

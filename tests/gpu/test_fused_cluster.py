@@ -72,6 +72,18 @@ BWD_EXPLICIT_CASES = [(c, nh, dh, b, prm, T, r) for c in sorted(CELLS) for nh, d
                       for T in (1, 17) for r in (False, True)]
 
 
+# the h exchange's variants other than the kernel's default (fused_cluster.cuh FRNN_CLUSTER_SYNC):
+# every cell on the non-portable cluster of 16, LSTM on every EXPLICIT tiling, and the planner's
+# dense 1x768 LSTM / GRU tilings at T 17 and LSTM at T 1024 (the gradients through the own backward
+# are not the exchange's: the forward's outputs and saved states are what the alternating backward
+# reads, so all six outputs are checked)
+EXCHANGE_KNOBS = ({"SYNC": 2},)
+EXCHANGE_TILINGS = sorted({(c, i) for c in CELLS for i in (2,)} | {("lstm", i) for i in range(len(EXPLICIT))})
+EXCHANGE_CASES = [(c, *EXPLICIT[i][:3], {**EXPLICIT[i][3], **k}, 17, r) for k in EXCHANGE_KNOBS
+                  for c, i in EXCHANGE_TILINGS for r in (False, True)]
+EXCHANGE_PLANNED = [("lstm", 17, False), ("lstm", 17, True), ("gru", 17, False)] + ([("lstm", 1024, False)] if LONG else [])
+
+
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
     from flashrnn_compile.kernels import alternating
@@ -99,6 +111,23 @@ def test_planned_matches_float64_reference(cell, NH, DH, B, T, reverse):
                          ids=tiling_case_ids(EXPLICIT_CASES, {"CLUSTER_SIZE": "CS", "WARPS": "W", "BATCH_TILE": "BT"}))
 def test_explicit_tilings_match_float64_reference(cell, NH, DH, B, params, T, reverse):
     assert_tiling_matches_float64("fused_cluster", params, "cluster-explicit", cell, NH, DH, B, T, reverse, DTYPES)
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", EXCHANGE_CASES,
+                         ids=tiling_case_ids(EXCHANGE_CASES, {"CLUSTER_SIZE": "CS", "WARPS": "W", "BATCH_TILE": "BT"}))
+def test_exchange_variants_match_float64_reference(cell, NH, DH, B, params, T, reverse):
+    assert_tiling_matches_float64("fused_cluster", params, "cluster-exchange", cell, NH, DH, B, T, reverse, DTYPES)
+
+
+@pytest.mark.parametrize("knob", EXCHANGE_KNOBS, ids=lambda k: ",".join(f"{a}{v}" for a, v in k.items()))
+@pytest.mark.parametrize("cell,T,reverse", EXCHANGE_PLANNED, ids=lambda v: str(v))
+def test_exchange_variants_planned_match_float64_reference(knob, cell, T, reverse):
+    def plan(dtype):
+        chosen = planner.plan(cell, 16, 1, 768, dtype, families=("fused_cluster",))
+        assert chosen.family == "fused_cluster", chosen.reason
+        return runtime.plan_json("fused_cluster", {**chosen.params, **knob})
+
+    assert_matches_float64("cluster-exchange-planned", cell, 1, 768, 16, T, reverse, DTYPES, plan)
 
 
 @pytest.fixture(autouse=True)
