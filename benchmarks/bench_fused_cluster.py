@@ -47,7 +47,8 @@ ABLATIONS = [("one cluster barrier per step", {"SYNC": 0}), ("bulk copies, an mb
              ("cluster barrier, 4-byte stores per unit pair", {"SYNC": 0, "VEC": 0}), ("no stores to peers", {"ABLATE": 1}),
              ("block barrier, not cluster", {"ABLATE": 2}), ("no MMAs", {"ABLATE": 3})]
 # the same for the family's own backward kernel (fwd+bwd timed; the forward is the kernel's)
-BWD_ABLATIONS = [("bwd: no stores to peers", {"BWD_ABLATE": 1}), ("bwd: no MMAs", {"BWD_ABLATE": 2}),
+BWD_ABLATIONS = [("bwd: bulk copies, an mbarrier per recv buffer", {"BWD_SYNC": 2}),
+                 ("bwd: no stores to peers", {"BWD_ABLATE": 1}), ("bwd: no MMAs", {"BWD_ABLATE": 2}),
                  ("bwd: block barrier, not cluster", {"BWD_ABLATE": 3})]
 
 
@@ -63,11 +64,11 @@ def variants(gpu: str):
     base = planner.plan("lstm", 16, 1, 768, torch.bfloat16, gpu=gpu, families=("fused_cluster",)).params
     for _, knob in ABLATIONS + BWD_ABLATIONS:
         out.add(("lstm", torch.bfloat16, 768, tuple(sorted({**base, **knob}.items()))))
-    for cell, NH, DH, B, prm, T, _ in t.EXCHANGE_CASES:  # the exchange variants' tests
+    for cell, NH, DH, B, prm, T, _ in t.EXCHANGE_CASES + t.BWD_EXCHANGE_CASES:  # the exchange variants' tests
         for dtype in t.DTYPES:
             out.add((cell, dtype, DH, tuple(sorted(prm.items()))))
-    for knob in t.EXCHANGE_KNOBS:
-        for cell in sorted({c for c, _, _ in t.EXCHANGE_PLANNED}):
+    for knob, planned in [(k, t.EXCHANGE_PLANNED) for k in t.EXCHANGE_KNOBS] + [(k, t.BWD_EXCHANGE_PLANNED) for k in t.BWD_EXCHANGE_KNOBS]:
+        for cell in sorted({c for c, _, _ in planned}):
             for dtype in t.DTYPES:
                 prm = planner.plan(cell, 16, 1, 768, dtype, gpu=gpu, families=("fused_cluster",)).params
                 out.add((cell, dtype, 768, tuple(sorted({**prm, **knob}.items()))))

@@ -506,6 +506,15 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #define FRNN_CLUSTER_BWD_ABLATE 0
 #endif
 
+// 0: each warp stores its partial sums into their owners' recv (4-byte st.shared::cluster) and the
+// cluster meets at one barrier per step; 2: the warps write them into the block's own shared memory
+// (a staging area per owner, the own block's straight into its recv), and CS - 1 bulk copies (the
+// copy engine) carry each owner's share into its recv, completing bytes on the owner's mbarrier of
+// that recv buffer: no thread stores into a peer and no cluster barrier per step
+#ifndef FRNN_CLUSTER_BWD_SYNC
+#define FRNN_CLUSTER_BWD_SYNC 0
+#endif
+
 __host__ __device__ constexpr int gcd_int(int a, int b) { return b == 0 ? a : gcd_int(b, a % b); }
 
 template <typename TIn, typename Cell, int DH, int CS, int WARPS, int BT, int RREG>
@@ -528,12 +537,17 @@ struct BwdConfig {
   static constexpr int XK = G * DHB + 8;  // X row (Op): XK / 2 words = 4 mod 8, conflict-free B fragments
   static constexpr int RP = DHB + 4;      // recv row (fp32), as the forward's red
   __host__ __device__ static constexpr size_t align16(size_t x) { return (x + 15) / 16 * 16; }
-  // a_smem | X [HP][BT][XK] Op | recv [2][NSLOT][BT][RP] f32
+  // BWD_SYNC 2: one owner's share of a block's partials, [BKS][BT][RP] fp32 (a multiple of 16 bytes)
+  static constexpr bool BULK = FRNN_CLUSTER_BWD_SYNC == 2;
+  static constexpr int CHUNK = BKS * BT * RP;
+  // a_smem | X [HP][BT][XK] Op | recv [2][NSLOT][BT][RP] f32 | BWD_SYNC 2: stage [CS][BKS][BT][RP] f32, mbarriers [2]
   static constexpr size_t A_BYTES = align16(Gemm::smem_a_bytes());
   static constexpr size_t X_BYTES = align16((size_t)HP * BT * XK * sizeof(Op));
   static constexpr size_t RECV_BYTES = align16((size_t)2 * NSLOT * BT * RP * 4);
-  static constexpr size_t X_OFF = A_BYTES, RECV_OFF = X_OFF + X_BYTES;
-  __host__ __device__ static constexpr size_t smem() { return RECV_OFF + RECV_BYTES; }
+  static constexpr size_t STAGE_BYTES = BULK ? (size_t)CS * CHUNK * 4 : 0;
+  static constexpr size_t X_OFF = A_BYTES, RECV_OFF = X_OFF + X_BYTES, STAGE_OFF = RECV_OFF + RECV_BYTES;
+  static constexpr size_t MB_OFF = STAGE_OFF + STAGE_BYTES;
+  __host__ __device__ static constexpr size_t smem() { return MB_OFF + (BULK ? 16 : 0); }
 };
 
 struct BwdArgs {
@@ -621,14 +635,35 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     return a;
   };
   // the warp's partial-sum stores: m-tile mt (output units m0 = (mg * MT + mt) * 16 ..) belongs to
-  // block m0 / DHB, at its unit m0 % DHB of slot rank * BKS + kk (buffer 0; shared::cluster address)
+  // block m0 / DHB, at its unit m0 % DHB of slot rank * BKS + kk (buffer 0; shared::cluster address).
+  // BWD_SYNC 2: shared-window addresses in this block, the own block's recv (buffer 0) or the
+  // owner's staging chunk (slot kk)
   const uint32_t recv_s = (uint32_t)__cvta_generic_to_shared(recv);
+  const uint32_t stage_s = (uint32_t)__cvta_generic_to_shared(smem + C::STAGE_OFF);
+  const uint32_t mb_s = (uint32_t)__cvta_generic_to_shared(smem + C::MB_OFF);  // BWD_SYNC 2: mbar[2] (recv buffer)
   uint32_t dst[MT];
+  bool own[MT];  // BWD_SYNC 2: the m-tile is this block's (straight into recv, which is double-buffered)
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
-    const int m0 = (mg * MT + mt) * 16;
-    dst[mt] = map_rank(recv_s + (uint32_t)((((rank * C::BKS + kk) * BT) * RP + m0 % DHB) * 4),
-                       (uint32_t)(FRNN_CLUSTER_BWD_ABLATE == 1 ? rank : m0 / DHB));
+    const int m0 = (mg * MT + mt) * 16, owner = FRNN_CLUSTER_BWD_ABLATE == 1 ? rank : m0 / DHB;
+    own[mt] = owner == rank;
+    if (C::BULK)
+      dst[mt] = own[mt] ? recv_s + (uint32_t)((((rank * C::BKS + kk) * BT) * RP + m0 % DHB) * 4)
+                        : stage_s + (uint32_t)((((owner * C::BKS + kk) * BT) * RP + m0 % DHB) * 4);
+    else
+      dst[mt] = map_rank(recv_s + (uint32_t)((((rank * C::BKS + kk) * BT) * RP + m0 % DHB) * 4), (uint32_t)owner);
+  }
+  // BWD_SYNC 2: recv buffer b's mbarrier completes a phase when thread 0 has armed it (one arrival
+  // expecting the CS - 1 peers' chunks) and those bytes have landed; both armed here for their first
+  // fill, each again by thread 0 right after it waited for a fill (the next fill needs this block's
+  // partials of the step after, sent after every thread's wait)
+  constexpr uint32_t RECV_TX = (uint32_t)((CS - 1) * C::CHUNK * 4);
+  if (C::BULK && tid == 0) {
+    mbar_init(mb_s, 1);
+    mbar_init(mb_s + 8, 1);
+    mbar_init_fence();
+    mbar_arrive_expect_tx(mb_s, RECV_TX);
+    mbar_arrive_expect_tx(mb_s + 8, RECV_TX);
   }
   TIn* dgxp = static_cast<TIn*>(p.dgx);
   cluster_arrive();  // every block of the cluster runs (its recv exists) before a peer stores into it
@@ -639,6 +674,13 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   for (int step = 0; step < T; ++step) {
     const int t = t_first + dstep * step;
     if (!FRNN_CLUSTER_BWD_PREFETCH) load_inputs(t);
+    if (C::BULK) {
+      if (tid < CS - 1) bulk_wait_read();  // the copies of step - 1 read the staging area (rewritten after the next block barrier)
+      if (step > 0) {  // the peers' partials of step - 1 are in recv[(step - 1) & 1] (its fill (step - 1) / 2)
+        mbar_wait(mb_s + 8 * ((step - 1) & 1), (uint32_t)((step - 1) >> 1) & 1u);
+        if (tid == 0) mbar_arrive_expect_tx(mb_s + 8 * ((step - 1) & 1), RECV_TX);
+      }
+    }
 #pragma unroll
     for (int k = 0; k < PPT; ++k) {
       if (PPT * C::THREADS != NP && tid + k * C::THREADS >= NP) break;
@@ -706,9 +748,26 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
           const int n = i * 8 + 2 * t4 + (r & 1), ul = gq + 8 * (r >> 1);
-          st_cluster(dst[mt] + boff + (uint32_t)((n * RP + ul) * 4), __float_as_uint(acc[mt][i][r]));
+          if (C::BULK) {
+            const uint32_t a = dst[mt] + (own[mt] ? boff : 0u) + (uint32_t)((n * RP + ul) * 4);
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a), "r"(__float_as_uint(acc[mt][i][r])) : "memory");
+          } else {
+            st_cluster(dst[mt] + boff + (uint32_t)((n * RP + ul) * 4), __float_as_uint(acc[mt][i][r]));
+          }
         }
-    if (FRNN_CLUSTER_BWD_ABLATE == 3) {
+    if (C::BULK) {
+      // each peer's chunk of the staging area into its recv[step & 1] at slots rank * BKS .., by
+      // lanes 0 .. CS - 2 of warp 0, after every warp's writes are visible to the copy engine
+      fence_proxy_async_smem();
+      __syncthreads();
+      if (tid < CS - 1) {
+        const uint32_t d = (uint32_t)((rank + 1 + tid) % CS);
+        const uint32_t to = recv_s + boff + (uint32_t)(rank * C::BKS * BT * RP * 4);
+        bulk_to_peer(map_rank(to, d), stage_s + d * (uint32_t)(C::CHUNK * 4), (uint32_t)(C::CHUNK * 4),
+                     map_rank(mb_s + 8 * (step & 1), d));
+        bulk_commit();
+      }
+    } else if (FRNN_CLUSTER_BWD_ABLATE == 3) {
       __syncthreads();
     } else {
       cluster_arrive();  // the partials are in their owners (release), and this block is done with X and recv[step - 1]
@@ -718,6 +777,10 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   if (FRNN_CLUSTER_BWD_ABLATE == 3) {  // no block leaves while a peer may still store into it
     cluster_arrive();
     cluster_wait();
+  }
+  if (C::BULK) {
+    if (tid < CS - 1) bulk_wait_read();  // no copy still reads this block's shared memory
+    if (T > 0) mbar_wait(mb_s + 8 * ((T - 1) & 1), (uint32_t)((T - 1) >> 1) & 1u);  // the last step's partials
   }
   TIn* ds0 = static_cast<TIn*>(p.ds0);
 #pragma unroll

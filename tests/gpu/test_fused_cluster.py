@@ -130,6 +130,33 @@ def test_exchange_variants_planned_match_float64_reference(knob, cell, T, revers
     assert_matches_float64("cluster-exchange-planned", cell, 1, 768, 16, T, reverse, DTYPES, plan)
 
 
+# the backward's partial-sum exchange variants other than its default (FRNN_CLUSTER_BWD_SYNC), with the
+# family's own backward: every cell on the cluster of 16 and on the 2-K-slice backward tiling, LSTM
+# on every BWD_EXPLICIT tiling, and the planner's dense 1x768 LSTM / GRU tilings at T 17
+BWD_EXCHANGE_KNOBS = ({"BWD_SYNC": 2},)
+BWD_EXCHANGE_TILINGS = sorted({(c, i) for c in CELLS for i in (2, 3)} | {("lstm", i) for i in range(len(BWD_EXPLICIT))})
+BWD_EXCHANGE_CASES = [(c, *BWD_EXPLICIT[i][:3], {**BWD_EXPLICIT[i][3], **k}, 17, r) for k in BWD_EXCHANGE_KNOBS
+                      for c, i in BWD_EXCHANGE_TILINGS for r in (False, True)]
+BWD_EXCHANGE_PLANNED = [("lstm", 17, False), ("lstm", 17, True), ("gru", 17, False)]
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", BWD_EXCHANGE_CASES,
+                         ids=tiling_case_ids(BWD_EXCHANGE_CASES, {"CLUSTER_SIZE": "CS", "WARPS": "W", "BATCH_TILE": "BT"}))
+def test_own_backward_exchange_variants_match_float64_reference(own_backward, cell, NH, DH, B, params, T, reverse):
+    assert_tiling_matches_float64("fused_cluster", params, "cluster-bwd-exchange", cell, NH, DH, B, T, reverse, DTYPES)
+
+
+@pytest.mark.parametrize("knob", BWD_EXCHANGE_KNOBS, ids=lambda k: ",".join(f"{a}{v}" for a, v in k.items()))
+@pytest.mark.parametrize("cell,T,reverse", BWD_EXCHANGE_PLANNED, ids=lambda v: str(v))
+def test_own_backward_exchange_variants_planned_match_float64_reference(own_backward, knob, cell, T, reverse):
+    def plan(dtype):
+        chosen = planner.plan(cell, 16, 1, 768, dtype, families=("fused_cluster",))
+        assert chosen.family == "fused_cluster", chosen.reason
+        return runtime.plan_json("fused_cluster", {**chosen.params, **knob})
+
+    assert_matches_float64("cluster-bwd-exchange-planned", cell, 1, 768, 16, T, reverse, DTYPES, plan)
+
+
 @pytest.fixture(autouse=True)
 def _alternating_backward_unless_asked(monkeypatch):
     """FLASHRNN_CLUSTER_BWD=0 (the fallback backward) for every test; own_backward sets it back to 1."""
