@@ -43,11 +43,14 @@ EXPLICIT = [
 ]
 # --ablate: the planner's tiling for dense LSTM 1x768 bf16 B16 T1024 with one kernel switch each
 # (fused_cluster.cuh FRNN_CLUSTER_*): where a step's time goes. ABLATE rows compute wrong results.
+DENSE_8_WARPS = {"WARPS": 8, "KSLICES": 2, "R_REG_TILES": 46}  # 2 K slices x 4 groups of 3 m-tiles, 46 of 72 R tiles in registers
 ABLATIONS = [("one cluster barrier per step", {"SYNC": 0}), ("bulk copies, an mbarrier per h buffer", {"SYNC": 2}),
+             ("8 warps (KSLICES 2, R 46)", DENSE_8_WARPS), ("8 warps, bulk copies", {**DENSE_8_WARPS, "SYNC": 2}),
              ("cluster barrier, 4-byte stores per unit pair", {"SYNC": 0, "VEC": 0}), ("no stores to peers", {"ABLATE": 1}),
              ("block barrier, not cluster", {"ABLATE": 2}), ("no MMAs", {"ABLATE": 3})]
 # the same for the family's own backward kernel (fwd+bwd timed; the forward is the kernel's)
 BWD_ABLATIONS = [("bwd: bulk copies, an mbarrier per recv buffer", {"BWD_SYNC": 2}),
+                 ("bwd: 8 warps, both bulk", {**DENSE_8_WARPS, "SYNC": 2, "BWD_SYNC": 2}),
                  ("bwd: no stores to peers", {"BWD_ABLATE": 1}), ("bwd: no MMAs", {"BWD_ABLATE": 2}),
                  ("bwd: block barrier, not cluster", {"BWD_ABLATE": 3})]
 
@@ -64,7 +67,7 @@ def variants(gpu: str):
     base = planner.plan("lstm", 16, 1, 768, torch.bfloat16, gpu=gpu, families=("fused_cluster",)).params
     for _, knob in ABLATIONS + BWD_ABLATIONS:
         out.add(("lstm", torch.bfloat16, 768, tuple(sorted({**base, **knob}.items()))))
-    for cell, NH, DH, B, prm, T, _ in t.EXCHANGE_CASES + t.BWD_EXCHANGE_CASES:  # the exchange variants' tests
+    for cell, NH, DH, B, prm, T, _ in t.EXCHANGE_CASES + t.BWD_EXCHANGE_CASES + t.KSLICE_CASES + t.KSLICE_BWD_CASES:
         for dtype in t.DTYPES:
             out.add((cell, dtype, DH, tuple(sorted(prm.items()))))
     for knob, planned in [(k, t.EXCHANGE_PLANNED) for k in t.EXCHANGE_KNOBS] + [(k, t.BWD_EXCHANGE_PLANNED) for k in t.BWD_EXCHANGE_KNOBS]:
@@ -82,7 +85,11 @@ def bwd_variants(gpu: str):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from tests.gpu import test_fused_cluster as t
 
-    out = {v for v in variants(gpu) if not any(k in dict(v[3]) for k in ("ABLATE", "SYNC", "VEC", "H_PIECES"))}
+    def forward_only(prm):  # a forward switch the backward's tests and rows never take
+        return any(k in prm for k in ("ABLATE", "VEC", "H_PIECES")) or ("SYNC" in prm and "BWD_SYNC" not in prm
+                                                                        and "KSLICES" not in prm)
+
+    out = {v for v in variants(gpu) if not forward_only(dict(v[3]))}
     for cell in sorted(t.CELLS):
         for NH, DH, B, prm, _ in t.BWD_EXPLICIT:
             for dtype in t.DTYPES:

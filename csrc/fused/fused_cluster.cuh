@@ -64,6 +64,13 @@
 #ifndef FRNN_CLUSTER_SYNC
 #define FRNN_CLUSTER_SYNC 0
 #endif
+// K slices per block (0: WARPS / (DHB / 16), each warp all G gate tiles of one 16-unit group); else
+// the block's G * DHB / 16 m-tiles are split into WARPS / KSLICES groups of consecutive tiles
+// (tile j = gate j % G of unit group j / G) times KSLICES slices of the DH / 16 k-tiles: fewer,
+// fatter warps hold more of R in registers
+#ifndef FRNN_CLUSTER_KSLICES
+#define FRNN_CLUSTER_KSLICES 0
+#endif
 // timing probes only (results are wrong): 1 no stores to peers, 2 a block barrier instead of the
 // cluster barrier, 3 no MMAs; 0 the kernel
 #ifndef FRNN_CLUSTER_ABLATE
@@ -97,13 +104,17 @@ struct Config {
   static constexpr int HP = FRNN_CLUSTER_H_PIECES;
   using Math = typename Precision<Cell>::template MathFor<typename In<TIn>::Math>;
   using Op = typename In<TIn>::Op;
-  static constexpr int DHB = DH / CS, UGB = DHB / 16, KS = WARPS / (UGB > 0 ? UGB : 1);
+  static constexpr int DHB = DH / CS, UGB = DHB / 16;
+  static constexpr int KS = FRNN_CLUSTER_KSLICES > 0 ? FRNN_CLUSTER_KSLICES : WARPS / (UGB > 0 ? UGB : 1);
+  static constexpr int MGR = WARPS / (KS > 0 ? KS : 1), MTW = G * UGB / (MGR > 0 ? MGR : 1);  // m-tile groups, m-tiles a warp
   static constexpr int KT = DH / 16, KTW = KT / (KS > 0 ? KS : 1), NT = BT / 8;
   static_assert(DH % CS == 0 && DHB % 16 == 0, "each block owns a multiple of 16 units");
   static_assert(BT % 8 == 0, "the batch tile is a multiple of the MMA N side (8)");
-  static_assert(WARPS % UGB == 0 && KS >= 1 && KT % KS == 0, "WARPS = DHB / 16 unit groups x KS K slices, KS | DH / 16");
+  static_assert(KS >= 1 && WARPS % KS == 0 && KT % KS == 0 && (G * UGB) % MGR == 0,
+                "WARPS = m-tile groups x KS K slices, KS | DH / 16, the groups divide the G * DHB / 16 m-tiles");
   static_assert(CS >= 1 && CS <= 16, "at most 16 blocks per cluster");
-  using Gemm = WarpGemm<Op, G, KTW, NT, HP, RREG, WARPS>;
+  // more than 12 k-tiles a warp: their B fragments stream through a ring of 8 (registers for R)
+  using Gemm = WarpGemm<Op, MTW, KTW, NT, HP, RREG, WARPS, KTW, (KTW > 12 ? 8 : 0)>;
   static constexpr int NP = BT * DHB / 2;               // unit pairs (u, u + 1) x batch columns
   static constexpr int PPT = (NP + THREADS - 1) / THREADS;  // pairs per thread
   static constexpr int NS = 4;                           // gx ring stages (3 steps ahead)
@@ -215,7 +226,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   unsigned char* ring = smem + C::RING_OFF;                // NS x gx [BT][G][DHB]
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, t4 = lane & 3;
-  const int ug = warp % C::UGB, ks = warp / C::UGB;
+  const int mgr = warp % C::MGR, ks = warp / C::MGR;  // default KSLICES: mgr = the warp's unit group, its tiles its G gates
   const int rank = (int)cluster_rank(), tile = blockIdx.x / CS, nh = blockIdx.y, bt0 = tile * BT;
   const int T = p.T, B = p.B, NH = p.NH, nb = B - bt0 < BT ? B - bt0 : BT;
   const int u0 = rank * DHB;  // the block's first unit
@@ -242,9 +253,11 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #pragma unroll 1
   for (int s = 0; s < NS - 1; ++s) prefetch(s);
 
-  typename C::Gemm gemm;  // tile g = gate g of the warp's 16 units, k-tiles ks * KTW ..
-  gemm.load([&](int g, int r, int k) { return In<TIn>::load(R[((size_t)g * DH + u0 + ug * 16 + r) * DH + k]); },
-            a_smem, warp, lane, ks * C::KTW);
+  typename C::Gemm gemm;  // tile mt = block tile j = mgr * MTW + mt: gate j % G of unit group j / G, k-tiles ks * KTW ..
+  gemm.load([&](int mt, int r, int k) {
+    const int j = mgr * C::MTW + mt;
+    return In<TIn>::load(R[((size_t)(j % G) * DH + u0 + (j / G) * 16 + r) * DH + k]);
+  }, a_smem, warp, lane, ks * C::KTW);
 
   // h0 of all DH units into buffer 0 (every block reads all of s0[0] of its batch tile itself)
   const TIn* s0 = static_cast<const TIn*>(p.s0);
@@ -292,10 +305,10 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
     prefetch(step + NS - 1);  // into the stage step - 1 used (every thread is past it)
     if (FRNN_CLUSTER_SYNC == 2 && tid < CS - 1) bulk_wait_read();  // the copies of step - 1 (and before) read their segment
     {
-      float acc[G][NT][4];
+      float acc[C::MTW][NT][4];
       if (FRNN_CLUSTER_ABLATE == 3) {
 #pragma unroll
-        for (int g = 0; g < G; ++g)
+        for (int g = 0; g < C::MTW; ++g)
 #pragma unroll
           for (int i = 0; i < NT; ++i)
 #pragma unroll
@@ -313,15 +326,17 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
         else
           gemm.template run<BT, XF>(a_smem, xs + cur * HP * BT * XF, 0, warp, lane, acc, [] {});
       }
-      // partial sums of the warp's K slice: rows gq, gq + 8 of unit group ug, columns 2 t4, 2 t4 + 1
+      // partial sums of the warp's K slice: tile mt = gate j % G, rows gq, gq + 8 of unit group j / G,
+      // columns 2 t4, 2 t4 + 1
 #pragma unroll
-      for (int g = 0; g < G; ++g)
+      for (int mt = 0; mt < C::MTW; ++mt)
 #pragma unroll
         for (int i = 0; i < NT; ++i)
 #pragma unroll
           for (int r = 0; r < 4; ++r) {
-            const int n = i * 8 + 2 * t4 + (r & 1), u = ug * 16 + gq + 8 * (r >> 1);
-            red[((ks * G + g) * BT + n) * RP + u] = acc[g][i][r];
+            const int j = mgr * C::MTW + mt, g = j % G;
+            const int n = i * 8 + 2 * t4 + (r & 1), u = (j / G) * 16 + gq + 8 * (r >> 1);
+            red[((ks * G + g) * BT + n) * RP + u] = acc[mt][i][r];
           }
     }
     cp_async_wait<NS - 1>();  // this thread's copies of stage `step` landed; the barrier shows them to all

@@ -127,12 +127,15 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 // A (the warp's rows of R or R^T) is loaded once as MT*KT m16k16 fragments: the first NREG in
 // registers, the rest in shared memory (per warp, fragment order, conflict-free). X sits in
 // shared memory as HP pieces [HP][BT][XK] (row = batch column, K contiguous, padded).
-template <typename Op, int MT, int KT, int NTW, int HP, int RREG, int WARPS, int KTT = KT>
+template <typename Op, int MT, int KT, int NTW, int HP, int RREG, int WARPS, int KTT = KT, int BRING = 0>
 struct WarpGemm {
   static constexpr int NFRAG = MT * KT;
   static constexpr int NREG = RREG < NFRAG ? RREG : NFRAG;
   static constexpr int NSMEM = NFRAG - NREG;
   static constexpr bool GUARD = KTT % KT != 0;  // an odd split: the last k-tile may be past KTT
+  // run(): B fragments held at once, in k-tiles (BRING > 0 and fewer than KT: the k-tiles stream
+  // through a ring of BRING, which leaves registers to R; 0: all of them, loaded up front)
+  static constexpr int BD = BRING > 0 && BRING < KT ? BRING : KT;
   // independent accumulator chains over k (more in flight when the warp has few output tiles)
   static constexpr int KS = MT * NTW >= 4 ? 1 : (KT >= 4 / (MT * NTW) ? 4 / (MT * NTW) : KT);
   __host__ __device__ static constexpr size_t smem_a_bytes() { return (size_t)WARPS * NSMEM * 4 * 32 * 4; }
@@ -199,10 +202,11 @@ struct WarpGemm {
         for (int i = 0; i < NTW; ++i)
 #pragma unroll
           for (int r = 0; r < 4; ++r) part[s][mt][i][r] = 0.0f;
-    uint32_t bfr[KT][HP][NTW][2];
-#pragma unroll
-    for (int kt = 0; kt < KT; ++kt) {
-      if (GUARD && kt0 + kt >= KTT) break;
+    // the B fragments of k-tile kt sit in ring slot kt % BD: the first BD are loaded before
+    // between(), each later one right after the MMAs of the k-tile BD before it (BD = KT up to
+    // BRING k-tiles: all of them, loaded up front)
+    uint32_t bfr[BD][HP][NTW][2];
+    auto load_b = [&](int kt) {
 #pragma unroll
       for (int hp = 0; hp < HP; ++hp)
 #pragma unroll
@@ -210,9 +214,14 @@ struct WarpGemm {
           const int k0 = (kt0 + kt) * 16;
           const int kseg = SEG > 0 ? (k0 / (SEG > 0 ? SEG : 1)) * SEGS + k0 % (SEG > 0 ? SEG : 1) : k0;
           const int base = ((hp * BT + (nt0 + i) * 8 + gq) * XK + kseg) / 2 + t4;
-          bfr[kt][hp][i][0] = xw[base];
-          bfr[kt][hp][i][1] = xw[base + 4];
+          bfr[kt % BD][hp][i][0] = xw[base];
+          bfr[kt % BD][hp][i][1] = xw[base + 4];
         }
+    };
+#pragma unroll
+    for (int kt = 0; kt < BD; ++kt) {
+      if (GUARD && kt0 + kt >= KTT) break;
+      load_b(kt);
     }
     between();
 #pragma unroll
@@ -228,8 +237,9 @@ struct WarpGemm {
 #pragma unroll
         for (int hp = HP - 1; hp >= 0; --hp)
 #pragma unroll
-          for (int i = 0; i < NTW; ++i) mma(part[kt % KS][mt][i], a, bfr[kt][hp][i], (Op*)nullptr);
+          for (int i = 0; i < NTW; ++i) mma(part[kt % KS][mt][i], a, bfr[kt % BD][hp][i], (Op*)nullptr);
       }
+      if (BD < KT && kt + BD < KT && (!GUARD || kt0 + kt + BD < KTT)) load_b(kt + BD);
     }
     sum_slices(part, acc);
   }

@@ -150,12 +150,14 @@ class Family:
 
 
 def split_defines(family: str, functor: str, dtype_code: int, DH: int, params, names: Tuple[str, ...],
-                  knobs: Dict[str, tuple], knob_prefix: str, split_range: Tuple[int, int], split_what: str) -> Dict[str, object]:
+                  knobs: Dict[str, tuple], knob_prefix: str, split_range: Tuple[int, int], split_what: str,
+                  gates: int = 0) -> Dict[str, object]:
     """The -D defines of a family whose head's R is split over SPLIT blocks (fused_cluster,
     fused_grid): `names` = (the split's name, WARPS, BATCH_TILE, R_REG_TILES), `knobs` the kernel's
     optional test switches (define knob_prefix + key), SPLIT in `split_range` (`split_what` says
     what it counts); ValueError naming the parameter a kernel of this layout cannot take (a block's
-    warps are its DH / SPLIT / 16 unit groups times K slices of the head dim's k-tiles)."""
+    warps are its DH / SPLIT / 16 unit groups times K slices of the head dim's k-tiles, or with a
+    KSLICES knob, groups of its `gates` * DH / SPLIT / 16 m-tiles times KSLICES slices)."""
     missing = [k for k in names if k not in params]
     if missing:
         raise ValueError(f"{family}: params: expected {', '.join(names)}, missing {missing}")
@@ -167,10 +169,17 @@ def split_defines(family: str, functor: str, dtype_code: int, DH: int, params, n
         raise ValueError(f"{family}: head dim DH={DH} with {name}={split}: expected DH / {name} "
                          "to be a multiple of 16 (each block owns whole 16-unit MMA tiles)")
     groups = DH // split // 16
-    if not 1 <= warps <= 32 or warps % groups != 0:
+    if "KSLICES" in params and "KSLICES" in knobs:  # an explicit K split: WARPS / KSLICES groups of m-tiles
+        slices = int(params["KSLICES"])
+        tiles = gates * groups
+        if slices < 1 or not 1 <= warps <= 32 or warps % slices != 0 or tiles % (warps // slices) != 0:
+            raise ValueError(f"{family}: WARPS={warps}, KSLICES={slices}: expected WARPS (at most 32) = KSLICES x a "
+                             f"divisor of the block's G * DH / {name} / 16 = {tiles} m-tiles")
+    elif not 1 <= warps <= 32 or warps % groups != 0:
         raise ValueError(f"{family}: WARPS={warps}: expected a multiple of the block's DH / {name} / 16 = "
                          f"{groups} unit groups, at most 32")
-    slices = warps // groups
+    else:
+        slices = warps // groups
     if (DH // 16) % slices != 0:
         raise ValueError(f"{family}: WARPS={warps}: its {slices} K slices per unit group must divide the "
                          f"head dim's DH / 16 = {DH // 16} k-tiles")

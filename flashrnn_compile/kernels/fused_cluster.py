@@ -46,7 +46,8 @@ SOURCE = "fused/fused_cluster.cu"
 DTYPE_CODES = {torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
 TAKES = tuple(DTYPE_CODES)
 PARAMS = ("CLUSTER_SIZE", "WARPS", "BATCH_TILE", "R_REG_TILES")
-KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1, 2), "ABLATE": (0, 1, 2, 3), "BWD_ABLATE": (0, 1, 2, 3), "BWD_SYNC": (0, 2)}  # test and timing switches (defines)
+KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1, 2), "ABLATE": (0, 1, 2, 3), "BWD_ABLATE": (0, 1, 2, 3), "BWD_SYNC": (0, 2),
+         "KSLICES": tuple(range(1, 33))}  # test and timing switches (defines)
 
 
 def _bind(lib: ctypes.CDLL) -> None:
@@ -79,12 +80,15 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
     SYNC (default 0: one cluster barrier per step; 1: mbarriers per source block; 2: bulk copies of
     each block's new units into its peers, completing on one mbarrier per h buffer), ABLATE (1..3:
     timing probes that skip part of a step; the results are wrong), BWD_ABLATE (1..3: the same for
-    the backward kernel: no distributed-shared-memory stores, no MMAs, a block barrier)."""
+    the backward kernel: no distributed-shared-memory stores, no MMAs, a block barrier), BWD_SYNC (2:
+    the backward's partial sums carried by bulk copies), KSLICES (the forward's K slices per block:
+    WARPS / KSLICES groups of its G * DH / CLUSTER_SIZE / 16 m-tiles; default WARPS / (DH /
+    CLUSTER_SIZE / 16), each warp the G gates of one 16-unit group)."""
     spec = get_cell(cell)
     if dtype not in TAKES:
         raise ValueError(f"fused_cluster: dtype: expected bfloat16 or float16, got {dtype}")
     return _variants.split_defines("fused_cluster", spec.functor, DTYPE_CODES[dtype], DH, params, PARAMS, KNOBS,
-                                   "FRNN_CLUSTER_", (2, 16), "16 blocks per cluster")
+                                   "FRNN_CLUSTER_", (2, 16), "16 blocks per cluster", gates=spec.num_gates)
 
 
 def config(lib: ctypes.CDLL) -> Tuple[int, ...]:

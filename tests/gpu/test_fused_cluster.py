@@ -130,6 +130,35 @@ def test_exchange_variants_planned_match_float64_reference(knob, cell, T, revers
     assert_matches_float64("cluster-exchange-planned", cell, 1, 768, 16, T, reverse, DTYPES, plan)
 
 
+# explicit K slices (the KSLICES knob: WARPS / KSLICES groups of a block's m-tiles, not one warp per
+# 16-unit group): every cell with 2 m-tile groups x 2 K slices and R partly in shared memory; LSTM on
+# a cluster of 8 whose warps stream 16 k-tiles each (the B-fragment ring); the dense 1x768 LSTM (8
+# warps) / GRU (6 warps) tilings with 2 K slices, with and without the bulk exchange, the LSTM also at T 1024 and with the
+# family's own backward
+KSLICE_TILINGS = [(1, 128, 5, {"CLUSTER_SIZE": 2, "WARPS": 4, "BATCH_TILE": 8, "R_REG_TILES": 6, "KSLICES": 2})]
+KSLICE_CASES = [(c, *KSLICE_TILINGS[0][:3], KSLICE_TILINGS[0][3], 17, r) for c in sorted(CELLS) for r in (False, True)]
+KSLICE_CASES += [("lstm", 1, 512, 9, {"CLUSTER_SIZE": 8, "WARPS": 8, "BATCH_TILE": 8, "R_REG_TILES": 20, "KSLICES": 2}, 17, False)]
+DENSE_8_WARPS = {"CLUSTER_SIZE": 16, "WARPS": 8, "BATCH_TILE": 8, "R_REG_TILES": 46, "KSLICES": 2}
+DENSE_FAT = {"lstm": DENSE_8_WARPS, "gru": {**DENSE_8_WARPS, "WARPS": 6}}  # GRU: 9 m-tiles, 3 groups
+KSLICE_CASES += [(c, 1, 768, 16, {**DENSE_FAT[c], **k}, T, r) for c in ("lstm", "gru") for k in ({}, {"SYNC": 2})
+                 for T, r in ((17, False), (17, True))]
+if LONG:
+    KSLICE_CASES.append(("lstm", 1, 768, 16, {**DENSE_8_WARPS, "SYNC": 2}, 1024, False))
+KSLICE_BWD_CASES = [("lstm", 1, 768, 16, {**DENSE_8_WARPS, "SYNC": 2}, 17, r) for r in (False, True)]
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", KSLICE_CASES,
+                         ids=tiling_case_ids(KSLICE_CASES, {"CLUSTER_SIZE": "CS", "WARPS": "W", "BATCH_TILE": "BT"}))
+def test_kslices_match_float64_reference(cell, NH, DH, B, params, T, reverse):
+    assert_tiling_matches_float64("fused_cluster", params, "cluster-kslices", cell, NH, DH, B, T, reverse, DTYPES)
+
+
+@pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", KSLICE_BWD_CASES,
+                         ids=tiling_case_ids(KSLICE_BWD_CASES, {"CLUSTER_SIZE": "CS", "WARPS": "W", "BATCH_TILE": "BT"}))
+def test_own_backward_kslices_match_float64_reference(own_backward, cell, NH, DH, B, params, T, reverse):
+    assert_tiling_matches_float64("fused_cluster", params, "cluster-bwd-kslices", cell, NH, DH, B, T, reverse, DTYPES)
+
+
 # the backward's partial-sum exchange variants other than its default (FRNN_CLUSTER_BWD_SYNC), with the
 # family's own backward: every cell on the cluster of 16 and on the 2-K-slice backward tiling, LSTM
 # on every BWD_EXPLICIT tiling, and the planner's dense 1x768 LSTM / GRU tilings at T 17
