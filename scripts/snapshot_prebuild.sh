@@ -5,10 +5,11 @@
 # while the builds run). Then: run(carry=["build/snap"], command="cd build/snap && bash
 # benchmarks/device_steps.sh benchmarks/steps/<file>.txt").
 #
-#   bash scripts/snapshot_prebuild.sh [block|all] [GPU preset, default h200] [arch, default 9.0]
+#   bash scripts/snapshot_prebuild.sh [block|cluster|all] [GPU preset, default h200] [arch, default 9.0]
 #
 # block: the headline harness's variants and the fused_block tests' (with the DR_OUT and lean-save
-# libraries), ~3.5 min on 2 cores; all: also fused_grid's and fused_cluster's (all of tests/gpu), ~8 min.
+# libraries), ~3.5 min on 2 cores; cluster: also fused_cluster's; all: also fused_grid's (all of
+# tests/gpu), ~8 min or more.
 set -euo pipefail
 what="${1:-block}" gpu="${2:-h200}" arch="${3:-9.0}"
 root="$(git rev-parse --show-toplevel)"
@@ -24,10 +25,8 @@ ln -sfn ../csrc flashrnn_compile/csrc
 trap 'rm -f flashrnn_compile/csrc' EXIT
 export PYTHONPATH="$PWD" TORCH_EXTENSIONS_DIR="$PWD/build/fused_cache"
 "$PY" -c "from flashrnn_compile import build; print('sources:', build.csrc_dir())"
-if [ "$what" = all ]; then
-  "$PY" benchmarks/bench_fused_grid.py --prebuild "$gpu" --arch "$arch" --jobs 2
-  "$PY" benchmarks/bench_fused_cluster.py --prebuild "$gpu" --jobs 2
-fi
+[ "$what" = all ] && "$PY" benchmarks/bench_fused_grid.py --prebuild "$gpu" --arch "$arch" --jobs 2
+[ "$what" = all ] || [ "$what" = cluster ] && "$PY" benchmarks/bench_fused_cluster.py --prebuild "$gpu" --jobs 2
 "$PY" -m benchmarks.run --prebuild --preset headline --gpu "$gpu" --arch "$arch"
 "$PY" benchmarks/prebuild_fused.py --gpu "$gpu" --arch "$arch" --jobs 2 --families block --dr-out --recompute
 echo "snapshot $(cat SNAPSHOT_COMMIT) prebuilt ($what) under build/snap/build/fused_cache"
