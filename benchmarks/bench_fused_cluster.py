@@ -42,17 +42,24 @@ EXPLICIT = [
     {"CLUSTER_SIZE": 16, "WARPS": 6, "BATCH_TILE": 8, "R_REG_TILES": 43},
 ]
 # --ablate: the planner's tiling for dense LSTM 1x768 bf16 B16 T1024 with one kernel switch each
-# (fused_cluster.cuh FRNN_CLUSTER_*): where a step's time goes. ABLATE rows compute wrong results.
+# (fused_cluster.cuh FRNN_CLUSTER_*): where a step's time goes. ABLATE rows compute wrong results;
+# they switch the exchange back to SYNC 0 (stores and a cluster barrier), which they probe.
 DENSE_8_WARPS = {"WARPS": 8, "KSLICES": 2, "R_REG_TILES": 46}  # 2 K slices x 4 groups of 3 m-tiles, 46 of 72 R tiles in registers
-ABLATIONS = [("one cluster barrier per step", {"SYNC": 0}), ("bulk copies, an mbarrier per h buffer", {"SYNC": 2}),
-             ("8 warps (KSLICES 2, R 46)", DENSE_8_WARPS), ("8 warps, bulk copies", {**DENSE_8_WARPS, "SYNC": 2}),
-             ("cluster barrier, 4-byte stores per unit pair", {"SYNC": 0, "VEC": 0}), ("no stores to peers", {"ABLATE": 1}),
-             ("block barrier, not cluster", {"ABLATE": 2}), ("no MMAs", {"ABLATE": 3})]
+ABLATIONS = [("SYNC 0: stores, one cluster barrier per step", {"SYNC": 0}),
+             ("8 warps (KSLICES 2, R 46)", DENSE_8_WARPS),
+             ("2 MMA chains a tile (R 20)", {"CHAINS": 2, "R_REG_TILES": 20}),
+             ("8 warps, 2 chains (R 42)", {**DENSE_8_WARPS, "CHAINS": 2, "R_REG_TILES": 42}),
+             ("8 warps, 3 chains (R 38)", {**DENSE_8_WARPS, "CHAINS": 3, "R_REG_TILES": 38}),
+             ("SYNC 0, 4-byte stores per unit pair", {"SYNC": 0, "VEC": 0}),
+             ("SYNC 0, no stores to peers", {"SYNC": 0, "ABLATE": 1}),
+             ("SYNC 0, block barrier, not cluster", {"SYNC": 0, "ABLATE": 2}),
+             ("SYNC 0, no MMAs", {"SYNC": 0, "ABLATE": 3})]
 # the same for the family's own backward kernel (fwd+bwd timed; the forward is the kernel's)
-BWD_ABLATIONS = [("bwd: bulk copies, an mbarrier per recv buffer", {"BWD_SYNC": 2}),
-                 ("bwd: 8 warps, both bulk", {**DENSE_8_WARPS, "SYNC": 2, "BWD_SYNC": 2}),
-                 ("bwd: no stores to peers", {"BWD_ABLATE": 1}), ("bwd: no MMAs", {"BWD_ABLATE": 2}),
-                 ("bwd: block barrier, not cluster", {"BWD_ABLATE": 3})]
+BWD_ABLATIONS = [("bwd: BWD_SYNC 0: stores, one cluster barrier per step", {"BWD_SYNC": 0}),
+                 ("bwd: 8 warps", DENSE_8_WARPS),
+                 ("bwd: no MMAs", {"BWD_ABLATE": 2}),
+                 ("bwd: BWD_SYNC 0, no stores to peers", {"BWD_SYNC": 0, "BWD_ABLATE": 1}),
+                 ("bwd: BWD_SYNC 0, block barrier, not cluster", {"BWD_SYNC": 0, "BWD_ABLATE": 3})]
 
 
 def variants(gpu: str):
@@ -70,6 +77,13 @@ def variants(gpu: str):
     for cell, NH, DH, B, prm, T, _ in t.EXCHANGE_CASES + t.BWD_EXCHANGE_CASES + t.KSLICE_CASES + t.KSLICE_BWD_CASES:
         for dtype in t.DTYPES:
             out.add((cell, dtype, DH, tuple(sorted(prm.items()))))
+    for cell in sorted(t.CELLS):  # the bitwise comparisons of the exchanges (bfloat16)
+        for k in (0, 2):
+            for i in (0, 2):
+                out.add((cell, torch.bfloat16, t.EXPLICIT[i][1], tuple(sorted({**t.EXPLICIT[i][3], "SYNC": k}.items()))))
+            for i in (0, 2, 3):
+                prm = {**t.BWD_EXPLICIT[i][3], "BWD_SYNC": k}
+                out.add((cell, torch.bfloat16, t.BWD_EXPLICIT[i][1], tuple(sorted(prm.items()))))
     for knob, planned in [(k, t.EXCHANGE_PLANNED) for k in t.EXCHANGE_KNOBS] + [(k, t.BWD_EXCHANGE_PLANNED) for k in t.BWD_EXCHANGE_KNOBS]:
         for cell in sorted({c for c, _, _ in planned}):
             for dtype in t.DTYPES:

@@ -12,6 +12,7 @@ that ncu can pick one launch of the cluster kernel.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -34,11 +35,13 @@ def main() -> None:
     p.add_argument("--B", type=int, default=16)
     p.add_argument("--T", type=int, default=1024)
     p.add_argument("--backward", action="store_true", help="forward and backward calls (gradients of all inputs)")
+    p.add_argument("--params", default="{}", help="JSON merged into the planner's params (the kernel's knobs)")
     a = p.parse_args()
     NH, DH = (int(v) for v in a.heads.split("x"))
     chosen = planner.plan(a.cell, a.B, NH, DH, DT[a.dtype], families=("fused_cluster",))
     assert chosen.family == "fused_cluster", chosen.reason
-    plan = runtime.plan_json(chosen.family, chosen.params)
+    params = {**chosen.params, **json.loads(a.params)}
+    plan = runtime.plan_json(chosen.family, params)
     gx, R, b, s0, _ = inputs(a.cell, a.T, a.B, NH, DH, DT[a.dtype])
     if a.backward:
         leaves = [t.detach().requires_grad_(True) for t in (gx, R, b, s0)]
@@ -51,7 +54,7 @@ def main() -> None:
                 recurrence(gx, R, b, s0, cell=a.cell, plan=plan)
     torch.cuda.synchronize()
     print(f"{a.calls} {'forward+backward' if a.backward else 'forward'} calls, {a.cell} {a.heads} {a.dtype} "
-          f"B{a.B} T{a.T}, {chosen.params}")
+          f"B{a.B} T{a.T}, {params}")
 
 
 if __name__ == "__main__":

@@ -7,29 +7,36 @@
 //   nullptr: what the alternating backward reads)
 //
 // Work split. Block `rank` of a cluster owns the DHB = DH / CS units rank * DHB .. + DHB - 1 (all
-// G gates of them: G * DHB rows of R). Its warps are UGB = DHB / 16 unit groups times KS = WARPS /
-// UGB K slices: warp (ug, ks) computes the G gate tiles of its 16 units over k-tiles ks * KTW ..
-// + KTW - 1 (KTW = DH / 16 / KS) with m16n8k16 MMAs (mma.cuh WarpGemm: its R_REG_TILES
-// A fragments in registers, the rest in shared memory, loaded once). Per step:
-//   1. MMAs on h_{t-1} [BT][DH] (shared memory, all DH units) -> partial sums of the K slice, to
-//      shared memory red[KS][G][BT][DHB + 4] fp32; cp.async of gx NS - 1 steps ahead was issued first
+// G gates of them: G * DHB rows, M = G * DHB / 16 m-tiles of R). Its warps are MGR groups of MTW
+// consecutive m-tiles (tile j: gate j % G of unit group j / G) times KS K slices (by default MGR =
+// DHB / 16 and MTW = G: a warp has the G gates of 16 units; FRNN_CLUSTER_KSLICES sets KS): warp
+// (mgr, ks) multiplies its MTW tiles over k-tiles ks * KTW .. + KTW - 1 (KTW = DH / 16 / KS) with
+// m16n8k16 MMAs (mma.cuh WarpGemm: its R_REG_TILES A fragments in registers, the rest in shared
+// memory, loaded once). Per step (FRNN_CLUSTER_SYNC = 2, the default):
+//   1. wait for the mbarrier of this step's h buffer (every peer's h_{t-1} has landed; thread 0 then
+//      re-arms it for its next fill); MMAs on h_{t-1} (shared memory, all DH units, laid out by
+//      source block [CS][HP][BT][DHB + 8]) -> partial sums of the K slice, to shared memory
+//      red[KS][G][BT][DHB + 4] fp32; cp.async of gx NS - 1 steps ahead was issued first
 //   2. __syncthreads; each thread takes unit pairs (u, u + 1) of one batch column: sums the KS
 //      partials, + b, + gx (ring stage), saves states_in / rhb, runs the cell (fp32 states stay in
-//      its registers for all T steps), stores h_t to global, and stages the pair (one 32-bit word
-//      per h piece) in the block's own slice of the next h buffer
-//   3. __syncthreads; the exchange (distributed shared memory): THREADS / CS threads per receiving
-//      block copy the staged slice into that block's next h buffer in 16-byte st.shared::cluster
-//      stores, then each arrives (release, cluster scope) on the receiver's mbarrier of (buffer,
-//      this block). Before its MMAs of the next step a warp waits (acquire) only on the mbarriers of
-//      the blocks whose units its K slice reads: no cluster-wide barrier per step (FRNN_CLUSTER_SYNC
-//      = 0 instead ends each step with barrier.cluster.arrive.release / wait.acquire).
-// Why the double-buffered h needs no other barrier: block P writes this block's buffer X (read at
-// step s + 1) in its exchange of step s, after its own MMAs of step s, which waited for this
-// block's h of step s - 1, produced after this block's MMAs of step s - 1 had finished reading X.
-// An mbarrier phase cannot complete twice before this block's warps saw it: P's next arrival on it
-// (step s + 2) needs this block's h of step s + 1, produced after all of its waits of step s + 1.
-// The last step sends nothing, so every store into a block's shared memory has been waited for
-// before the block exits.
+//      its registers for all T steps), stores h_t to global, and writes the pair (one 32-bit word per
+//      h piece) into the block's own segment of the next h buffer
+//   3. fence.proxy.async, __syncthreads; lanes 0 .. CS - 2 of warp 0 each issue one bulk copy (the
+//      copy engine: cp.async.bulk shared::cta -> shared::cluster) of that segment into the same place
+//      of one peer, completing its bytes on the peer's mbarrier of that buffer. No thread stores into
+//      a peer and no cluster barrier is met per step.
+// Why two h buffers and these waits suffice: block P writes this block's buffer X (read at step
+// s + 1) in its exchange of step s, after its own MMAs of step s, which waited for this block's h of
+// step s - 1, sent after this block's MMAs of step s - 1 had finished reading X. An mbarrier phase
+// cannot complete twice before this block's warps saw it: the next fill of a buffer needs this
+// block's h of the step after, produced after every warp's wait. The copies of step s - 2 read the
+// segment rewritten at step s: their issuers wait for that (cp.async.bulk.wait_group.read) at the
+// start of step s, before the block barrier after the MMAs. The last step sends nothing, so every
+// copy into a block has been waited for before it exits.
+// SYNC 0 (a timing switch) ends each step with 16-byte st.shared::cluster stores of the segment by
+// all threads and barrier.cluster.arrive.release / wait.acquire: 9% slower at LSTM 1x768 (H200), its
+// release fence waiting for the stores (ncu: 22% of the samples); SYNC 1, mbarriers per source block
+// that the storing threads arrive on, was slower than SYNC 0 (session 4).
 // Columns past the batch compute on zeros and store nothing. A cluster barrier before the loop
 // makes every block's buffers and mbarriers initialised before a peer writes them.
 //
@@ -39,8 +46,8 @@
 // The backward kernel (built with FRNN_CLUSTER_BWD=1 only) is described at backward_kernel below.
 //
 // Template parameters = the planner's fused_cluster variables (csrc/fused/fused_cluster.cint):
-//   CS = CLUSTER_SIZE, WARPS (a multiple of DHB / 16 whose quotient KS divides DH / 16), BT =
-//   BATCH_TILE, RREG = R_REG_TILES (A fragments each warp keeps in registers).
+//   CS = CLUSTER_SIZE, WARPS (by default a multiple of DHB / 16 whose quotient KS divides DH / 16),
+//   BT = BATCH_TILE, RREG = R_REG_TILES (A fragments each warp keeps in registers).
 #pragma once
 
 #include "fused/fused_block.cuh"
@@ -62,7 +69,7 @@
 // engine, cp.async.bulk shared::cta -> shared::cluster) that complete bytes on one mbarrier per h
 // buffer of the receiver; no thread stores into a peer and no cluster barrier per step
 #ifndef FRNN_CLUSTER_SYNC
-#define FRNN_CLUSTER_SYNC 0
+#define FRNN_CLUSTER_SYNC 2
 #endif
 // K slices per block (0: WARPS / (DHB / 16), each warp all G gate tiles of one 16-unit group); else
 // the block's G * DHB / 16 m-tiles are split into WARPS / KSLICES groups of consecutive tiles
@@ -70,6 +77,11 @@
 // fatter warps hold more of R in registers
 #ifndef FRNN_CLUSTER_KSLICES
 #define FRNN_CLUSTER_KSLICES 0
+#endif
+// independent accumulator chains per MMA tile in the forward's GEMM (0: WarpGemm's rule, one when a
+// warp has 4 or more tiles): shorter dependent chains of MMAs, more accumulator registers
+#ifndef FRNN_CLUSTER_CHAINS
+#define FRNN_CLUSTER_CHAINS 0
 #endif
 // timing probes only (results are wrong): 1 no stores to peers, 2 a block barrier instead of the
 // cluster barrier, 3 no MMAs; 0 the kernel
@@ -113,8 +125,9 @@ struct Config {
   static_assert(KS >= 1 && WARPS % KS == 0 && KT % KS == 0 && (G * UGB) % MGR == 0,
                 "WARPS = m-tile groups x KS K slices, KS | DH / 16, the groups divide the G * DHB / 16 m-tiles");
   static_assert(CS >= 1 && CS <= 16, "at most 16 blocks per cluster");
-  // more than 12 k-tiles a warp: their B fragments stream through a ring of 8 (registers for R)
-  using Gemm = WarpGemm<Op, MTW, KTW, NT, HP, RREG, WARPS, KTW, (KTW > 12 ? 8 : 0)>;
+  // more than 12 k-tiles a warp: their B fragments stream through a ring of 8 (registers for R);
+  // FRNN_CLUSTER_CHAINS > 0: that many independent accumulator chains per tile (mma.cuh WarpGemm)
+  using Gemm = WarpGemm<Op, MTW, KTW, NT, HP, RREG, WARPS, KTW, (KTW > 12 ? 8 : 0), FRNN_CLUSTER_CHAINS>;
   static constexpr int NP = BT * DHB / 2;               // unit pairs (u, u + 1) x batch columns
   static constexpr int PPT = (NP + THREADS - 1) / THREADS;  // pairs per thread
   static constexpr int NS = 4;                           // gx ring stages (3 steps ahead)
@@ -488,14 +501,25 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 //      (m16n8k16 MMAs, A = the block's rows of R transposed, WarpGemm: R_REG_TILES fragments in
 //      registers, the rest in shared memory). Warp w = (mg, kk): MG = gcd(WARPS, DH / 16) groups of
 //      MT = DH / 16 / MG m-tiles (output units) times BKS = WARPS / MG slices of the G * DHB / 16
-//      k-tiles. The reduce-scatter: each accumulator element (unit k, column n) is stored (4-byte
-//      st.shared::cluster) into block k / DHB's recv[step & 1][slot = rank * BKS + kk][n][k % DHB]
-//   4. one cluster barrier (arrive.release / wait.acquire): the partials are in their owners
-// Why two recv buffers and one barrier suffice: a block writes recv[b] of a peer in step s after
-// the barrier of step s - 1, which the peer passed only after reading recv[b] (in step s - 1, the
-// partials of step s - 2). The last step's barrier is the last one: no block exits while a peer
-// may still store into it. X is single-buffered: every warp's MMAs of step s end before the block
-// arrives at that step's cluster barrier, and X is written again only after it.
+//      k-tiles. The reduce-scatter (FRNN_CLUSTER_BWD_SYNC = 2, the default): each accumulator
+//      element (unit k, column n) is written into this block's shared memory, at the owner block
+//      k / DHB's chunk of a staging area [CS][BKS][BT][DHB + 4] (the own block's straight into its
+//      recv[step & 1][slot = rank * BKS + kk][n][k % DHB]); fence.proxy.async, __syncthreads, and
+//      lanes 0 .. CS - 2 of warp 0 each issue one bulk copy of a peer's chunk into its recv[step & 1]
+//      at slots rank * BKS .., completing the bytes on the peer's mbarrier of that buffer
+//   4. (next step) wait for the mbarrier of recv[step & 1]; thread 0 re-arms it for its next fill
+// Why two recv buffers suffice: block P writes recv[b] of Q in step s after its own cell of step s,
+// which waited for P's fill of step s - 1, holding Q's partials of step s - 1, sent after Q's cell of
+// step s - 1 had read recv[b] (the partials of step s - 2). A phase cannot complete twice before all
+// of Q's threads saw it: the next fill needs Q's partials of the next step, sent after every wait.
+// The staging area is rewritten after the next step's block barrier, and its copies' issuers wait
+// (cp.async.bulk.wait_group.read) before it. The last step's partials are waited for before ds0:
+// no copy into a block is in flight when it exits. X is single-buffered: every warp's MMAs of step s
+// end before the block barrier before the copies, and X is written again only after it.
+// BWD_SYNC 0 (and configurations whose staging area would not fit): the accumulators are stored
+// into their owners' recv with 4-byte st.shared::cluster, and one cluster barrier ends the step;
+// 13% slower (fwd+bwd, LSTM 1x768, H200): the barrier's release fence waits for the stores and the
+// step's global stores (ncu: 28% of the samples).
 // At the end ds0 = ds (+ dh_rec of the last step's partials for state 0).
 // Columns past the batch compute on zeros, put zero drhb in X and store nothing.
 // Precision: MMA operands 16-bit (R exact; drhb as HP pieces: two for the cells whose gradient
@@ -525,9 +549,10 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 // cluster meets at one barrier per step; 2: the warps write them into the block's own shared memory
 // (a staging area per owner, the own block's straight into its recv), and CS - 1 bulk copies (the
 // copy engine) carry each owner's share into its recv, completing bytes on the owner's mbarrier of
-// that recv buffer: no thread stores into a peer and no cluster barrier per step
+// that recv buffer: no thread stores into a peer and no cluster barrier per step. A configuration whose
+// staging area does not fit the 227 KiB of shared memory an sm_90 block may have takes 0 (BwdConfig::BULK).
 #ifndef FRNN_CLUSTER_BWD_SYNC
-#define FRNN_CLUSTER_BWD_SYNC 0
+#define FRNN_CLUSTER_BWD_SYNC 2
 #endif
 
 __host__ __device__ constexpr int gcd_int(int a, int b) { return b == 0 ? a : gcd_int(b, a % b); }
@@ -553,12 +578,12 @@ struct BwdConfig {
   static constexpr int RP = DHB + 4;      // recv row (fp32), as the forward's red
   __host__ __device__ static constexpr size_t align16(size_t x) { return (x + 15) / 16 * 16; }
   // BWD_SYNC 2: one owner's share of a block's partials, [BKS][BT][RP] fp32 (a multiple of 16 bytes)
-  static constexpr bool BULK = FRNN_CLUSTER_BWD_SYNC == 2;
   static constexpr int CHUNK = BKS * BT * RP;
   // a_smem | X [HP][BT][XK] Op | recv [2][NSLOT][BT][RP] f32 | BWD_SYNC 2: stage [CS][BKS][BT][RP] f32, mbarriers [2]
   static constexpr size_t A_BYTES = align16(Gemm::smem_a_bytes());
   static constexpr size_t X_BYTES = align16((size_t)HP * BT * XK * sizeof(Op));
   static constexpr size_t RECV_BYTES = align16((size_t)2 * NSLOT * BT * RP * 4);
+  static constexpr bool BULK = FRNN_CLUSTER_BWD_SYNC == 2 && A_BYTES + X_BYTES + RECV_BYTES + (size_t)CS * CHUNK * 4 + 16 <= 232448;
   static constexpr size_t STAGE_BYTES = BULK ? (size_t)CS * CHUNK * 4 : 0;
   static constexpr size_t X_OFF = A_BYTES, RECV_OFF = X_OFF + X_BYTES, STAGE_OFF = RECV_OFF + RECV_BYTES;
   static constexpr size_t MB_OFF = STAGE_OFF + STAGE_BYTES;

@@ -47,7 +47,7 @@ DTYPE_CODES = {torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
 TAKES = tuple(DTYPE_CODES)
 PARAMS = ("CLUSTER_SIZE", "WARPS", "BATCH_TILE", "R_REG_TILES")
 KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1, 2), "ABLATE": (0, 1, 2, 3), "BWD_ABLATE": (0, 1, 2, 3), "BWD_SYNC": (0, 2),
-         "KSLICES": tuple(range(1, 33))}  # test and timing switches (defines)
+         "KSLICES": tuple(range(1, 33)), "CHAINS": (0, 1, 2, 3, 4)}  # test and timing switches (defines)
 
 
 def _bind(lib: ctypes.CDLL) -> None:
@@ -83,7 +83,8 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
     the backward kernel: no distributed-shared-memory stores, no MMAs, a block barrier), BWD_SYNC (2:
     the backward's partial sums carried by bulk copies), KSLICES (the forward's K slices per block:
     WARPS / KSLICES groups of its G * DH / CLUSTER_SIZE / 16 m-tiles; default WARPS / (DH /
-    CLUSTER_SIZE / 16), each warp the G gates of one 16-unit group)."""
+    CLUSTER_SIZE / 16), each warp the G gates of one 16-unit group), CHAINS (independent accumulator
+    chains per MMA tile in the forward; default 0: one for warps of 4 or more tiles)."""
     spec = get_cell(cell)
     if dtype not in TAKES:
         raise ValueError(f"fused_cluster: dtype: expected bfloat16 or float16, got {dtype}")

@@ -77,7 +77,7 @@ BWD_EXPLICIT_CASES = [(c, nh, dh, b, prm, T, r) for c in sorted(CELLS) for nh, d
 # dense 1x768 LSTM / GRU tilings at T 17 and LSTM at T 1024 (the gradients through the own backward
 # are not the exchange's: the forward's outputs and saved states are what the alternating backward
 # reads, so all six outputs are checked)
-EXCHANGE_KNOBS = ({"SYNC": 2},)
+EXCHANGE_KNOBS = ({"SYNC": 0}, {"SYNC": 1})
 EXCHANGE_TILINGS = sorted({(c, i) for c in CELLS for i in (2,)} | {("lstm", i) for i in range(len(EXPLICIT))})
 EXCHANGE_CASES = [(c, *EXPLICIT[i][:3], {**EXPLICIT[i][3], **k}, 17, r) for k in EXCHANGE_KNOBS
                   for c, i in EXCHANGE_TILINGS for r in (False, True)]
@@ -133,18 +133,17 @@ def test_exchange_variants_planned_match_float64_reference(knob, cell, T, revers
 # explicit K slices (the KSLICES knob: WARPS / KSLICES groups of a block's m-tiles, not one warp per
 # 16-unit group): every cell with 2 m-tile groups x 2 K slices and R partly in shared memory; LSTM on
 # a cluster of 8 whose warps stream 16 k-tiles each (the B-fragment ring); the dense 1x768 LSTM (8
-# warps) / GRU (6 warps) tilings with 2 K slices, with and without the bulk exchange, the LSTM also at T 1024 and with the
-# family's own backward
+# warps) / GRU (6 warps) tilings with 2 K slices, the LSTM also at T 1024 and with the family's own
+# backward
 KSLICE_TILINGS = [(1, 128, 5, {"CLUSTER_SIZE": 2, "WARPS": 4, "BATCH_TILE": 8, "R_REG_TILES": 6, "KSLICES": 2})]
 KSLICE_CASES = [(c, *KSLICE_TILINGS[0][:3], KSLICE_TILINGS[0][3], 17, r) for c in sorted(CELLS) for r in (False, True)]
 KSLICE_CASES += [("lstm", 1, 512, 9, {"CLUSTER_SIZE": 8, "WARPS": 8, "BATCH_TILE": 8, "R_REG_TILES": 20, "KSLICES": 2}, 17, False)]
 DENSE_8_WARPS = {"CLUSTER_SIZE": 16, "WARPS": 8, "BATCH_TILE": 8, "R_REG_TILES": 46, "KSLICES": 2}
 DENSE_FAT = {"lstm": DENSE_8_WARPS, "gru": {**DENSE_8_WARPS, "WARPS": 6}}  # GRU: 9 m-tiles, 3 groups
-KSLICE_CASES += [(c, 1, 768, 16, {**DENSE_FAT[c], **k}, T, r) for c in ("lstm", "gru") for k in ({}, {"SYNC": 2})
-                 for T, r in ((17, False), (17, True))]
+KSLICE_CASES += [(c, 1, 768, 16, DENSE_FAT[c], T, r) for c in ("lstm", "gru") for T, r in ((17, False), (17, True))]
 if LONG:
-    KSLICE_CASES.append(("lstm", 1, 768, 16, {**DENSE_8_WARPS, "SYNC": 2}, 1024, False))
-KSLICE_BWD_CASES = [("lstm", 1, 768, 16, {**DENSE_8_WARPS, "SYNC": 2}, 17, r) for r in (False, True)]
+    KSLICE_CASES.append(("lstm", 1, 768, 16, DENSE_8_WARPS, 1024, False))
+KSLICE_BWD_CASES = [("lstm", 1, 768, 16, DENSE_8_WARPS, 17, r) for r in (False, True)]
 
 
 @pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", KSLICE_CASES,
@@ -162,7 +161,7 @@ def test_own_backward_kslices_match_float64_reference(own_backward, cell, NH, DH
 # the backward's partial-sum exchange variants other than its default (FRNN_CLUSTER_BWD_SYNC), with the
 # family's own backward: every cell on the cluster of 16 and on the 2-K-slice backward tiling, LSTM
 # on every BWD_EXPLICIT tiling, and the planner's dense 1x768 LSTM / GRU tilings at T 17
-BWD_EXCHANGE_KNOBS = ({"BWD_SYNC": 2},)
+BWD_EXCHANGE_KNOBS = ({"BWD_SYNC": 0},)
 BWD_EXCHANGE_TILINGS = sorted({(c, i) for c in CELLS for i in (2, 3)} | {("lstm", i) for i in range(len(BWD_EXPLICIT))})
 BWD_EXCHANGE_CASES = [(c, *BWD_EXPLICIT[i][:3], {**BWD_EXPLICIT[i][3], **k}, 17, r) for k in BWD_EXCHANGE_KNOBS
                       for c, i in BWD_EXCHANGE_TILINGS for r in (False, True)]
@@ -184,6 +183,41 @@ def test_own_backward_exchange_variants_planned_match_float64_reference(own_back
         return runtime.plan_json("fused_cluster", {**chosen.params, **knob})
 
     assert_matches_float64("cluster-bwd-exchange-planned", cell, 1, 768, 16, T, reverse, DTYPES, plan)
+
+
+def _bitwise_cases(tilings):
+    return [(c, i, r) for c in sorted(CELLS) for i in tilings for r in (False, True)]
+
+
+@pytest.mark.parametrize("cell,tiling,reverse", _bitwise_cases((0, 2)), ids=lambda v: str(v))
+def test_bulk_exchange_is_bitwise_the_barrier_exchange(cell, tiling, reverse):
+    """SYNC 2 moves the same h words as SYNC 0 and the MMAs read them in the same order: h, sT and
+    the saved states agree bit for bit (a stale or torn h of any step would show)."""
+    NH, DH, B, prm, _ = EXPLICIT[tiling]
+    gx, R, b, s0, _, _ = make_inputs(cell, 17, B, NH, DH, seed=31 + tiling)
+    low = [t.bfloat16() for t in (gx, R, b, s0)]
+    outs = [torch.ops.flashrnn.recurrence_fwd(*low, cell, reverse, runtime.plan_json("fused_cluster", {**prm, "SYNC": k}), True)
+            for k in (0, 2)]
+    for name, x, y in zip(("h", "sT", "states_in", "rhb"), *outs):
+        assert torch.isfinite(x).all() and torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("cell,tiling,reverse", _bitwise_cases((0, 2, 3)), ids=lambda v: str(v))
+def test_own_backward_bulk_is_bitwise_the_store_exchange(own_backward, cell, tiling, reverse):
+    """BWD_SYNC 2 carries the same fp32 partial sums as BWD_SYNC 0 and the owners add them in the
+    same order: every gradient agrees bit for bit."""
+    from .conftest import run_with_grads
+
+    NH, DH, B, prm, _ = BWD_EXPLICIT[tiling]
+    gx, R, b, s0, dh, dsT = make_inputs(cell, 17, B, NH, DH, seed=41 + tiling)
+    low = [t.bfloat16() for t in (gx, R, b, s0)]
+    outs = []
+    for k in (0, 2):
+        plan = runtime.plan_json("fused_cluster", {**prm, "BWD_SYNC": k})
+        outs.append(run_with_grads(lambda *a: recurrence(*a, cell=cell, reverse=reverse, plan=plan), low, dh.bfloat16(),
+                                   dsT.bfloat16()))
+    for name, x, y in zip(("h", "sT", "dgx", "dR", "db", "ds0"), *outs):
+        assert torch.isfinite(x).all() and torch.equal(x, y), name
 
 
 @pytest.fixture(autouse=True)
