@@ -15,7 +15,11 @@ what="${1:-block}" gpu="${2:-h200}" arch="${3:-9.0}"
 root="$(git rev-parse --show-toplevel)"
 PY="${PY:-$root/.venv/bin/python}"
 cd "$root"
-rm -rf build/snap && mkdir -p build/snap
+# the previous snapshot's variant cache is kept (its entries are keyed by their sources and defines:
+# what did not change is not built again)
+rm -rf build/snap_cache && [ -d build/snap/build/fused_cache ] && mv build/snap/build/fused_cache build/snap_cache
+rm -rf build/snap && mkdir -p build/snap/build
+[ -d build/snap_cache ] && mv build/snap_cache build/snap/build/fused_cache
 git archive HEAD | tar -x -C build/snap
 git rev-parse HEAD > build/snap/SNAPSHOT_COMMIT
 # FlashRNN 1.0.8's wheels (never committed) travel inside the snapshot for the harness's baseline rows
