@@ -14,8 +14,8 @@ shows the floor suite's numbers next to each family.
 
 --quick runs small sizes on the CPU (CI keeps the harness alive with it; numbers mean nothing).
 --max-seconds skips the rows that no longer fit (each says so), so one device call always ends with
-its files written. --prebuild compiles ahead (on a machine without the GPU) the fused_block
-variants the preset will ask for and the floor library, into $TORCH_EXTENSIONS_DIR, to be carried.
+its files written. --prebuild compiles ahead (on a machine without the GPU) the fused variants
+the preset will ask for and the floor library, into $TORCH_EXTENSIONS_DIR, to be carried.
 
 Output, per suite, under <out or benchmarks/results>/<card>/: <suite>.json (environment + rows),
 <suite>.md (table), and for the layer suite PNG plots (time vs head dim, time vs batch, speed-up
@@ -68,7 +68,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="results root (default benchmarks/results); files go to OUT/<card>/")
     p.add_argument("--max-seconds", default=None, help="time budget: N per suite, or floor=N,layer=N,model=N")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available; cpu with --quick)")
-    p.add_argument("--prebuild", action="store_true", help="build fused_block variants + floor library ahead")
+    p.add_argument("--prebuild", action="store_true", help="build the fused variants the preset plans + the floor library ahead")
     p.add_argument("--replot", default=None, metavar="DIR",
                    help="redraw the layer plots from DIR/layer.json (e.g. a result set fetched without its PNGs)")
     p.add_argument("--list", action="store_true", help="print the layer preset's rows and expected seconds; run nothing")
@@ -142,24 +142,32 @@ def run_model(device, budget, env, args, folder) -> List[dict]:
 
 
 def prebuild(args: argparse.Namespace) -> int:
-    """Compile the preset's fused_block variants and the floor library for --gpu / --arch."""
+    """Compile the fused variants the preset's rows plan (fused_block, fused_cluster with its
+    backward, fused_grid) and the floor library for --gpu / --arch."""
     from concurrent.futures import ThreadPoolExecutor
 
     from flashrnn_compile import build, planner
-    from flashrnn_compile.kernels import fused_block
+    from flashrnn_compile.kernels import fused_block, fused_cluster, fused_grid
 
     from .suites import floor, layer
 
     preset = args.preset or "headline"
     configs = {}
+    # each fused family's plan of every row (the harness offers them all), fused_cluster's backward too
+    libs = {"fused_block": (fused_block, [fused_block.defines]),
+            "fused_cluster": (fused_cluster, [fused_cluster.defines, fused_cluster.backward_defines]),
+            "fused_grid": (fused_grid, [fused_grid.defines])}
     for cfg in layer.PRESETS[preset]():
-        chosen = planner.plan(cfg.cell, cfg.B, cfg.NH, cfg.DH, common.DTYPES[cfg.dtype], gpu=args.gpu,
-                              families=("fused_block",))
-        if chosen.family != "fused_block":
-            print(f"no fused_block plan for {cfg.label()}: {chosen.reason[:120]}")
-            continue
-        defs = fused_block.defines(cfg.cell, common.DTYPES[cfg.dtype], cfg.DH, chosen.params)
-        configs[repr(sorted(defs.items()))] = (fused_block.SOURCE, defs)
+        for family, (mod, makers) in libs.items():
+            chosen = planner.plan(cfg.cell, cfg.B, cfg.NH, cfg.DH, common.DTYPES[cfg.dtype], gpu=args.gpu,
+                                  families=(family,))
+            if chosen.family != family:
+                if family == "fused_block":
+                    print(f"no fused_block plan for {cfg.label()}: {chosen.reason[:120]}")
+                continue
+            for make in makers:
+                defs = make(cfg.cell, common.DTYPES[cfg.dtype], cfg.DH, chosen.params)
+                configs[repr(sorted(defs.items()))] = (mod.SOURCE, defs)
     configs["floor"] = (floor.SOURCE, floor.DEFINES)
     start = time.time()
     with ThreadPoolExecutor(8) as pool:

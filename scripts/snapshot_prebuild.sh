@@ -32,5 +32,6 @@ export PYTHONPATH="$PWD" TORCH_EXTENSIONS_DIR="$PWD/build/fused_cache"
 [ "$what" = all ] && "$PY" benchmarks/bench_fused_grid.py --prebuild "$gpu" --arch "$arch" --jobs 2
 [ "$what" = all ] || [ "$what" = cluster ] && "$PY" benchmarks/bench_fused_cluster.py --prebuild "$gpu" --jobs 2
 "$PY" -m benchmarks.run --prebuild --preset headline --gpu "$gpu" --arch "$arch"
+[ "$what" = all ] && "$PY" -m benchmarks.run --prebuild --preset cluster --gpu "$gpu" --arch "$arch"
 "$PY" benchmarks/prebuild_fused.py --gpu "$gpu" --arch "$arch" --jobs 2 --families block --dr-out --recompute
 echo "snapshot $(cat SNAPSHOT_COMMIT) prebuilt ($what) under build/snap/build/fused_cache"

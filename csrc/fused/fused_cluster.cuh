@@ -220,6 +220,16 @@ __device__ __forceinline__ void bulk_to_peer(uint32_t dst, uint32_t src, uint32_
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 // this thread's bulk copies have read their sources
 __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+// the same wait with acquire at CTA scope: enough for bytes the copy engine completed on the mbarrier
+// (SYNC 2, BWD_SYNC 2). The cluster-scope acquire invalidates L1 (CCTL.IVALL), which waits for
+// every global load in flight, the gx prefetch just issued among them (ncu: 20% of the forward's
+// samples at LSTM 1x768).
+__device__ __forceinline__ void mbar_wait_cta(uint32_t addr, uint32_t parity) {
+  asm volatile(
+      "{\n .reg .pred P1;\nWAIT_LOOP:\n"
+      " mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 P1, [%0], %1;\n"
+      " @!P1 bra WAIT_LOOP;\n}\n" ::"r"(addr), "r"(parity) : "memory");
+}
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release;\n" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory"); }
 #endif
@@ -303,6 +313,9 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
     mbar_init(mb_s, 1);
     mbar_init(mb_s + 8, 1);
     mbar_init_fence();
+  }
+  __syncthreads();  // (racecheck: the initialisation is ordered before the arrivals)
+  if (FRNN_CLUSTER_SYNC == 2 && tid == 0) {
     mbar_arrive_expect_tx(mb_s, RECV_BYTES);
     mbar_arrive_expect_tx(mb_s + 8, RECV_BYTES);
   }
@@ -330,7 +343,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
         if (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0 && step > 0)  // h_{t-1} of the k-slice's sources has landed (fill (step - 1) / 2 of buffer cur)
           for (int src = src0; src <= src1; ++src) mbar_wait(mb_s + 8 * (cur * CS + src), (uint32_t)((step - 1) >> 1) & 1u);
         if (FRNN_CLUSTER_SYNC == 2 && step > 0) {  // every peer's h_{t-1} has landed (fill (step - 1) / 2 of buffer cur)
-          mbar_wait(mb_s + 8 * cur, (uint32_t)((step - 1) >> 1) & 1u);
+          mbar_wait_cta(mb_s + 8 * cur, (uint32_t)((step - 1) >> 1) & 1u);
           // its next fill (h of step + 1) needs this block's h of `step`: after every warp's wait
           if (tid == 0) mbar_arrive_expect_tx(mb_s + 8 * cur, RECV_BYTES);
         }
@@ -702,6 +715,9 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     mbar_init(mb_s, 1);
     mbar_init(mb_s + 8, 1);
     mbar_init_fence();
+  }
+  __syncthreads();  // (racecheck: the initialisation is ordered before the arrivals)
+  if (C::BULK && tid == 0) {
     mbar_arrive_expect_tx(mb_s, RECV_TX);
     mbar_arrive_expect_tx(mb_s + 8, RECV_TX);
   }
@@ -717,7 +733,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     if (C::BULK) {
       if (tid < CS - 1) bulk_wait_read();  // the copies of step - 1 read the staging area (rewritten after the next block barrier)
       if (step > 0) {  // the peers' partials of step - 1 are in recv[(step - 1) & 1] (its fill (step - 1) / 2)
-        mbar_wait(mb_s + 8 * ((step - 1) & 1), (uint32_t)((step - 1) >> 1) & 1u);
+        mbar_wait_cta(mb_s + 8 * ((step - 1) & 1), (uint32_t)((step - 1) >> 1) & 1u);
         if (tid == 0) mbar_arrive_expect_tx(mb_s + 8 * ((step - 1) & 1), RECV_TX);
       }
     }
@@ -820,7 +836,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   }
   if (C::BULK) {
     if (tid < CS - 1) bulk_wait_read();  // no copy still reads this block's shared memory
-    if (T > 0) mbar_wait(mb_s + 8 * ((T - 1) & 1), (uint32_t)((T - 1) >> 1) & 1u);  // the last step's partials
+    if (T > 0) mbar_wait_cta(mb_s + 8 * ((T - 1) & 1), (uint32_t)((T - 1) >> 1) & 1u);  // the last step's partials
   }
   TIn* ds0 = static_cast<TIn*>(p.ds0);
 #pragma unroll
