@@ -84,6 +84,13 @@ EXCHANGE_CASES = [(c, *EXPLICIT[i][:3], {**EXPLICIT[i][3], **k}, 17, r) for k in
 EXCHANGE_PLANNED = [("lstm", 17, False), ("lstm", 17, True), ("gru", 17, False)] + ([("lstm", 1024, False)] if LONG else [])
 
 
+def _over_tilings(cases, marked=None):
+    """Parametrize a test over (cell, NH, DH, B, params, T, reverse) cases (`marked`: the same cases,
+    some with marks), ids naming each tiling."""
+    return pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", cases if marked is None else marked,
+                                   ids=tiling_case_ids(cases, {"CLUSTER_SIZE": "CS", "WARPS": "W", "BATCH_TILE": "BT"}))
+
+
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
     from flashrnn_compile.kernels import alternating
@@ -107,14 +114,12 @@ def test_planned_matches_float64_reference(cell, NH, DH, B, T, reverse):
                            lambda dtype: family_plan("fused_cluster", cell, B, NH, DH, dtype))
 
 
-@pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", EXPLICIT_CASES,
-                         ids=tiling_case_ids(EXPLICIT_CASES, {"CLUSTER_SIZE": "CS", "WARPS": "W", "BATCH_TILE": "BT"}))
+@_over_tilings(EXPLICIT_CASES)
 def test_explicit_tilings_match_float64_reference(cell, NH, DH, B, params, T, reverse):
     assert_tiling_matches_float64("fused_cluster", params, "cluster-explicit", cell, NH, DH, B, T, reverse, DTYPES)
 
 
-@pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", EXCHANGE_CASES,
-                         ids=tiling_case_ids(EXCHANGE_CASES, {"CLUSTER_SIZE": "CS", "WARPS": "W", "BATCH_TILE": "BT"}))
+@_over_tilings(EXCHANGE_CASES)
 def test_exchange_variants_match_float64_reference(cell, NH, DH, B, params, T, reverse):
     assert_tiling_matches_float64("fused_cluster", params, "cluster-exchange", cell, NH, DH, B, T, reverse, DTYPES)
 
@@ -146,14 +151,12 @@ if LONG:
 KSLICE_BWD_CASES = [("lstm", 1, 768, 16, DENSE_8_WARPS, 17, r) for r in (False, True)]
 
 
-@pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", KSLICE_CASES,
-                         ids=tiling_case_ids(KSLICE_CASES, {"CLUSTER_SIZE": "CS", "WARPS": "W", "BATCH_TILE": "BT"}))
+@_over_tilings(KSLICE_CASES)
 def test_kslices_match_float64_reference(cell, NH, DH, B, params, T, reverse):
     assert_tiling_matches_float64("fused_cluster", params, "cluster-kslices", cell, NH, DH, B, T, reverse, DTYPES)
 
 
-@pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", KSLICE_BWD_CASES,
-                         ids=tiling_case_ids(KSLICE_BWD_CASES, {"CLUSTER_SIZE": "CS", "WARPS": "W", "BATCH_TILE": "BT"}))
+@_over_tilings(KSLICE_BWD_CASES)
 def test_own_backward_kslices_match_float64_reference(own_backward, cell, NH, DH, B, params, T, reverse):
     assert_tiling_matches_float64("fused_cluster", params, "cluster-bwd-kslices", cell, NH, DH, B, T, reverse, DTYPES)
 
@@ -186,8 +189,7 @@ def _known_relu_marks(cases):
     return out
 
 
-@pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", _known_relu_marks(BWD_EXCHANGE_CASES),
-                         ids=tiling_case_ids(BWD_EXCHANGE_CASES, {"CLUSTER_SIZE": "CS", "WARPS": "W", "BATCH_TILE": "BT"}))
+@_over_tilings(BWD_EXCHANGE_CASES, marked=_known_relu_marks(BWD_EXCHANGE_CASES))
 def test_own_backward_exchange_variants_match_float64_reference(own_backward, cell, NH, DH, B, params, T, reverse):
     assert_tiling_matches_float64("fused_cluster", params, "cluster-bwd-exchange", cell, NH, DH, B, T, reverse, DTYPES)
 
@@ -264,8 +266,7 @@ def test_own_backward_planned_matches_float64_reference(own_backward, cell, NH, 
                            lambda dtype: family_plan("fused_cluster", cell, B, NH, DH, dtype))
 
 
-@pytest.mark.parametrize("cell,NH,DH,B,params,T,reverse", BWD_EXPLICIT_CASES,
-                         ids=tiling_case_ids(BWD_EXPLICIT_CASES, {"CLUSTER_SIZE": "CS", "WARPS": "W", "BATCH_TILE": "BT"}))
+@_over_tilings(BWD_EXPLICIT_CASES)
 def test_own_backward_explicit_tilings_match_float64_reference(own_backward, cell, NH, DH, B, params, T, reverse):
     assert_tiling_matches_float64("fused_cluster", params, "cluster-bwd-explicit", cell, NH, DH, B, T, reverse, DTYPES)
 
