@@ -50,13 +50,8 @@ EXPLICIT = [
 DENSE_8_WARPS = {"WARPS": 8, "KSLICES": 2, "R_REG_TILES": 46}  # 2 K slices x 4 groups of 3 m-tiles, 46 of 72 R tiles in registers
 ABLATIONS = [("SYNC 0: stores, one cluster barrier per step", {"SYNC": 0}),
              ("8 warps (KSLICES 2, R 46)", DENSE_8_WARPS),
-             ("R 20 (registers to pipeline the shared-memory fragments)", {"R_REG_TILES": 20}),
-             ("R 16", {"R_REG_TILES": 16}),
              ("8 warps, R 40", {**DENSE_8_WARPS, "R_REG_TILES": 40}),
              ("8 warps, R 34", {**DENSE_8_WARPS, "R_REG_TILES": 34}),
-             ("2 MMA chains a tile (R 20)", {"CHAINS": 2, "R_REG_TILES": 20}),
-             ("8 warps, 2 chains (R 42)", {**DENSE_8_WARPS, "CHAINS": 2, "R_REG_TILES": 42}),
-             ("8 warps, 3 chains (R 38)", {**DENSE_8_WARPS, "CHAINS": 3, "R_REG_TILES": 38}),
              ("SYNC 0, 4-byte stores per unit pair", {"SYNC": 0, "VEC": 0}),
              ("SYNC 0, no stores to peers", {"SYNC": 0, "ABLATE": 1}),
              ("SYNC 0, block barrier, not cluster", {"SYNC": 0, "ABLATE": 2}),

@@ -127,7 +127,7 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 // A (the warp's rows of R or R^T) is loaded once as MT*KT m16k16 fragments: the first NREG in
 // registers, the rest in shared memory (per warp, fragment order, conflict-free). X sits in
 // shared memory as HP pieces [HP][BT][XK] (row = batch column, K contiguous, padded).
-template <typename Op, int MT, int KT, int NTW, int HP, int RREG, int WARPS, int KTT = KT, int BRING = 0, int CHAINS = 0>
+template <typename Op, int MT, int KT, int NTW, int HP, int RREG, int WARPS, int KTT = KT, int BRING = 0>
 struct WarpGemm {
   static constexpr int NFRAG = MT * KT;
   static constexpr int NREG = RREG < NFRAG ? RREG : NFRAG;
@@ -137,9 +137,7 @@ struct WarpGemm {
   // through a ring of BRING, which leaves registers to R; 0: all of them, loaded up front)
   static constexpr int BD = BRING > 0 && BRING < KT ? BRING : KT;
   // independent accumulator chains over k (more in flight when the warp has few output tiles)
-  // (CHAINS > 0: that many per output tile, up to KT; shorter dependent MMA chains for more registers)
-  static constexpr int KS = CHAINS > 0 ? (CHAINS < KT ? CHAINS : KT)
-                                       : MT * NTW >= 4 ? 1 : (KT >= 4 / (MT * NTW) ? 4 / (MT * NTW) : KT);
+  static constexpr int KS = MT * NTW >= 4 ? 1 : (KT >= 4 / (MT * NTW) ? 4 / (MT * NTW) : KT);
   __host__ __device__ static constexpr size_t smem_a_bytes() { return (size_t)WARPS * NSMEM * 4 * 32 * 4; }
 
   uint32_t areg[NREG > 0 ? NREG : 1][4];

@@ -47,7 +47,7 @@ DTYPE_CODES = {torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
 TAKES = tuple(DTYPE_CODES)
 PARAMS = ("CLUSTER_SIZE", "WARPS", "BATCH_TILE", "R_REG_TILES")
 KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1, 2), "ABLATE": (0, 1, 2, 3), "BWD_ABLATE": (0, 1, 2, 3), "BWD_SYNC": (0, 2),
-         "KSLICES": tuple(range(1, 33)), "CHAINS": (0, 1, 2, 3, 4)}  # test and timing switches (defines)
+         "KSLICES": tuple(range(1, 33))}  # test and timing switches (defines)
 
 
 def _bind(lib: ctypes.CDLL) -> None:
@@ -77,14 +77,15 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
     params may also carry the kernel's test and timing knobs (never set by the planner): H_PIECES
     (1 or 2: h as that many pieces of the input dtype in R h; default 1), VEC (0: each thread
     stores its unit pair into every peer; default 1: 16-byte copies of the block's staged units),
-    SYNC (default 0: one cluster barrier per step; 1: mbarriers per source block; 2: bulk copies of
-    each block's new units into its peers, completing on one mbarrier per h buffer), ABLATE (1..3:
-    timing probes that skip part of a step; the results are wrong), BWD_ABLATE (1..3: the same for
-    the backward kernel: no distributed-shared-memory stores, no MMAs, a block barrier), BWD_SYNC (2:
-    the backward's partial sums carried by bulk copies), KSLICES (the forward's K slices per block:
-    WARPS / KSLICES groups of its G * DH / CLUSTER_SIZE / 16 m-tiles; default WARPS / (DH /
-    CLUSTER_SIZE / 16), each warp the G gates of one 16-unit group), CHAINS (independent accumulator
-    chains per MMA tile in the forward; default 0: one for warps of 4 or more tiles)."""
+    SYNC (0: stores into the peers and one cluster barrier per step; 1: mbarriers per source block
+    that the storing threads arrive on; default 2: bulk copies of each block's new units into its
+    peers, completing on one mbarrier per h buffer), ABLATE (1..3: timing probes that skip part of a
+    step, with SYNC 0; the results are wrong), BWD_ABLATE (1..3: the same for the backward kernel: no
+    distributed-shared-memory stores, no MMAs, a block barrier), BWD_SYNC (0: the backward's partial
+    sums stored into their owners and one cluster barrier per step; default 2: carried by bulk
+    copies), KSLICES (the forward's K slices per block: WARPS / KSLICES groups of its G * DH /
+    CLUSTER_SIZE / 16 m-tiles; default WARPS / (DH / CLUSTER_SIZE / 16), each warp the G gates of
+    one 16-unit group)."""
     spec = get_cell(cell)
     if dtype not in TAKES:
         raise ValueError(f"fused_cluster: dtype: expected bfloat16 or float16, got {dtype}")
