@@ -224,6 +224,54 @@ __device__ __forceinline__ void mbar_wait_cta(uint32_t addr, uint32_t parity) {
       " mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 P1, [%0], %1;\n"
       " @!P1 bra WAIT_LOOP;\n}\n" ::"r"(addr), "r"(parity) : "memory");
 }
+// SYNC 2 / BWD_SYNC 2: one mbarrier per receive buffer (2, 8 bytes apart from `base`). A phase is
+// one fill of its buffer: thread 0's arrival, expecting the `bytes` the CS - 1 peers' bulk copies
+// complete on it, and those bytes. The forward and the backward share this protocol.
+struct FillBarriers {
+  uint32_t base, bytes;
+  // thread 0 initialises both; a block barrier orders that before its first arms (racecheck), which
+  // arm both for their first fill (before the cluster barrier that lets a peer send)
+  __device__ void init(int tid) const {
+    if (tid == 0) {
+      mbar_init(base, 1);
+      mbar_init(base + 8, 1);
+      mbar_init_fence();
+    }
+    __syncthreads();
+    if (tid == 0) {
+      mbar_arrive_expect_tx(base, bytes);
+      mbar_arrive_expect_tx(base + 8, bytes);
+    }
+  }
+  // every thread: fill `fill` of buffer `buf` has landed
+  __device__ void wait(int buf, int fill) const { mbar_wait_cta(base + 8 * buf, (uint32_t)fill & 1u); }
+  // wait(), then thread 0 arms the buffer for its next fill: that fill needs a step of this block
+  // that comes after every thread's wait, so the phase cannot complete twice unseen
+  __device__ void wait_and_rearm(int buf, int fill, int tid) const {
+    wait(buf, fill);
+    if (tid == 0) mbar_arrive_expect_tx(base + 8 * buf, bytes);
+  }
+  // buffer `buf`'s mbarrier in block `rank` (shared::cluster address), where a copy completes
+  __device__ uint32_t in_peer(int buf, uint32_t rank) const { return map_rank(base + 8 * buf, rank); }
+};
+
+// after every thread's shared-memory writes of the step: make them visible to the copy engine,
+// barrier, then (when `send`) lanes 0 .. CS - 2 of warp 0 each issue one bulk copy of `bytes` to
+// peer d = rank + 1 + lane (mod CS), from src(d) (this block's shared-window address) to the place
+// that dst(d) names in d's shared memory, completing on d's mbarrier of buffer `buf`. The addresses
+// are computed by the sending lanes only.
+template <int CS, typename Src, typename Dst>
+__device__ __forceinline__ void send_to_peers(bool send, int tid, int rank, uint32_t bytes, const FillBarriers& fb, int buf,
+                                              Src src, Dst dst) {
+  fence_proxy_async_smem();
+  __syncthreads();
+  if (send && tid < CS - 1) {
+    const uint32_t d = (uint32_t)((rank + 1 + tid) % CS);
+    bulk_to_peer(map_rank(dst(d), d), src(d), bytes, fb.in_peer(buf, d));
+    bulk_commit();
+  }
+}
+
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release;\n" ::: "memory"); }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory"); }
 #endif
@@ -302,17 +350,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   // SYNC 2: buffer b's mbarrier completes a phase when this block's thread 0 has armed it (one
   // arrival, expecting the CS - 1 peers' bytes) and all those bytes have landed; both buffers are
   // armed for their first fill here, and each again right after thread 0 has waited for a fill
-  constexpr uint32_t RECV_BYTES = (uint32_t)((CS - 1) * C::SEG_BYTES);
-  if (FRNN_CLUSTER_SYNC == 2 && tid == 0) {
-    mbar_init(mb_s, 1);
-    mbar_init(mb_s + 8, 1);
-    mbar_init_fence();
-  }
-  __syncthreads();  // (racecheck: the initialisation is ordered before the arrivals)
-  if (FRNN_CLUSTER_SYNC == 2 && tid == 0) {
-    mbar_arrive_expect_tx(mb_s, RECV_BYTES);
-    mbar_arrive_expect_tx(mb_s + 8, RECV_BYTES);
-  }
+  const FillBarriers fills{mb_s, (uint32_t)((CS - 1) * C::SEG_BYTES)};
+  if (FRNN_CLUSTER_SYNC == 2) fills.init(tid);
   // SYNC 1: the k-slice's source blocks (whose units its k-tiles read)
   const int src0 = ks * C::KTW * 16 / DHB, src1 = ((ks + 1) * C::KTW * 16 - 1) / DHB;
   TIn* hout = static_cast<TIn*>(p.h);
@@ -337,9 +376,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
         if (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0 && step > 0)  // h_{t-1} of the k-slice's sources has landed (fill (step - 1) / 2 of buffer cur)
           for (int src = src0; src <= src1; ++src) mbar_wait(mb_s + 8 * (cur * CS + src), (uint32_t)((step - 1) >> 1) & 1u);
         if (FRNN_CLUSTER_SYNC == 2 && step > 0) {  // every peer's h_{t-1} has landed (fill (step - 1) / 2 of buffer cur)
-          mbar_wait_cta(mb_s + 8 * cur, (uint32_t)((step - 1) >> 1) & 1u);
-          // its next fill (h of step + 1) needs this block's h of `step`: after every warp's wait
-          if (tid == 0) mbar_arrive_expect_tx(mb_s + 8 * cur, RECV_BYTES);
+          fills.wait_and_rearm(cur, (step - 1) >> 1, tid);  // its next fill (h of step + 1) needs this block's h of `step`
         }
         if (C::BY_SOURCE)
           gemm.template run<BT, C::XP, DHB, C::SEG>(a_smem, xs + C::xoff(cur, 0, 0, 0), 0, warp, lane, acc, [] {});
@@ -427,14 +464,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
       // per peer by lanes 0 .. CS - 2 of warp 0, after every thread's writes are visible to the copy
       // engine; the copies of step - 2 read that segment before this step's cell rewrote it (their
       // issuers waited for that at this step's start, before the block barrier after the MMAs)
-      fence_proxy_async_smem();
-      __syncthreads();
-      if (step + 1 < T && tid < CS - 1) {
-        const uint32_t seg = xs_s + (uint32_t)(C::xoff(nxt, 0, 0, u0) * sizeof(Op));
-        const uint32_t d = (uint32_t)((rank + 1 + tid) % CS);
-        bulk_to_peer(map_rank(seg, d), seg, (uint32_t)C::SEG_BYTES, map_rank(mb_s + 8 * nxt, d));
-        bulk_commit();
-      }
+      auto seg = [&](uint32_t) { return xs_s + (uint32_t)(C::xoff(nxt, 0, 0, u0) * sizeof(Op)); };
+      send_to_peers<CS>(step + 1 < T, tid, rank, (uint32_t)C::SEG_BYTES, fills, nxt, seg, seg);
     } else if (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0) {
       // TPP threads per receiving block copy the block's new units (HP x BT rows of DHB units, staged
       // in its own buffer) in 16-byte chunks, then each arrives on the receiver's mbarrier of
@@ -704,17 +735,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   // expecting the CS - 1 peers' chunks) and those bytes have landed; both armed here for their first
   // fill, each again by thread 0 right after it waited for a fill (the next fill needs this block's
   // partials of the step after, sent after every thread's wait)
-  constexpr uint32_t RECV_TX = (uint32_t)((CS - 1) * C::CHUNK * 4);
-  if (C::BULK && tid == 0) {
-    mbar_init(mb_s, 1);
-    mbar_init(mb_s + 8, 1);
-    mbar_init_fence();
-  }
-  __syncthreads();  // (racecheck: the initialisation is ordered before the arrivals)
-  if (C::BULK && tid == 0) {
-    mbar_arrive_expect_tx(mb_s, RECV_TX);
-    mbar_arrive_expect_tx(mb_s + 8, RECV_TX);
-  }
+  const FillBarriers fills{mb_s, (uint32_t)((CS - 1) * C::CHUNK * 4)};
+  if (C::BULK) fills.init(tid);
   TIn* dgxp = static_cast<TIn*>(p.dgx);
   cluster_arrive();  // every block of the cluster runs (its recv exists) before a peer stores into it
   cluster_wait();
@@ -727,8 +749,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     if (C::BULK) {
       if (tid < CS - 1) bulk_wait_read();  // the copies of step - 1 read the staging area (rewritten after the next block barrier)
       if (step > 0) {  // the peers' partials of step - 1 are in recv[(step - 1) & 1] (its fill (step - 1) / 2)
-        mbar_wait_cta(mb_s + 8 * ((step - 1) & 1), (uint32_t)((step - 1) >> 1) & 1u);
-        if (tid == 0) mbar_arrive_expect_tx(mb_s + 8 * ((step - 1) & 1), RECV_TX);
+        fills.wait_and_rearm((step - 1) & 1, (step - 1) >> 1, tid);
       }
     }
 #pragma unroll
@@ -808,15 +829,9 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     if (C::BULK) {
       // each peer's chunk of the staging area into its recv[step & 1] at slots rank * BKS .., by
       // lanes 0 .. CS - 2 of warp 0, after every warp's writes are visible to the copy engine
-      fence_proxy_async_smem();
-      __syncthreads();
-      if (tid < CS - 1) {
-        const uint32_t d = (uint32_t)((rank + 1 + tid) % CS);
-        const uint32_t to = recv_s + boff + (uint32_t)(rank * C::BKS * BT * RP * 4);
-        bulk_to_peer(map_rank(to, d), stage_s + d * (uint32_t)(C::CHUNK * 4), (uint32_t)(C::CHUNK * 4),
-                     map_rank(mb_s + 8 * (step & 1), d));
-        bulk_commit();
-      }
+      send_to_peers<CS>(true, tid, rank, (uint32_t)(C::CHUNK * 4), fills, step & 1,
+                        [&](uint32_t d) { return stage_s + d * (uint32_t)(C::CHUNK * 4); },
+                        [&](uint32_t) { return recv_s + boff + (uint32_t)(rank * C::BKS * BT * RP * 4); });
     } else if (FRNN_CLUSTER_BWD_ABLATE == 3) {
       __syncthreads();
     } else {
@@ -830,7 +845,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   }
   if (C::BULK) {
     if (tid < CS - 1) bulk_wait_read();  // no copy still reads this block's shared memory
-    if (T > 0) mbar_wait_cta(mb_s + 8 * ((T - 1) & 1), (uint32_t)((T - 1) >> 1) & 1u);  // the last step's partials
+    if (T > 0) fills.wait((T - 1) & 1, (T - 1) >> 1);  // the last step's partials
   }
   TIn* ds0 = static_cast<TIn*>(p.ds0);
 #pragma unroll
