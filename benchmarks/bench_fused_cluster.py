@@ -48,7 +48,12 @@ EXPLICIT = [
 # (fused_cluster.cuh FRNN_CLUSTER_*): where a step's time goes. ABLATE rows compute wrong results;
 # they switch the exchange back to SYNC 0 (stores and a cluster barrier), which they probe.
 DENSE_8_WARPS = {"WARPS": 8, "KSLICES": 2, "R_REG_TILES": 46}  # 2 K slices x 4 groups of 3 m-tiles, 46 of 72 R tiles in registers
-ABLATIONS = [("SYNC 0: stores, one cluster barrier per step", {"SYNC": 0}),
+ABLATIONS = [("SYNC 3: st.async by the cell's threads", {"SYNC": 3}),
+             ("8 warps, R 34, SYNC 3", {**DENSE_8_WARPS, "R_REG_TILES": 34, "SYNC": 3}),
+             ("B fragments through a ring of 4", {"BRING": 4}),
+             ("B ring of 6", {"BRING": 6}),
+             ("B ring of 4, SYNC 3", {"BRING": 4, "SYNC": 3}),
+             ("SYNC 0: stores, one cluster barrier per step", {"SYNC": 0}),
              ("8 warps (KSLICES 2, R 46)", DENSE_8_WARPS),
              ("8 warps, R 40", {**DENSE_8_WARPS, "R_REG_TILES": 40}),
              ("8 warps, R 34", {**DENSE_8_WARPS, "R_REG_TILES": 34}),

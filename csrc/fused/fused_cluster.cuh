@@ -67,7 +67,11 @@
 // whose units its K slice reads; 0: one cluster barrier per step; 2: h buffers laid out by source
 // block ([2][CS][HP][BT][DHB + 8]), each block's new units sent by CS - 1 bulk copies (the copy
 // engine, cp.async.bulk shared::cta -> shared::cluster) that complete bytes on one mbarrier per h
-// buffer of the receiver; no thread stores into a peer and no cluster barrier per step
+// buffer of the receiver; no thread stores into a peer and no cluster barrier per step; 3: the same
+// buffers and mbarriers, filled by the cell's threads themselves: each group of 4 lanes (8
+// consecutive units of one batch column) sends its 16 bytes to every peer with st.async (a remote
+// store that completes its bytes on the peer's mbarrier), with no block barrier, fence or copy
+// engine between the cell and the sends
 #ifndef FRNN_CLUSTER_SYNC
 #define FRNN_CLUSTER_SYNC 2
 #endif
@@ -77,6 +81,12 @@
 // fatter warps hold more of R in registers
 #ifndef FRNN_CLUSTER_KSLICES
 #define FRNN_CLUSTER_KSLICES 0
+#endif
+// B fragments (h) a warp holds at once, in k-tiles: -1 by the rule below (a ring of 8 when a warp
+// has more than 12 k-tiles, else all of them up front); 0 all up front; n: a ring of n, which
+// leaves registers to pipeline the shared-memory A fragments
+#ifndef FRNN_CLUSTER_BRING
+#define FRNN_CLUSTER_BRING -1
 #endif
 // timing probes only (results are wrong): 1 no stores to peers, 2 a block barrier instead of the
 // cluster barrier, 3 no MMAs; 0 the kernel
@@ -121,7 +131,8 @@ struct Config {
                 "WARPS = m-tile groups x KS K slices, KS | DH / 16, the groups divide the G * DHB / 16 m-tiles");
   static_assert(CS >= 1 && CS <= 16, "at most 16 blocks per cluster");
   // more than 12 k-tiles a warp: their B fragments stream through a ring of 8 (registers for R)
-  using Gemm = WarpGemm<Op, MTW, KTW, NT, HP, RREG, WARPS, KTW, (KTW > 12 ? 8 : 0)>;
+  static constexpr int BRING = FRNN_CLUSTER_BRING >= 0 ? FRNN_CLUSTER_BRING : (KTW > 12 ? 8 : 0);
+  using Gemm = WarpGemm<Op, MTW, KTW, NT, HP, RREG, WARPS, KTW, BRING>;
   static constexpr int NP = BT * DHB / 2;               // unit pairs (u, u + 1) x batch columns
   static constexpr int PPT = (NP + THREADS - 1) / THREADS;  // pairs per thread
   static constexpr int NS = 4;                           // gx ring stages (3 steps ahead)
@@ -130,10 +141,12 @@ struct Config {
   static constexpr int RP = DHB + 4;   // red row (fp32)
   // SYNC 2: h by source block, xs [2][CS][HP][BT][XP] (XP / 2 words = 4 mod 8: conflict-free B
   // fragments); one source's rows are one contiguous bulk copy of SEG_BYTES
-  static constexpr bool BY_SOURCE = FRNN_CLUSTER_SYNC == 2;
+  static constexpr bool BY_SOURCE = FRNN_CLUSTER_SYNC == 2 || FRNN_CLUSTER_SYNC == 3;
   static constexpr int XP = DHB + 8;
   static constexpr int SEG = HP * BT * XP;  // elements of one source block's h
   static constexpr int SEG_BYTES = SEG * (int)sizeof(Op);
+  // bytes one fill of an h buffer receives: the segments of the CS - 1 peers (SYNC 3 sends no padding)
+  static constexpr int FILL_BYTES = (CS - 1) * (FRNN_CLUSTER_SYNC == 3 ? HP * BT * DHB * (int)sizeof(Op) : SEG_BYTES);
   static constexpr int X_ELEMS = BY_SOURCE ? 2 * CS * SEG : 2 * HP * BT * XF;
   // element (buffer, piece, column n, unit u of the head) of xs
   __host__ __device__ static constexpr int xoff(int buf, int hp, int n, int u) {
@@ -146,10 +159,10 @@ struct Config {
   static constexpr size_t RED_BYTES = align16((size_t)KS * G * BT * RP * 4);
   static constexpr size_t STAGE = align16((size_t)BT * G * DHB * sizeof(Op));
   static constexpr size_t X_OFF = A_BYTES, RED_OFF = X_OFF + X_BYTES, RING_OFF = RED_OFF + RED_BYTES;
-  // SYNC 1: mbarriers [2][CS] (h buffer, source block) after the ring; SYNC 2: [2] (h buffer)
+  // SYNC 1: mbarriers [2][CS] (h buffer, source block) after the ring; SYNC 2, 3: [2] (h buffer)
   static constexpr size_t MB_OFF = RING_OFF + NS * STAGE;
   static constexpr int TPP = THREADS / CS;  // SYNC 1: threads sending to one peer (and arriving on its mbarrier)
-  static constexpr int NMB = FRNN_CLUSTER_SYNC == 1 ? 2 * CS : FRNN_CLUSTER_SYNC == 2 ? 2 : 0;
+  static constexpr int NMB = FRNN_CLUSTER_SYNC == 1 ? 2 * CS : BY_SOURCE ? 2 : 0;
   __host__ __device__ static constexpr size_t smem() { return MB_OFF + NMB * 8; }
 };
 
@@ -214,6 +227,12 @@ __device__ __forceinline__ void bulk_to_peer(uint32_t dst, uint32_t src, uint32_
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 // this thread's bulk copies have read their sources
 __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+// SYNC 3: 16 bytes from registers into a peer's shared memory at `dst` (shared::cluster, 16-byte
+// aligned), completing them on the peer's mbarrier `mbar` (release at cluster scope)
+__device__ __forceinline__ void st_async16(uint32_t dst, const uint32_t (&w)[4], uint32_t mbar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];\n"
+               ::"r"(dst), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3]), "r"(mbar) : "memory");
+}
 // the same wait with acquire at CTA scope: enough for bytes the copy engine completed on the mbarrier
 // (SYNC 2, BWD_SYNC 2). The cluster-scope acquire invalidates L1 (CCTL.IVALL), which waits for
 // every global load in flight, the gx prefetch just issued among them (ncu: 20% of the forward's
@@ -229,6 +248,7 @@ __device__ __forceinline__ void mbar_wait_cta(uint32_t addr, uint32_t parity) {
 // complete on it, and those bytes. The forward and the backward share this protocol.
 struct FillBarriers {
   uint32_t base, bytes;
+  bool cluster_acquire = false;  // SYNC 3: st.async releases at cluster scope, so the wait acquires there
   // thread 0 initialises both; a block barrier orders that before its first arms (racecheck), which
   // arm both for their first fill (before the cluster barrier that lets a peer send)
   __device__ void init(int tid) const {
@@ -244,7 +264,12 @@ struct FillBarriers {
     }
   }
   // every thread: fill `fill` of buffer `buf` has landed
-  __device__ void wait(int buf, int fill) const { mbar_wait_cta(base + 8 * buf, (uint32_t)fill & 1u); }
+  __device__ void wait(int buf, int fill) const {
+    if (cluster_acquire)
+      mbar_wait(base + 8 * buf, (uint32_t)fill & 1u);
+    else
+      mbar_wait_cta(base + 8 * buf, (uint32_t)fill & 1u);
+  }
   // wait(), then thread 0 arms the buffer for its next fill: that fill needs a step of this block
   // that comes after every thread's wait, so the phase cannot complete twice unseen
   __device__ void wait_and_rearm(int buf, int fill, int tid) const {
@@ -350,8 +375,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   // SYNC 2: buffer b's mbarrier completes a phase when this block's thread 0 has armed it (one
   // arrival, expecting the CS - 1 peers' bytes) and all those bytes have landed; both buffers are
   // armed for their first fill here, and each again right after thread 0 has waited for a fill
-  const FillBarriers fills{mb_s, (uint32_t)((CS - 1) * C::SEG_BYTES)};
-  if (FRNN_CLUSTER_SYNC == 2) fills.init(tid);
+  const FillBarriers fills{mb_s, (uint32_t)C::FILL_BYTES, FRNN_CLUSTER_SYNC == 3};
+  if (C::BY_SOURCE) fills.init(tid);
   // SYNC 1: the k-slice's source blocks (whose units its k-tiles read)
   const int src0 = ks * C::KTW * 16 / DHB, src1 = ((ks + 1) * C::KTW * 16 - 1) / DHB;
   TIn* hout = static_cast<TIn*>(p.h);
@@ -361,11 +386,14 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #pragma unroll 1
   for (int step = 0; step < T; ++step) {
     const int t = t_first + dstep * step, cur = step & 1;
-    prefetch(step + NS - 1);  // into the stage step - 1 used (every thread is past it)
+    // into the stage step - 1 used (every thread is past it); SYNC 3 after its cluster-scope wait,
+    // which would otherwise wait for these loads (the L1 invalidation of the acquire)
+    if (FRNN_CLUSTER_SYNC != 3) prefetch(step + NS - 1);
     if (FRNN_CLUSTER_SYNC == 2 && tid < CS - 1) bulk_wait_read();  // the copies of step - 1 (and before) read their segment
     {
       float acc[C::MTW][NT][4];
       if (FRNN_CLUSTER_ABLATE == 3) {
+        if (FRNN_CLUSTER_SYNC == 3) prefetch(step + NS - 1);
 #pragma unroll
         for (int g = 0; g < C::MTW; ++g)
 #pragma unroll
@@ -375,9 +403,10 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
       } else {
         if (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0 && step > 0)  // h_{t-1} of the k-slice's sources has landed (fill (step - 1) / 2 of buffer cur)
           for (int src = src0; src <= src1; ++src) mbar_wait(mb_s + 8 * (cur * CS + src), (uint32_t)((step - 1) >> 1) & 1u);
-        if (FRNN_CLUSTER_SYNC == 2 && step > 0) {  // every peer's h_{t-1} has landed (fill (step - 1) / 2 of buffer cur)
+        if (C::BY_SOURCE && step > 0) {  // every peer's h_{t-1} has landed (fill (step - 1) / 2 of buffer cur)
           fills.wait_and_rearm(cur, (step - 1) >> 1, tid);  // its next fill (h of step + 1) needs this block's h of `step`
         }
+        if (FRNN_CLUSTER_SYNC == 3) prefetch(step + NS - 1);
         if (C::BY_SOURCE)
           gemm.template run<BT, C::XP, DHB, C::SEG>(a_smem, xs + C::xoff(cur, 0, 0, 0), 0, warp, lane, acc, [] {});
         else
@@ -451,7 +480,25 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
         const uint32_t word = fused::pack2(pa[hp], pb[hp]);
         const int off = C::xoff(nxt, hp, n, u0 + u);
         if (FRNN_CLUSTER_VEC || FRNN_CLUSTER_ABLATE == 1 || C::BY_SOURCE) {
-          *reinterpret_cast<uint32_t*>(xs + off) = word;  // own buffer; the copy below sends it
+          *reinterpret_cast<uint32_t*>(xs + off) = word;  // own buffer; the copy below (SYNC 3: here) sends it
+          if (FRNN_CLUSTER_SYNC == 3 && step + 1 < T) {
+            // lanes 4i .. 4i + 3 hold units u .. u + 7 of column n (NP is a multiple of 8, so the
+            // four are all in this iteration): each gets the four words, then lane j of the group
+            // sends them to peers rank + 1 + j, + 4, ...
+            const unsigned gmask = 0xFu << (lane & ~3);
+            uint32_t w[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) w[j] = __shfl_sync(gmask, word, j, 4);
+            const uint32_t chunk = xs_s + (uint32_t)(C::xoff(nxt, hp, n, u0 + (u & ~7)) * sizeof(Op));
+#pragma unroll
+            for (int i = 0; i < (CS + 2) / 4; ++i) {
+              const int c = t4 + 4 * i;
+              if (c < CS - 1) {
+                const uint32_t d = (uint32_t)((rank + 1 + c) % CS);
+                st_async16(map_rank(chunk, d), w, fills.in_peer(nxt, d));
+              }
+            }
+          }
         } else {
           const uint32_t local = xs_s + (uint32_t)(off * sizeof(Op));
 #pragma unroll
@@ -466,6 +513,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
       // issuers waited for that at this step's start, before the block barrier after the MMAs)
       auto seg = [&](uint32_t) { return xs_s + (uint32_t)(C::xoff(nxt, 0, 0, u0) * sizeof(Op)); };
       send_to_peers<CS>(step + 1 < T, tid, rank, (uint32_t)C::SEG_BYTES, fills, nxt, seg, seg);
+    } else if (FRNN_CLUSTER_SYNC == 3) {
+      __syncthreads();  // this step's use of red and the ring stage, and the own segment's writes, are complete
     } else if (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0) {
       // TPP threads per receiving block copy the block's new units (HP x BT rows of DHB units, staged
       // in its own buffer) in 16-byte chunks, then each arrives on the receiver's mbarrier of
@@ -497,7 +546,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
         st_cluster16(map_rank(xs_s + off, (uint32_t)peer), v);
       }
     }
-    if (FRNN_CLUSTER_SYNC == 2 || (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0)) {
+    if (C::BY_SOURCE || (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0)) {
       // no cluster barrier: receivers wait on their mbarriers
     } else if (FRNN_CLUSTER_ABLATE == 2) {
       __syncthreads();

@@ -46,8 +46,8 @@ SOURCE = "fused/fused_cluster.cu"
 DTYPE_CODES = {torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
 TAKES = tuple(DTYPE_CODES)
 PARAMS = ("CLUSTER_SIZE", "WARPS", "BATCH_TILE", "R_REG_TILES")
-KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1, 2), "ABLATE": (0, 1, 2, 3), "BWD_ABLATE": (0, 1, 2, 3), "BWD_SYNC": (0, 2),
-         "KSLICES": tuple(range(1, 33))}  # test and timing switches (defines)
+KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1, 2, 3), "ABLATE": (0, 1, 2, 3), "BWD_ABLATE": (0, 1, 2, 3), "BWD_SYNC": (0, 2),
+         "KSLICES": tuple(range(1, 33)), "BRING": tuple(range(0, 17))}  # test and timing switches (defines)
 
 
 def _bind(lib: ctypes.CDLL) -> None:
@@ -79,13 +79,15 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
     stores its unit pair into every peer; default 1: 16-byte copies of the block's staged units),
     SYNC (0: stores into the peers and one cluster barrier per step; 1: mbarriers per source block
     that the storing threads arrive on; default 2: bulk copies of each block's new units into its
-    peers, completing on one mbarrier per h buffer), ABLATE (1..3: timing probes that skip part of a
+    peers, completing on one mbarrier per h buffer; 3: the same buffers filled by the cell's threads
+    with st.async, 16 bytes per group of 4 lanes and peer), ABLATE (1..3: timing probes that skip part of a
     step, with SYNC 0; the results are wrong), BWD_ABLATE (1..3: the same for the backward kernel: no
     distributed-shared-memory stores, no MMAs, a block barrier), BWD_SYNC (0: the backward's partial
     sums stored into their owners and one cluster barrier per step; default 2: carried by bulk
     copies), KSLICES (the forward's K slices per block: WARPS / KSLICES groups of its G * DH /
     CLUSTER_SIZE / 16 m-tiles; default WARPS / (DH / CLUSTER_SIZE / 16), each warp the G gates of
-    one 16-unit group)."""
+    one 16-unit group), BRING (the B fragments a forward warp holds at once, in k-tiles: 0 all,
+    n a ring of n; default a ring of 8 above 12 k-tiles a warp, else all)."""
     spec = get_cell(cell)
     if dtype not in TAKES:
         raise ValueError(f"fused_cluster: dtype: expected bfloat16 or float16, got {dtype}")

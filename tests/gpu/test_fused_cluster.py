@@ -77,7 +77,7 @@ BWD_EXPLICIT_CASES = [(c, nh, dh, b, prm, T, r) for c in sorted(CELLS) for nh, d
 # dense 1x768 LSTM / GRU tilings at T 17 and LSTM at T 1024 (the gradients through the own backward
 # are not the exchange's: the forward's outputs and saved states are what the alternating backward
 # reads, so all six outputs are checked)
-EXCHANGE_KNOBS = ({"SYNC": 0}, {"SYNC": 1})
+EXCHANGE_KNOBS = ({"SYNC": 0}, {"SYNC": 1}, {"SYNC": 3})
 EXCHANGE_TILINGS = sorted({(c, i) for c in CELLS for i in (2,)} | {("lstm", i) for i in range(len(EXPLICIT))})
 EXCHANGE_CASES = [(c, *EXPLICIT[i][:3], {**EXPLICIT[i][3], **k}, 17, r) for k in EXCHANGE_KNOBS
                   for c, i in EXCHANGE_TILINGS for r in (False, True)]
@@ -211,15 +211,16 @@ def _bitwise_cases(tilings):
 
 @pytest.mark.parametrize("cell,tiling,reverse", _bitwise_cases((0, 2)), ids=lambda v: str(v))
 def test_bulk_exchange_is_bitwise_the_barrier_exchange(cell, tiling, reverse):
-    """SYNC 2 moves the same h words as SYNC 0 and the MMAs read them in the same order: h, sT and
-    the saved states agree bit for bit (a stale or torn h of any step would show)."""
+    """SYNC 2 and 3 move the same h words as SYNC 0 and the MMAs read them in the same order: h, sT
+    and the saved states agree bit for bit (a stale or torn h of any step would show)."""
     NH, DH, B, prm, _ = EXPLICIT[tiling]
     gx, R, b, s0, _, _ = make_inputs(cell, 17, B, NH, DH, seed=31 + tiling)
     low = [t.bfloat16() for t in (gx, R, b, s0)]
     outs = [torch.ops.flashrnn.recurrence_fwd(*low, cell, reverse, runtime.plan_json("fused_cluster", {**prm, "SYNC": k}), True)
-            for k in (0, 2)]
-    for name, x, y in zip(("h", "sT", "states_in", "rhb"), *outs):
-        assert torch.isfinite(x).all() and torch.equal(x, y), name
+            for k in (0, 2, 3)]
+    for name, x, *ys in zip(("h", "sT", "states_in", "rhb"), *outs):
+        for k, y in zip((2, 3), ys):
+            assert torch.isfinite(x).all() and torch.equal(x, y), (name, f"SYNC {k}")
 
 
 @pytest.mark.parametrize("cell,tiling,reverse", _bitwise_cases((0, 2, 3)), ids=lambda v: str(v))
@@ -315,17 +316,19 @@ def test_dense_1024_is_refused_by_the_planner_with_the_reason():
     assert "fused_cluster" in p.reason and "R of one head (8388608 B)" in p.reason, p.reason
 
 
-def sanitizer_case() -> None:
+def sanitizer_case(knobs=None) -> None:
     """A small forward of every cell on the explicit tilings (clusters of 2 and 16), both
     directions, T=5, states kept, for `compute-sanitizer --tool memcheck | racecheck`; raises on an
-    h further than 0.05 (relative) from the float64 reference."""
+    h further than 0.05 (relative) from the float64 reference. knobs: kernel switches added to
+    each tiling (e.g. {"SYNC": 3})."""
     from flashrnn_compile import reference
     from flashrnn_compile.testing import rel_err
 
     for cell, (NH, DH, B, prm, _), reverse in itertools.product(sorted(CELLS), (EXPLICIT[0], EXPLICIT[2]), (False, True)):
         gx, R, b, s0, _, _ = make_inputs(cell, 5, B, NH, DH, seed=5)
         low = [t.bfloat16() for t in (gx, R, b, s0)]
-        h, sT, si, rh = torch.ops.flashrnn.recurrence_fwd(*low, cell, reverse, runtime.plan_json("fused_cluster", prm), True)
+        plan = runtime.plan_json("fused_cluster", {**prm, **(knobs or {})})
+        h, sT, si, rh = torch.ops.flashrnn.recurrence_fwd(*low, cell, reverse, plan, True)
         h_ref, _, _, _ = reference.forward(gx, R, b, s0, cell, reverse, False)
         err = rel_err(h, h_ref)
         assert err < 0.05 and torch.isfinite(si).all() and torch.isfinite(rh).all(), (cell, prm, reverse, err)
@@ -369,10 +372,10 @@ def sanitizer_case_backward() -> None:
     print("sanitizer case (own backward): ok")
 
 
-if __name__ == "__main__":  # python -m tests.gpu.test_fused_cluster [bwd] (from the repository root)
+if __name__ == "__main__":  # python -m tests.gpu.test_fused_cluster [bwd | KNOB=VALUE ...] (from the repository root)
     import sys
 
     if sys.argv[1:] == ["bwd"]:
         sanitizer_case_backward()
     else:
-        sanitizer_case()
+        sanitizer_case({k: int(v) for k, v in (a.split("=") for a in sys.argv[1:])})
