@@ -62,7 +62,9 @@ ABLATIONS = [("SYNC 3: st.async by the cell's threads", {"SYNC": 3}),
              ("SYNC 0, block barrier, not cluster", {"SYNC": 0, "ABLATE": 2}),
              ("SYNC 0, no MMAs", {"SYNC": 0, "ABLATE": 3})]
 # the same for the family's own backward kernel (fwd+bwd timed; the forward is the kernel's)
-BWD_ABLATIONS = [("bwd: BWD_SYNC 0: stores, one cluster barrier per step", {"BWD_SYNC": 0}),
+BWD_ABLATIONS = [("bwd: BWD_SYNC 3: st.async by the warps", {"BWD_SYNC": 3}),
+                 ("bwd: BWD_SYNC 3, forward SYNC 3", {"BWD_SYNC": 3, "SYNC": 3}),
+                 ("bwd: BWD_SYNC 0: stores, one cluster barrier per step", {"BWD_SYNC": 0}),
                  ("bwd: 8 warps", DENSE_8_WARPS),
                  ("bwd: no MMAs", {"BWD_ABLATE": 2}),
                  ("bwd: BWD_SYNC 0, no stores to peers", {"BWD_SYNC": 0, "BWD_ABLATE": 1}),

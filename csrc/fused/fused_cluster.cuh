@@ -638,6 +638,9 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 // copy engine) carry each owner's share into its recv, completing bytes on the owner's mbarrier of
 // that recv buffer: no thread stores into a peer and no cluster barrier per step. A configuration whose
 // staging area does not fit the 227 KiB of shared memory an sm_90 block may have takes 0 (BwdConfig::BULK).
+// 3: no staging area and no copy engine: after two pairs of shuffles each lane holds 4 consecutive
+// units of one batch column of a peer's m-tile and sends those 16 bytes with st.async, completing
+// them on the owner's mbarrier of that recv buffer (the own block's tiles are stored as in 2).
 #ifndef FRNN_CLUSTER_BWD_SYNC
 #define FRNN_CLUSTER_BWD_SYNC 2
 #endif
@@ -671,10 +674,13 @@ struct BwdConfig {
   static constexpr size_t X_BYTES = align16((size_t)HP * BT * XK * sizeof(Op));
   static constexpr size_t RECV_BYTES = align16((size_t)2 * NSLOT * BT * RP * 4);
   static constexpr bool BULK = FRNN_CLUSTER_BWD_SYNC == 2 && A_BYTES + X_BYTES + RECV_BYTES + (size_t)CS * CHUNK * 4 + 16 <= 232448;
+  static constexpr bool ASYNC = FRNN_CLUSTER_BWD_SYNC == 3;  // st.async into the owners, mbarriers as BULK
+  // bytes one fill of a recv buffer receives from the CS - 1 peers
+  static constexpr int FILL_BYTES = (CS - 1) * (ASYNC ? BKS * BT * DHB : CHUNK) * 4;
   static constexpr size_t STAGE_BYTES = BULK ? (size_t)CS * CHUNK * 4 : 0;
   static constexpr size_t X_OFF = A_BYTES, RECV_OFF = X_OFF + X_BYTES, STAGE_OFF = RECV_OFF + RECV_BYTES;
   static constexpr size_t MB_OFF = STAGE_OFF + STAGE_BYTES;
-  __host__ __device__ static constexpr size_t smem() { return MB_OFF + (BULK ? 16 : 0); }
+  __host__ __device__ static constexpr size_t smem() { return MB_OFF + (BULK || ASYNC ? 16 : 0); }
 };
 
 struct BwdArgs {
@@ -774,7 +780,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   for (int mt = 0; mt < MT; ++mt) {
     const int m0 = (mg * MT + mt) * 16, owner = FRNN_CLUSTER_BWD_ABLATE == 1 ? rank : m0 / DHB;
     own[mt] = owner == rank;
-    if (C::BULK)
+    if (C::BULK || (C::ASYNC && own[mt]))
       dst[mt] = own[mt] ? recv_s + (uint32_t)((((rank * C::BKS + kk) * BT) * RP + m0 % DHB) * 4)
                         : stage_s + (uint32_t)((((owner * C::BKS + kk) * BT) * RP + m0 % DHB) * 4);
     else
@@ -784,8 +790,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   // expecting the CS - 1 peers' chunks) and those bytes have landed; both armed here for their first
   // fill, each again by thread 0 right after it waited for a fill (the next fill needs this block's
   // partials of the step after, sent after every thread's wait)
-  const FillBarriers fills{mb_s, (uint32_t)((CS - 1) * C::CHUNK * 4)};
-  if (C::BULK) fills.init(tid);
+  const FillBarriers fills{mb_s, (uint32_t)C::FILL_BYTES, C::ASYNC};
+  if (C::BULK || C::ASYNC) fills.init(tid);
   TIn* dgxp = static_cast<TIn*>(p.dgx);
   cluster_arrive();  // every block of the cluster runs (its recv exists) before a peer stores into it
   cluster_wait();
@@ -795,8 +801,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   for (int step = 0; step < T; ++step) {
     const int t = t_first + dstep * step;
     if (!FRNN_CLUSTER_BWD_PREFETCH) load_inputs(t);
-    if (C::BULK) {
-      if (tid < CS - 1) bulk_wait_read();  // the copies of step - 1 read the staging area (rewritten after the next block barrier)
+    if (C::BULK || C::ASYNC) {
+      if (C::BULK && tid < CS - 1) bulk_wait_read();  // the copies of step - 1 read the staging area (rewritten after the next block barrier)
       if (step > 0) {  // the peers' partials of step - 1 are in recv[(step - 1) & 1] (its fill (step - 1) / 2)
         fills.wait_and_rearm((step - 1) & 1, (step - 1) >> 1, tid);
       }
@@ -864,18 +870,40 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int i = 0; i < NT; ++i)
+      for (int i = 0; i < NT; ++i) {
+        if (C::ASYNC && !own[mt]) {
+          // a peer's tile: lane (gq, t4) holds units gq, gq + 8 of columns 2 t4, 2 t4 + 1. Swap with
+          // lane gq ^ 1 (then: units g, g + 1 and g + 8, g + 9 of column 2 t4 + (gq & 1), g = gq & ~1),
+          // then with lane gq ^ 2 (then: 4 consecutive units from us = (gq & 4) + 8 ((gq >> 1) & 1))
+          const float* v = acc[mt][i];
+          const bool odd = gq & 1, high = gq & 2;
+          const float q0 = __shfl_xor_sync(0xffffffffu, odd ? v[0] : v[1], 4);
+          const float q1 = __shfl_xor_sync(0xffffffffu, odd ? v[2] : v[3], 4);
+          const float a0 = odd ? q0 : v[0], a1 = odd ? v[1] : q0, b0 = odd ? q1 : v[2], b1 = odd ? v[3] : q1;
+          const float r0 = __shfl_xor_sync(0xffffffffu, high ? a0 : b0, 8);
+          const float r1 = __shfl_xor_sync(0xffffffffu, high ? a1 : b1, 8);
+          const uint32_t w[4] = {__float_as_uint(high ? r0 : a0), __float_as_uint(high ? r1 : a1),
+                                 __float_as_uint(high ? b0 : r0), __float_as_uint(high ? b1 : r1)};
+          const int n = i * 8 + 2 * t4 + (gq & 1), us = (gq & 4) + (high ? 8 : 0);
+          const int m0 = (mg * MT + mt) * 16, owner = m0 / DHB;
+          const uint32_t local = recv_s + boff + (uint32_t)((((rank * C::BKS + kk) * BT + n) * RP + m0 % DHB + us) * 4);
+          st_async16(map_rank(local, (uint32_t)owner), w, fills.in_peer(step & 1, (uint32_t)owner));
+          continue;
+        }
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
           const int n = i * 8 + 2 * t4 + (r & 1), ul = gq + 8 * (r >> 1);
-          if (C::BULK) {
+          if (C::BULK || C::ASYNC) {
             const uint32_t a = dst[mt] + (own[mt] ? boff : 0u) + (uint32_t)((n * RP + ul) * 4);
             asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a), "r"(__float_as_uint(acc[mt][i][r])) : "memory");
           } else {
             st_cluster(dst[mt] + boff + (uint32_t)((n * RP + ul) * 4), __float_as_uint(acc[mt][i][r]));
           }
         }
-    if (C::BULK) {
+      }
+    if (C::ASYNC) {
+      __syncthreads();  // the own tiles' partials are in recv, and every warp is done with X
+    } else if (C::BULK) {
       // each peer's chunk of the staging area into its recv[step & 1] at slots rank * BKS .., by
       // lanes 0 .. CS - 2 of warp 0, after every warp's writes are visible to the copy engine
       send_to_peers<CS>(true, tid, rank, (uint32_t)(C::CHUNK * 4), fills, step & 1,
@@ -892,8 +920,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     cluster_arrive();
     cluster_wait();
   }
-  if (C::BULK) {
-    if (tid < CS - 1) bulk_wait_read();  // no copy still reads this block's shared memory
+  if (C::BULK || C::ASYNC) {
+    if (C::BULK && tid < CS - 1) bulk_wait_read();  // no copy still reads this block's shared memory
     if (T > 0) fills.wait((T - 1) & 1, (T - 1) >> 1);  // the last step's partials
   }
   TIn* ds0 = static_cast<TIn*>(p.ds0);

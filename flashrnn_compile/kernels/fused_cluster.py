@@ -46,7 +46,7 @@ SOURCE = "fused/fused_cluster.cu"
 DTYPE_CODES = {torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
 TAKES = tuple(DTYPE_CODES)
 PARAMS = ("CLUSTER_SIZE", "WARPS", "BATCH_TILE", "R_REG_TILES")
-KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1, 2, 3), "ABLATE": (0, 1, 2, 3), "BWD_ABLATE": (0, 1, 2, 3), "BWD_SYNC": (0, 2),
+KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1, 2, 3), "ABLATE": (0, 1, 2, 3), "BWD_ABLATE": (0, 1, 2, 3), "BWD_SYNC": (0, 2, 3),
          "KSLICES": tuple(range(1, 33)), "BRING": tuple(range(0, 17))}  # test and timing switches (defines)
 
 
@@ -84,7 +84,7 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
     step, with SYNC 0; the results are wrong), BWD_ABLATE (1..3: the same for the backward kernel: no
     distributed-shared-memory stores, no MMAs, a block barrier), BWD_SYNC (0: the backward's partial
     sums stored into their owners and one cluster barrier per step; default 2: carried by bulk
-    copies), KSLICES (the forward's K slices per block: WARPS / KSLICES groups of its G * DH /
+    copies; 3: sent by the warps with st.async, 16 bytes a lane), KSLICES (the forward's K slices per block: WARPS / KSLICES groups of its G * DH /
     CLUSTER_SIZE / 16 m-tiles; default WARPS / (DH / CLUSTER_SIZE / 16), each warp the G gates of
     one 16-unit group), BRING (the B fragments a forward warp holds at once, in k-tiles: 0 all,
     n a ring of n; default a ring of 8 above 12 k-tiles a warp, else all)."""

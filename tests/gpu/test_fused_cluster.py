@@ -164,7 +164,7 @@ def test_own_backward_kslices_match_float64_reference(own_backward, cell, NH, DH
 # the backward's partial-sum exchange variants other than its default (FRNN_CLUSTER_BWD_SYNC), with the
 # family's own backward: every cell on the cluster of 16 and on the 2-K-slice backward tiling, LSTM
 # on every BWD_EXPLICIT tiling, and the planner's dense 1x768 LSTM / GRU tilings at T 17
-BWD_EXCHANGE_KNOBS = ({"BWD_SYNC": 0},)
+BWD_EXCHANGE_KNOBS = ({"BWD_SYNC": 0}, {"BWD_SYNC": 3})
 BWD_EXCHANGE_TILINGS = sorted({(c, i) for c in CELLS for i in (2, 3)} | {("lstm", i) for i in range(len(BWD_EXPLICIT))})
 BWD_EXCHANGE_CASES = [(c, *BWD_EXPLICIT[i][:3], {**BWD_EXPLICIT[i][3], **k}, 17, r) for k in BWD_EXCHANGE_KNOBS
                       for c, i in BWD_EXCHANGE_TILINGS for r in (False, True)]
@@ -225,20 +225,21 @@ def test_bulk_exchange_is_bitwise_the_barrier_exchange(cell, tiling, reverse):
 
 @pytest.mark.parametrize("cell,tiling,reverse", _bitwise_cases((0, 2, 3)), ids=lambda v: str(v))
 def test_own_backward_bulk_is_bitwise_the_store_exchange(own_backward, cell, tiling, reverse):
-    """BWD_SYNC 2 carries the same fp32 partial sums as BWD_SYNC 0 and the owners add them in the
-    same order: every gradient agrees bit for bit."""
+    """BWD_SYNC 2 and 3 carry the same fp32 partial sums as BWD_SYNC 0 and the owners add them in
+    the same order: every gradient agrees bit for bit."""
     from .conftest import run_with_grads
 
     NH, DH, B, prm, _ = BWD_EXPLICIT[tiling]
     gx, R, b, s0, dh, dsT = make_inputs(cell, 17, B, NH, DH, seed=41 + tiling)
     low = [t.bfloat16() for t in (gx, R, b, s0)]
     outs = []
-    for k in (0, 2):
+    for k in (0, 2, 3):
         plan = runtime.plan_json("fused_cluster", {**prm, "BWD_SYNC": k})
         outs.append(run_with_grads(lambda *a: recurrence(*a, cell=cell, reverse=reverse, plan=plan), low, dh.bfloat16(),
                                    dsT.bfloat16()))
-    for name, x, y in zip(("h", "sT", "dgx", "dR", "db", "ds0"), *outs):
-        assert torch.isfinite(x).all() and torch.equal(x, y), name
+    for name, x, *ys in zip(("h", "sT", "dgx", "dR", "db", "ds0"), *outs):
+        for k, y in zip((2, 3), ys):
+            assert torch.isfinite(x).all() and torch.equal(x, y), (name, f"BWD_SYNC {k}")
 
 
 @pytest.fixture(autouse=True)
@@ -336,7 +337,7 @@ def sanitizer_case(knobs=None) -> None:
     print("sanitizer case: ok")
 
 
-def sanitizer_case_backward() -> None:
+def sanitizer_case_backward(knobs=None) -> None:
     """sanitizer_case for the family's own backward (FLASHRNN_CLUSTER_BWD=1): every cell on the
     explicit tilings with clusters of 2 and 16 and the 2-K-slice backward tiling, both directions,
     T=5, forward + backward; raises on a gradient further than 0.05 (relative) from the float64
@@ -358,7 +359,7 @@ def sanitizer_case_backward() -> None:
         for cell, (NH, DH, B, prm, _), reverse in itertools.product(sorted(CELLS), (BWD_EXPLICIT[0], BWD_EXPLICIT[2], BWD_EXPLICIT[3]),
                                                                     (False, True)):
             gx, R, b, s0, dh, dsT = make_inputs(cell, 5, B, NH, DH, seed=5)
-            plan = runtime.plan_json("fused_cluster", prm)
+            plan = runtime.plan_json("fused_cluster", {**prm, **(knobs or {})})
             low = [t.bfloat16() for t in (gx, R, b, s0)]
             ours = run_with_grads(lambda *a: recurrence(*a, cell=cell, reverse=reverse, plan=plan), low, dh.bfloat16(), dsT.bfloat16())
             ref = run_with_grads(lambda *a: reference.forward(*a, cell, reverse, False)[:2], (gx, R, b, s0), dh, dsT)
@@ -372,10 +373,9 @@ def sanitizer_case_backward() -> None:
     print("sanitizer case (own backward): ok")
 
 
-if __name__ == "__main__":  # python -m tests.gpu.test_fused_cluster [bwd | KNOB=VALUE ...] (from the repository root)
+if __name__ == "__main__":  # python -m tests.gpu.test_fused_cluster [bwd] [KNOB=VALUE ...] (from the repository root)
     import sys
 
-    if sys.argv[1:] == ["bwd"]:
-        sanitizer_case_backward()
-    else:
-        sanitizer_case({k: int(v) for k, v in (a.split("=") for a in sys.argv[1:])})
+    backward = sys.argv[1:2] == ["bwd"]
+    knobs = {k: int(v) for k, v in (a.split("=") for a in sys.argv[1 + backward:])}
+    (sanitizer_case_backward if backward else sanitizer_case)(knobs)
