@@ -400,6 +400,15 @@ def variant_key(source: str, defines: Dict[str, object], archs: Optional[Sequenc
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def _touch(entry: Path) -> None:
+    """Mark a cache entry used now (its mtime), so that a cache can be pruned to what a run used
+    (scripts/snapshot_prebuild.sh). A read-only cache is left as it is."""
+    try:
+        os.utime(entry)
+    except OSError:
+        pass
+
+
 def ensure_variant(source: str, defines: Dict[str, object], archs: Optional[Sequence[str]] = None) -> Path:
     """Path of the cached library of `source` (relative to csrc/) built with `defines`, building
     and publishing it first if needed (BuildError with nvcc's output if it fails)."""
@@ -409,6 +418,7 @@ def ensure_variant(source: str, defines: Dict[str, object], archs: Optional[Sequ
     entry = cache_root() / "variants" / f"{stem}-{key}"
     lib_name = f"{stem}.so"
     if entry_valid(entry, key):
+        _touch(entry)
         return entry / lib_name
     entry.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(entry.parent / f"{entry.name}.lock"):

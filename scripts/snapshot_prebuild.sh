@@ -21,6 +21,7 @@ rm -rf build/snap_cache && [ -d build/snap/build/fused_cache ] && mv build/snap/
 rm -rf build/snap && mkdir -p build/snap/build
 [ -d build/snap_cache ] && mv build/snap_cache build/snap/build/fused_cache
 git archive HEAD | tar -x -C build/snap
+stamp="$(mktemp)"  # older than every entry this run builds or touches
 git rev-parse HEAD > build/snap/SNAPSHOT_COMMIT
 # FlashRNN 1.0.8's wheels (never committed) travel inside the snapshot for the harness's baseline rows
 [ -d build/wheels ] && mkdir -p build/snap/build && cp -r build/wheels build/snap/build/
@@ -34,4 +35,7 @@ export PYTHONPATH="$PWD" TORCH_EXTENSIONS_DIR="$PWD/build/fused_cache"
 "$PY" -m benchmarks.run --prebuild --preset headline --gpu "$gpu" --arch "$arch"
 [ "$what" = all ] && "$PY" -m benchmarks.run --prebuild --preset cluster --gpu "$gpu" --arch "$arch"
 "$PY" benchmarks/prebuild_fused.py --gpu "$gpu" --arch "$arch" --jobs 2 --families block --dr-out --recompute
-echo "snapshot $(cat SNAPSHOT_COMMIT) prebuilt ($what) under build/snap/build/fused_cache"
+# only the variants this snapshot's prebuilds built or used travel (a kept cache grows otherwise):
+# every other entry is older than the stamp (ensure_variant touches the entries it finds valid)
+find build/fused_cache/flashrnn_compile/variants -mindepth 1 -maxdepth 1 ! -newer "$stamp" -exec rm -rf {} +
+echo "snapshot $(cat SNAPSHOT_COMMIT) prebuilt ($what) under build/snap/build/fused_cache ($(du -sh build/fused_cache | cut -f1))"
