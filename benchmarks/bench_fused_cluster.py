@@ -48,26 +48,23 @@ EXPLICIT = [
 # (fused_cluster.cuh FRNN_CLUSTER_*): where a step's time goes. ABLATE rows compute wrong results;
 # they switch the exchange back to SYNC 0 (stores and a cluster barrier), which they probe.
 DENSE_8_WARPS = {"WARPS": 8, "KSLICES": 2, "R_REG_TILES": 46}  # 2 K slices x 4 groups of 3 m-tiles, 46 of 72 R tiles in registers
-ABLATIONS = [("SYNC 3: st.async by the cell's threads", {"SYNC": 3}),
-             ("8 warps, R 34, SYNC 3", {**DENSE_8_WARPS, "R_REG_TILES": 34, "SYNC": 3}),
-             ("B fragments through a ring of 4", {"BRING": 4}),
-             ("B ring of 6", {"BRING": 6}),
-             ("B ring of 4, SYNC 3", {"BRING": 4, "SYNC": 3}),
+ABLATIONS = [("shared-memory R fragments by 16-byte loads", {"AVEC": 1}),
+             ("12 warps, R 24 (before), 16-byte R loads", {"WARPS": 12, "KSLICES": 4, "R_REG_TILES": 24, "AVEC": 1}),
              ("SYNC 0: stores, one cluster barrier per step", {"SYNC": 0}),
              ("8 warps (KSLICES 2, R 46)", DENSE_8_WARPS),
-             ("8 warps, R 40", {**DENSE_8_WARPS, "R_REG_TILES": 40}),
-             ("8 warps, R 34", {**DENSE_8_WARPS, "R_REG_TILES": 34}),
-             ("8 warps, R 30", {**DENSE_8_WARPS, "R_REG_TILES": 30}),
-             ("8 warps, R 37", {**DENSE_8_WARPS, "R_REG_TILES": 37}),
-             ("SYNC 0, 4-byte stores per unit pair", {"SYNC": 0, "VEC": 0}),
              ("SYNC 0, no stores to peers", {"SYNC": 0, "ABLATE": 1}),
              ("SYNC 0, block barrier, not cluster", {"SYNC": 0, "ABLATE": 2}),
              ("SYNC 0, no MMAs", {"SYNC": 0, "ABLATE": 3})]
+# the planner's tilings before session 12's register model (one tiling for the forward and the
+# backward), against the planner's now (--ablate: forward and fwd+bwd with the own backward)
+PREVIOUS_PLANS = [
+    ("lstm", 1, 768, {"CLUSTER_SIZE": 16, "WARPS": 12, "BATCH_TILE": 8, "R_REG_TILES": 24}),
+    ("gru", 1, 768, {"CLUSTER_SIZE": 12, "WARPS": 12, "BATCH_TILE": 8, "R_REG_TILES": 26}),
+    ("lstm", 2, 512, {"CLUSTER_SIZE": 8, "WARPS": 8, "BATCH_TILE": 8, "R_REG_TILES": 45}),
+]
 # the same for the family's own backward kernel (fwd+bwd timed; the forward is the kernel's)
-BWD_ABLATIONS = [("bwd: BWD_SYNC 3: st.async by the warps", {"BWD_SYNC": 3}),
-                 ("bwd: BWD_SYNC 3, forward SYNC 3", {"BWD_SYNC": 3, "SYNC": 3}),
-                 ("bwd: BWD_SYNC 0: stores, one cluster barrier per step", {"BWD_SYNC": 0}),
-                 ("bwd: 8 warps", DENSE_8_WARPS),
+BWD_ABLATIONS = [("bwd: BWD_SYNC 0: stores, one cluster barrier per step", {"BWD_SYNC": 0}),
+                 ("bwd: backward 8 warps, R 46", {"BWD_WARPS": 8, "BWD_R_REG_TILES": 46}),
                  ("bwd: no MMAs", {"BWD_ABLATE": 2}),
                  ("bwd: BWD_SYNC 0, no stores to peers", {"BWD_SYNC": 0, "BWD_ABLATE": 1}),
                  ("bwd: BWD_SYNC 0, block barrier, not cluster", {"BWD_SYNC": 0, "BWD_ABLATE": 3})]
@@ -85,6 +82,10 @@ def variants(gpu: str):
     base = planner.plan("lstm", 16, 1, 768, torch.bfloat16, gpu=gpu, families=("fused_cluster",)).params
     for _, knob in ABLATIONS + BWD_ABLATIONS:
         out.add(("lstm", torch.bfloat16, 768, tuple(sorted({**base, **knob}.items()))))
+    for cell, NH, DH, prm in PREVIOUS_PLANS:
+        out.add((cell, torch.bfloat16, DH, tuple(sorted(prm.items()))))
+        now = planner.plan(cell, 16, NH, DH, torch.bfloat16, gpu=gpu, families=("fused_cluster",)).params
+        out.add((cell, torch.bfloat16, DH, tuple(sorted(now.items()))))
     for cell, NH, DH, B, prm, T, _ in t.EXCHANGE_CASES + t.BWD_EXCHANGE_CASES + t.KSLICE_CASES + t.KSLICE_BWD_CASES:
         for dtype in t.DTYPES:
             out.add((cell, dtype, DH, tuple(sorted(prm.items()))))
@@ -111,8 +112,7 @@ def bwd_variants(gpu: str):
     from tests.gpu import test_fused_cluster as t
 
     def forward_only(prm):  # a forward switch the backward's tests and rows never take
-        return any(k in prm for k in ("ABLATE", "VEC", "H_PIECES")) or ("SYNC" in prm and "BWD_SYNC" not in prm
-                                                                        and "KSLICES" not in prm)
+        return any(k in prm for k in ("ABLATE", "VEC", "H_PIECES", "AVEC")) or ("SYNC" in prm and "BWD_SYNC" not in prm)
 
     out = {v for v in variants(gpu) if not forward_only(dict(v[3]))}
     for cell in sorted(t.CELLS):
@@ -155,6 +155,13 @@ def ablation_rows(reps):
             prm = {**chosen.params, **knob}
             r = ours(runtime.plan_json("fused_cluster", prm), "lstm", 1, 768, torch.bfloat16, 16, 1024, reps)
             rows.append(dict(system=f"ablate: {name}", params=knob, **base, **r))
+    for cell, NH, DH, old in PREVIOUS_PLANS:
+        now = planner.plan(cell, 16, NH, DH, torch.bfloat16, families=("fused_cluster",)).params
+        for name, prm in (("planner now", now), ("planner before", old)):
+            with cluster_bwd(True):
+                r = ours(runtime.plan_json("fused_cluster", prm), cell, NH, DH, torch.bfloat16, 16, 1024, reps)
+            rows.append(dict(system=f"plans: {name}, own bwd", params=prm, cell=cell, heads=f"{NH}x{DH}", dtype="bf16",
+                             B=16, T=1024, **r))
     return rows
 
 

@@ -48,6 +48,9 @@ class CellSpec:
     step_backward: Optional[Callable[[Tensor, Tensor, States, States], Tuple[Tensor, Tensor, States]]] = None
     # every gate reads gx + rhb, so dL/drhb == dL/dgx (dR and db then follow from dgx alone)
     rhb_grad_is_gx: bool = False
+    # the gradient jumps (relu' at 0, the sLSTM stabiliser's max): the fused backward kernels keep
+    # their MMA right-hand side as two 16-bit pieces (fused_block.cuh Precision<Cell>::JUMPS)
+    gradient_jumps: bool = False
 
     @property
     def num_gates(self) -> int:
@@ -180,7 +183,8 @@ CELLS = {
         CellSpec("lstm", ("i", "f", "g", "o"), ("h", "c"), (0.0, 0.0), _lstm_step, "LstmCell", _lstm_backward, True),
         CellSpec("gru", ("r", "z", "n"), ("h",), (0.0,), _gru_step, "GruCell", _gru_backward),
         CellSpec("elman_tanh", ("a",), ("h",), (0.0,), _elman_tanh_step, "ElmanTanhCell", _elman_tanh_backward, True),
-        CellSpec("elman_relu", ("a",), ("h",), (0.0,), _elman_relu_step, "ElmanReluCell", _elman_relu_backward, True),
+        CellSpec("elman_relu", ("a",), ("h",), (0.0,), _elman_relu_step, "ElmanReluCell", _elman_relu_backward, True,
+                 gradient_jumps=True),
         CellSpec(
             "slstm",
             ("i", "f", "z", "o"),
@@ -190,6 +194,7 @@ CELLS = {
             "SlstmCell",
             _slstm_backward,
             True,
+            gradient_jumps=True,
         ),
     )
 }

@@ -104,7 +104,7 @@ def model_params(family: str, spec: Dict[str, Any], gpu: hardware.GPU) -> Dict[s
     dt = DTYPES[spec["dtype"]]
     everything = {
         "B": spec["batch"], "NH": spec["heads"], "DH": spec["head_dim"],
-        "G": cell.num_gates, "S": cell.num_states,
+        "G": cell.num_gates, "S": cell.num_states, "JUMPS": int(cell.gradient_jumps),
         "DTYPE_BYTES": dt.bytes, "MMA_K": dt.mma_k, "MMA_PASSES": dt.mma_passes, "DTYPE_OK": dt.supported,
         "SMS": gpu.sm_count, "REGS_PER_SM": gpu.regs_per_sm, "REGS_PER_BLOCK": gpu.regs_per_block,
         "SMEM_PER_SM": gpu.smem_per_sm, "SMEM_PER_BLOCK": gpu.smem_per_block_optin,
@@ -191,6 +191,20 @@ def _fused(split: Callable[[Dict[str, int]], str]) -> Callable[[FamilyResult], s
     return describe
 
 
+# lets of a family's model that are template parameters too (reported, added to the plan's params):
+# fused_cluster's backward keeps as many R tiles in registers as its register formula leaves room for
+PLAN_LETS: Dict[str, Tuple[str, ...]] = {"fused_cluster": ("BWD_R_REG_TILES",)}
+
+def _lets(family: str, fam_params: Dict[str, int], values: Dict[str, int]) -> Dict[str, int]:
+    """The PLAN_LETS of a family's solution `values`, evaluated by its model."""
+    names = PLAN_LETS.get(family, ())
+    if not names:
+        return {}
+    problem = constrint.instantiate(kernel_model(family), fam_params)
+    x = [values[n] for n in problem.names]
+    return {n: problem.reports[n].value(x) for n in names}
+
+
 # one sentence per family about its solution (values: the template parameters; report: the lets)
 DESCRIBE: Dict[str, Callable[[FamilyResult], str]] = {
     "fused_block": _fused(lambda v: "R of each head in one block"),
@@ -270,7 +284,8 @@ def choose(spec: Dict[str, Any], gpu: hardware.GPU, families: Optional[Tuple[str
                    if r.values is not None else {"below": r.below}) for f, r in results.items()}
     if pick is None:
         return Plan("reference", {}, "no CUDA kernel family is feasible: " + "; ".join(notes), details)
-    return Plan(pick.family, dict(pick.values), "; ".join([DESCRIBE[pick.family](pick)] + notes), details)
+    params = {**pick.values, **{n: pick.report[n] for n in PLAN_LETS.get(pick.family, ())}}
+    return Plan(pick.family, params, "; ".join([DESCRIBE[pick.family](pick)] + notes), details)
 
 
 # ---- cache ---------------------------------------------------------------------------------------
@@ -301,7 +316,11 @@ def _load(path: str, key: Dict[str, Any]) -> Optional[Plan]:
             return None
         if family in MODEL_FILES:
             fam_params = model_params(family, key["spec"], _gpu_from_key(key["gpu"]))
-            if constrint.violations(kernel_model(family), fam_params, params):
+            lets = PLAN_LETS.get(family, ())
+            values = {k: v for k, v in params.items() if k not in lets}
+            if constrint.violations(kernel_model(family), fam_params, values):
+                return None
+            if {n: params.get(n) for n in lets} != _lets(family, fam_params, values):
                 return None
         elif params:
             return None

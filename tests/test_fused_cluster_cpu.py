@@ -26,8 +26,14 @@ def plan(cell, B, NH, DH, dtype=torch.bfloat16, **kw):
 def test_dense_768_lstm_gets_a_cluster_of_16_with_a_kernel_tiling():
     p = plan("lstm", 16, 1, 768)
     assert p.family == "fused_cluster", p.reason
-    assert p.params == {"CLUSTER_SIZE": 16, "WARPS": 12, "BATCH_TILE": 8, "R_REG_TILES": 24}
+    # the forward: 8 warps of 2 K slices, 34 R tiles each in registers (registers left to pipeline
+    # the shared-memory ones); the backward its own tiling, 12 warps of 24 tiles
+    assert p.params == {"CLUSTER_SIZE": 16, "WARPS": 8, "KSLICES": 2, "BATCH_TILE": 8, "R_REG_TILES": 34,
+                        "BWD_WARPS": 12, "BWD_R_REG_TILES": 24}
     fused_cluster.defines("lstm", torch.bfloat16, 768, p.params)  # the kernel takes it
+    bwd = fused_cluster.backward_defines("lstm", torch.bfloat16, 768, p.params)
+    assert (bwd["FRNN_WARPS"], bwd["FRNN_R_REG_TILES"], bwd["FRNN_CLUSTER_BWD"]) == (12, 24, 1)
+    assert "FRNN_CLUSTER_KSLICES" not in bwd  # the forward's layout knob is not the backward's
 
 
 @pytest.mark.parametrize("cell,B,NH,DH", [("lstm", 16, 1, 768), ("gru", 16, 1, 768), ("lstm", 16, 2, 512),

@@ -67,11 +67,7 @@
 // whose units its K slice reads; 0: one cluster barrier per step; 2: h buffers laid out by source
 // block ([2][CS][HP][BT][DHB + 8]), each block's new units sent by CS - 1 bulk copies (the copy
 // engine, cp.async.bulk shared::cta -> shared::cluster) that complete bytes on one mbarrier per h
-// buffer of the receiver; no thread stores into a peer and no cluster barrier per step; 3: the same
-// buffers and mbarriers, filled by the cell's threads themselves: each group of 4 lanes (8
-// consecutive units of one batch column) sends its 16 bytes to every peer with st.async (a remote
-// store that completes its bytes on the peer's mbarrier), with no block barrier, fence or copy
-// engine between the cell and the sends
+// buffer of the receiver; no thread stores into a peer and no cluster barrier per step
 #ifndef FRNN_CLUSTER_SYNC
 #define FRNN_CLUSTER_SYNC 2
 #endif
@@ -82,11 +78,9 @@
 #ifndef FRNN_CLUSTER_KSLICES
 #define FRNN_CLUSTER_KSLICES 0
 #endif
-// B fragments (h) a warp holds at once, in k-tiles: -1 by the rule below (a ring of 8 when a warp
-// has more than 12 k-tiles, else all of them up front); 0 all up front; n: a ring of n, which
-// leaves registers to pipeline the shared-memory A fragments
-#ifndef FRNN_CLUSTER_BRING
-#define FRNN_CLUSTER_BRING -1
+// 1: the forward's shared-memory R fragments are read with one 16-byte load per lane (WarpGemm AVEC)
+#ifndef FRNN_CLUSTER_AVEC
+#define FRNN_CLUSTER_AVEC 0
 #endif
 // timing probes only (results are wrong): 1 no stores to peers, 2 a block barrier instead of the
 // cluster barrier, 3 no MMAs; 0 the kernel
@@ -131,8 +125,7 @@ struct Config {
                 "WARPS = m-tile groups x KS K slices, KS | DH / 16, the groups divide the G * DHB / 16 m-tiles");
   static_assert(CS >= 1 && CS <= 16, "at most 16 blocks per cluster");
   // more than 12 k-tiles a warp: their B fragments stream through a ring of 8 (registers for R)
-  static constexpr int BRING = FRNN_CLUSTER_BRING >= 0 ? FRNN_CLUSTER_BRING : (KTW > 12 ? 8 : 0);
-  using Gemm = WarpGemm<Op, MTW, KTW, NT, HP, RREG, WARPS, KTW, BRING>;
+  using Gemm = WarpGemm<Op, MTW, KTW, NT, HP, RREG, WARPS, KTW, (KTW > 12 ? 8 : 0), FRNN_CLUSTER_AVEC != 0>;
   static constexpr int NP = BT * DHB / 2;               // unit pairs (u, u + 1) x batch columns
   static constexpr int PPT = (NP + THREADS - 1) / THREADS;  // pairs per thread
   static constexpr int NS = 4;                           // gx ring stages (3 steps ahead)
@@ -141,12 +134,10 @@ struct Config {
   static constexpr int RP = DHB + 4;   // red row (fp32)
   // SYNC 2: h by source block, xs [2][CS][HP][BT][XP] (XP / 2 words = 4 mod 8: conflict-free B
   // fragments); one source's rows are one contiguous bulk copy of SEG_BYTES
-  static constexpr bool BY_SOURCE = FRNN_CLUSTER_SYNC == 2 || FRNN_CLUSTER_SYNC == 3;
+  static constexpr bool BY_SOURCE = FRNN_CLUSTER_SYNC == 2;
   static constexpr int XP = DHB + 8;
   static constexpr int SEG = HP * BT * XP;  // elements of one source block's h
   static constexpr int SEG_BYTES = SEG * (int)sizeof(Op);
-  // bytes one fill of an h buffer receives: the segments of the CS - 1 peers (SYNC 3 sends no padding)
-  static constexpr int FILL_BYTES = (CS - 1) * (FRNN_CLUSTER_SYNC == 3 ? HP * BT * DHB * (int)sizeof(Op) : SEG_BYTES);
   static constexpr int X_ELEMS = BY_SOURCE ? 2 * CS * SEG : 2 * HP * BT * XF;
   // element (buffer, piece, column n, unit u of the head) of xs
   __host__ __device__ static constexpr int xoff(int buf, int hp, int n, int u) {
@@ -159,10 +150,10 @@ struct Config {
   static constexpr size_t RED_BYTES = align16((size_t)KS * G * BT * RP * 4);
   static constexpr size_t STAGE = align16((size_t)BT * G * DHB * sizeof(Op));
   static constexpr size_t X_OFF = A_BYTES, RED_OFF = X_OFF + X_BYTES, RING_OFF = RED_OFF + RED_BYTES;
-  // SYNC 1: mbarriers [2][CS] (h buffer, source block) after the ring; SYNC 2, 3: [2] (h buffer)
+  // SYNC 1: mbarriers [2][CS] (h buffer, source block) after the ring; SYNC 2: [2] (h buffer)
   static constexpr size_t MB_OFF = RING_OFF + NS * STAGE;
   static constexpr int TPP = THREADS / CS;  // SYNC 1: threads sending to one peer (and arriving on its mbarrier)
-  static constexpr int NMB = FRNN_CLUSTER_SYNC == 1 ? 2 * CS : BY_SOURCE ? 2 : 0;
+  static constexpr int NMB = FRNN_CLUSTER_SYNC == 1 ? 2 * CS : FRNN_CLUSTER_SYNC == 2 ? 2 : 0;
   __host__ __device__ static constexpr size_t smem() { return MB_OFF + NMB * 8; }
 };
 
@@ -227,12 +218,6 @@ __device__ __forceinline__ void bulk_to_peer(uint32_t dst, uint32_t src, uint32_
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
 // this thread's bulk copies have read their sources
 __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
-// SYNC 3: 16 bytes from registers into a peer's shared memory at `dst` (shared::cluster, 16-byte
-// aligned), completing them on the peer's mbarrier `mbar` (release at cluster scope)
-__device__ __forceinline__ void st_async16(uint32_t dst, const uint32_t (&w)[4], uint32_t mbar) {
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];\n"
-               ::"r"(dst), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3]), "r"(mbar) : "memory");
-}
 // the same wait with acquire at CTA scope: enough for bytes the copy engine completed on the mbarrier
 // (SYNC 2, BWD_SYNC 2). The cluster-scope acquire invalidates L1 (CCTL.IVALL), which waits for
 // every global load in flight, the gx prefetch just issued among them (ncu: 20% of the forward's
@@ -248,7 +233,6 @@ __device__ __forceinline__ void mbar_wait_cta(uint32_t addr, uint32_t parity) {
 // complete on it, and those bytes. The forward and the backward share this protocol.
 struct FillBarriers {
   uint32_t base, bytes;
-  bool cluster_acquire = false;  // SYNC 3: st.async releases at cluster scope, so the wait acquires there
   // thread 0 initialises both; a block barrier orders that before its first arms (racecheck), which
   // arm both for their first fill (before the cluster barrier that lets a peer send)
   __device__ void init(int tid) const {
@@ -264,12 +248,7 @@ struct FillBarriers {
     }
   }
   // every thread: fill `fill` of buffer `buf` has landed
-  __device__ void wait(int buf, int fill) const {
-    if (cluster_acquire)
-      mbar_wait(base + 8 * buf, (uint32_t)fill & 1u);
-    else
-      mbar_wait_cta(base + 8 * buf, (uint32_t)fill & 1u);
-  }
+  __device__ void wait(int buf, int fill) const { mbar_wait_cta(base + 8 * buf, (uint32_t)fill & 1u); }
   // wait(), then thread 0 arms the buffer for its next fill: that fill needs a step of this block
   // that comes after every thread's wait, so the phase cannot complete twice unseen
   __device__ void wait_and_rearm(int buf, int fill, int tid) const {
@@ -375,8 +354,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   // SYNC 2: buffer b's mbarrier completes a phase when this block's thread 0 has armed it (one
   // arrival, expecting the CS - 1 peers' bytes) and all those bytes have landed; both buffers are
   // armed for their first fill here, and each again right after thread 0 has waited for a fill
-  const FillBarriers fills{mb_s, (uint32_t)C::FILL_BYTES, FRNN_CLUSTER_SYNC == 3};
-  if (C::BY_SOURCE) fills.init(tid);
+  const FillBarriers fills{mb_s, (uint32_t)((CS - 1) * C::SEG_BYTES)};
+  if (FRNN_CLUSTER_SYNC == 2) fills.init(tid);
   // SYNC 1: the k-slice's source blocks (whose units its k-tiles read)
   const int src0 = ks * C::KTW * 16 / DHB, src1 = ((ks + 1) * C::KTW * 16 - 1) / DHB;
   TIn* hout = static_cast<TIn*>(p.h);
@@ -386,14 +365,11 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #pragma unroll 1
   for (int step = 0; step < T; ++step) {
     const int t = t_first + dstep * step, cur = step & 1;
-    // into the stage step - 1 used (every thread is past it); SYNC 3 after its cluster-scope wait,
-    // which would otherwise wait for these loads (the L1 invalidation of the acquire)
-    if (FRNN_CLUSTER_SYNC != 3) prefetch(step + NS - 1);
+    prefetch(step + NS - 1);  // into the stage step - 1 used (every thread is past it)
     if (FRNN_CLUSTER_SYNC == 2 && tid < CS - 1) bulk_wait_read();  // the copies of step - 1 (and before) read their segment
     {
       float acc[C::MTW][NT][4];
       if (FRNN_CLUSTER_ABLATE == 3) {
-        if (FRNN_CLUSTER_SYNC == 3) prefetch(step + NS - 1);
 #pragma unroll
         for (int g = 0; g < C::MTW; ++g)
 #pragma unroll
@@ -403,10 +379,9 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
       } else {
         if (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0 && step > 0)  // h_{t-1} of the k-slice's sources has landed (fill (step - 1) / 2 of buffer cur)
           for (int src = src0; src <= src1; ++src) mbar_wait(mb_s + 8 * (cur * CS + src), (uint32_t)((step - 1) >> 1) & 1u);
-        if (C::BY_SOURCE && step > 0) {  // every peer's h_{t-1} has landed (fill (step - 1) / 2 of buffer cur)
+        if (FRNN_CLUSTER_SYNC == 2 && step > 0) {  // every peer's h_{t-1} has landed (fill (step - 1) / 2 of buffer cur)
           fills.wait_and_rearm(cur, (step - 1) >> 1, tid);  // its next fill (h of step + 1) needs this block's h of `step`
         }
-        if (FRNN_CLUSTER_SYNC == 3) prefetch(step + NS - 1);
         if (C::BY_SOURCE)
           gemm.template run<BT, C::XP, DHB, C::SEG>(a_smem, xs + C::xoff(cur, 0, 0, 0), 0, warp, lane, acc, [] {});
         else
@@ -480,25 +455,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
         const uint32_t word = fused::pack2(pa[hp], pb[hp]);
         const int off = C::xoff(nxt, hp, n, u0 + u);
         if (FRNN_CLUSTER_VEC || FRNN_CLUSTER_ABLATE == 1 || C::BY_SOURCE) {
-          *reinterpret_cast<uint32_t*>(xs + off) = word;  // own buffer; the copy below (SYNC 3: here) sends it
-          if (FRNN_CLUSTER_SYNC == 3 && step + 1 < T) {
-            // lanes 4i .. 4i + 3 hold units u .. u + 7 of column n (NP is a multiple of 8, so the
-            // four are all in this iteration): each gets the four words, then lane j of the group
-            // sends them to peers rank + 1 + j, + 4, ...
-            const unsigned gmask = 0xFu << (lane & ~3);
-            uint32_t w[4];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) w[j] = __shfl_sync(gmask, word, j, 4);
-            const uint32_t chunk = xs_s + (uint32_t)(C::xoff(nxt, hp, n, u0 + (u & ~7)) * sizeof(Op));
-#pragma unroll
-            for (int i = 0; i < (CS + 2) / 4; ++i) {
-              const int c = t4 + 4 * i;
-              if (c < CS - 1) {
-                const uint32_t d = (uint32_t)((rank + 1 + c) % CS);
-                st_async16(map_rank(chunk, d), w, fills.in_peer(nxt, d));
-              }
-            }
-          }
+          *reinterpret_cast<uint32_t*>(xs + off) = word;  // own buffer; the copy below sends it
         } else {
           const uint32_t local = xs_s + (uint32_t)(off * sizeof(Op));
 #pragma unroll
@@ -513,8 +470,6 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
       // issuers waited for that at this step's start, before the block barrier after the MMAs)
       auto seg = [&](uint32_t) { return xs_s + (uint32_t)(C::xoff(nxt, 0, 0, u0) * sizeof(Op)); };
       send_to_peers<CS>(step + 1 < T, tid, rank, (uint32_t)C::SEG_BYTES, fills, nxt, seg, seg);
-    } else if (FRNN_CLUSTER_SYNC == 3) {
-      __syncthreads();  // this step's use of red and the ring stage, and the own segment's writes, are complete
     } else if (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0) {
       // TPP threads per receiving block copy the block's new units (HP x BT rows of DHB units, staged
       // in its own buffer) in 16-byte chunks, then each arrives on the receiver's mbarrier of
@@ -546,7 +501,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
         st_cluster16(map_rank(xs_s + off, (uint32_t)peer), v);
       }
     }
-    if (C::BY_SOURCE || (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0)) {
+    if (FRNN_CLUSTER_SYNC == 2 || (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0)) {
       // no cluster barrier: receivers wait on their mbarriers
     } else if (FRNN_CLUSTER_ABLATE == 2) {
       __syncthreads();
@@ -638,9 +593,6 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 // copy engine) carry each owner's share into its recv, completing bytes on the owner's mbarrier of
 // that recv buffer: no thread stores into a peer and no cluster barrier per step. A configuration whose
 // staging area does not fit the 227 KiB of shared memory an sm_90 block may have takes 0 (BwdConfig::BULK).
-// 3: no staging area and no copy engine: after two pairs of shuffles each lane holds 4 consecutive
-// units of one batch column of a peer's m-tile and sends those 16 bytes with st.async, completing
-// them on the owner's mbarrier of that recv buffer (the own block's tiles are stored as in 2).
 #ifndef FRNN_CLUSTER_BWD_SYNC
 #define FRNN_CLUSTER_BWD_SYNC 2
 #endif
@@ -674,13 +626,10 @@ struct BwdConfig {
   static constexpr size_t X_BYTES = align16((size_t)HP * BT * XK * sizeof(Op));
   static constexpr size_t RECV_BYTES = align16((size_t)2 * NSLOT * BT * RP * 4);
   static constexpr bool BULK = FRNN_CLUSTER_BWD_SYNC == 2 && A_BYTES + X_BYTES + RECV_BYTES + (size_t)CS * CHUNK * 4 + 16 <= 232448;
-  static constexpr bool ASYNC = FRNN_CLUSTER_BWD_SYNC == 3;  // st.async into the owners, mbarriers as BULK
-  // bytes one fill of a recv buffer receives from the CS - 1 peers
-  static constexpr int FILL_BYTES = (CS - 1) * (ASYNC ? BKS * BT * DHB : CHUNK) * 4;
   static constexpr size_t STAGE_BYTES = BULK ? (size_t)CS * CHUNK * 4 : 0;
   static constexpr size_t X_OFF = A_BYTES, RECV_OFF = X_OFF + X_BYTES, STAGE_OFF = RECV_OFF + RECV_BYTES;
   static constexpr size_t MB_OFF = STAGE_OFF + STAGE_BYTES;
-  __host__ __device__ static constexpr size_t smem() { return MB_OFF + (BULK || ASYNC ? 16 : 0); }
+  __host__ __device__ static constexpr size_t smem() { return MB_OFF + (BULK ? 16 : 0); }
 };
 
 struct BwdArgs {
@@ -780,7 +729,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   for (int mt = 0; mt < MT; ++mt) {
     const int m0 = (mg * MT + mt) * 16, owner = FRNN_CLUSTER_BWD_ABLATE == 1 ? rank : m0 / DHB;
     own[mt] = owner == rank;
-    if (C::BULK || (C::ASYNC && own[mt]))
+    if (C::BULK)
       dst[mt] = own[mt] ? recv_s + (uint32_t)((((rank * C::BKS + kk) * BT) * RP + m0 % DHB) * 4)
                         : stage_s + (uint32_t)((((owner * C::BKS + kk) * BT) * RP + m0 % DHB) * 4);
     else
@@ -790,8 +739,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   // expecting the CS - 1 peers' chunks) and those bytes have landed; both armed here for their first
   // fill, each again by thread 0 right after it waited for a fill (the next fill needs this block's
   // partials of the step after, sent after every thread's wait)
-  const FillBarriers fills{mb_s, (uint32_t)C::FILL_BYTES, C::ASYNC};
-  if (C::BULK || C::ASYNC) fills.init(tid);
+  const FillBarriers fills{mb_s, (uint32_t)((CS - 1) * C::CHUNK * 4)};
+  if (C::BULK) fills.init(tid);
   TIn* dgxp = static_cast<TIn*>(p.dgx);
   cluster_arrive();  // every block of the cluster runs (its recv exists) before a peer stores into it
   cluster_wait();
@@ -801,8 +750,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   for (int step = 0; step < T; ++step) {
     const int t = t_first + dstep * step;
     if (!FRNN_CLUSTER_BWD_PREFETCH) load_inputs(t);
-    if (C::BULK || C::ASYNC) {
-      if (C::BULK && tid < CS - 1) bulk_wait_read();  // the copies of step - 1 read the staging area (rewritten after the next block barrier)
+    if (C::BULK) {
+      if (tid < CS - 1) bulk_wait_read();  // the copies of step - 1 read the staging area (rewritten after the next block barrier)
       if (step > 0) {  // the peers' partials of step - 1 are in recv[(step - 1) & 1] (its fill (step - 1) / 2)
         fills.wait_and_rearm((step - 1) & 1, (step - 1) >> 1, tid);
       }
@@ -870,40 +819,18 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int i = 0; i < NT; ++i) {
-        if (C::ASYNC && !own[mt]) {
-          // a peer's tile: lane (gq, t4) holds units gq, gq + 8 of columns 2 t4, 2 t4 + 1. Swap with
-          // lane gq ^ 1 (then: units g, g + 1 and g + 8, g + 9 of column 2 t4 + (gq & 1), g = gq & ~1),
-          // then with lane gq ^ 2 (then: 4 consecutive units from us = (gq & 4) + 8 ((gq >> 1) & 1))
-          const float* v = acc[mt][i];
-          const bool odd = gq & 1, high = gq & 2;
-          const float q0 = __shfl_xor_sync(0xffffffffu, odd ? v[0] : v[1], 4);
-          const float q1 = __shfl_xor_sync(0xffffffffu, odd ? v[2] : v[3], 4);
-          const float a0 = odd ? q0 : v[0], a1 = odd ? v[1] : q0, b0 = odd ? q1 : v[2], b1 = odd ? v[3] : q1;
-          const float r0 = __shfl_xor_sync(0xffffffffu, high ? a0 : b0, 8);
-          const float r1 = __shfl_xor_sync(0xffffffffu, high ? a1 : b1, 8);
-          const uint32_t w[4] = {__float_as_uint(high ? r0 : a0), __float_as_uint(high ? r1 : a1),
-                                 __float_as_uint(high ? b0 : r0), __float_as_uint(high ? b1 : r1)};
-          const int n = i * 8 + 2 * t4 + (gq & 1), us = (gq & 4) + (high ? 8 : 0);
-          const int m0 = (mg * MT + mt) * 16, owner = m0 / DHB;
-          const uint32_t local = recv_s + boff + (uint32_t)((((rank * C::BKS + kk) * BT + n) * RP + m0 % DHB + us) * 4);
-          st_async16(map_rank(local, (uint32_t)owner), w, fills.in_peer(step & 1, (uint32_t)owner));
-          continue;
-        }
+      for (int i = 0; i < NT; ++i)
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
           const int n = i * 8 + 2 * t4 + (r & 1), ul = gq + 8 * (r >> 1);
-          if (C::BULK || C::ASYNC) {
+          if (C::BULK) {
             const uint32_t a = dst[mt] + (own[mt] ? boff : 0u) + (uint32_t)((n * RP + ul) * 4);
             asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a), "r"(__float_as_uint(acc[mt][i][r])) : "memory");
           } else {
             st_cluster(dst[mt] + boff + (uint32_t)((n * RP + ul) * 4), __float_as_uint(acc[mt][i][r]));
           }
         }
-      }
-    if (C::ASYNC) {
-      __syncthreads();  // the own tiles' partials are in recv, and every warp is done with X
-    } else if (C::BULK) {
+    if (C::BULK) {
       // each peer's chunk of the staging area into its recv[step & 1] at slots rank * BKS .., by
       // lanes 0 .. CS - 2 of warp 0, after every warp's writes are visible to the copy engine
       send_to_peers<CS>(true, tid, rank, (uint32_t)(C::CHUNK * 4), fills, step & 1,
@@ -920,8 +847,8 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     cluster_arrive();
     cluster_wait();
   }
-  if (C::BULK || C::ASYNC) {
-    if (C::BULK && tid < CS - 1) bulk_wait_read();  // no copy still reads this block's shared memory
+  if (C::BULK) {
+    if (tid < CS - 1) bulk_wait_read();  // no copy still reads this block's shared memory
     if (T > 0) fills.wait((T - 1) & 1, (T - 1) >> 1);  // the last step's partials
   }
   TIn* ds0 = static_cast<TIn*>(p.ds0);

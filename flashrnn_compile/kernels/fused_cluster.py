@@ -46,8 +46,8 @@ SOURCE = "fused/fused_cluster.cu"
 DTYPE_CODES = {torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
 TAKES = tuple(DTYPE_CODES)
 PARAMS = ("CLUSTER_SIZE", "WARPS", "BATCH_TILE", "R_REG_TILES")
-KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1, 2, 3), "ABLATE": (0, 1, 2, 3), "BWD_ABLATE": (0, 1, 2, 3), "BWD_SYNC": (0, 2, 3),
-         "KSLICES": tuple(range(1, 33)), "BRING": tuple(range(0, 17))}  # test and timing switches (defines)
+KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1, 2), "ABLATE": (0, 1, 2, 3), "BWD_ABLATE": (0, 1, 2, 3), "BWD_SYNC": (0, 2),
+         "KSLICES": tuple(range(1, 33)), "AVEC": (0, 1)}  # test and timing switches (defines)
 
 
 def _bind(lib: ctypes.CDLL) -> None:
@@ -79,15 +79,14 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
     stores its unit pair into every peer; default 1: 16-byte copies of the block's staged units),
     SYNC (0: stores into the peers and one cluster barrier per step; 1: mbarriers per source block
     that the storing threads arrive on; default 2: bulk copies of each block's new units into its
-    peers, completing on one mbarrier per h buffer; 3: the same buffers filled by the cell's threads
-    with st.async, 16 bytes per group of 4 lanes and peer), ABLATE (1..3: timing probes that skip part of a
+    peers, completing on one mbarrier per h buffer), ABLATE (1..3: timing probes that skip part of a
     step, with SYNC 0; the results are wrong), BWD_ABLATE (1..3: the same for the backward kernel: no
     distributed-shared-memory stores, no MMAs, a block barrier), BWD_SYNC (0: the backward's partial
     sums stored into their owners and one cluster barrier per step; default 2: carried by bulk
-    copies; 3: sent by the warps with st.async, 16 bytes a lane), KSLICES (the forward's K slices per block: WARPS / KSLICES groups of its G * DH /
+    copies), KSLICES (the forward's K slices per block: WARPS / KSLICES groups of its G * DH /
     CLUSTER_SIZE / 16 m-tiles; default WARPS / (DH / CLUSTER_SIZE / 16), each warp the G gates of
-    one 16-unit group), BRING (the B fragments a forward warp holds at once, in k-tiles: 0 all,
-    n a ring of n; default a ring of 8 above 12 k-tiles a warp, else all)."""
+    one 16-unit group), AVEC (1: the forward reads its shared-memory R fragments with one 16-byte
+    load per lane; default 0: four 4-byte loads)."""
     spec = get_cell(cell)
     if dtype not in TAKES:
         raise ValueError(f"fused_cluster: dtype: expected bfloat16 or float16, got {dtype}")
@@ -134,6 +133,7 @@ def _launch_forward(lib: ctypes.CDLL, gx: Tensor, R: Tensor, b: Tensor, s0: Tens
 
 
 BWD_ENV = "FLASHRNN_CLUSTER_BWD"  # "0": the alternating backward; else (default) this family's own kernel
+FORWARD_ONLY = ("KSLICES", "AVEC")  # knobs of the forward kernel's layout, not the backward's
 
 
 def cluster_backward_enabled() -> bool:
@@ -143,12 +143,18 @@ def cluster_backward_enabled() -> bool:
 
 
 def backward_defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]:
-    """The -D defines of the backward's library: the forward's configuration plus FRNN_CLUSTER_BWD=1.
-    The backward takes the forward's CLUSTER_SIZE, WARPS, BATCH_TILE and R_REG_TILES (the same
-    number of R tiles per warp: the forward's fit is the backward's) and splits a block's warps by a
-    fixed rule: MG = gcd(WARPS, DH / 16) groups of the DH / 16 output m-tiles times
-    BKS = WARPS / MG slices of the block's G * DH / CLUSTER_SIZE / 16 k-tiles (fused_cluster.cuh
-    BwdConfig); ValueError naming WARPS when BKS does not divide them."""
+    """The -D defines of the backward's library: the forward's configuration with the backward's
+    own tiling, plus FRNN_CLUSTER_BWD=1. The backward takes the forward's CLUSTER_SIZE and
+    BATCH_TILE, and BWD_WARPS / BWD_R_REG_TILES (the planner's backward tiling) as its WARPS and
+    R_REG_TILES, or without them the forward's (an explicit tiling); the forward's own layout knobs
+    (KSLICES, AVEC) are left out. It splits a block's warps by a fixed rule: MG = gcd(WARPS, DH / 16)
+    groups of the DH / 16 output m-tiles times BKS = WARPS / MG slices of the block's
+    G * DH / CLUSTER_SIZE / 16 k-tiles (fused_cluster.cuh BwdConfig); ValueError naming WARPS when
+    BKS does not divide them."""
+    params = {k: v for k, v in params.items() if k not in FORWARD_ONLY}
+    for own, name in (("BWD_WARPS", "WARPS"), ("BWD_R_REG_TILES", "R_REG_TILES")):
+        if own in params:
+            params[name] = params.pop(own)
     defs = defines(cell, dtype, DH, params)
     G = get_cell(cell).num_gates
     warps, cs = int(params["WARPS"]), int(params["CLUSTER_SIZE"])

@@ -77,7 +77,7 @@ BWD_EXPLICIT_CASES = [(c, nh, dh, b, prm, T, r) for c in sorted(CELLS) for nh, d
 # dense 1x768 LSTM / GRU tilings at T 17 and LSTM at T 1024 (the gradients through the own backward
 # are not the exchange's: the forward's outputs and saved states are what the alternating backward
 # reads, so all six outputs are checked)
-EXCHANGE_KNOBS = ({"SYNC": 0}, {"SYNC": 1}, {"SYNC": 3})
+EXCHANGE_KNOBS = ({"SYNC": 0}, {"SYNC": 1})
 EXCHANGE_TILINGS = sorted({(c, i) for c in CELLS for i in (2,)} | {("lstm", i) for i in range(len(EXPLICIT))})
 EXCHANGE_CASES = [(c, *EXPLICIT[i][:3], {**EXPLICIT[i][3], **k}, 17, r) for k in EXCHANGE_KNOBS
                   for c, i in EXCHANGE_TILINGS for r in (False, True)]
@@ -164,7 +164,7 @@ def test_own_backward_kslices_match_float64_reference(own_backward, cell, NH, DH
 # the backward's partial-sum exchange variants other than its default (FRNN_CLUSTER_BWD_SYNC), with the
 # family's own backward: every cell on the cluster of 16 and on the 2-K-slice backward tiling, LSTM
 # on every BWD_EXPLICIT tiling, and the planner's dense 1x768 LSTM / GRU tilings at T 17
-BWD_EXCHANGE_KNOBS = ({"BWD_SYNC": 0}, {"BWD_SYNC": 3})
+BWD_EXCHANGE_KNOBS = ({"BWD_SYNC": 0},)
 BWD_EXCHANGE_TILINGS = sorted({(c, i) for c in CELLS for i in (2, 3)} | {("lstm", i) for i in range(len(BWD_EXPLICIT))})
 BWD_EXCHANGE_CASES = [(c, *BWD_EXPLICIT[i][:3], {**BWD_EXPLICIT[i][3], **k}, 17, r) for k in BWD_EXCHANGE_KNOBS
                       for c, i in BWD_EXCHANGE_TILINGS for r in (False, True)]
@@ -211,35 +211,47 @@ def _bitwise_cases(tilings):
 
 @pytest.mark.parametrize("cell,tiling,reverse", _bitwise_cases((0, 2)), ids=lambda v: str(v))
 def test_bulk_exchange_is_bitwise_the_barrier_exchange(cell, tiling, reverse):
-    """SYNC 2 and 3 move the same h words as SYNC 0 and the MMAs read them in the same order: h, sT
-    and the saved states agree bit for bit (a stale or torn h of any step would show)."""
+    """SYNC 2 moves the same h words as SYNC 0 and the MMAs read them in the same order: h, sT and
+    the saved states agree bit for bit (a stale or torn h of any step would show)."""
     NH, DH, B, prm, _ = EXPLICIT[tiling]
     gx, R, b, s0, _, _ = make_inputs(cell, 17, B, NH, DH, seed=31 + tiling)
     low = [t.bfloat16() for t in (gx, R, b, s0)]
     outs = [torch.ops.flashrnn.recurrence_fwd(*low, cell, reverse, runtime.plan_json("fused_cluster", {**prm, "SYNC": k}), True)
-            for k in (0, 2, 3)]
-    for name, x, *ys in zip(("h", "sT", "states_in", "rhb"), *outs):
-        for k, y in zip((2, 3), ys):
-            assert torch.isfinite(x).all() and torch.equal(x, y), (name, f"SYNC {k}")
+            for k in (0, 2)]
+    for name, x, y in zip(("h", "sT", "states_in", "rhb"), *outs):
+        assert torch.isfinite(x).all() and torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("cell,tiling,reverse", _bitwise_cases((0, 2)), ids=lambda v: str(v))
+def test_vector_fragment_loads_are_bitwise_the_default(cell, tiling, reverse):
+    """AVEC (one 16-byte load per lane of each shared-memory R fragment) changes how the MMA
+    operands are loaded, not which or in what order they are multiplied: h, sT and the saved
+    states agree bit for bit with the default build."""
+    NH, DH, B, prm, _ = EXPLICIT[tiling]
+    gx, R, b, s0, _, _ = make_inputs(cell, 17, B, NH, DH, seed=51 + tiling)
+    low = [t.bfloat16() for t in (gx, R, b, s0)]
+    outs = [torch.ops.flashrnn.recurrence_fwd(*low, cell, reverse, runtime.plan_json("fused_cluster", {**prm, **k}), True)
+            for k in ({}, {"AVEC": 1})]
+    for name, x, y in zip(("h", "sT", "states_in", "rhb"), *outs):
+        assert torch.isfinite(x).all() and torch.equal(x, y), name
 
 
 @pytest.mark.parametrize("cell,tiling,reverse", _bitwise_cases((0, 2, 3)), ids=lambda v: str(v))
 def test_own_backward_bulk_is_bitwise_the_store_exchange(own_backward, cell, tiling, reverse):
-    """BWD_SYNC 2 and 3 carry the same fp32 partial sums as BWD_SYNC 0 and the owners add them in
-    the same order: every gradient agrees bit for bit."""
+    """BWD_SYNC 2 carries the same fp32 partial sums as BWD_SYNC 0 and the owners add them in the
+    same order: every gradient agrees bit for bit."""
     from .conftest import run_with_grads
 
     NH, DH, B, prm, _ = BWD_EXPLICIT[tiling]
     gx, R, b, s0, dh, dsT = make_inputs(cell, 17, B, NH, DH, seed=41 + tiling)
     low = [t.bfloat16() for t in (gx, R, b, s0)]
     outs = []
-    for k in (0, 2, 3):
+    for k in (0, 2):
         plan = runtime.plan_json("fused_cluster", {**prm, "BWD_SYNC": k})
         outs.append(run_with_grads(lambda *a: recurrence(*a, cell=cell, reverse=reverse, plan=plan), low, dh.bfloat16(),
                                    dsT.bfloat16()))
-    for name, x, *ys in zip(("h", "sT", "dgx", "dR", "db", "ds0"), *outs):
-        for k, y in zip((2, 3), ys):
-            assert torch.isfinite(x).all() and torch.equal(x, y), (name, f"BWD_SYNC {k}")
+    for name, x, y in zip(("h", "sT", "dgx", "dR", "db", "ds0"), *outs):
+        assert torch.isfinite(x).all() and torch.equal(x, y), name
 
 
 @pytest.fixture(autouse=True)
