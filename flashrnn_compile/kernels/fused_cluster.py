@@ -133,7 +133,7 @@ def _launch_forward(lib: ctypes.CDLL, gx: Tensor, R: Tensor, b: Tensor, s0: Tens
 
 
 BWD_ENV = "FLASHRNN_CLUSTER_BWD"  # "0": the alternating backward; else (default) this family's own kernel
-FORWARD_ONLY = ("KSLICES", "AVEC")  # knobs of the forward kernel's layout, not the backward's
+FORWARD_ONLY = ("AVEC",)  # a knob of the forward kernel's loads, not the backward's
 
 
 def cluster_backward_enabled() -> bool:
@@ -147,11 +147,12 @@ def backward_defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str
     own tiling, plus FRNN_CLUSTER_BWD=1. The backward takes the forward's CLUSTER_SIZE and
     BATCH_TILE, and BWD_WARPS / BWD_R_REG_TILES (the planner's backward tiling) as its WARPS and
     R_REG_TILES, or without them the forward's (an explicit tiling); the forward's own layout knobs
-    (KSLICES, AVEC) are left out. It splits a block's warps by a fixed rule: MG = gcd(WARPS, DH / 16)
+    are left out (AVEC always, KSLICES with the backward's own warps). It splits a block's warps by a fixed rule: MG = gcd(WARPS, DH / 16)
     groups of the DH / 16 output m-tiles times BKS = WARPS / MG slices of the block's
     G * DH / CLUSTER_SIZE / 16 k-tiles (fused_cluster.cuh BwdConfig); ValueError naming WARPS when
     BKS does not divide them."""
-    params = {k: v for k, v in params.items() if k not in FORWARD_ONLY}
+    own = "BWD_WARPS" in params
+    params = {k: v for k, v in params.items() if k not in FORWARD_ONLY and not (own and k == "KSLICES")}
     for own, name in (("BWD_WARPS", "WARPS"), ("BWD_R_REG_TILES", "R_REG_TILES")):
         if own in params:
             params[name] = params.pop(own)
