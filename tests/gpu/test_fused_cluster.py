@@ -330,14 +330,16 @@ def test_dense_1024_is_refused_by_the_planner_with_the_reason():
 
 
 def sanitizer_case(knobs=None) -> None:
-    """A small forward of every cell on the explicit tilings (clusters of 2 and 16), both
-    directions, T=5, states kept, for `compute-sanitizer --tool memcheck | racecheck`; raises on an
-    h further than 0.05 (relative) from the float64 reference. knobs: kernel switches added to
-    each tiling (e.g. {"SYNC": 3})."""
+    """A small forward of every cell on the explicit tilings (clusters of 2 and 16) and the explicit
+    K-slice layout (KSLICES, the planner's layout for the dense 768 heads), both directions, T=5,
+    states kept, for `compute-sanitizer --tool memcheck | racecheck`; raises on an h further than
+    0.05 (relative) from the float64 reference. knobs: kernel switches added to each tiling (e.g.
+    {"SYNC": 0})."""
     from flashrnn_compile import reference
     from flashrnn_compile.testing import rel_err
 
-    for cell, (NH, DH, B, prm, _), reverse in itertools.product(sorted(CELLS), (EXPLICIT[0], EXPLICIT[2]), (False, True)):
+    for cell, (NH, DH, B, prm, _), reverse in itertools.product(sorted(CELLS), (EXPLICIT[0], EXPLICIT[2], (*KSLICE_TILINGS[0], "")),
+                                                                (False, True)):
         gx, R, b, s0, _, _ = make_inputs(cell, 5, B, NH, DH, seed=5)
         low = [t.bfloat16() for t in (gx, R, b, s0)]
         plan = runtime.plan_json("fused_cluster", {**prm, **(knobs or {})})
