@@ -64,7 +64,6 @@ PREVIOUS_PLANS = [
 ]
 # the same for the family's own backward kernel (fwd+bwd timed; the forward is the kernel's)
 BWD_ABLATIONS = [("bwd: BWD_SYNC 0: stores, one cluster barrier per step", {"BWD_SYNC": 0}),
-                 ("bwd: backward 8 warps, R 46", {"BWD_WARPS": 8, "BWD_R_REG_TILES": 46}),
                  ("bwd: no MMAs", {"BWD_ABLATE": 2}),
                  ("bwd: BWD_SYNC 0, no stores to peers", {"BWD_SYNC": 0, "BWD_ABLATE": 1}),
                  ("bwd: BWD_SYNC 0, block barrier, not cluster", {"BWD_SYNC": 0, "BWD_ABLATE": 3})]

@@ -70,6 +70,7 @@ cudaLaunchConfig_t launch_config(dim3 grid, cudaStream_t stream, cudaLaunchAttri
 // cluster of it fits on the current device (what: the message prefix)
 int fail_at(const char* what, const char* step, cudaError_t e) {
   snprintf(g_error, sizeof(g_error), "%s: %s: %s", what, step, cudaGetErrorString(e));
+  cudaGetLastError();  // a refused attribute is reported here, not left for the caller's next launch check
   return 1;
 }
 
@@ -115,15 +116,21 @@ struct PerDevice {
   }
 };
 
-// once per device: compute capability 9.0, the forward kernel's attributes and cluster fit
+// compute capability 9.0 (thread-block clusters)
+int capable(int device) {
+  int major = 0;
+  cudaError_t e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (e != cudaSuccess) return fail("fused_cluster: compute capability", e);
+  if (major < 9) return fail_msg("fused_cluster needs compute capability 9.0 or newer (thread-block clusters)");
+  return 0;
+}
+
+// once per device: capable(), the forward kernel's attributes and cluster fit
 int prepare(int device) {
   static PerDevice cache;
   return cache.once(device, [device] {
-    int major = 0;
-    cudaError_t e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    if (e != cudaSuccess) return fail("fused_cluster: compute capability", e);
-    if (major < 9) return fail_msg("fused_cluster needs compute capability 9.0 or newer (thread-block clusters)");
-    return fit(kernel(), Cfg::smem(), "fused_cluster");
+    const int rc = capable(device);
+    return rc != 0 ? rc : fit(kernel(), Cfg::smem(), "fused_cluster");
   });
 }
 
@@ -131,12 +138,14 @@ int prepare(int device) {
 using Bwd = BwdConfig<TIn, Cell, DH, CS, WARPS, BT, RREG>;
 auto bwd_kernel() { return backward_kernel<TIn, Cell, DH, CS, WARPS, BT, RREG>; }
 
-// prepare() for the backward kernel: the forward's checks, then its own attributes and cluster fit
+// prepare() for the backward kernel: capable(), then its own attributes and cluster fit (a backward
+// library's forward kernel, built with the backward's tiling, is never launched and not checked)
 int prepare_bwd(int device) {
   static PerDevice cache;
-  const int rc = prepare(device);
-  if (rc != 0) return rc;
-  return cache.once(device, [] { return fit(bwd_kernel(), Bwd::smem(), "fused_cluster backward"); });
+  return cache.once(device, [device] {
+    const int rc = capable(device);
+    return rc != 0 ? rc : fit(bwd_kernel(), Bwd::smem(), "fused_cluster backward");
+  });
 }
 #endif
 }  // namespace

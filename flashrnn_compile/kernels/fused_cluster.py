@@ -147,15 +147,14 @@ def backward_defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str
     own tiling, plus FRNN_CLUSTER_BWD=1. The backward takes the forward's CLUSTER_SIZE and
     BATCH_TILE, and BWD_WARPS / BWD_R_REG_TILES (the planner's backward tiling) as its WARPS and
     R_REG_TILES, or without them the forward's (an explicit tiling); the forward's own layout knobs
-    are left out (AVEC; with the backward's own warps, KSLICES = BWD_WARPS). It splits a block's
+    are left out (AVEC; KSLICES with the backward's own warps). It splits a block's
     warps by a fixed rule: MG = gcd(WARPS, DH / 16) groups of the DH / 16 output m-tiles times
     BKS = WARPS / MG slices of the block's G * DH / CLUSTER_SIZE / 16 k-tiles (fused_cluster.cuh
     BwdConfig); ValueError naming WARPS when BKS does not divide them."""
-    params = {k: v for k, v in params.items() if k not in FORWARD_ONLY}
-    if "BWD_WARPS" in params:
-        # the library's forward kernel (never launched from it) gets a layout valid for these warps:
-        # one m-tile group, each warp a K slice (the planner's BWD_WARPS divide DH / 16)
-        params["KSLICES"] = params["WARPS"] = params.pop("BWD_WARPS")
+    own = "BWD_WARPS" in params
+    params = {k: v for k, v in params.items() if k not in FORWARD_ONLY and not (own and k == "KSLICES")}
+    if own:  # (the library's forward kernel, never launched from it: the default layout of these warps)
+        params["WARPS"] = params.pop("BWD_WARPS")
     if "BWD_R_REG_TILES" in params:
         params["R_REG_TILES"] = params.pop("BWD_R_REG_TILES")
     defs = defines(cell, dtype, DH, params)
