@@ -195,6 +195,7 @@ def _fused(split: Callable[[Dict[str, int]], str]) -> Callable[[FamilyResult], s
 # fused_cluster's backward keeps as many R tiles in registers as its register formula leaves room for
 PLAN_LETS: Dict[str, Tuple[str, ...]] = {"fused_cluster": ("BWD_R_REG_TILES",)}
 
+
 def _lets(family: str, fam_params: Dict[str, int], values: Dict[str, int]) -> Dict[str, int]:
     """The PLAN_LETS of a family's solution `values`, evaluated by its model."""
     names = PLAN_LETS.get(family, ())
