@@ -48,9 +48,7 @@ EXPLICIT = [
 # (fused_cluster.cuh FRNN_CLUSTER_*): where a step's time goes. ABLATE rows compute wrong results;
 # they switch the exchange back to SYNC 0 (stores and a cluster barrier), which they probe.
 DENSE_8_WARPS = {"WARPS": 8, "KSLICES": 2, "R_REG_TILES": 46}  # 2 K slices x 4 groups of 3 m-tiles, 46 of 72 R tiles in registers
-ABLATIONS = [("shared-memory R fragments by 16-byte loads", {"AVEC": 1}),
-             ("12 warps, R 24 (before), 16-byte R loads", {"WARPS": 12, "KSLICES": 4, "R_REG_TILES": 24, "AVEC": 1}),
-             ("SYNC 0: stores, one cluster barrier per step", {"SYNC": 0}),
+ABLATIONS = [("SYNC 0: stores, one cluster barrier per step", {"SYNC": 0}),
              ("8 warps (KSLICES 2, R 46)", DENSE_8_WARPS),
              ("SYNC 0, no stores to peers", {"SYNC": 0, "ABLATE": 1}),
              ("SYNC 0, block barrier, not cluster", {"SYNC": 0, "ABLATE": 2}),
@@ -111,7 +109,7 @@ def bwd_variants(gpu: str):
     from tests.gpu import test_fused_cluster as t
 
     def forward_only(prm):  # a forward switch the backward's tests and rows never take
-        return any(k in prm for k in ("ABLATE", "VEC", "H_PIECES", "AVEC")) or ("SYNC" in prm and "BWD_SYNC" not in prm)
+        return any(k in prm for k in ("ABLATE", "VEC", "H_PIECES")) or ("SYNC" in prm and "BWD_SYNC" not in prm)
 
     out = {v for v in variants(gpu) if not forward_only(dict(v[3]))}
     for cell in sorted(t.CELLS):

@@ -78,10 +78,6 @@
 #ifndef FRNN_CLUSTER_KSLICES
 #define FRNN_CLUSTER_KSLICES 0
 #endif
-// 1: the forward's shared-memory R fragments are read with one 16-byte load per lane (WarpGemm AVEC)
-#ifndef FRNN_CLUSTER_AVEC
-#define FRNN_CLUSTER_AVEC 0
-#endif
 // timing probes only (results are wrong): 1 no stores to peers, 2 a block barrier instead of the
 // cluster barrier, 3 no MMAs; 0 the kernel
 #ifndef FRNN_CLUSTER_ABLATE
@@ -125,7 +121,7 @@ struct Config {
                 "WARPS = m-tile groups x KS K slices, KS | DH / 16, the groups divide the G * DHB / 16 m-tiles");
   static_assert(CS >= 1 && CS <= 16, "at most 16 blocks per cluster");
   // more than 12 k-tiles a warp: their B fragments stream through a ring of 8 (registers for R)
-  using Gemm = WarpGemm<Op, MTW, KTW, NT, HP, RREG, WARPS, KTW, (KTW > 12 ? 8 : 0), FRNN_CLUSTER_AVEC != 0>;
+  using Gemm = WarpGemm<Op, MTW, KTW, NT, HP, RREG, WARPS, KTW, (KTW > 12 ? 8 : 0)>;
   static constexpr int NP = BT * DHB / 2;               // unit pairs (u, u + 1) x batch columns
   static constexpr int PPT = (NP + THREADS - 1) / THREADS;  // pairs per thread
   static constexpr int NS = 4;                           // gx ring stages (3 steps ahead)

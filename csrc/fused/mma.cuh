@@ -127,9 +127,7 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 // A (the warp's rows of R or R^T) is loaded once as MT*KT m16k16 fragments: the first NREG in
 // registers, the rest in shared memory (per warp, fragment order, conflict-free). X sits in
 // shared memory as HP pieces [HP][BT][XK] (row = batch column, K contiguous, padded).
-// AVEC: the shared-memory fragments laid out [warp][fragment][lane][4 words], each loaded by one
-// 16-byte load per lane (false: [warp][fragment][word][lane], four 4-byte loads).
-template <typename Op, int MT, int KT, int NTW, int HP, int RREG, int WARPS, int KTT = KT, int BRING = 0, bool AVEC = false>
+template <typename Op, int MT, int KT, int NTW, int HP, int RREG, int WARPS, int KTT = KT, int BRING = 0>
 struct WarpGemm {
   static constexpr int NFRAG = MT * KT;
   static constexpr int NREG = RREG < NFRAG ? RREG : NFRAG;
@@ -144,27 +142,6 @@ struct WarpGemm {
 
   uint32_t areg[NREG > 0 ? NREG : 1][4];
   int kt0;
-
-  // word r of shared-memory fragment fs (0 .. NSMEM - 1) of the warp, this lane's
-  __device__ static int a_index(int warp, int fs, int r, int lane) {
-    return AVEC ? ((warp * NSMEM + fs) * 32 + lane) * 4 + r : ((warp * NSMEM + fs) * 4 + r) * 32 + lane;
-  }
-  // this lane's A fragment f: registers or shared memory
-  __device__ void a_frag(const uint32_t* a_smem, int warp, int lane, int f, uint32_t (&a)[4]) const {
-    if (f < NREG) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) a[r] = areg[f < NREG ? f : 0][r];
-    } else if (AVEC) {
-      const uint4 v = *reinterpret_cast<const uint4*>(a_smem + a_index(warp, f - NREG, 0, lane));
-      a[0] = v.x;
-      a[1] = v.y;
-      a[2] = v.z;
-      a[3] = v.w;
-    } else {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) a[r] = a_smem[a_index(warp, f - NREG, r, lane)];
-    }
-  }
 
   // acc = the sum of the KS independent accumulator chains (fixed order)
   __device__ static void sum_slices(const float (&part)[KS][MT][NTW][4], float (&acc)[MT][NTW][4]) {
@@ -202,7 +179,7 @@ struct WarpGemm {
         for (int r = 0; r < 4; ++r) {
           const uint32_t w = pack2(pc[2 * r], pc[2 * r + 1]);
           if (f < NREG) areg[f < NREG ? f : 0][r] = w;
-          else a_smem[a_index(warp, f - NREG, r, lane)] = w;
+          else a_smem[((warp * NSMEM + (f - NREG)) * 4 + r) * 32 + lane] = w;
         }
       }
     }
@@ -254,7 +231,9 @@ struct WarpGemm {
       for (int mt = 0; mt < MT; ++mt) {
         const int f = mt * KT + kt;
         uint32_t a[4];
-        a_frag(a_smem, warp, lane, f, a);
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          a[r] = f < NREG ? areg[f < NREG ? f : 0][r] : a_smem[((warp * NSMEM + (f - NREG)) * 4 + r) * 32 + lane];
 #pragma unroll
         for (int hp = HP - 1; hp >= 0; --hp)
 #pragma unroll
@@ -311,7 +290,9 @@ struct WarpGemm {
         for (int mt = 0; mt < MT; ++mt) {
           const int f = mt * KT + kt + h2;
           uint32_t a[4];
-          a_frag(a_smem, warp, lane, f, a);
+#pragma unroll
+          for (int r = 0; r < 4; ++r)
+            a[r] = f < NREG ? areg[f < NREG ? f : 0][r] : a_smem[((warp * NSMEM + (f - NREG)) * 4 + r) * 32 + lane];
 #pragma unroll
           for (int hp = HP - 1; hp >= 0; --hp)
 #pragma unroll

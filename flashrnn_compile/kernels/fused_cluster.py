@@ -47,7 +47,7 @@ DTYPE_CODES = {torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
 TAKES = tuple(DTYPE_CODES)
 PARAMS = ("CLUSTER_SIZE", "WARPS", "BATCH_TILE", "R_REG_TILES")
 KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1, 2), "ABLATE": (0, 1, 2, 3), "BWD_ABLATE": (0, 1, 2, 3), "BWD_SYNC": (0, 2),
-         "KSLICES": tuple(range(1, 33)), "AVEC": (0, 1)}  # test and timing switches (defines)
+         "KSLICES": tuple(range(1, 33))}  # test and timing switches (defines)
 
 
 def _bind(lib: ctypes.CDLL) -> None:
@@ -85,8 +85,7 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
     sums stored into their owners and one cluster barrier per step; default 2: carried by bulk
     copies), KSLICES (the forward's K slices per block: WARPS / KSLICES groups of its G * DH /
     CLUSTER_SIZE / 16 m-tiles; default WARPS / (DH / CLUSTER_SIZE / 16), each warp the G gates of
-    one 16-unit group), AVEC (1: the forward reads its shared-memory R fragments with one 16-byte
-    load per lane; default 0: four 4-byte loads)."""
+    one 16-unit group)."""
     spec = get_cell(cell)
     if dtype not in TAKES:
         raise ValueError(f"fused_cluster: dtype: expected bfloat16 or float16, got {dtype}")
@@ -133,7 +132,6 @@ def _launch_forward(lib: ctypes.CDLL, gx: Tensor, R: Tensor, b: Tensor, s0: Tens
 
 
 BWD_ENV = "FLASHRNN_CLUSTER_BWD"  # "0": the alternating backward; else (default) this family's own kernel
-FORWARD_ONLY = ("AVEC",)  # a knob of the forward kernel's loads, not the backward's
 
 
 def cluster_backward_enabled() -> bool:
@@ -146,14 +144,14 @@ def backward_defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str
     """The -D defines of the backward's library: the forward's configuration with the backward's
     own tiling, plus FRNN_CLUSTER_BWD=1. The backward takes the forward's CLUSTER_SIZE and
     BATCH_TILE, and BWD_WARPS / BWD_R_REG_TILES (the planner's backward tiling) as its WARPS and
-    R_REG_TILES, or without them the forward's (an explicit tiling); the forward's own layout knobs
-    are left out (AVEC; KSLICES with the backward's own warps). It splits a block's
+    R_REG_TILES, or without them the forward's (an explicit tiling; then also its KSLICES). It
+    splits a block's
     warps by a fixed rule: MG = gcd(WARPS, DH / 16) groups of the DH / 16 output m-tiles times
     BKS = WARPS / MG slices of the block's G * DH / CLUSTER_SIZE / 16 k-tiles (fused_cluster.cuh
     BwdConfig); ValueError naming WARPS when BKS does not divide them."""
-    own = "BWD_WARPS" in params
-    params = {k: v for k, v in params.items() if k not in FORWARD_ONLY and not (own and k == "KSLICES")}
-    if own:  # (the library's forward kernel, never launched from it: the default layout of these warps)
+    params = dict(params)
+    if "BWD_WARPS" in params:  # (the library's forward kernel, never launched from it: the default layout of these warps)
+        params.pop("KSLICES", None)
         params["WARPS"] = params.pop("BWD_WARPS")
     if "BWD_R_REG_TILES" in params:
         params["R_REG_TILES"] = params.pop("BWD_R_REG_TILES")

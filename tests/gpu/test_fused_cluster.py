@@ -222,20 +222,6 @@ def test_bulk_exchange_is_bitwise_the_barrier_exchange(cell, tiling, reverse):
         assert torch.isfinite(x).all() and torch.equal(x, y), name
 
 
-@pytest.mark.parametrize("cell,tiling,reverse", _bitwise_cases((0, 2)), ids=lambda v: str(v))
-def test_vector_fragment_loads_are_bitwise_the_default(cell, tiling, reverse):
-    """AVEC (one 16-byte load per lane of each shared-memory R fragment) changes how the MMA
-    operands are loaded, not which or in what order they are multiplied: h, sT and the saved
-    states agree bit for bit with the default build."""
-    NH, DH, B, prm, _ = EXPLICIT[tiling]
-    gx, R, b, s0, _, _ = make_inputs(cell, 17, B, NH, DH, seed=51 + tiling)
-    low = [t.bfloat16() for t in (gx, R, b, s0)]
-    outs = [torch.ops.flashrnn.recurrence_fwd(*low, cell, reverse, runtime.plan_json("fused_cluster", {**prm, **k}), True)
-            for k in ({}, {"AVEC": 1})]
-    for name, x, y in zip(("h", "sT", "states_in", "rhb"), *outs):
-        assert torch.isfinite(x).all() and torch.equal(x, y), name
-
-
 @pytest.mark.parametrize("cell,tiling,reverse", _bitwise_cases((0, 2, 3)), ids=lambda v: str(v))
 def test_own_backward_bulk_is_bitwise_the_store_exchange(own_backward, cell, tiling, reverse):
     """BWD_SYNC 2 carries the same fp32 partial sums as BWD_SYNC 0 and the owners add them in the
