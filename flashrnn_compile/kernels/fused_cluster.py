@@ -145,12 +145,11 @@ def backward_defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str
     own tiling, plus FRNN_CLUSTER_BWD=1. The backward takes the forward's CLUSTER_SIZE and
     BATCH_TILE, and BWD_WARPS / BWD_R_REG_TILES (the planner's backward tiling) as its WARPS and
     R_REG_TILES, or without them the forward's (an explicit tiling; then also its KSLICES). It
-    splits a block's
-    warps by a fixed rule: MG = gcd(WARPS, DH / 16) groups of the DH / 16 output m-tiles times
-    BKS = WARPS / MG slices of the block's G * DH / CLUSTER_SIZE / 16 k-tiles (fused_cluster.cuh
-    BwdConfig); ValueError naming WARPS when BKS does not divide them."""
+    splits a block's warps by a fixed rule: MG = gcd(WARPS, DH / 16) groups of the DH / 16 output
+    m-tiles times BKS = WARPS / MG slices of the block's G * DH / CLUSTER_SIZE / 16 k-tiles
+    (fused_cluster.cuh BwdConfig); ValueError naming WARPS when BKS does not divide them."""
     params = dict(params)
-    if "BWD_WARPS" in params:  # (the library's forward kernel, never launched from it: the default layout of these warps)
+    if "BWD_WARPS" in params:  # the library's forward (never launched from it): these warps' default layout
         params.pop("KSLICES", None)
         params["WARPS"] = params.pop("BWD_WARPS")
     if "BWD_R_REG_TILES" in params:
