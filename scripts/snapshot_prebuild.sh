@@ -27,7 +27,7 @@ git rev-parse HEAD > build/snap/SNAPSHOT_COMMIT
 [ -d build/wheels ] && mkdir -p build/snap/build && cp -r build/wheels build/snap/build/
 cd build/snap
 ln -sfn ../csrc flashrnn_compile/csrc
-trap 'rm -f flashrnn_compile/csrc' EXIT
+trap 'rm -f flashrnn_compile/csrc "$stamp"' EXIT
 export PYTHONPATH="$PWD" TORCH_EXTENSIONS_DIR="$PWD/build/fused_cache"
 "$PY" -c "from flashrnn_compile import build; print('sources:', build.csrc_dir())"
 [ "$what" = all ] && "$PY" benchmarks/bench_fused_grid.py --prebuild "$gpu" --arch "$arch" --jobs 2
