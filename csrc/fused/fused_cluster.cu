@@ -69,9 +69,9 @@ cudaLaunchConfig_t launch_config(dim3 grid, cudaStream_t stream, cudaLaunchAttri
 // one kernel of this configuration: its shared-memory and cluster-size attributes, and whether one
 // cluster of it fits on the current device (what: the message prefix)
 int fail_at(const char* what, const char* step, cudaError_t e) {
-  snprintf(g_error, sizeof(g_error), "%s: %s: %s", what, step, cudaGetErrorString(e));
-  cudaGetLastError();  // a refused attribute is reported here, not left for the caller's next launch check
-  return 1;
+  char where[256];
+  snprintf(where, sizeof(where), "%s: %s", what, step);
+  return fail(where, e);
 }
 
 template <typename K>

@@ -20,9 +20,12 @@ using TIn = __half;
 
 thread_local char g_error[512];
 
-// the message "what: CUDA's error string" into g_error; 1 (the C API's failure code)
+// the message "what: CUDA's error string" into g_error; 1 (the C API's failure code). The error is
+// reported here and cleared from CUDA's last error: a refused attribute or launch left there would
+// fail the caller's next, unrelated launch check (torch's, e.g. of the alternating fallback)
 int fail(const char* what, cudaError_t e) {
   snprintf(g_error, sizeof(g_error), "%s: %s", what, cudaGetErrorString(e));
+  cudaGetLastError();
   return 1;
 }
 
