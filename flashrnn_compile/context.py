@@ -17,6 +17,7 @@ import torch
 SOURCES = ("module", "cell_loop", "handwritten")
 INNER_COMPILERS = ("inductor", "aot_eager", "eager")
 PLAN_CHOICES = ("auto", "reference", "alternating", "fused")
+BIDIRECTIONAL_CHOICES = ("auto", "merged", "split")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +25,7 @@ class BackendOptions:
     inner: str = "inductor"
     dump_dir: Optional[str] = None
     plan: str = "auto"
+    bidirectional: str = "auto"  # both directions of a layer in one launch: auto | merged | split
 
     @classmethod
     def from_dict(cls, options: Optional[Dict[str, Any]]) -> "BackendOptions":
@@ -42,10 +44,13 @@ class BackendOptions:
         plan = options.get("plan", "auto")
         if plan not in PLAN_CHOICES:
             raise ValueError(f"options['plan']: expected one of {PLAN_CHOICES}, got {plan!r}")
+        bidirectional = options.get("bidirectional", "auto")
+        if bidirectional not in BIDIRECTIONAL_CHOICES:
+            raise ValueError(f"options['bidirectional']: expected one of {BIDIRECTIONAL_CHOICES}, got {bidirectional!r}")
         dump_dir = options.get("dump_dir", os.environ.get("FLASHRNN_DUMP_DIR") or None)
         if dump_dir is not None and not isinstance(dump_dir, (str, os.PathLike)):
             raise ValueError(f"options['dump_dir']: expected a path, got {type(dump_dir).__name__}")
-        return cls(inner=inner, dump_dir=None if dump_dir is None else str(dump_dir), plan=plan)
+        return cls(inner=inner, dump_dir=None if dump_dir is None else str(dump_dir), plan=plan, bidirectional=bidirectional)
 
 
 @dataclasses.dataclass

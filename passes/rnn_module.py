@@ -1,4 +1,5 @@
-"""Rewrite nn.LSTM / nn.GRU / nn.RNN calls into the core op (one call per layer and direction).
+"""Rewrite nn.LSTM / nn.GRU / nn.RNN calls into the core op (one call per layer and direction, or
+per layer with both directions as two heads where that is faster: `_merge_plan`).
 
 Matched (what Dynamo records for an nn.RNNBase module with `allow_rnn`; all args positional):
 
@@ -321,9 +322,11 @@ def _rewrite(gm: torch.fx.GraphModule, node: Node, op: RnnOp, ctx) -> Optional[s
         node.target, node.args = torch.ops.flashrnn.aten_rnn.default, _aten_args(node)
         node.meta[REWRITTEN] = SOURCE
     else:
-        reason = _emit(gm, node, call, plan, outs, device, autocast)
+        merged = _merge_plan(ctx, call, plan, device, _hint(B))
+        reason = _emit(gm, node, call, plan, merged, outs, device, autocast)
         if reason is not None:
             return reason
+        plan = merged or plan
     ctx.rewrote(
         Rewrite(
             source=SOURCE,
@@ -417,8 +420,48 @@ def _aten_args(node: Node) -> tuple:
     return (node.target.__name__, x, hx, list(params), has_biases, layers, float(dropout), *rest)
 
 
-def _emit(gm, node: Node, call: RnnCall, plan, outs, device, autocast: bool) -> Optional[str]:
-    """Replace `node` by the core-op glue; the reason when it cannot be done."""
+def _floor(plan: Plan) -> Optional[int]:
+    """The planner's synchronisation floor per step (ns) of the chosen family, if it modelled one."""
+    report = plan.details.get(plan.family, {}).get("report", {}) if isinstance(plan.details, dict) else {}
+    value = report.get("STEP_NS")
+    return int(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def _merge_plan(ctx, call: RnnCall, single: Plan, device: torch.device, batch: int) -> Optional[Plan]:
+    """The plan of one two-head call running both directions of each bidirectional layer, or None
+    to keep one call per direction.
+
+    options['bidirectional']: 'split' never merges, 'merged' always does; 'auto' merges where one
+    launch is predicted faster than two after each other: the reference (one Python loop instead of
+    two), or a CUDA plan of two heads of the one-head plan's family whose floor per step (planner
+    STEP_NS, which counts waves of blocks) is below twice the one-head plan's. Two launches of a
+    family that fills the GPU with one direction (fused_cluster at 768 units from a batch of 64)
+    stay two, and so do those whose two-head plan is another family (the families' floors are not
+    predictions, and not comparable with each other)."""
+    mode = ctx.options.bidirectional
+    if call.directions != 2 or mode == "split":
+        return None
+    pair = choose_plan(ctx, call.cell, batch, 2, call.hidden, call.dtype, device)
+    note = None
+    if pair.family == "reference":
+        note = "one Python loop instead of two"
+    elif pair.family == single.family:
+        one, two = _floor(single), _floor(pair)
+        if one and two and two < 2 * one:
+            note = f"floor {two} ns/step against two launches of {one}"
+    if mode == "merged":
+        note = note or "forced by options['bidirectional'] = 'merged'"
+    if note is None:
+        return None
+    return dataclasses.replace(
+        pair,
+        reason=f"both directions in one launch, as 2 heads with the reverse one flipped in time ({note}); {pair.reason}",
+    )
+
+
+def _emit(gm, node: Node, call: RnnCall, plan, merged: Optional[Plan], outs, device, autocast: bool) -> Optional[str]:
+    """Replace `node` by the core-op glue (both directions of a layer in one call under `merged`);
+    the reason when it cannot be done."""
     users = list(node.users)
     save = any(v.requires_grad for v in outs)  # inference graphs keep no states
     fake_mode = getattr(example_value(call.x), "fake_mode", None)
@@ -426,7 +469,8 @@ def _emit(gm, node: Node, call: RnnCall, plan, outs, device, autocast: bool) -> 
         return "the example values are not fake tensors (no fake mode to check the rewrite in)"
     bld = Builder(gm.graph, node, fake_mode, device.type)
     try:
-        results = emit_rnn(bld, call, plan=plan.op_arg(), save=save, disable_autocast=autocast)
+        results = emit_rnn(bld, call, plan=plan.op_arg(), save=save, disable_autocast=autocast,
+                           merged_plan=merged.op_arg() if merged is not None else None)
     except Exception as e:  # noqa: BLE001  (the graph goes back to what the user wrote)
         bld.remove_all()
         return f"internal: building the rewrite failed ({type(e).__name__}: {e})"

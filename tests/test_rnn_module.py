@@ -50,7 +50,7 @@ def assert_close(ours, ref, what):
     assert err <= FP32_TOL, f"{what}: relative error {err:.3g} > {FP32_TOL}"
 
 
-def train_side_by_side(mod, make_args, inner, steps=5, lr=0.02):
+def train_side_by_side(mod, make_args, inner, steps=5, lr=0.02, bidirectional="auto"):
     """Train `mod` and a compiled copy for `steps` SGD steps; compare everything at every step.
 
     lr: with 0.1 the 5-step trajectory is ill-conditioned for a 2-layer tanh RNN: the float64
@@ -59,7 +59,8 @@ def train_side_by_side(mod, make_args, inner, steps=5, lr=0.02):
     comparison about the implementation, not the trajectory's sensitivity."""
     eager = mod
     ours = copy.deepcopy(mod)
-    compiled = torch.compile(ours, backend="flashrnn", options={"inner": inner, "plan": "reference"})
+    options = {"inner": inner, "plan": "reference", "bidirectional": bidirectional}
+    compiled = torch.compile(ours, backend="flashrnn", options=options)
     opt_e = torch.optim.SGD(eager.parameters(), lr=lr)
     opt_c = torch.optim.SGD(ours.parameters(), lr=lr)
     reset_stats()
@@ -96,6 +97,34 @@ def test_matrix_aot_eager(case):
         mod, lambda step: make_inputs(mod, T, B, hx=hx, unbatched=unbatched, seed=step), "aot_eager"
     )
     assert s == (1, 0), s
+
+
+BIDIRECTIONAL = [c for c in MATRIX if c[1].get("bidirectional")]
+
+
+@pytest.mark.parametrize("case", BIDIRECTIONAL, ids=[_id(c) for c in BIDIRECTIONAL])
+def test_bidirectional_split_and_merged(case):
+    """Both ways of running a bidirectional layer train like eager: one call per direction
+    ('split'), and both directions as two heads of one call, the reverse one flipped in time
+    ('merged', which the reference plan takes under 'auto'); the graph has L or 2 L core-op calls."""
+    kind, kw, T, B, hx, unbatched = case
+    L = kw.get("num_layers", 1)
+    for mode, calls in (("split", 2 * L), ("merged", L)):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        mod = make_rnn(kind, **kw)
+        if kw.get("dropout"):
+            mod.eval()
+        s = train_side_by_side(
+            mod, lambda step: make_inputs(mod, T, B, hx=hx, unbatched=unbatched, seed=step), "aot_eager",
+            steps=2, bidirectional=mode,
+        )
+        assert s == (1, 0), (mode, s)
+        reasons = [w["plan"]["reason"] for r in reports() for w in r["rewrites"]]
+        assert all(("both directions in one launch" in why) == (mode == "merged") for why in reasons), reasons
+        graph = _captured_graph(lambda x: mod(x)[0], make_inputs(mod, T, B, hx=False, unbatched=unbatched)[0],
+                                bidirectional=mode)
+        assert sum(n.target is RECURRENCE for n in graph.graph.nodes) == calls, mode
 
 
 # a representative handful (Inductor on CPU compiles slowly): both directions, batch_first,
@@ -315,11 +344,12 @@ def test_no_example_values_refused():
     assert len(ctx.refusals) == 1 and "example values" in ctx.refusals[0].reason
 
 
-def _captured_graph(fn, *args):
+def _captured_graph(fn, *args, bidirectional="auto"):
     graphs = []
 
     def capture(gm, example_inputs):
-        gm = rnn_module_pass(gm, PassContext(BackendOptions(inner="eager", plan="reference")))
+        options = BackendOptions(inner="eager", plan="reference", bidirectional=bidirectional)
+        gm = rnn_module_pass(gm, PassContext(options))
         gm.recompile()
         graphs.append(gm)
         return gm.forward
@@ -405,7 +435,7 @@ def test_several_modules_one_graph():
     (gm,) = graphs
     targets = [n.target for n in gm.graph.nodes]
     assert not any(t in RNN_TARGETS for t in targets)
-    assert targets.count(RECURRENCE) == 2 + 2 + 1
+    assert targets.count(RECURRENCE) == 2 + 1 + 1  # the GRU's two directions: one call of two heads
     assert targets.count(torch._C._nn.linear) >= 2 and torch.relu in targets and torch.tanh in targets
 
 
@@ -445,12 +475,149 @@ def test_recompiles_t_and_b(kind, hx):
             assert_close(a, b, "output or input gradient")
 
 
+# ---- when both directions run in one launch -----------------------------------------------------
+
+
+def _plan_with_floor(family, step_ns):
+    from flashrnn_compile.planner import Plan
+
+    return Plan(family, {"X": 1}, f"{family} test plan", {family: {"report": {"STEP_NS": step_ns}}})
+
+
+@pytest.mark.parametrize(
+    "mode, one, two, merged",
+    [
+        ("auto", 1000, 1000, True),  # two heads side by side: the same floor as one
+        ("auto", 1000, 1999, True),
+        ("auto", 1000, 2000, False),  # a second wave of blocks: no faster than two launches
+        ("auto", 1000, 3000, False),
+        ("split", 1000, 1000, False),
+        ("merged", 1000, 3000, True),  # forced, even where the model predicts no gain
+    ],
+)
+def test_merge_decision(monkeypatch, mode, one, two, merged):
+    """_merge_plan compares the planner's floor per step of the two-head call with twice the
+    one-head call's; options['bidirectional'] overrides it."""
+    from flashrnn_compile.passes import rnn_module
+
+    calls = []
+
+    def fake_choose(ctx, cell, batch, heads, head_dim, dtype, device):
+        calls.append(heads)
+        return _plan_with_floor("fused_cluster", two)
+
+    monkeypatch.setattr(rnn_module, "choose_plan", fake_choose)
+    ctx = PassContext(BackendOptions(bidirectional=mode))
+    call = type("Call", (), dict(directions=2, cell="lstm", hidden=768, dtype=torch.bfloat16))()
+    got = rnn_module._merge_plan(ctx, call, _plan_with_floor("fused_cluster", one), torch.device("cuda"), 16)
+    assert (got is not None) == merged
+    assert calls == ([] if mode == "split" else [2])
+    if merged:
+        assert got.reason.startswith("both directions in one launch") and got.params == {"X": 1}
+
+
+def test_merge_decision_other_family(monkeypatch):
+    """A two-head plan of another family is not merged under 'auto' (the floors of two families
+    are not comparable), and is under 'merged'."""
+    from flashrnn_compile.passes import rnn_module
+
+    monkeypatch.setattr(rnn_module, "choose_plan", lambda *a: _plan_with_floor("alternating", 10))
+    call = type("Call", (), dict(directions=2, cell="lstm", hidden=768, dtype=torch.bfloat16))()
+    single = _plan_with_floor("fused_cluster", 1000)
+    auto = PassContext(BackendOptions())
+    assert rnn_module._merge_plan(auto, call, single, torch.device("cuda"), 256) is None
+    forced = PassContext(BackendOptions(bidirectional="merged"))
+    assert rnn_module._merge_plan(forced, call, single, torch.device("cuda"), 256).family == "alternating"
+
+
+@pytest.mark.parametrize("cell, B, H, merged", [("lstm", 16, 768, True), ("gru", 16, 768, True),
+                                                 ("lstm", 16, 64, True), ("lstm", 64, 768, False)])
+def test_merge_decision_h100_planner(monkeypatch, cell, B, H, merged):
+    """With the real planner on the H100 preset: 768 units at B 16 fit two clusters side by side
+    (merged); at B 64 the two-head plan needs a second wave (two launches)."""
+    from flashrnn_compile import planner
+    from flashrnn_compile.context import choose_plan
+    from flashrnn_compile.passes import rnn_module
+
+    real = planner.plan
+    monkeypatch.setattr(planner, "plan", lambda *a, gpu=None, families=None: real(*a, gpu="h100-sxm", families=families))
+    ctx = PassContext(BackendOptions())
+    single = choose_plan(ctx, cell, B, 1, H, torch.bfloat16, "cuda:0")
+    call = type("Call", (), dict(directions=2, cell=cell, hidden=H, dtype=torch.bfloat16))()
+    got = rnn_module._merge_plan(ctx, call, single, torch.device("cuda:0"), B)
+    assert (got is not None) == merged, single.reason
+    if merged:
+        assert got.family == single.family and "against two launches of" in got.reason
+
+
+def test_merge_decision_one_direction(monkeypatch):
+    """A unidirectional layer is never merged (and no two-head plan is asked for)."""
+    from flashrnn_compile.passes import rnn_module
+
+    monkeypatch.setattr(rnn_module, "choose_plan", lambda *a: pytest.fail("planned a two-head call"))
+    call = type("Call", (), dict(directions=1, cell="lstm", hidden=8, dtype=torch.float32))()
+    ctx = PassContext(BackendOptions(bidirectional="merged"))
+    assert rnn_module._merge_plan(ctx, call, _plan_with_floor("fused_block", 10), torch.device("cuda"), 2) is None
+
+
+def test_bidirectional_option_checked():
+    with pytest.raises(ValueError, match=r"options\['bidirectional'\]: expected one of \('auto', 'merged', 'split'\), got 'both'"):
+        BackendOptions.from_dict({"bidirectional": "both"})
+
+
 # ---- the rewritten graph ------------------------------------------------------------------------
 
 
 class TestGolden(expecttest.TestCase):
+    def test_golden_gru_bidirectional_split(self):
+        """The graph after the pass for nn.GRU(3, 4, bidirectional=True), one call per direction."""
+        torch.manual_seed(0)
+        mod = make_rnn("gru", I=3, H=4, bidirectional=True)
+        gm = _captured_graph(lambda x: mod(x), torch.randn(5, 2, 3), bidirectional="split")
+        code = "\n".join(line.rstrip() for line in gm.code.strip().splitlines())
+        self.assertExpectedInline(code, """\
+def forward(self, L_mod_parameters_weight_ih_l0_ : torch.nn.parameter.Parameter, L_mod_parameters_weight_hh_l0_ : torch.nn.parameter.Parameter, L_mod_parameters_bias_ih_l0_ : torch.nn.parameter.Parameter, L_mod_parameters_bias_hh_l0_ : torch.nn.parameter.Parameter, L_mod_parameters_weight_ih_l0_reverse_ : torch.nn.parameter.Parameter, L_mod_parameters_weight_hh_l0_reverse_ : torch.nn.parameter.Parameter, L_mod_parameters_bias_ih_l0_reverse_ : torch.nn.parameter.Parameter, L_mod_parameters_bias_hh_l0_reverse_ : torch.nn.parameter.Parameter, L_x_ : torch.Tensor):
+    l_mod_parameters_weight_ih_l0_ = L_mod_parameters_weight_ih_l0_
+    l_mod_parameters_weight_hh_l0_ = L_mod_parameters_weight_hh_l0_
+    l_mod_parameters_bias_ih_l0_ = L_mod_parameters_bias_ih_l0_
+    l_mod_parameters_bias_hh_l0_ = L_mod_parameters_bias_hh_l0_
+    l_mod_parameters_weight_ih_l0_reverse_ = L_mod_parameters_weight_ih_l0_reverse_
+    l_mod_parameters_weight_hh_l0_reverse_ = L_mod_parameters_weight_hh_l0_reverse_
+    l_mod_parameters_bias_ih_l0_reverse_ = L_mod_parameters_bias_ih_l0_reverse_
+    l_mod_parameters_bias_hh_l0_reverse_ = L_mod_parameters_bias_hh_l0_reverse_
+    l_x_ = L_x_
+    hx = torch.zeros(2, 2, 4, dtype = torch.float32, device = device(type='cpu'))
+    linear = torch._C._nn.linear(l_x_, l_mod_parameters_weight_ih_l0_, l_mod_parameters_bias_ih_l0_);  l_mod_parameters_weight_ih_l0_ = l_mod_parameters_bias_ih_l0_ = None
+    getitem_2 = hx[0]
+    stack = torch.stack([getitem_2], 0);  getitem_2 = None
+    unsqueeze = stack.unsqueeze(2);  stack = None
+    linear_1 = torch._C._nn.linear(l_x_, l_mod_parameters_weight_ih_l0_reverse_, l_mod_parameters_bias_ih_l0_reverse_);  l_x_ = l_mod_parameters_weight_ih_l0_reverse_ = l_mod_parameters_bias_ih_l0_reverse_ = None
+    getitem_3 = hx[1];  hx = None
+    stack_1 = torch.stack([getitem_3], 0);  getitem_3 = None
+    unsqueeze_1 = stack_1.unsqueeze(2);  stack_1 = None
+    unflatten = torch.unflatten(linear, -1, (1, 3, 4));  linear = None
+    view = l_mod_parameters_weight_hh_l0_.view(1, 3, 4, 4);  l_mod_parameters_weight_hh_l0_ = None
+    view_1 = l_mod_parameters_bias_hh_l0_.view(1, 3, 4);  l_mod_parameters_bias_hh_l0_ = None
+    recurrence_fwd_default = torch.ops.flashrnn.recurrence_fwd.default(unflatten, view, view_1, unsqueeze, 'gru', False, '{"family": "reference", "params": {}}', True);  unflatten = view = view_1 = unsqueeze = None
+    getitem_4 = recurrence_fwd_default[0]
+    getitem_5 = recurrence_fwd_default[1];  recurrence_fwd_default = None
+    flatten = torch.flatten(getitem_4, -2);  getitem_4 = None
+    getitem_6 = getitem_5[(0, slice(None, None, None), 0)];  getitem_5 = None
+    unflatten_1 = torch.unflatten(linear_1, -1, (1, 3, 4));  linear_1 = None
+    view_2 = l_mod_parameters_weight_hh_l0_reverse_.view(1, 3, 4, 4);  l_mod_parameters_weight_hh_l0_reverse_ = None
+    view_3 = l_mod_parameters_bias_hh_l0_reverse_.view(1, 3, 4);  l_mod_parameters_bias_hh_l0_reverse_ = None
+    recurrence_fwd_default_1 = torch.ops.flashrnn.recurrence_fwd.default(unflatten_1, view_2, view_3, unsqueeze_1, 'gru', True, '{"family": "reference", "params": {}}', True);  unflatten_1 = view_2 = view_3 = unsqueeze_1 = None
+    getitem_7 = recurrence_fwd_default_1[0]
+    getitem_8 = recurrence_fwd_default_1[1];  recurrence_fwd_default_1 = None
+    flatten_1 = torch.flatten(getitem_7, -2);  getitem_7 = None
+    getitem_9 = getitem_8[(0, slice(None, None, None), 0)];  getitem_8 = None
+    cat = torch.cat([flatten, flatten_1], -1);  flatten = flatten_1 = None
+    stack_2 = torch.stack([getitem_6, getitem_9], 0);  getitem_6 = getitem_9 = None
+    return (cat, stack_2)""")
+
     def test_golden_lstm_2_layers_bidirectional(self):
-        """The graph after the pass for nn.LSTM(3, 4, num_layers=2, bidirectional=True)."""
+        """The graph after the pass for nn.LSTM(3, 4, num_layers=2, bidirectional=True): per layer one
+        call of two heads, the reverse direction flipped in time (the reference plan merges them)."""
         torch.manual_seed(0)
         mod = make_rnn("lstm", I=3, H=4, num_layers=2, bidirectional=True)
         graphs = []
@@ -486,68 +653,66 @@ def forward(self, L_fn_parameters_weight_ih_l0_ : torch.nn.parameter.Parameter, 
     h_zeros = torch.zeros(4, 2, 4, dtype = torch.float32, device = device(type='cpu'))
     c_zeros = torch.zeros(4, 2, 4, dtype = torch.float32, device = device(type='cpu'))
     linear = torch._C._nn.linear(l_args_0_, l_fn_parameters_weight_ih_l0_, l_fn_parameters_bias_ih_l0_);  l_fn_parameters_weight_ih_l0_ = l_fn_parameters_bias_ih_l0_ = None
-    unflatten = torch.unflatten(linear, -1, (1, 4, 4));  linear = None
-    view = l_fn_parameters_weight_hh_l0_.view(1, 4, 4, 4);  l_fn_parameters_weight_hh_l0_ = None
-    view_1 = l_fn_parameters_bias_hh_l0_.view(1, 4, 4);  l_fn_parameters_bias_hh_l0_ = None
     getitem_3 = h_zeros[0]
     getitem_4 = c_zeros[0]
     stack = torch.stack([getitem_3, getitem_4], 0);  getitem_3 = getitem_4 = None
     unsqueeze = stack.unsqueeze(2);  stack = None
-    recurrence_fwd_default = torch.ops.flashrnn.recurrence_fwd.default(unflatten, view, view_1, unsqueeze, 'lstm', False, '{"family": "reference", "params": {}}', True);  unflatten = view = view_1 = unsqueeze = None
-    getitem_5 = recurrence_fwd_default[0]
-    getitem_6 = recurrence_fwd_default[1];  recurrence_fwd_default = None
-    flatten = torch.flatten(getitem_5, -2);  getitem_5 = None
-    getitem_7 = getitem_6[0]
-    getitem_8 = getitem_6[1];  getitem_6 = None
     linear_1 = torch._C._nn.linear(l_args_0_, l_fn_parameters_weight_ih_l0_reverse_, l_fn_parameters_bias_ih_l0_reverse_);  l_args_0_ = l_fn_parameters_weight_ih_l0_reverse_ = l_fn_parameters_bias_ih_l0_reverse_ = None
-    unflatten_1 = torch.unflatten(linear_1, -1, (1, 4, 4));  linear_1 = None
-    view_2 = l_fn_parameters_weight_hh_l0_reverse_.view(1, 4, 4, 4);  l_fn_parameters_weight_hh_l0_reverse_ = None
-    view_3 = l_fn_parameters_bias_hh_l0_reverse_.view(1, 4, 4);  l_fn_parameters_bias_hh_l0_reverse_ = None
-    getitem_9 = h_zeros[1]
-    getitem_10 = c_zeros[1]
-    stack_1 = torch.stack([getitem_9, getitem_10], 0);  getitem_9 = getitem_10 = None
+    getitem_5 = h_zeros[1]
+    getitem_6 = c_zeros[1]
+    stack_1 = torch.stack([getitem_5, getitem_6], 0);  getitem_5 = getitem_6 = None
     unsqueeze_1 = stack_1.unsqueeze(2);  stack_1 = None
-    recurrence_fwd_default_1 = torch.ops.flashrnn.recurrence_fwd.default(unflatten_1, view_2, view_3, unsqueeze_1, 'lstm', True, '{"family": "reference", "params": {}}', True);  unflatten_1 = view_2 = view_3 = unsqueeze_1 = None
-    getitem_11 = recurrence_fwd_default_1[0]
-    getitem_12 = recurrence_fwd_default_1[1];  recurrence_fwd_default_1 = None
-    flatten_1 = torch.flatten(getitem_11, -2);  getitem_11 = None
-    getitem_13 = getitem_12[0]
-    getitem_14 = getitem_12[1];  getitem_12 = None
-    cat = torch.cat([flatten, flatten_1], -1);  flatten = flatten_1 = None
-    linear_2 = torch._C._nn.linear(cat, l_fn_parameters_weight_ih_l1_, l_fn_parameters_bias_ih_l1_);  l_fn_parameters_weight_ih_l1_ = l_fn_parameters_bias_ih_l1_ = None
-    unflatten_2 = torch.unflatten(linear_2, -1, (1, 4, 4));  linear_2 = None
-    view_4 = l_fn_parameters_weight_hh_l1_.view(1, 4, 4, 4);  l_fn_parameters_weight_hh_l1_ = None
-    view_5 = l_fn_parameters_bias_hh_l1_.view(1, 4, 4);  l_fn_parameters_bias_hh_l1_ = None
+    flip = torch.flip(linear_1, [0]);  linear_1 = None
+    stack_2 = torch.stack([linear, flip], 2);  linear = flip = None
+    unflatten = torch.unflatten(stack_2, -1, (4, 4));  stack_2 = None
+    stack_3 = torch.stack([l_fn_parameters_weight_hh_l0_, l_fn_parameters_weight_hh_l0_reverse_], 0);  l_fn_parameters_weight_hh_l0_ = l_fn_parameters_weight_hh_l0_reverse_ = None
+    view = stack_3.view(2, 4, 4, 4);  stack_3 = None
+    stack_4 = torch.stack([l_fn_parameters_bias_hh_l0_, l_fn_parameters_bias_hh_l0_reverse_], 0);  l_fn_parameters_bias_hh_l0_ = l_fn_parameters_bias_hh_l0_reverse_ = None
+    view_1 = stack_4.view(2, 4, 4);  stack_4 = None
+    cat = torch.cat([unsqueeze, unsqueeze_1], 2);  unsqueeze = unsqueeze_1 = None
+    recurrence_fwd_default = torch.ops.flashrnn.recurrence_fwd.default(unflatten, view, view_1, cat, 'lstm', False, '{"family": "reference", "params": {}}', True);  unflatten = view = view_1 = cat = None
+    getitem_7 = recurrence_fwd_default[0]
+    getitem_8 = recurrence_fwd_default[1];  recurrence_fwd_default = None
+    getitem_9 = getitem_7[(slice(None, None, None), slice(None, None, None), 0)]
+    getitem_10 = getitem_7[(slice(None, None, None), slice(None, None, None), 1)];  getitem_7 = None
+    flip_1 = torch.flip(getitem_10, [0]);  getitem_10 = None
+    getitem_11 = getitem_8[(0, slice(None, None, None), 0)]
+    getitem_12 = getitem_8[(1, slice(None, None, None), 0)]
+    getitem_13 = getitem_8[(0, slice(None, None, None), 1)]
+    getitem_14 = getitem_8[(1, slice(None, None, None), 1)];  getitem_8 = None
+    cat_1 = torch.cat([getitem_9, flip_1], -1);  getitem_9 = flip_1 = None
+    linear_2 = torch._C._nn.linear(cat_1, l_fn_parameters_weight_ih_l1_, l_fn_parameters_bias_ih_l1_);  l_fn_parameters_weight_ih_l1_ = l_fn_parameters_bias_ih_l1_ = None
     getitem_15 = h_zeros[2]
     getitem_16 = c_zeros[2]
-    stack_2 = torch.stack([getitem_15, getitem_16], 0);  getitem_15 = getitem_16 = None
-    unsqueeze_2 = stack_2.unsqueeze(2);  stack_2 = None
-    recurrence_fwd_default_2 = torch.ops.flashrnn.recurrence_fwd.default(unflatten_2, view_4, view_5, unsqueeze_2, 'lstm', False, '{"family": "reference", "params": {}}', True);  unflatten_2 = view_4 = view_5 = unsqueeze_2 = None
-    getitem_17 = recurrence_fwd_default_2[0]
-    getitem_18 = recurrence_fwd_default_2[1];  recurrence_fwd_default_2 = None
-    flatten_2 = torch.flatten(getitem_17, -2);  getitem_17 = None
-    getitem_19 = getitem_18[0]
-    getitem_20 = getitem_18[1];  getitem_18 = None
-    linear_3 = torch._C._nn.linear(cat, l_fn_parameters_weight_ih_l1_reverse_, l_fn_parameters_bias_ih_l1_reverse_);  cat = l_fn_parameters_weight_ih_l1_reverse_ = l_fn_parameters_bias_ih_l1_reverse_ = None
-    unflatten_3 = torch.unflatten(linear_3, -1, (1, 4, 4));  linear_3 = None
-    view_6 = l_fn_parameters_weight_hh_l1_reverse_.view(1, 4, 4, 4);  l_fn_parameters_weight_hh_l1_reverse_ = None
-    view_7 = l_fn_parameters_bias_hh_l1_reverse_.view(1, 4, 4);  l_fn_parameters_bias_hh_l1_reverse_ = None
-    getitem_21 = h_zeros[3];  h_zeros = None
-    getitem_22 = c_zeros[3];  c_zeros = None
-    stack_3 = torch.stack([getitem_21, getitem_22], 0);  getitem_21 = getitem_22 = None
-    unsqueeze_3 = stack_3.unsqueeze(2);  stack_3 = None
-    recurrence_fwd_default_3 = torch.ops.flashrnn.recurrence_fwd.default(unflatten_3, view_6, view_7, unsqueeze_3, 'lstm', True, '{"family": "reference", "params": {}}', True);  unflatten_3 = view_6 = view_7 = unsqueeze_3 = None
-    getitem_23 = recurrence_fwd_default_3[0]
-    getitem_24 = recurrence_fwd_default_3[1];  recurrence_fwd_default_3 = None
-    flatten_3 = torch.flatten(getitem_23, -2);  getitem_23 = None
-    getitem_25 = getitem_24[0]
-    getitem_26 = getitem_24[1];  getitem_24 = None
-    cat_1 = torch.cat([flatten_2, flatten_3], -1);  flatten_2 = flatten_3 = None
-    stack_4 = torch.stack([getitem_7, getitem_13, getitem_19, getitem_25], 0);  getitem_7 = getitem_13 = getitem_19 = getitem_25 = None
-    flatten_4 = torch.flatten(stack_4, -2);  stack_4 = None
-    stack_5 = torch.stack([getitem_8, getitem_14, getitem_20, getitem_26], 0);  getitem_8 = getitem_14 = getitem_20 = getitem_26 = None
-    flatten_5 = torch.flatten(stack_5, -2);  stack_5 = None
-    return (cat_1, flatten_4, flatten_5)""")
+    stack_5 = torch.stack([getitem_15, getitem_16], 0);  getitem_15 = getitem_16 = None
+    unsqueeze_2 = stack_5.unsqueeze(2);  stack_5 = None
+    linear_3 = torch._C._nn.linear(cat_1, l_fn_parameters_weight_ih_l1_reverse_, l_fn_parameters_bias_ih_l1_reverse_);  cat_1 = l_fn_parameters_weight_ih_l1_reverse_ = l_fn_parameters_bias_ih_l1_reverse_ = None
+    getitem_17 = h_zeros[3];  h_zeros = None
+    getitem_18 = c_zeros[3];  c_zeros = None
+    stack_6 = torch.stack([getitem_17, getitem_18], 0);  getitem_17 = getitem_18 = None
+    unsqueeze_3 = stack_6.unsqueeze(2);  stack_6 = None
+    flip_2 = torch.flip(linear_3, [0]);  linear_3 = None
+    stack_7 = torch.stack([linear_2, flip_2], 2);  linear_2 = flip_2 = None
+    unflatten_1 = torch.unflatten(stack_7, -1, (4, 4));  stack_7 = None
+    stack_8 = torch.stack([l_fn_parameters_weight_hh_l1_, l_fn_parameters_weight_hh_l1_reverse_], 0);  l_fn_parameters_weight_hh_l1_ = l_fn_parameters_weight_hh_l1_reverse_ = None
+    view_2 = stack_8.view(2, 4, 4, 4);  stack_8 = None
+    stack_9 = torch.stack([l_fn_parameters_bias_hh_l1_, l_fn_parameters_bias_hh_l1_reverse_], 0);  l_fn_parameters_bias_hh_l1_ = l_fn_parameters_bias_hh_l1_reverse_ = None
+    view_3 = stack_9.view(2, 4, 4);  stack_9 = None
+    cat_2 = torch.cat([unsqueeze_2, unsqueeze_3], 2);  unsqueeze_2 = unsqueeze_3 = None
+    recurrence_fwd_default_1 = torch.ops.flashrnn.recurrence_fwd.default(unflatten_1, view_2, view_3, cat_2, 'lstm', False, '{"family": "reference", "params": {}}', True);  unflatten_1 = view_2 = view_3 = cat_2 = None
+    getitem_19 = recurrence_fwd_default_1[0]
+    getitem_20 = recurrence_fwd_default_1[1];  recurrence_fwd_default_1 = None
+    getitem_21 = getitem_19[(slice(None, None, None), slice(None, None, None), 0)]
+    getitem_22 = getitem_19[(slice(None, None, None), slice(None, None, None), 1)];  getitem_19 = None
+    flip_3 = torch.flip(getitem_22, [0]);  getitem_22 = None
+    getitem_23 = getitem_20[(0, slice(None, None, None), 0)]
+    getitem_24 = getitem_20[(1, slice(None, None, None), 0)]
+    getitem_25 = getitem_20[(0, slice(None, None, None), 1)]
+    getitem_26 = getitem_20[(1, slice(None, None, None), 1)];  getitem_20 = None
+    cat_3 = torch.cat([getitem_21, flip_3], -1);  getitem_21 = flip_3 = None
+    stack_10 = torch.stack([getitem_11, getitem_13, getitem_23, getitem_25], 0);  getitem_11 = getitem_13 = getitem_23 = getitem_25 = None
+    stack_11 = torch.stack([getitem_12, getitem_14, getitem_24, getitem_26], 0);  getitem_12 = getitem_14 = getitem_24 = getitem_26 = None
+    return (cat_3, stack_10, stack_11)""")
 
 
 # ---- the recorded h_n / c_n of the cuDNN LSTM (pytorch/pytorch#130791) --------------------------
