@@ -8,7 +8,8 @@ config: fused_grid with the planner's tiling for this GPU (families=("fused_grid
 exists without FLASHRNN_GRID=1; a shape the planner refuses gives a row with the reason);
 fused_cluster's planner tiling where one fits (1x768); the alternating step kernel; cuDNN
 nn.LSTM / nn.GRU in fp16 and bf16 (its times include the input projection, ours take gx).
-fwd+bwd of fused_grid is its forward plus the alternating backward (the family's backward).
+fwd+bwd of fused_grid is its forward plus its own backward kernel (FLASHRNN_GRID_BWD=0: the
+alternating one).
 --quick: only the first config, forward and forward keeping states.
 --prebuild builds every fused_grid configuration the GPU tests (tests/gpu/test_fused_grid.py) and
 this benchmark ask for on that GPU preset into the variant cache (TORCH_EXTENSIONS_DIR), for --arch.
@@ -66,10 +67,16 @@ def variants(gpu: str):
 
 
 def prebuild_defines(gpu: str):
-    """The -D defines of every configuration of variants(gpu)."""
+    """The -D defines of every configuration of variants(gpu): its forward library, and its backward's
+    (FRNN_GRID_BWD=1) for the cells whose backward runs (not fused_grid.REFUSED_CELLS)."""
     from flashrnn_compile.kernels import fused_grid
 
-    return [fused_grid.defines(c, d, dh, dict(p)) for c, d, dh, p in variants(gpu)]
+    out = []
+    for c, d, dh, p in variants(gpu):
+        out.append(fused_grid.defines(c, d, dh, dict(p)))
+        if c not in fused_grid.REFUSED_CELLS:
+            out.append(fused_grid.backward_defines(c, d, dh, dict(p)))
+    return out
 
 
 def prebuild(gpu: str, arch: str, jobs: int) -> None:

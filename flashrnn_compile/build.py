@@ -36,6 +36,7 @@ import fcntl
 import glob
 import hashlib
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -382,14 +383,30 @@ def aot_extension(lib: str = "alternating", archs: Sequence[str] = DEFAULT_ARCHS
 
 # -cudart shared: the library uses the CUDA runtime torch has already loaded (same soname)
 VARIANT_FLAGS = ("-std=c++17", "-O3", "-shared", "-Xcompiler", "-fPIC", "-cudart", "shared")
-VARIANT_DEPENDS = ("fused/*.cu", "fused/*.cuh", "common/*.cuh", "common/*.h")
+_QUOTED_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
+
+
+def variant_sources(source: str) -> List[Path]:
+    """`source` and every file it includes with `#include "..."` (paths relative to csrc/, as the
+    build's -I names them), transitively: what a variant's library is built from. A change of a
+    header another family's sources do not include leaves that family's cached variants valid."""
+    root = csrc_dir()
+    seen: Dict[Path, None] = {}
+    todo = [root / source]
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        if not f.is_file():
+            raise BuildError(f"variant source {f.relative_to(root)} (included from {source}) does not exist")
+        seen[f] = None
+        todo.extend(root / name for name in _QUOTED_INCLUDE.findall(f.read_text()))
+    return sorted(seen)
 
 
 def variant_key(source: str, defines: Dict[str, object], archs: Optional[Sequence[str]] = None) -> str:
     root = csrc_dir()
-    files = set()
-    for pattern in VARIANT_DEPENDS + (source,):
-        files.update(Path(p) for p in glob.glob(str(root / pattern)))
+    files = variant_sources(source)
     material = {
         "source": source,
         "files": {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(files)},

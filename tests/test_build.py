@@ -205,3 +205,28 @@ def test_load_prefers_a_matching_aot_build(cache, monkeypatch, tmp_path):
     finally:
         so.unlink(missing_ok=True)
         stamp.unlink(missing_ok=True)
+
+
+def test_variant_key_follows_the_sources_includes(tmp_path, monkeypatch):
+    """A variant's key hashes its source and the headers it includes, transitively: a change of an
+    included header changes it, a change of a header it does not include leaves it (another
+    family's cached variants stay valid); a missing include is a BuildError naming the file."""
+    from flashrnn_compile import build as b
+
+    root = tmp_path / "csrc"
+    (root / "fused").mkdir(parents=True)
+    (root / "fused" / "a.cu").write_text('#include "fused/a.cuh"\nint main() {}\n')
+    (root / "fused" / "a.cuh").write_text('  #  include "fused/common.cuh"\n')
+    (root / "fused" / "common.cuh").write_text("// shared\n")
+    (root / "fused" / "other.cuh").write_text("// not included by a.cu\n")
+    monkeypatch.setattr(b, "csrc_dir", lambda: root)
+    names = [str(p.relative_to(root)) for p in b.variant_sources("fused/a.cu")]
+    assert names == ["fused/a.cu", "fused/a.cuh", "fused/common.cuh"]
+    key = b.variant_key("fused/a.cu", {"X": 1}, ["9.0"])
+    (root / "fused" / "other.cuh").write_text("// changed\n")
+    assert b.variant_key("fused/a.cu", {"X": 1}, ["9.0"]) == key
+    (root / "fused" / "common.cuh").write_text("// changed\n")
+    assert b.variant_key("fused/a.cu", {"X": 1}, ["9.0"]) != key
+    (root / "fused" / "a.cuh").write_text('#include "fused/gone.cuh"\n')
+    with pytest.raises(b.BuildError, match="fused/gone.cuh"):
+        b.variant_key("fused/a.cu", {"X": 1}, ["9.0"])

@@ -209,3 +209,47 @@ def test_refused_cells_resolve_to_the_alternating_family_with_the_reason():
                                                              "R_REG_TILES": 4})
     assert handle is None and "elman_relu" in reason and "2x PyTorch" in reason
     assert set(fused_grid.REFUSED_CELLS) == {"elman_relu"}
+
+
+# ---- the backward's library ------------------------------------------------------------------------
+
+
+def test_backward_defines_are_the_forwards_plus_the_switch():
+    defs = fused_grid.backward_defines("gru", torch.float16, 64, P)
+    assert defs == {**fused_grid.defines("gru", torch.float16, 64, P), "FRNN_GRID_BWD": 1}
+    with pytest.raises(ValueError, match="WARPS=3"):
+        fused_grid.backward_defines("lstm", torch.bfloat16, 64, {**P, "WARPS": 3})
+
+
+@pytest.mark.skipif(build.find_nvcc() is None, reason="needs nvcc to build a variant")
+@pytest.mark.parametrize("cell,B,NH,DH,dtype", [("lstm", 16, 1, 1024, torch.bfloat16), ("slstm", 3, 5, 48, torch.float16)])
+def test_backward_library_builds_and_reports_its_shared_memory_and_pieces(tmp_path, monkeypatch, cell, B, NH, DH, dtype):
+    """The planner's tiling builds with FRNN_GRID_BWD=1 (sm_80 and sm_90). Its backward's shared
+    memory is R's fragments not in registers (as the forward's) + drhb of all units, HP pieces x
+    BATCH_TILE rows of G * DH + 8, + the K slices' partial sums [KS][BATCH_TILE][DH / GRID_SPLIT + 4]
+    fp32; HP is 2 for the cells whose gradient jumps (slstm), else 1."""
+    from flashrnn_compile.cells import get_cell
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    p = plan(cell, B, NH, DH, dtype, gpu="h200", families=("fused_grid",))
+    assert p.family == "fused_grid", p.reason
+    defs = fused_grid.backward_defines(cell, dtype, DH, p.params)
+    lib = ctypes.CDLL(str(build.ensure_variant(fused_grid.SOURCE, defs, ["8.0", "9.0"])))
+    fused_grid._bind(lib)
+    fused_grid._bind_backward(lib)
+    out = (ctypes.c_int * 3)()
+    lib.frnn_bwd_config(out)
+    smem, ks, hp = out
+    spec = get_cell(cell)
+    G, gs, warps, bt, rreg = (spec.num_gates, p.params["GRID_SPLIT"], p.params["WARPS"], p.params["BATCH_TILE"],
+                              p.params["R_REG_TILES"])
+    dhb = DH // gs
+    assert hp == (2 if spec.gradient_jumps else 1)
+    assert ks == warps // (dhb // 16)
+    ktw = G * DH // 16 // ks  # A fragments per warp (one m-tile of 16 own units)
+
+    def a16(x):
+        return -(-x // 16) * 16
+
+    a_bytes = a16(warps * max(ktw - rreg, 0) * 512)
+    assert smem == a_bytes + a16(hp * bt * (G * DH + 8) * 2) + a16(ks * bt * (dhb + 4) * 4)

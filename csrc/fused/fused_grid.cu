@@ -33,6 +33,11 @@
 #define FRNN_R_REG_TILES 8
 #endif
 
+// 1: the library also holds the backward kernel and frnn_backward (kernels/fused_grid.py's backward)
+#ifndef FRNN_GRID_BWD
+#define FRNN_GRID_BWD 0
+#endif
+
 #include "fused/library.cuh"
 
 namespace {
@@ -44,52 +49,87 @@ using Cfg = Config<TIn, Cell, DH, GS, WARPS, BT, RREG>;
 
 auto kernel() { return forward_kernel<TIn, Cell, DH, GS, WARPS, BT, RREG>; }
 
-// per device, once: 0 ready (resident[device] = the blocks of this configuration the device
-// holds at once), else 1 and the message (replayed into g_error on every later call)
-struct PerDevice {
-  int done[64] = {0}, status[64] = {0}, resident[64] = {0};
-  char message[64][512];
-};
-PerDevice g_dev;
-
-int check_uncached(int device, int* resident) {
+// whether kernel k (smem bytes, threads per block) can run on `device`: 0 and *resident = the
+// blocks of it the device holds at once, else 1 and the message in g_error (what: its prefix)
+template <typename K>
+int check_uncached(K k, size_t smem, int threads, const char* what, int device, int* resident) {
   int coop = 0, sms = 0, per_sm = 0;
+  char where[256];
   cudaError_t e = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device);
   if (e != cudaSuccess) return fail("fused_grid: cooperative launch attribute", e);
-  if (!coop) {
-    snprintf(g_error, sizeof(g_error), "fused_grid: the device does not support cooperative launches");
-    return 1;
-  }
+  if (!coop) return fail_msg("fused_grid: the device does not support cooperative launches");
   e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess) return fail("fused_grid: multiprocessor count", e);
-  e = cudaFuncSetAttribute(kernel(), cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Cfg::smem());
-  if (e != cudaSuccess) return fail("fused_grid: shared memory attribute", e);
-  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel(), Cfg::THREADS, Cfg::smem());
-  if (e != cudaSuccess) return fail("fused_grid: cudaOccupancyMaxActiveBlocksPerMultiprocessor", e);
+  e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  snprintf(where, sizeof(where), "%s: shared memory attribute", what);
+  if (e != cudaSuccess) return fail(where, e);
+  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, threads, smem);
+  snprintf(where, sizeof(where), "%s: cudaOccupancyMaxActiveBlocksPerMultiprocessor", what);
+  if (e != cudaSuccess) return fail(where, e);
   if (per_sm < 1) {
-    snprintf(g_error, sizeof(g_error), "fused_grid: no block of this configuration fits on an SM (shared memory "
-             "or registers per block)");
+    snprintf(g_error, sizeof(g_error), "%s: no block of this configuration fits on an SM (shared memory "
+             "or registers per block)", what);
     return 1;
   }
   *resident = per_sm * sms;
   return 0;
 }
 
+// check_uncached() once per device: 0 ready (resident[device] = the blocks of the kernel the device
+// holds at once), else 1 and the message (replayed into g_error on every later call)
+struct PerDevice {
+  int done[64] = {0}, status[64] = {0}, resident[64] = {0};
+  char message[64][512];
+  template <typename F>
+  int once(int device, F check) {
+    if (device < 0 || device >= 64) return fail_msg("fused_grid: device index out of range");
+    if (!done[device]) {
+      const int rc = check(&resident[device]);
+      if (rc != 0) snprintf(message[device], sizeof(message[device]), "%s", g_error);
+      status[device] = rc;
+      done[device] = 1;
+    } else if (status[device] != 0) {
+      snprintf(g_error, sizeof(g_error), "%s", message[device]);
+    }
+    return status[device];
+  }
+};
+PerDevice g_dev;
+
 int prepare(int device) {
-  if (device < 0 || device >= 64) {
-    snprintf(g_error, sizeof(g_error), "fused_grid: device index out of range");
+  return g_dev.once(device, [device](int* resident) {
+    return check_uncached(kernel(), Cfg::smem(), Cfg::THREADS, "fused_grid", device, resident);
+  });
+}
+
+// a cooperative launch of `blocks` blocks of kernel k (arguments a) after zeroing the group flags
+template <typename K, typename A>
+int launch(K k, A a, unsigned* flags, long long blocks, int resident, int nbt, int NH, size_t smem, const char* what,
+           cudaStream_t s) {
+  if (blocks > resident) {
+    snprintf(g_error, sizeof(g_error), "%s: %lld blocks (GRID_SPLIT %d x %d batch tiles x %d heads) are more than the "
+             "%d the device holds at once (a cooperative grid must be resident)", what, blocks, GS, nbt, NH, resident);
     return 1;
   }
-  if (!g_dev.done[device]) {
-    const int rc = check_uncached(device, &g_dev.resident[device]);
-    if (rc != 0) snprintf(g_dev.message[device], sizeof(g_dev.message[device]), "%s", g_error);
-    g_dev.status[device] = rc;
-    g_dev.done[device] = 1;
-  } else if (g_dev.status[device] != 0) {
-    snprintf(g_error, sizeof(g_error), "%s", g_dev.message[device]);
-  }
-  return g_dev.status[device];
+  cudaError_t e = cudaMemsetAsync(flags, 0, (size_t)blocks * sizeof(unsigned), s);
+  if (e != cudaSuccess) return fail("fused_grid: zeroing the flags", e);
+  void* kargs[] = {&a};
+  e = cudaLaunchCooperativeKernel((const void*)k, dim3(GS * nbt, NH), dim3(Cfg::THREADS), kargs, smem, s);
+  if (e != cudaSuccess) return fail(what, e);
+  return 0;
 }
+
+#if FRNN_GRID_BWD
+using Bwd = BwdConfig<TIn, Cell, DH, GS, WARPS, BT, RREG>;
+auto bwd_kernel() { return backward_kernel<TIn, Cell, DH, GS, WARPS, BT, RREG>; }
+PerDevice g_bwd;
+
+int prepare_bwd(int device) {
+  return g_bwd.once(device, [device](int* resident) {
+    return check_uncached(bwd_kernel(), Bwd::smem(), Bwd::THREADS, "fused_grid backward", device, resident);
+  });
+}
+#endif
 }  // namespace
 
 extern "C" {
@@ -120,21 +160,37 @@ int frnn_forward(int device, int T, int B, int NH, int reverse, const void* gx, 
   int rc = prepare(device);
   if (rc != 0) return rc;
   const int nbt = (B + BT - 1) / BT;
-  const long long blocks = (long long)GS * nbt * NH;
-  if (blocks > g_dev.resident[device]) {
-    snprintf(g_error, sizeof(g_error), "fused_grid: %lld blocks (GRID_SPLIT %d x %d batch tiles x %d heads) are more "
-             "than the %d the device holds at once (a cooperative grid must be resident)", blocks, GS, nbt, NH,
-             g_dev.resident[device]);
-    return 1;
-  }
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  cudaError_t e = cudaMemsetAsync(flags, 0, (size_t)blocks * sizeof(unsigned), s);
-  if (e != cudaSuccess) return fail("fused_grid: zeroing the flags", e);
   FwdArgs a{T, B, NH, reverse, gx, R, b, s0, h, sT, states_in, rhb, flags};
-  void* kargs[] = {&a};
-  e = cudaLaunchCooperativeKernel((const void*)kernel(), dim3(GS * nbt, NH), dim3(Cfg::THREADS), kargs, Cfg::smem(), s);
-  if (e != cudaSuccess) return fail("fused_grid forward", e);
+  return launch(kernel(), a, flags, (long long)GS * nbt * NH, g_dev.resident[device], nbt, NH, Cfg::smem(),
+                "fused_grid forward", static_cast<cudaStream_t>(stream));
+}
+
+#if FRNN_GRID_BWD
+// the backward (fused_grid.cuh backward_kernel): out = {smem bytes per block, K slices, drhb pieces}
+int frnn_bwd_config(int* out) {
+  out[0] = (int)Bwd::smem(); out[1] = Bwd::KS; out[2] = Bwd::HP;
   return 0;
 }
+
+// 0 when the backward can run on `device` (*resident: how many of its blocks the device holds at once)
+int frnn_bwd_check(int device, int* resident) {
+  const int rc = prepare_bwd(device);
+  *resident = rc == 0 ? g_bwd.resident[device] : 0;
+  return rc;
+}
+
+// pointers as in fused_grid.cuh (BwdArgs); ex: 2 x HP x B x NH x G x DH T_IN of scratch; flags as the
+// forward's (zeroed here). 0 = queued.
+int frnn_backward(int device, int T, int B, int NH, int reverse, const void* dh, const void* dsT, const void* gx,
+                  const void* R, const float* states_in, const float* rhb, void* dgx, float* drhb, void* ds0, void* ex,
+                  unsigned* flags, void* stream) {
+  int rc = prepare_bwd(device);
+  if (rc != 0) return rc;
+  const int nbt = (B + BT - 1) / BT;
+  BwdArgs a{T, B, NH, reverse, dh, dsT, gx, R, states_in, rhb, dgx, drhb, ds0, ex, flags};
+  return launch(bwd_kernel(), a, flags, (long long)GS * nbt * NH, g_bwd.resident[device], nbt, NH, Bwd::smem(),
+                "fused_grid backward", static_cast<cudaStream_t>(stream));
+}
+#endif
 
 }  // extern "C"

@@ -66,6 +66,7 @@ using fused::Precision;
 using fused::WarpGemm;
 using fused::cp_async_commit;
 using fused::cp_async_wait;
+using fused::split;
 using fused::to_op;
 using fused_split::unit_pairs;
 using fused_split::load_pair_bias_states;
@@ -276,6 +277,253 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   }
   TIn* sT = static_cast<TIn*>(p.sT);
   store_pair_states<TIn, PPT, S>(sT, DH, NH, nh, BND, bt0, u0, pn, pu, pok, st);
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Backward (built only with -DFRNN_GRID_BWD=1: the library kernels/fused_grid.py's backward
+// loads). Persistent over all T steps in the reverse of the forward's order, GS blocks per (head,
+// batch tile) as the forward, all resident (a cooperative launch), block `rank` owning the DHB
+// units u0 = rank * DHB .. + DHB - 1:
+//   backward  dgx [T, B, NH, G, DH] T_IN, drhb [T, B, NH, G, DH] fp32 (dR, db: one GEMM outside,
+//             fused_block._weight_grads), ds0 [S, B, NH, DH] T_IN
+//   ex [2, HP, B, NH, G, DH] T_IN (scratch): drhb of a step as HP pieces of T_IN, the MMA operand
+//   every block of the group reads (double-buffered by step parity)
+// The forward's exchange of h becomes an exchange of drhb, and R's rows become its columns: block
+// `rank` computes dh_rec = R^T drhb for its OWN units from ALL units' drhb (K = G * DH), so no
+// partial sums cross blocks. Per step s (forward time t; processing order, step 0 = the forward's last):
+//   1. (s > 0) wait for the flags of every block of the group >= s (threads tid < GS, ld.acquire.gpu,
+//      then __syncthreads), copy drhb of step s - 1 [HP][nb][G * DH] from ex[(s - 1) & 1] into shared
+//      memory X [HP][BT][G * DH + 8] (cp.async.cg: L2, never a stale L1 line); MMAs: warp (ug, ks) =
+//      16 own units x the K slice ks (WarpGemm: A[u][(g, o)] = R[g][o][u0 + u], R_REG_TILES fragments
+//      in registers, the rest in shared memory) -> red [KS][BT][DHB + 4] fp32; __syncthreads
+//   2. each thread's unit pairs (u, u + 1) of one batch column (split_common.cuh unit_pairs):
+//      dh_rec = the sum of the KS partials (0 at s = 0), ds[0] += dh_rec + dh_t, the cell's backward
+//      from gx, rhb, states_in of step s (registers, loaded during the step before) gives dgx, drhb
+//      (stored) and the pointwise ds (registers for all T steps); drhb as HP pieces into ex[s & 1]
+//   3. the next step's inputs are loaded into registers; __syncthreads; thread 0 releases flag =
+//      s + 1 (st.release.gpu, cumulative over the block's ex stores ordered before it by the barrier)
+// After the last step, phase 1 once more (flags >= T) gives dh_rec of the state before the first
+// step: ds0 = ds (+ dh_rec for state 0).
+// Why two ex buffers suffice: a block writes ex[s & 1] in step s after its wait of step s (s >= 2),
+// which needs every block's flag >= s, set after that block's step s - 1, whose copy of ex[(s - 2) & 1]
+// had ended (cp.async.wait_all and a barrier before its cell). X and red are reused as the forward's.
+// Precision: MMA operands T_IN (R exact; drhb as HP pieces: two for the cells whose gradient jumps,
+// Precision<Cell>::JUMPS, as fused_block's and fused_cluster's backward), fp32 accumulate over all
+// G * DH in one block (no cross-block partial sums), fp32 states and cell math (Config::Math).
+// Columns past the batch compute on zeros (their X rows stay zero) and store nothing.
+
+template <typename TIn, typename Cell, int DH, int GS, int WARPS, int BT, int RREG>
+struct BwdConfig {
+  using F = Config<TIn, Cell, DH, GS, WARPS, BT, RREG>;
+  static constexpr int G = Cell::G, S = Cell::S, THREADS = 32 * WARPS;
+  using Math = typename F::Math;
+  using Op = typename F::Op;
+  static constexpr int HP = Precision<Cell>::JUMPS ? 2 : 1;  // drhb pieces
+  static constexpr int DHB = F::DHB, UGB = F::UGB, KS = F::KS, NT = F::NT;
+  static constexpr int KT = G * DH / 16, KTW = KT / KS;  // k-tiles: (g, o) of all units
+  static_assert(KT % KS == 0, "the K slices divide the G * DH / 16 k-tiles");
+  // more than 12 k-tiles a warp: its B fragments stream through a ring of 8 (registers for R)
+  using Gemm = WarpGemm<Op, 1, KTW, NT, HP, RREG, WARPS, KTW, (KTW > 12 ? 8 : 0)>;
+  static constexpr int NP = F::NP, PPT = F::PPT;
+  static constexpr int XK = G * DH + 8;  // X row (Op): XK / 2 words = 4 mod 8, conflict-free B fragments
+  static constexpr int RP = DHB + 4;     // red row (fp32)
+  static constexpr int CPR = G * DH * (int)sizeof(Op) / 16;  // 16-byte chunks of one drhb row
+  static constexpr int XCH = (HP * BT * CPR + THREADS - 1) / THREADS;  // chunks per thread per step
+  __host__ __device__ static constexpr size_t align16(size_t x) { return (x + 15) / 16 * 16; }
+  // a_smem | X [HP][BT][XK] Op | red [KS][BT][RP] f32
+  static constexpr size_t A_BYTES = align16(Gemm::smem_a_bytes());
+  static constexpr size_t X_BYTES = align16((size_t)HP * BT * XK * sizeof(Op));
+  static constexpr size_t RED_BYTES = align16((size_t)KS * BT * RP * 4);
+  static constexpr size_t X_OFF = A_BYTES, RED_OFF = X_OFF + X_BYTES;
+  __host__ __device__ static constexpr size_t smem() { return RED_OFF + RED_BYTES; }
+};
+
+struct BwdArgs {
+  int T, B, NH, reverse;
+  const void* dh; const void* dsT; const void* gx; const void* R;  // dh [T, B, NH, DH], dsT [S, B, NH, DH]
+  const float* states_in; const float* rhb;                          // saved by the forward
+  void* dgx; float* drhb; void* ds0;                                 // outputs
+  void* ex;                                                          // [2, HP, B, NH, G, DH] T_IN scratch
+  unsigned* flags;                                                   // [NH, NBT, GS], zero at the launch
+};
+
+template <typename TIn, typename Cell, int DH, int GS, int WARPS, int BT, int RREG>
+__global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
+  using C = BwdConfig<TIn, Cell, DH, GS, WARPS, BT, RREG>;
+  using Op = typename C::Op;
+  using M = typename C::Math;
+  constexpr int G = C::G, S = C::S, HP = C::HP, NT = C::NT, XK = C::XK, RP = C::RP, DHB = C::DHB, KS = C::KS;
+  constexpr int PPT = C::PPT, NP = C::NP, CPR = C::CPR, XCH = C::XCH;
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint32_t* a_smem = reinterpret_cast<uint32_t*>(smem);
+  Op* xs = reinterpret_cast<Op*>(smem + C::X_OFF);           // [HP][BT][XK]
+  float* red = reinterpret_cast<float*>(smem + C::RED_OFF);  // [KS][BT][RP]
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, t4 = lane & 3;
+  const int ug = warp % C::UGB, ks = warp / C::UGB;
+  const int rank = blockIdx.x % GS, tile = blockIdx.x / GS, nh = blockIdx.y, bt0 = tile * BT;
+  const int T = p.T, B = p.B, NH = p.NH, nb = B - bt0 < BT ? B - bt0 : BT;
+  const int u0 = rank * DHB;
+  const TIn* R = static_cast<const TIn*>(p.R) + (size_t)nh * G * DH * DH;
+  const int BND = B * NH * DH;  // one [B, NH, DH] slice (the module checks G x and S x it fit an int)
+  const int GBND = G * BND;     // one [B, NH, G, DH] slice
+  const int dstep = p.reverse ? 1 : -1, t_first = p.reverse ? 0 : T - 1;  // the reverse of the forward's order
+  unsigned* flags = p.flags + ((size_t)nh * (gridDim.x / GS) + tile) * GS;  // the group's GS flags
+  TIn* ex = static_cast<TIn*>(p.ex);
+
+  // the rows of columns past the batch: zero for all steps (the copies write only rows < nb)
+  for (int i = tid; i < HP * BT * XK; i += C::THREADS)
+    if ((i / XK) % BT >= nb) xs[i] = to_op(0.0f, (Op*)nullptr);
+  typename C::Gemm gemm;  // A[u][(g, o)] = R[g][o][u0 + ug * 16 + u], k-tiles ks * KTW ..
+  gemm.load([&](int, int r, int k) { return In<TIn>::load(R[((size_t)(k / DH) * DH + k % DH) * DH + u0 + ug * 16 + r]); },
+            a_smem, warp, lane, ks * C::KTW);
+  const uint32_t xs_s = (uint32_t)__cvta_generic_to_shared(xs);
+
+  // dh_rec of the block's units from ex[buf] (drhb of the step before, all units): wait for every
+  // block's flag >= `need`, copy, MMAs, partial sums into red (complete after the last barrier)
+  auto recurrent = [&](int buf, int need) {
+    for (int r = tid; r < GS; r += C::THREADS)
+      while (ld_acquire_gpu(flags + r) < (unsigned)need) {
+      }
+    __syncthreads();  // the acquires above order every thread's copies below
+    const TIn* src = ex + (size_t)buf * HP * GBND;
+    // not unrolled: unrolled, the compiler keeps every chunk's two addresses live across the whole
+    // loop over steps (about 3 x XCH registers), and the kernel spilled
+#pragma unroll 1
+    for (int k = 0; k < XCH; ++k) {
+      const int c = tid + k * C::THREADS, row = c / CPR, hp = row / BT, n = row % BT, cc = c % CPR;
+      if ((XCH * C::THREADS == HP * BT * CPR || c < HP * BT * CPR) && n < nb)
+        fused::cp_async16(xs_s + (uint32_t)(((hp * BT + n) * XK + cc * 8) * sizeof(Op)),
+                          src + (size_t)hp * GBND + ((size_t)(bt0 + n) * NH + nh) * G * DH + cc * 8);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();  // X holds drhb of the step before
+    float acc[1][NT][4];
+    gemm.template run<BT, XK>(a_smem, xs, 0, warp, lane, acc, [] {});
+#pragma unroll
+    for (int i = 0; i < NT; ++i)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int n = i * 8 + 2 * t4 + (r & 1), u = ug * 16 + gq + 8 * (r >> 1);
+        red[(ks * BT + n) * RP + u] = acc[0][i][r];
+      }
+    __syncthreads();  // red complete (and every warp done with X)
+  };
+  auto dh_rec = [&](int n, int u) {
+    float2 a = make_float2(0.0f, 0.0f);
+#pragma unroll
+    for (int s = 0; s < KS; ++s) {
+      const float2 v = *reinterpret_cast<const float2*>(red + (s * BT + n) * RP + u);
+      a.x += v.x;
+      a.y += v.y;
+    }
+    return a;
+  };
+
+  // the thread's unit pairs (as the forward): pair q = tid + k * THREADS -> column n, unit u
+  float ds[PPT][2][S];
+  int pn[PPT], pu[PPT];
+  bool pok[PPT];
+  const TIn* dsT = static_cast<const TIn*>(p.dsT);
+  unit_pairs<PPT, C::THREADS, DHB>(tid, NP, nb, pn, pu, pok);
+#pragma unroll
+  for (int k = 0; k < PPT; ++k)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int s = 0; s < S; ++s)
+        ds[k][j][s] = pok[k] ? In<TIn>::load(dsT[(size_t)s * BND + ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k] + j]) : 0.0f;
+  // a step's inputs of the thread's pairs, loaded one step ahead (zeros past the batch)
+  uint32_t igx[PPT][G], idh[PPT];
+  float2 irh[PPT][G], ist[PPT][S];
+  const TIn* gxp = static_cast<const TIn*>(p.gx);
+  const TIn* dhp = static_cast<const TIn*>(p.dh);
+  auto load_inputs = [&](int t) {
+#pragma unroll
+    for (int k = 0; k < PPT; ++k) {
+      const size_t so = ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k];
+      const size_t go = (size_t)t * GBND + ((size_t)(bt0 + pn[k]) * NH + nh) * G * DH + u0 + pu[k];
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        igx[k][g] = pok[k] ? *reinterpret_cast<const uint32_t*>(gxp + go + (size_t)g * DH) : 0u;
+        irh[k][g] = pok[k] ? *reinterpret_cast<const float2*>(p.rhb + go + (size_t)g * DH) : make_float2(0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int s = 0; s < S; ++s)
+        ist[k][s] = pok[k] ? *reinterpret_cast<const float2*>(p.states_in + ((size_t)t * S + s) * BND + so) : make_float2(0.0f, 0.0f);
+      idh[k] = pok[k] ? *reinterpret_cast<const uint32_t*>(dhp + (size_t)t * BND + so) : 0u;
+    }
+  };
+  TIn* dgxp = static_cast<TIn*>(p.dgx);
+  if (T > 0) load_inputs(t_first);
+
+#pragma unroll 1
+  for (int step = 0; step < T; ++step) {
+    const int t = t_first + dstep * step;
+    if (step > 0) recurrent((step - 1) & 1, step);
+    TIn* exw = ex + (size_t)(step & 1) * HP * GBND;
+#pragma unroll
+    for (int k = 0; k < PPT; ++k) {
+      if (PPT * C::THREADS != NP && tid + k * C::THREADS >= NP) break;
+      const int n = pn[k], u = pu[k];
+      const float2 rec = step > 0 ? dh_rec(n, u) : make_float2(0.0f, 0.0f);
+      const float2 dhv = fused_split::unpack2f<TIn>(idh[k]);
+      float dg[2][G], dr[2][G];
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        float gxv[G], rhv[G], sv[S], dsn[S], dsi[S];
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const float2 x = fused_split::unpack2f<TIn>(igx[k][g]);
+          gxv[g] = j ? x.y : x.x;
+          rhv[g] = j ? irh[k][g].y : irh[k][g].x;
+        }
+#pragma unroll
+        for (int s = 0; s < S; ++s) {
+          sv[s] = j ? ist[k][s].y : ist[k][s].x;
+          dsn[s] = ds[k][j][s];
+        }
+        dsn[0] += (j ? rec.y : rec.x) + (j ? dhv.y : dhv.x);
+        Cell::template backward<M>(gxv, rhv, sv, dsn, dg[j], dr[j], dsi);
+#pragma unroll
+        for (int s = 0; s < S; ++s) ds[k][j][s] = dsi[s];
+      }
+      if (pok[k]) {
+        const size_t bo = ((size_t)(bt0 + n) * NH + nh) * G * DH + u0 + u;  // (b, nh, gate 0, unit) in [B, NH, G, DH]
+        const size_t go = (size_t)t * GBND + bo;
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          *reinterpret_cast<uint32_t*>(dgxp + go + (size_t)g * DH) = fused::pack2(In<TIn>::store(dg[0][g]), In<TIn>::store(dg[1][g]));
+          *reinterpret_cast<float2*>(p.drhb + go + (size_t)g * DH) = make_float2(dr[0][g], dr[1][g]);
+          Op pa[HP], pb[HP];
+          split<Op, HP>(dr[0][g], pa);
+          split<Op, HP>(dr[1][g], pb);
+#pragma unroll
+          for (int hp = 0; hp < HP; ++hp)
+            *reinterpret_cast<uint32_t*>(exw + (size_t)hp * GBND + bo + (size_t)g * DH) = fused::pack2(pa[hp], pb[hp]);
+        }
+      }
+    }
+    if (step + 1 < T) load_inputs(t + dstep);  // in flight across the barrier and the next wait
+    __syncthreads();  // the block's drhb of this step is in ex (and red is free again)
+    if (tid == 0) st_release_gpu(flags + rank, (unsigned)(step + 1));
+  }
+  if (T > 0) recurrent((T - 1) & 1, T);  // dh_rec of the state before the first step
+  TIn* ds0 = static_cast<TIn*>(p.ds0);
+#pragma unroll
+  for (int k = 0; k < PPT; ++k) {
+    if (PPT * C::THREADS != NP && tid + k * C::THREADS >= NP) break;
+    if (!pok[k]) continue;
+    const float2 rec = T > 0 ? dh_rec(pn[k], pu[k]) : make_float2(0.0f, 0.0f);
+    ds[k][0][0] += rec.x;
+    ds[k][1][0] += rec.y;
+#pragma unroll
+    for (int s = 0; s < S; ++s)
+      *reinterpret_cast<uint32_t*>(ds0 + (size_t)s * BND + ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k]) =
+          fused::pack2(In<TIn>::store(ds[k][0][s]), In<TIn>::store(ds[k][1][s]));
+  }
 }
 
 }  // namespace fused_grid

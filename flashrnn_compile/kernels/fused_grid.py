@@ -8,8 +8,10 @@ The forward is the persistent grid kernel (csrc/fused/fused_grid.cuh; sm_80 and 
 clusters): GRID_SPLIT blocks per (head, batch tile), each owning DH / GRID_SPLIT units, all of them
 resident at once (one cooperative launch); h goes through global memory (the output h itself) and
 only the blocks of one (head, batch tile) wait for each other, on per-block flags (release /
-acquire at GPU scope). With save=True it writes states_in and rhb in the layout the alternating
-backward reads: the BACKWARD IS THE ALTERNATING FAMILY'S (its step kernel, from those states).
+acquire at GPU scope). With save=True it writes states_in and rhb. The backward is the family's
+own persistent grid kernel (the same blocks, drhb exchanged through global memory and each block
+multiplying it by its columns of R; `backward`), or the alternating family's where it does not
+run (FLASHRNN_GRID_BWD=0, or a backward that does not fit the device).
 
 params are the planner's fused_grid variables {GRID_SPLIT, WARPS, BATCH_TILE, R_REG_TILES} (empty:
 ask the planner for this device). Each configuration is its own small CUDA library
@@ -144,7 +146,7 @@ def forward(gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, cell: str, reverse: bo
 
 def _launch_forward(handle, gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, h: Tensor, sT: Tensor,
                     states_in: Tensor, rhb: Tensor, reverse: bool, save: bool) -> Optional[str]:
-    lib, _, gs, bt = handle
+    lib, _, gs, bt, hp = handle
     T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
     s0 = _variants.aligned(s0)  # [S, B, NH, DH]: h0 is read in 16-byte chunks
     flags = torch.empty(blocks(B, NH, gs, bt), dtype=torch.int32, device=gx.device)  # zeroed by the library
@@ -154,8 +156,117 @@ def _launch_forward(handle, gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, h: Ten
     return None if rc == 0 else lib.frnn_error().decode()
 
 
+BWD_ENV = "FLASHRNN_GRID_BWD"  # "0": the alternating backward; else (default) this family's own kernel
+
+
+def grid_backward_enabled() -> bool:
+    """Whether backward() runs this family's own kernel (the default; env FLASHRNN_GRID_BWD=0 turns
+    it off, read per call)."""
+    return os.environ.get(BWD_ENV, "1") != "0"
+
+
+def backward_defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]:
+    """The -D defines of the backward's library: the forward's configuration (the backward takes its
+    tiling: each warp 16 own units x a K slice of all G * DH drhb columns, as many A fragments as
+    the forward's) plus FRNN_GRID_BWD=1. ValueError naming the parameter it cannot take."""
+    defs = defines(cell, dtype, DH, params)
+    defs["FRNN_GRID_BWD"] = 1
+    return defs
+
+
+def _bind_backward(lib: ctypes.CDLL) -> None:
+    p, i = ctypes.c_void_p, ctypes.c_int
+    lib.frnn_backward.argtypes = [i, i, i, i, i] + [p] * 12
+    lib.frnn_backward.restype = i
+    lib.frnn_bwd_check.argtypes = [i, p]
+    lib.frnn_bwd_check.restype = i
+    lib.frnn_bwd_config.argtypes = [p]
+
+
+_BWD_RESOLVED: Dict[tuple, tuple] = {}
+
+
+def _resolve_backward(cell: str, gx: Tensor, params):
+    """((backward library, resident blocks, GRID_SPLIT, BATCH_TILE, drhb pieces), None) or (None,
+    why the alternating backward runs instead): a REFUSED_CELLS cell, a configuration whose backward
+    does not fit the device, or a grid larger than the device holds at once. Cached per configuration and device; the grid's
+    residency is checked per call."""
+    if cell in REFUSED_CELLS:  # its forward ran on the alternating family: so does its backward
+        return None, f"cell {cell!r}: {REFUSED_CELLS[cell]}"
+    key = (cell, gx.dtype, gx.shape[4], gx.device.index, tuple(sorted(params.items())) if params else
+           tuple(gx.shape[1:3]))
+    hit = _BWD_RESOLVED.get(key)
+    if hit is None:
+        hit = _BWD_RESOLVED[key] = _resolve_backward_uncached(cell, gx, params)
+    handle, reason = hit
+    if handle is None:
+        return hit
+    _, resident, gs, bt, _ = handle
+    T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
+    need = blocks(B, NH, gs, bt)
+    if need > resident:
+        return None, (f"backward configuration GRID_SPLIT={gs}, BATCH_TILE={bt}: B={B}, NH={NH} need {need} blocks, "
+                      f"more than the {resident} this device holds at once (a cooperative grid must be resident)")
+    return handle, None
+
+
+def _resolve_backward_uncached(cell: str, gx: Tensor, params):
+    fam_params = _FAMILY.params(cell, gx, params)
+    defs = backward_defines(cell, gx.dtype, gx.shape[4], fam_params)
+    lib = _FAMILY.library(defs)
+    _bind_backward(lib)
+    out = (ctypes.c_int * 3)()  # smem bytes, K slices, drhb pieces
+    lib.frnn_bwd_config(out)
+    need, have = out[0], torch.cuda.get_device_properties(gx.device).shared_memory_per_block_optin
+    if need > have:
+        return None, f"backward configuration {defs} needs {need} B of shared memory per block, the device has {have}"
+    resident = ctypes.c_int(0)
+    with _on(gx.device):
+        if lib.frnn_bwd_check(_device_index(gx.device), ctypes.byref(resident)) != 0:
+            return None, f"backward configuration {defs}: {lib.frnn_error().decode()}"
+    cfg = config(lib)
+    return (lib, resident.value, cfg[3], cfg[5], out[2]), None
+
+
 def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, rhb: Tensor, cell: str,
              reverse: bool, params) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """From the states the forward saved (states_in [T,S,B,NH,DH], rhb [T,B,NH,G,DH], fp32): the
-    alternating family's backward (step kernel)."""
-    return alternating.backward(dh, dsT, gx, R, states_in, rhb, cell, reverse, {})
+    family's own persistent kernel (fused_grid.cuh backward_kernel), or with FLASHRNN_GRID_BWD=0 the
+    alternating family's (step kernel). A configuration it cannot take: ValueError naming the
+    parameter; one it does not run (a backward that does not fit the device, or a grid larger than
+    it holds at once): the alternating backward, one warning."""
+    if not grid_backward_enabled() or gx.dtype not in TAKES or unavailable(gx.device) is not None:
+        return alternating.backward(dh, dsT, gx, R, states_in, rhb, cell, reverse, {})
+    handle, reason = _resolve_backward(cell, gx, params)
+    if handle is None:
+        _FAMILY.fallback("the alternating backward", reason)
+        return alternating.backward(dh, dsT, gx, R, states_in, rhb, cell, reverse, {})
+    from .fused_block import _weight_grads
+
+    lib, _, gs, bt, hp = handle
+    T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
+    S = dsT.shape[0]
+    if T > 0 and (states_in.shape != (T, S, B, NH, DH) or rhb.shape != (T, B, NH, G, DH)):
+        raise ValueError(f"fused_grid backward: states_in {tuple(states_in.shape)} / rhb {tuple(rhb.shape)}: "
+                         f"expected [T, S, B, NH, DH] = {(T, S, B, NH, DH)} / [T, B, NH, G, DH] (saved by forward)")
+    _FAMILY.check_sizes(B, NH, G, S, DH)
+    dh, gx = (_variants.aligned(t.to(gx.dtype)) for t in (dh, gx))  # dh [T, B, NH, DH]
+    dsT, R = (t.to(gx.dtype).contiguous() for t in (dsT, R))  # dsT [S, B, NH, DH], R [NH, G, DH, DH]
+    states_in, rhb = _variants.aligned(states_in.float()), _variants.aligned(rhb.float())
+    dgx = torch.empty(T, B, NH, G, DH, dtype=gx.dtype, device=gx.device)  # [T, B, NH, G, DH]
+    ds0 = torch.empty(S, B, NH, DH, dtype=gx.dtype, device=gx.device)  # [S, B, NH, DH]
+    drhb = torch.empty(T, B, NH, G, DH, dtype=torch.float32, device=gx.device)  # [T, B, NH, G, DH]
+    ex = torch.empty(2, hp, B, NH, G, DH, dtype=gx.dtype, device=gx.device)  # [2, HP, B, NH, G, DH] scratch
+    flags = torch.empty(blocks(B, NH, gs, bt), dtype=torch.int32, device=gx.device)  # zeroed by the library
+    _variants.poison(POISON, (dgx, ds0, drhb, ex))
+    if B > 0 and NH > 0:
+        with _on(gx.device):
+            rc = lib.frnn_backward(_device_index(gx.device), T, B, NH, int(reverse), _ptr(dh), _ptr(dsT), _ptr(gx),
+                                   _ptr(R), _ptr(states_in), _ptr(rhb), _ptr(dgx), _ptr(drhb), _ptr(ds0), _ptr(ex),
+                                   _ptr(flags), _stream(gx.device))
+        if rc != 0:
+            raise RuntimeError(f"flashrnn fused_grid backward ({cell}): {lib.frnn_error().decode()}")
+    if T == 0 or B == 0:
+        return dgx, torch.zeros_like(R), torch.zeros(NH, G, DH, dtype=R.dtype, device=R.device), ds0
+    dR, db = _weight_grads(drhb, states_in, tf32=gx.dtype == torch.bfloat16)
+    return dgx, dR.to(R.dtype), db.to(R.dtype), ds0

@@ -1,11 +1,12 @@
-"""The fused_grid forward kernel (sm_80+) against the float64 reference, within 2x PyTorch's error.
+"""The fused_grid kernels (sm_80+), forward and backward, against the float64 reference, within 2x
+PyTorch's error.
 
-As tests/gpu/test_fused_cluster.py: fresh inputs exact in every dtype, outputs NaN-poisoned before
-each kernel run, and for bfloat16 and float16 err(ours) <= 2 err(PyTorch natively in that dtype)
-against float64 for h, sT and the gradients of gx, R, b, s0. The gradients come from this family's
-backward, which is the alternating step kernel run from the states our forward saved: the test
-checks that what the forward saves is what that backward needs. A fallback (any RuntimeWarning:
-the alternating family or the reference running instead) fails a case.
+As tests/gpu/test_fused_cluster.py: fresh inputs exact in every dtype, outputs (and the backward's
+drhb exchange buffer) NaN-poisoned before each kernel run, and for bfloat16 and float16 err(ours)
+<= 2 err(PyTorch natively in that dtype) against float64 for h, sT and the gradients of gx, R, b,
+s0. The gradients come from this family's own backward kernel (fused_grid.cuh backward_kernel) run
+from the states our forward saved. A fallback (any RuntimeWarning: the alternating family or the
+reference running instead) fails a case.
 
 Matrix: PLANNED (the planner's fused_grid choice for this GPU: dense 1x1024 LSTM, GRU and sLSTM at
 B16, elman 1x1024 at B3, 2x512 LSTM, 1x768 LSTM) at T in {1, 17}, both directions, plus LSTM 1x1024
@@ -213,6 +214,44 @@ def test_dense_2048_at_batch_16_is_refused_by_the_planner_with_the_reason():
     assert "fused_grid: impossible" in p.reason, p.reason
 
 
+def test_the_own_backward_runs_not_the_alternating_one(monkeypatch):
+    """The gradients of a planned case come from the grid's own kernel: the alternating backward is
+    never called (it would raise here), and they are within 2x PyTorch's error. With
+    FLASHRNN_GRID_BWD=0 the alternating backward runs instead."""
+    from flashrnn_compile.kernels import alternating
+
+    real = alternating.backward
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the alternating backward ran")
+
+    monkeypatch.setattr(alternating, "backward", refuse)
+    assert fused_grid.grid_backward_enabled()
+    assert_matches_float64("grid-own-bwd", "lstm", 1, 1024, 16, 17, False, DTYPES,
+                           lambda dtype: family_plan("fused_grid", "lstm", 16, 1, 1024, dtype))
+    calls = []
+    monkeypatch.setattr(alternating, "backward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setenv(fused_grid.BWD_ENV, "0")
+    assert_matches_float64("grid-alt-bwd", "gru", 1, 1024, 16, 5, True, DTYPES,
+                           lambda dtype: family_plan("fused_grid", "gru", 16, 1, 1024, dtype))
+    assert calls, "the alternating backward did not run with FLASHRNN_GRID_BWD=0"
+
+
+@pytest.mark.parametrize("cell", CELLS_RUN)
+def test_backward_is_deterministic(cell):
+    """Two backward runs give the same dgx, dR, db, ds0 bit for bit (each block reduces its own
+    units over all of drhb in a fixed order: no atomics, no cross-block partial sums)."""
+    gx, R, b, s0 = inputs_in(torch.bfloat16, cell, 17, 9, 1, 256, seed=23)
+    plan = runtime.plan_json("fused_grid", EXPLICIT[3][3])
+    _, _, si, rh = torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, True, plan, True)
+    dh = torch.randn(17, 9, 1, 256, device="cuda", dtype=torch.bfloat16)  # [T, B, NH, DH]
+    dsT = torch.randn_like(s0)  # [S, B, NH, DH]
+    one = torch.ops.flashrnn.recurrence_bwd(dh, dsT, gx, R, si, rh, cell, True, plan)
+    two = torch.ops.flashrnn.recurrence_bwd(dh, dsT, gx, R, si, rh, cell, True, plan)
+    for name, x, y in zip(("dgx", "dR", "db", "ds0"), one, two):
+        assert torch.isfinite(x).all() and torch.equal(x, y), name
+
+
 def sanitizer_case() -> None:
     """A small forward of every cell on the explicit tilings (1x48 over 3 blocks, 16 blocks with 2
     batch tiles, the same with the WAIT=1 knob), both directions, T=5, states kept, for `compute-sanitizer --tool memcheck |
@@ -233,7 +272,30 @@ def sanitizer_case() -> None:
     print("sanitizer case: ok")
 
 
-if __name__ == "__main__":  # python -m tests.gpu.test_fused_grid (from the repository root)
+def sanitizer_case_backward() -> None:
+    """A small forward + backward of every cell on the explicit tilings (1x48 over 3 blocks, 16
+    blocks with 2 batch tiles), both directions, T=5, for `compute-sanitizer`; raises on a dgx
+    further than 0.05 (relative) from the float64 reference's."""
+    from flashrnn_compile import reference
+    from flashrnn_compile.testing import rel_err
+
+    for cell, (NH, DH, B, prm, _), reverse in itertools.product(CELLS_RUN, (EXPLICIT[0], EXPLICIT[3]), (False, True)):
+        gx, R, b, s0, dh, dsT = make_inputs(cell, 5, B, NH, DH, seed=6)  # dh [T, B, NH, DH], dsT [S, B, NH, DH]
+        plan = runtime.plan_json("fused_grid", prm)
+        low = [t.bfloat16() for t in (gx, R, b, s0)]
+        _, _, si, rh = torch.ops.flashrnn.recurrence_fwd(*low, cell, reverse, plan, True)
+        dgx = torch.ops.flashrnn.recurrence_bwd(dh.bfloat16(), dsT.bfloat16(), low[0], low[1], si, rh, cell, reverse, plan)[0]
+        _, _, si64, rh64 = reference.forward(gx, R, b, s0, cell, reverse, True)
+        dgx_ref = reference.backward(dh, dsT, gx, R, si64, rh64, cell, reverse)[0]
+        err = rel_err(dgx, dgx_ref)
+        assert err < 0.05, (cell, prm, reverse, err)
+    torch.cuda.synchronize()
+    print("sanitizer case (backward): ok")
+
+
+if __name__ == "__main__":  # python -m tests.gpu.test_fused_grid [bwd] (from the repository root)
+    import sys
+
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback is not the kernel under test
-        sanitizer_case()
+        sanitizer_case_backward() if sys.argv[1:] == ["bwd"] else sanitizer_case()
