@@ -31,7 +31,7 @@ CONFIGS = [  # module, H, layers, B, T
     ("GRU", 768, 1, 16, 1024),
     ("LSTM", 512, 2, 16, 1024),
     ("LSTM", 64, 1, 16, 1024),
-    ("LSTM", 768, 1, 64, 1024),  # auto: split (the two-head plan needs a second wave of clusters)
+    ("LSTM", 768, 1, 64, 1024),  # the two-head plan needs a second wave of clusters (a tie: auto merges)
 ]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -142,8 +142,8 @@ def run_model(device, budget, env, args, folder) -> List[dict]:
 
 
 def prebuild(args: argparse.Namespace) -> int:
-    """Compile the fused variants the preset's rows plan (fused_block, fused_cluster with its
-    backward, fused_grid) and the floor library for --gpu / --arch."""
+    """Compile the fused variants the preset's rows plan (fused_block, fused_cluster and fused_grid
+    with their backward's) and the floor library for --gpu / --arch."""
     from concurrent.futures import ThreadPoolExecutor
 
     from flashrnn_compile import build, planner
@@ -153,10 +153,10 @@ def prebuild(args: argparse.Namespace) -> int:
 
     preset = args.preset or "headline"
     configs = {}
-    # each fused family's plan of every row (the harness offers them all), fused_cluster's backward too
+    # each fused family's plan of every row (the harness offers them all), the backward's libraries too
     libs = {"fused_block": (fused_block, [fused_block.defines]),
             "fused_cluster": (fused_cluster, [fused_cluster.defines, fused_cluster.backward_defines]),
-            "fused_grid": (fused_grid, [fused_grid.defines])}
+            "fused_grid": (fused_grid, [fused_grid.defines, fused_grid.backward_defines])}
     for cfg in layer.PRESETS[preset]():
         for family, (mod, makers) in libs.items():
             chosen = planner.plan(cfg.cell, cfg.B, cfg.NH, cfg.DH, common.DTYPES[cfg.dtype], gpu=args.gpu,

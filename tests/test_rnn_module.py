@@ -489,7 +489,8 @@ def _plan_with_floor(family, step_ns):
     [
         ("auto", 1000, 1000, True),  # two heads side by side: the same floor as one
         ("auto", 1000, 1999, True),
-        ("auto", 1000, 2000, False),  # a second wave of blocks: no faster than two launches
+        ("auto", 1000, 2000, True),  # a second wave of blocks: a tie (measured faster at 768, B 64)
+        ("auto", 1000, 2001, False),
         ("auto", 1000, 3000, False),
         ("split", 1000, 1000, False),
         ("merged", 1000, 3000, True),  # forced, even where the model predicts no gain
@@ -531,10 +532,12 @@ def test_merge_decision_other_family(monkeypatch):
 
 
 @pytest.mark.parametrize("cell, B, H, merged", [("lstm", 16, 768, True), ("gru", 16, 768, True),
-                                                 ("lstm", 16, 64, True), ("lstm", 64, 768, False)])
+                                                 ("lstm", 16, 64, True), ("lstm", 64, 768, True),
+                                                 ("lstm", 256, 768, False)])
 def test_merge_decision_h100_planner(monkeypatch, cell, B, H, merged):
     """With the real planner on the H100 preset: 768 units at B 16 fit two clusters side by side
-    (merged); at B 64 the two-head plan needs a second wave (two launches)."""
+    (merged); at B 64 the two-head plan needs a second wave, a tie (merged); at B 256 the two-head
+    plan is another family (two launches)."""
     from flashrnn_compile import planner
     from flashrnn_compile.context import choose_plan
     from flashrnn_compile.passes import rnn_module

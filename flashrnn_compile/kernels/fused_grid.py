@@ -146,7 +146,7 @@ def forward(gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, cell: str, reverse: bo
 
 def _launch_forward(handle, gx: Tensor, R: Tensor, b: Tensor, s0: Tensor, h: Tensor, sT: Tensor,
                     states_in: Tensor, rhb: Tensor, reverse: bool, save: bool) -> Optional[str]:
-    lib, _, gs, bt, hp = handle
+    lib, _, gs, bt = handle
     T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
     s0 = _variants.aligned(s0)  # [S, B, NH, DH]: h0 is read in 16-byte chunks
     flags = torch.empty(blocks(B, NH, gs, bt), dtype=torch.int32, device=gx.device)  # zeroed by the library
@@ -188,11 +188,9 @@ _BWD_RESOLVED: Dict[tuple, tuple] = {}
 
 def _resolve_backward(cell: str, gx: Tensor, params):
     """((backward library, resident blocks, GRID_SPLIT, BATCH_TILE, drhb pieces), None) or (None,
-    why the alternating backward runs instead): a REFUSED_CELLS cell, a configuration whose backward
-    does not fit the device, or a grid larger than the device holds at once. Cached per configuration and device; the grid's
+    why the alternating backward runs instead): a configuration whose backward does not fit the
+    device, or a grid larger than the device holds at once. Cached per configuration and device; the grid's
     residency is checked per call."""
-    if cell in REFUSED_CELLS:  # its forward ran on the alternating family: so does its backward
-        return None, f"cell {cell!r}: {REFUSED_CELLS[cell]}"
     key = (cell, gx.dtype, gx.shape[4], gx.device.index, tuple(sorted(params.items())) if params else
            tuple(gx.shape[1:3]))
     hit = _BWD_RESOLVED.get(key)
@@ -234,8 +232,10 @@ def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, 
     family's own persistent kernel (fused_grid.cuh backward_kernel), or with FLASHRNN_GRID_BWD=0 the
     alternating family's (step kernel). A configuration it cannot take: ValueError naming the
     parameter; one it does not run (a backward that does not fit the device, or a grid larger than
-    it holds at once): the alternating backward, one warning."""
-    if not grid_backward_enabled() or gx.dtype not in TAKES or unavailable(gx.device) is not None:
+    it holds at once): the alternating backward, one warning. A REFUSED_CELLS cell: the alternating
+    backward without a second warning (its forward ran on that family, and said so)."""
+    if (not grid_backward_enabled() or cell in REFUSED_CELLS or gx.dtype not in TAKES
+            or unavailable(gx.device) is not None):
         return alternating.backward(dh, dsT, gx, R, states_in, rhb, cell, reverse, {})
     handle, reason = _resolve_backward(cell, gx, params)
     if handle is None:
