@@ -191,7 +191,7 @@ def choose_plan(
         return planner.Plan("reference", {}, f"tensors on {device.type}: no CUDA kernel applies")
     from . import runtime
 
-    implemented = runtime.offered_families()  # fused_grid only with FLASHRNN_GRID=1 (kernels/fused_grid.py)
+    implemented = runtime.offered_families()  # fused_grid unless FLASHRNN_GRID=0 (kernels/fused_grid.py)
     forced = _FORCED_FAMILIES.get(ctx.options.plan)
     families = tuple(f for f in (forced or runtime.FAMILIES) if f in implemented) or implemented
     gpu = device.index if device.index is not None else torch.cuda.current_device()

@@ -392,7 +392,7 @@ def _cudnn_is_faster(ctx, call: RnnCall, plan: Plan, device: torch.device, autoc
     return (
         ctx.options.plan == "auto"
         and device.type == "cuda"
-        and plan.family in ("alternating", "fused_cluster")
+        and plan.family in ("alternating", "fused_cluster", "fused_grid")
         and not autocast
         and not _train_dropout(call)
         and call.dtype == torch.float16

@@ -1,5 +1,5 @@
 """fused_grid on CPU: what the planner picks (and refuses, with the reason), the gating of the family
-behind FLASHRNN_GRID=1 (the backend's choices are unchanged without it), the -D defines of a plan,
+(offered unless FLASHRNN_GRID=0, and with it off the backend's choices are the other families'), the -D defines of a plan,
 configurations the kernel cannot take as clear errors, the family's registration, the fallback to
 the reference off CUDA, and the library's build for sm_80 and sm_90 (its shared memory as the
 planner's model counts it)."""
@@ -79,7 +79,7 @@ def test_float32_and_float64_are_refused_with_the_reason():
         fused_grid.defines("lstm", torch.float32, 64, P)
 
 
-# ---- gating: offered to the planner only with FLASHRNN_GRID=1 ----------------------------------------
+# ---- gating: offered to the planner unless FLASHRNN_GRID=0 -------------------------------------------
 
 
 SHAPES = [("lstm", 16, 1, 1024, torch.bfloat16), ("lstm", 16, 1, 768, torch.bfloat16), ("gru", 16, 1, 1024, torch.float16),
@@ -101,8 +101,8 @@ def h100_for_cuda0(monkeypatch):
 
 
 @pytest.mark.parametrize("cell,B,NH,DH,dtype", SHAPES)
-def test_without_the_env_the_backends_choices_are_unchanged(monkeypatch, h100_for_cuda0, cell, B, NH, DH, dtype):
-    monkeypatch.delenv(fused_grid.OFFER_ENV, raising=False)
+def test_with_the_env_off_the_backends_choices_are_the_other_families(monkeypatch, h100_for_cuda0, cell, B, NH, DH, dtype):
+    monkeypatch.setenv(fused_grid.OFFER_ENV, "0")
     assert "fused_grid" in runtime.implemented_families() and "fused_grid" not in runtime.offered_families()
     got = context.choose_plan(PassContext(BackendOptions()), cell, B, NH, DH, dtype, "cuda:0")
     # what choose_plan gave before fused_grid was registered: the planner over the other families
@@ -117,9 +117,9 @@ def test_without_the_env_the_backends_choices_are_unchanged(monkeypatch, h100_fo
     assert fused.family != "fused_grid"
 
 
-def test_with_the_env_the_planner_may_choose_the_grid(monkeypatch, h100_for_cuda0):
-    monkeypatch.setenv(fused_grid.OFFER_ENV, "1")
-    assert "fused_grid" in runtime.offered_families()
+def test_by_default_the_planner_may_choose_the_grid(monkeypatch, h100_for_cuda0):
+    monkeypatch.delenv(fused_grid.OFFER_ENV, raising=False)
+    assert fused_grid.offered() and "fused_grid" in runtime.offered_families()
     got = context.choose_plan(PassContext(BackendOptions()), "lstm", 16, 1, 1024, torch.bfloat16, "cuda:0")
     assert got.family == "fused_grid" and got.params["GRID_SPLIT"] == 64, got.reason
     got = context.choose_plan(PassContext(BackendOptions()), "lstm", 16, 1, 768, torch.bfloat16, "cuda:0")
@@ -128,10 +128,19 @@ def test_with_the_env_the_planner_may_choose_the_grid(monkeypatch, h100_for_cuda
     assert got.family == "alternating", got.reason
     monkeypatch.setenv(fused_grid.OFFER_ENV, "0")
     assert not fused_grid.offered() and "fused_grid" not in runtime.offered_families()
+    # the dense LSTM in float16 from batch 16: cuDNN's persistent kernel stays (it measured faster than
+    # fused_grid's bf16 at 1x1024 too: 2.46 / 8.10 ms against 3.26 / 9.66, H200 session 13)
+    from flashrnn_compile.passes import rnn_module
 
-
-def test_explicit_plans_run_the_family_without_the_env(monkeypatch):
     monkeypatch.delenv(fused_grid.OFFER_ENV, raising=False)
+    grid = context.choose_plan(PassContext(BackendOptions()), "lstm", 16, 1, 1024, torch.float16, "cuda:0")
+    call = type("Call", (), dict(cell="lstm", dtype=torch.float16, train=False, layers=1, dropout=0.0))()
+    assert grid.family == "fused_grid", grid.reason
+    assert rnn_module._cudnn_is_faster(PassContext(BackendOptions()), call, grid, torch.device("cuda"), False, 16)
+
+
+def test_explicit_plans_run_the_family_with_the_env_off(monkeypatch):
+    monkeypatch.setenv(fused_grid.OFFER_ENV, "0")
     impl = runtime.implementation(runtime.plan_json("fused_grid", P), torch.device("cpu"))
     assert impl.family == "reference"  # off CUDA: the reference (the family itself is registered)
     assert runtime._IMPLEMENTATIONS["fused_grid"].forward is fused_grid.forward

@@ -273,7 +273,7 @@ def run_ours(cfg: Config, family: str, ctx: Ctx) -> Dict[str, Any]:
                     reason=f"no {family} kernels in this build (the planner models it; not written yet)")
     if family not in runtime.offered_families():
         return _row(cfg, f"ours {family}", ctx, family=family, status="n/a",
-                    reason=f"{family} is not offered to the planner here (not yet verified on a GPU; FLASHRNN_GRID=1 offers it)")
+                    reason=f"{family} is not offered to the planner here (FLASHRNN_GRID=0 withdraws it)")
     dt = common.DTYPES[cfg.dtype]
     if family == "reference":
         chosen = planner.Plan("reference", {}, "forced")

@@ -5,10 +5,10 @@
     fused_block   one persistent block per (head, batch tile) for all steps (csrc/fused, one small
                   library per configuration, built by flashrnn_compile.build.ensure_variant)
     fused_cluster R of a head split over a thread-block cluster (sm_90), one persistent cluster per
-                  (head, batch tile); its backward is the alternating family's, from the saved states
-    fused_grid    R of a head split over blocks of a cooperative grid (sm_80+), h through global
-                  memory; backward: the alternating family's. Offered to the planner only with
-                  FLASHRNN_GRID=1 (not yet verified on a GPU); explicit plans run it regardless
+                  (head, batch tile), forward and backward
+    fused_grid    R of a head split over blocks of a cooperative grid (sm_80+), h (forward) and
+                  drhb (backward) through global memory; FLASHRNN_GRID=0 withdraws it from the
+                  planner; explicit plans run it regardless
 
 The runtime imports this package the first time a non-reference plan runs. Each family's
 `unavailable(device)` gives the reason it cannot run there (not CUDA, no nvcc, build failed), and

@@ -21,9 +21,9 @@ A configuration the kernel cannot take raises ValueError naming the parameter; o
 fit the device (shared memory, no block per SM, or more blocks than the device holds at once for
 this B and NH) runs the alternating family instead, with one warning.
 
-Not yet verified on a GPU: the planner offers this family only with FLASHRNN_GRID=1 in the
-environment (`offered()`, read by context.choose_plan); explicit plans
-(runtime.plan_json("fused_grid", {...})) run it regardless.
+The planner offers this family (verified on the H200, forward and backward: tests/gpu/test_fused_grid.py,
+sessions 6 and 13); FLASHRNN_GRID=0 in the environment withdraws it (`offered()`, read by
+context.choose_plan); explicit plans (runtime.plan_json("fused_grid", {...})) run it regardless.
 """
 
 from __future__ import annotations
@@ -46,13 +46,13 @@ DTYPE_CODES = {torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
 TAKES = tuple(DTYPE_CODES)
 PARAMS = ("GRID_SPLIT", "WARPS", "BATCH_TILE", "R_REG_TILES")
 KNOBS = {"WAIT": (0, 1)}  # test and timing switches (defines), never set by the planner
-OFFER_ENV = "FLASHRNN_GRID"  # "1": the planner may choose this family (context.choose_plan); else only explicit plans
+OFFER_ENV = "FLASHRNN_GRID"  # "0": the planner never chooses this family (only explicit plans run it); else it may
 
 
 def offered() -> bool:
-    """Whether the planner may choose fused_grid on its own (env FLASHRNN_GRID=1, read per call):
-    off by default until the kernel has been verified on a GPU."""
-    return os.environ.get(OFFER_ENV, "0") == "1"
+    """Whether the planner may choose fused_grid on its own: yes unless env FLASHRNN_GRID=0 (read per
+    call). Off by default until session 13, when its own backward was verified on the H200."""
+    return os.environ.get(OFFER_ENV, "1") != "0"
 
 
 def _bind(lib: ctypes.CDLL) -> None:

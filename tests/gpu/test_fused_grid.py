@@ -89,10 +89,10 @@ def test_kernels_are_available_and_the_planner_uses_them_with_the_env(monkeypatc
     from flashrnn_compile import context
     from flashrnn_compile.context import BackendOptions, PassContext
 
-    monkeypatch.delenv(fused_grid.OFFER_ENV, raising=False)
+    monkeypatch.setenv(fused_grid.OFFER_ENV, "0")
     off = context.choose_plan(PassContext(BackendOptions()), "lstm", 16, 1, 1024, torch.bfloat16, "cuda")
     assert off.family != "fused_grid"
-    monkeypatch.setenv(fused_grid.OFFER_ENV, "1")
+    monkeypatch.delenv(fused_grid.OFFER_ENV, raising=False)
     on = context.choose_plan(PassContext(BackendOptions()), "lstm", 16, 1, 1024, torch.bfloat16, "cuda")
     assert on.family == "fused_grid", on.reason
 

@@ -190,6 +190,16 @@ def test_dense_768_on_gpu(case, dtype, grad, family):
     _check(case, dtype, grad=grad, H=768, family=family)
 
 
+@pytest.mark.parametrize("case,dtype,grad", [(MATRIX[1], torch.bfloat16, True), (MATRIX[9], torch.bfloat16, True),
+                                             (MATRIX[1], torch.float16, False)],
+                         ids=["lstm-2-layers-bidirectional-bf16-train", "gru-bf16-train", "lstm-fp16-infer"])
+def test_dense_1024_on_gpu_runs_fused_grid(case, dtype, grad):
+    """A dense 1024-wide layer fits no cluster: the planner gives fused_grid (offered by default since
+    session 13, forward and its own backward; a bidirectional layer as two heads of one grid), every
+    tensor within 2x eager's float64 error."""
+    _check(case, dtype, grad=grad, H=1024, family="fused_grid")
+
+
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_module_trains_on_fused_block(kind):
     """nn.LSTM / nn.GRU with hidden 64 in bfloat16: the planner gives the fused_block kernel, and 3
