@@ -23,7 +23,8 @@ Left as written, with the reason recorded in ctx (one refusal per node):
 
 Kept on ATen's kernel instead, wrapped whole in `flashrnn::aten_rnn` (plan family "aten"): on the
 CPU (ATen's C++ loop beats the reference) and on CUDA for dense layers no block-fused kernel takes
-where cuDNN measured faster: the LSTM in float16 from batch 16 (`_cudnn_is_faster`).
+where cuDNN measured faster: the one-layer unidirectional LSTM in float16 from batch 16
+(`_cudnn_is_faster`).
 
 Under autocast the recurrence runs in the dtype eager's kernel returns (learned by a one-step
 probe of the same op, since Dynamo's record can be wrong there), inside a region with autocast
@@ -384,6 +385,10 @@ def _aten_plan(ctx, call: RnnCall, device: torch.device, autocast: bool) -> Opti
 # batch of 16 (its persistent kernel): 2.4 / 7.1 ms against fused_cluster's 3.1 / 12.3 and the
 # alternating kernels' 10.2 / 20.3; at B=64 training 20.8 against 57.9. Not at B=1 (12.0 / 29.2
 # against 3.1 / 8.6), not for the GRU (12.3 / 29.6 against 2.65 / 10.8), never in bfloat16 (12-17 / 27-39).
+# That kernel is cuDNN's persistent algorithm, which PyTorch selects only for one layer in one
+# direction (its heuristic: num_layers == 1 and unidirectional, besides sizes): a bidirectional fp16
+# LSTM 768 B16 took 35.55 / 81.93 ms in cuDNN against ours (one launch, bf16) 2.98 / 7.97 (H200,
+# benchmarks/results/H200/session13.md), so several layers or directions stay on ours.
 CUDNN_FASTER_CELLS = ("lstm",)
 CUDNN_FASTER_MIN_BATCH = 16
 
@@ -398,6 +403,8 @@ def _cudnn_is_faster(ctx, call: RnnCall, plan: Plan, device: torch.device, autoc
         and call.dtype == torch.float16
         and call.cell in CUDNN_FASTER_CELLS
         and batch >= CUDNN_FASTER_MIN_BATCH
+        and call.layers == 1
+        and call.directions == 1
     )
 
 
@@ -407,7 +414,8 @@ def _cudnn_plan(chosen: Plan, call: RnnCall, outs) -> Plan:
         "aten",
         {},
         f"on cuda no block-fused kernel takes a dense {call.hidden}-wide layer (the planner chose {chosen.family}); "
-        f"cuDNN's float16 {call.cell} from batch {CUDNN_FASTER_MIN_BATCH} is faster than ours in {mode} "
+        f"cuDNN's float16 {call.cell} (one layer, one direction) from batch {CUDNN_FASTER_MIN_BATCH} is faster "
+        f"than ours in {mode} "
         "(H100 layer suite): kept, wrapped in one opaque op so AOTAutograd does not unroll it "
         "(options plan='alternating' forces ours)",
     )

@@ -799,10 +799,10 @@ def test_eager_dtypes_probe_failure_is_a_reason():
     "dtype,kept", [(torch.float16, True), (torch.float32, False), (torch.bfloat16, False)], ids=["fp16", "fp32", "bf16"]
 )
 def test_cudnn_kept_where_faster_than_ours(dtype, kept):
-    """On CUDA a dense LSTM the planner gives to the alternating or fused_cluster kernels keeps
-    cuDNN (the aten plan) where cuDNN measured faster: float16 from batch 16. Never with
-    fused_block, a GRU, batch 1, under autocast, with a forced plan, or with inter-layer dropout
-    that draws masks."""
+    """On CUDA a dense LSTM the planner gives to the alternating, fused_cluster or fused_grid kernels
+    keeps cuDNN (the aten plan) where cuDNN measured faster: float16 from batch 16, one layer, one
+    direction (cuDNN's persistent kernel). Never with fused_block, a GRU, batch 1, several layers or
+    both directions, under autocast, with a forced plan, or with inter-layer dropout that draws masks."""
     import dataclasses
 
     from flashrnn_compile.passes.rnn_module import RNN_OPS, _cudnn_is_faster, _parse
@@ -818,8 +818,11 @@ def test_cudnn_kept_where_faster_than_ours(dtype, kept):
     assert not _cudnn_is_faster(auto, dataclasses.replace(call, cell="gru"), cluster, cuda, False, 16)
     assert not _cudnn_is_faster(auto, call, alternating, cuda, True, 16)  # autocast
     assert not _cudnn_is_faster(forced, call, alternating, cuda, False, 16)
+    assert _cudnn_is_faster(auto, call, Plan("fused_grid", {}, ""), cuda, False, 16) is kept
     dropout = dataclasses.replace(call, layers=2, dropout=0.5, train=True)
     assert not _cudnn_is_faster(auto, dropout, alternating, cuda, False, 16)
+    assert not _cudnn_is_faster(auto, dataclasses.replace(call, layers=2), cluster, cuda, False, 16)
+    assert not _cudnn_is_faster(auto, dataclasses.replace(call, directions=2), cluster, cuda, False, 16)
 
 
 def test_aten_rnn_fake_shapes_from_arguments():
