@@ -134,7 +134,7 @@ def test_by_default_the_planner_may_choose_the_grid(monkeypatch, h100_for_cuda0)
 
     monkeypatch.delenv(fused_grid.OFFER_ENV, raising=False)
     grid = context.choose_plan(PassContext(BackendOptions()), "lstm", 16, 1, 1024, torch.float16, "cuda:0")
-    call = type("Call", (), dict(cell="lstm", dtype=torch.float16, train=False, layers=1, dropout=0.0))()
+    call = type("Call", (), dict(cell="lstm", dtype=torch.float16, train=False, layers=1, directions=1, dropout=0.0))()
     assert grid.family == "fused_grid", grid.reason
     assert rnn_module._cudnn_is_faster(PassContext(BackendOptions()), call, grid, torch.device("cuda"), False, 16)
 
