@@ -262,3 +262,35 @@ def test_backward_library_builds_and_reports_its_shared_memory_and_pieces(tmp_pa
 
     a_bytes = a16(warps * max(ktw - rreg, 0) * 512)
     assert smem == a_bytes + a16(hp * bt * (G * DH + 8) * 2) + a16(ks * bt * (dhb + 4) * 4)
+
+
+def test_backward_operands_layouts_outputs_and_shape_errors():
+    """The persistent backwards' shared preparation (kernels/_variants.backward_operands): operands in
+    gx's dtype, contiguous; the saved states fp32; dgx / ds0 / drhb allocated and NaN-filled under
+    poisoning; saved states of the wrong shape a ValueError naming both and the family."""
+    from flashrnn_compile.kernels import _variants
+
+    T, B, NH, G, DH, S = 3, 2, 1, 4, 16, 2
+    gx = torch.randn(T, B, NH, G, DH, dtype=torch.bfloat16)
+    R = torch.randn(NH, G, DH, DH, dtype=torch.bfloat16).transpose(2, 3)  # not contiguous
+    dh, dsT = torch.randn(T, B, NH, DH), torch.randn(S, B, NH, DH)  # float32: cast to gx's dtype
+    states_in, rhb = torch.randn(T, S, B, NH, DH, dtype=torch.float64), torch.randn(T, B, NH, G, DH)
+    ins, outs = _variants.backward_operands(fused_grid._FAMILY, dh, dsT, gx, R, states_in, rhb, True)
+    for t in ins[:4]:
+        assert t.dtype == torch.bfloat16 and t.is_contiguous()
+    assert torch.equal(ins[3], R.contiguous()) and ins[4].dtype == ins[5].dtype == torch.float32
+    assert [tuple(t.shape) for t in outs] == [(T, B, NH, G, DH), (S, B, NH, DH), (T, B, NH, G, DH)]
+    assert [t.dtype for t in outs] == [torch.bfloat16, torch.bfloat16, torch.float32]
+    assert all(torch.isnan(t.float()).all() for t in outs)
+    with pytest.raises(ValueError, match=r"fused_grid backward: states_in \(3, 2, 2, 1, 8\)"):
+        _variants.backward_operands(fused_grid._FAMILY, dh, dsT, gx, R, states_in[..., :8], rhb, False)
+
+
+def test_residency_of_a_call_is_checked_per_call():
+    """A cooperative grid must be resident: GRID_SPLIT x ceil(B / BATCH_TILE) x NH blocks against
+    what the device holds for the kernel (fused_grid._resident, for the forward and the backward)."""
+    handle = ("lib", 128, 64, 8)  # resident blocks, GRID_SPLIT, BATCH_TILE
+    gx = torch.empty(1, 16, 1, 4, 1024)  # 2 batch tiles x 64 = 128 blocks
+    assert fused_grid._resident(handle, gx, "configuration") == (handle, None)
+    got, why = fused_grid._resident(handle, torch.empty(1, 17, 1, 4, 1024), "backward configuration")
+    assert got is None and why.startswith("backward configuration GRID_SPLIT=64, BATCH_TILE=8: B=17, NH=1 need 192 blocks")

@@ -204,6 +204,28 @@ def poison(enabled: bool, tensors) -> None:
             t.fill_(float("nan"))
 
 
+def backward_operands(family: "Family", dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor,
+                      rhb: Tensor, poison_outputs: bool) -> tuple:
+    """The operands and outputs of a persistent backward kernel (fused_cluster, fused_grid):
+    (dh, dsT, gx, R, states_in, rhb) in the layouts it reads (gx's dtype, contiguous, the streamed
+    ones 16-byte aligned; the saved states fp32) and (dgx, ds0, drhb) allocated, NaN-filled when
+    `poison_outputs`. ValueError when the saved states' shapes are not what the forward saves."""
+    T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
+    S = dsT.shape[0]
+    if T > 0 and (states_in.shape != (T, S, B, NH, DH) or rhb.shape != (T, B, NH, G, DH)):
+        raise ValueError(f"{family.name} backward: states_in {tuple(states_in.shape)} / rhb {tuple(rhb.shape)}: "
+                         f"expected [T, S, B, NH, DH] = {(T, S, B, NH, DH)} / [T, B, NH, G, DH] (saved by forward)")
+    family.check_sizes(B, NH, G, S, DH)
+    dh, gx = (aligned(t.to(gx.dtype)) for t in (dh, gx))  # dh [T, B, NH, DH]
+    dsT, R = (t.to(gx.dtype).contiguous() for t in (dsT, R))  # dsT [S, B, NH, DH], R [NH, G, DH, DH]
+    states_in, rhb = aligned(states_in.float()), aligned(rhb.float())
+    dgx = torch.empty(T, B, NH, G, DH, dtype=gx.dtype, device=gx.device)  # [T, B, NH, G, DH]
+    ds0 = torch.empty(S, B, NH, DH, dtype=gx.dtype, device=gx.device)  # [S, B, NH, DH]
+    drhb = torch.empty(T, B, NH, G, DH, dtype=torch.float32, device=gx.device)  # [T, B, NH, G, DH]
+    poison(poison_outputs, (dgx, ds0, drhb))
+    return (dh, dsT, gx, R, states_in, rhb), (dgx, ds0, drhb)
+
+
 def aligned(t: Tensor) -> Tensor:
     """t contiguous with a 16-byte-aligned start (the kernels stream it with 16-byte cp.async)."""
     t = t.contiguous()

@@ -208,18 +208,8 @@ def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, 
     from .fused_block import _weight_grads
 
     T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
-    S = dsT.shape[0]
-    if T > 0 and (states_in.shape != (T, S, B, NH, DH) or rhb.shape != (T, B, NH, G, DH)):
-        raise ValueError(f"fused_cluster backward: states_in {tuple(states_in.shape)} / rhb {tuple(rhb.shape)}: "
-                         f"expected [T, S, B, NH, DH] = {(T, S, B, NH, DH)} / [T, B, NH, G, DH] (saved by forward)")
-    _FAMILY.check_sizes(B, NH, G, S, DH)
-    dh, gx = (_variants.aligned(t.to(gx.dtype)) for t in (dh, gx))  # dh [T, B, NH, DH]
-    dsT, R = (t.to(gx.dtype).contiguous() for t in (dsT, R))  # dsT [S, B, NH, DH], R [NH, G, DH, DH]
-    states_in, rhb = _variants.aligned(states_in.float()), _variants.aligned(rhb.float())
-    dgx = torch.empty(T, B, NH, G, DH, dtype=gx.dtype, device=gx.device)  # [T, B, NH, G, DH]
-    ds0 = torch.empty(S, B, NH, DH, dtype=gx.dtype, device=gx.device)  # [S, B, NH, DH]
-    drhb = torch.empty(T, B, NH, G, DH, dtype=torch.float32, device=gx.device)  # [T, B, NH, G, DH]
-    _variants.poison(POISON, (dgx, ds0, drhb))
+    (dh, dsT, gx, R, states_in, rhb), (dgx, ds0, drhb) = _variants.backward_operands(
+        _FAMILY, dh, dsT, gx, R, states_in, rhb, POISON)
     if B > 0 and NH > 0:
         with _on(gx.device):
             rc = lib.frnn_backward(_device_index(gx.device), T, B, NH, int(reverse), _ptr(dh), _ptr(dsT), _ptr(gx),

@@ -117,11 +117,18 @@ def _resolve(cell: str, gx: Tensor, params):
     handle, reason = _FAMILY.resolve(cell, gx, params, _resolve_uncached)
     if handle is None:
         return None, reason
-    _, resident, gs, bt = handle
+    return _resident(handle, gx, "configuration")
+
+
+def _resident(handle: tuple, gx: Tensor, what: str):
+    """(handle, None) when this call's grid (B and NH of gx) fits the blocks the device holds at
+    once for the handle's kernel (handle[1:4] = resident blocks, GRID_SPLIT, BATCH_TILE), else
+    (None, why)."""
+    resident, gs, bt = handle[1:4]
     T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
     need = blocks(B, NH, gs, bt)
     if need > resident:
-        return None, (f"configuration GRID_SPLIT={gs}, BATCH_TILE={bt}: B={B}, NH={NH} need {need} blocks, "
+        return None, (f"{what} GRID_SPLIT={gs}, BATCH_TILE={bt}: B={B}, NH={NH} need {need} blocks, "
                       f"more than the {resident} this device holds at once (a cooperative grid must be resident)")
     return handle, None
 
@@ -196,16 +203,7 @@ def _resolve_backward(cell: str, gx: Tensor, params):
     hit = _BWD_RESOLVED.get(key)
     if hit is None:
         hit = _BWD_RESOLVED[key] = _resolve_backward_uncached(cell, gx, params)
-    handle, reason = hit
-    if handle is None:
-        return hit
-    _, resident, gs, bt, _ = handle
-    T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
-    need = blocks(B, NH, gs, bt)
-    if need > resident:
-        return None, (f"backward configuration GRID_SPLIT={gs}, BATCH_TILE={bt}: B={B}, NH={NH} need {need} blocks, "
-                      f"more than the {resident} this device holds at once (a cooperative grid must be resident)")
-    return handle, None
+    return hit if hit[0] is None else _resident(hit[0], gx, "backward configuration")
 
 
 def _resolve_backward_uncached(cell: str, gx: Tensor, params):
@@ -245,20 +243,11 @@ def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, 
 
     lib, _, gs, bt, hp = handle
     T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
-    S = dsT.shape[0]
-    if T > 0 and (states_in.shape != (T, S, B, NH, DH) or rhb.shape != (T, B, NH, G, DH)):
-        raise ValueError(f"fused_grid backward: states_in {tuple(states_in.shape)} / rhb {tuple(rhb.shape)}: "
-                         f"expected [T, S, B, NH, DH] = {(T, S, B, NH, DH)} / [T, B, NH, G, DH] (saved by forward)")
-    _FAMILY.check_sizes(B, NH, G, S, DH)
-    dh, gx = (_variants.aligned(t.to(gx.dtype)) for t in (dh, gx))  # dh [T, B, NH, DH]
-    dsT, R = (t.to(gx.dtype).contiguous() for t in (dsT, R))  # dsT [S, B, NH, DH], R [NH, G, DH, DH]
-    states_in, rhb = _variants.aligned(states_in.float()), _variants.aligned(rhb.float())
-    dgx = torch.empty(T, B, NH, G, DH, dtype=gx.dtype, device=gx.device)  # [T, B, NH, G, DH]
-    ds0 = torch.empty(S, B, NH, DH, dtype=gx.dtype, device=gx.device)  # [S, B, NH, DH]
-    drhb = torch.empty(T, B, NH, G, DH, dtype=torch.float32, device=gx.device)  # [T, B, NH, G, DH]
+    (dh, dsT, gx, R, states_in, rhb), (dgx, ds0, drhb) = _variants.backward_operands(
+        _FAMILY, dh, dsT, gx, R, states_in, rhb, POISON)
     ex = torch.empty(2, hp, B, NH, G, DH, dtype=gx.dtype, device=gx.device)  # [2, HP, B, NH, G, DH] scratch
     flags = torch.empty(blocks(B, NH, gs, bt), dtype=torch.int32, device=gx.device)  # zeroed by the library
-    _variants.poison(POISON, (dgx, ds0, drhb, ex))
+    _variants.poison(POISON, (ex,))
     if B > 0 and NH > 0:
         with _on(gx.device):
             rc = lib.frnn_backward(_device_index(gx.device), T, B, NH, int(reverse), _ptr(dh), _ptr(dsT), _ptr(gx),
