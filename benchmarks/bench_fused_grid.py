@@ -5,7 +5,7 @@
 
 Medians of CUDA-event timings after warm-up (bench_alternating.timeit), random inputs. Rows per
 config: fused_grid with the planner's tiling for this GPU (families=("fused_grid",), so the row
-exists without FLASHRNN_GRID=1; a shape the planner refuses gives a row with the reason);
+exists even with FLASHRNN_GRID=0; a shape the planner refuses gives a row with the reason);
 fused_cluster's planner tiling where one fits (1x768); the alternating step kernel; cuDNN
 nn.LSTM / nn.GRU in fp16 and bf16 (its times include the input projection, ours take gx).
 fwd+bwd of fused_grid is its forward plus its own backward kernel (FLASHRNN_GRID_BWD=0: the

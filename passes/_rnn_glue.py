@@ -151,7 +151,7 @@ def emit_rnn(
     bidirectional layer runs both directions in one core-op call (`_merged_directions`).
     `bld.remove_all()` undoes it."""
     device_type = bld.device_type
-    G, H, D, dt = call.gates, call.hidden, call.directions, call.dtype
+    D, dt = call.directions, call.dtype
     ac = bld(torch.amp.autocast_mode._enter_autocast, device_type, None, False, None) if disable_autocast else None
     x = _cast(bld, call.x, dt)
     if call.batch_first:
