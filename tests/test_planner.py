@@ -298,7 +298,12 @@ def test_planning_is_fast_when_warm():
 
 
 def test_solving_from_scratch_is_fast():
-    """No cache at all: every family solved (and explained where needed). Generous bound for CI."""
+    """No cache at all: every family solved (and explained where needed). Generous bound for CI.
+    The slowest spec, (64, 4, 256), is the fused_cluster model's search (about 700 branch-and-bound
+    nodes since session 12 gave the backward its own tiling variables): 0.41-0.55 s on our 2-core
+    machine and 0.63 s once in a CI run (session 13), so the bound on the slowest is 1 s, the
+    median's stays 0.15 s. A plan is solved once per spec and machine, then read from the disk cache
+    (test_planning_is_fast_when_warm: under 50 ms)."""
     planner.kernel_model("fused_block")
     times = []
     for spec in SPECS:
@@ -306,4 +311,4 @@ def test_solving_from_scratch_is_fast():
         planner.choose({"cell": "lstm", "batch": spec[0], "heads": spec[1], "head_dim": spec[2], "dtype": "bfloat16"},
                        hardware.PRESETS["h100-sxm"], None)
         times.append(time.perf_counter() - t)
-    assert sorted(times)[len(times) // 2] < 0.15 and max(times) < 0.6, times
+    assert sorted(times)[len(times) // 2] < 0.15 and max(times) < 1.0, times
