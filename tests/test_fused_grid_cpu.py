@@ -244,8 +244,7 @@ def test_backward_library_builds_and_reports_its_shared_memory_and_pieces(tmp_pa
     assert p.family == "fused_grid", p.reason
     defs = fused_grid.backward_defines(cell, dtype, DH, p.params)
     lib = ctypes.CDLL(str(build.ensure_variant(fused_grid.SOURCE, defs, ["8.0", "9.0"])))
-    fused_grid._bind(lib)
-    fused_grid._bind_backward(lib)
+    fused_grid._bind(lib)  # binds the backward's entry points too (the library has them)
     out = (ctypes.c_int * 3)()
     lib.frnn_bwd_config(out)
     smem, ks, hp = out
@@ -294,3 +293,21 @@ def test_residency_of_a_call_is_checked_per_call():
     assert fused_grid._resident(handle, gx, "configuration") == (handle, None)
     got, why = fused_grid._resident(handle, torch.empty(1, 17, 1, 4, 1024), "backward configuration")
     assert got is None and why.startswith("backward configuration GRID_SPLIT=64, BATCH_TILE=8: B=17, NH=1 need 192 blocks")
+
+
+def test_backward_results_are_the_weight_gradient_gemm_in_rs_dtype():
+    """_variants.backward_results: dR, db from drhb and the saved h (fused_block._weight_grads) in
+    R's dtype, dgx and ds0 passed through; zeros for an empty sequence."""
+    from flashrnn_compile.kernels import _variants
+    from flashrnn_compile.kernels.fused_block import _weight_grads
+
+    T, B, NH, G, DH, S = 3, 2, 1, 4, 8, 2
+    drhb, states_in = torch.randn(T, B, NH, G, DH), torch.randn(T, S, B, NH, DH)
+    dgx, ds0 = torch.randn(T, B, NH, G, DH, dtype=torch.float16), torch.randn(S, B, NH, DH, dtype=torch.float16)
+    R = torch.randn(NH, G, DH, DH, dtype=torch.float16)
+    got = _variants.backward_results(dgx, drhb, states_in, ds0, R)
+    dR, db = _weight_grads(drhb, states_in, tf32=False)
+    assert got[0] is dgx and got[3] is ds0
+    assert torch.equal(got[1], dR.half()) and torch.equal(got[2], db.half())
+    empty = _variants.backward_results(dgx[:0], drhb[:0], states_in[:0], ds0, R)
+    assert empty[1].shape == R.shape and not empty[1].any() and empty[2].shape == (NH, G, DH) and not empty[2].any()

@@ -226,6 +226,19 @@ def backward_operands(family: "Family", dh: Tensor, dsT: Tensor, gx: Tensor, R: 
     return (dh, dsT, gx, R, states_in, rhb), (dgx, ds0, drhb)
 
 
+def backward_results(dgx: Tensor, drhb: Tensor, states_in: Tensor, ds0: Tensor, R: Tensor) -> tuple:
+    """(dgx, dR, db, ds0) of a persistent backward kernel's outputs: dR [NH, G, DH, DH] and db
+    [NH, G, DH] from drhb [T, B, NH, G, DH] and the saved states (fused_block._weight_grads, one
+    GEMM; TF32 for bfloat16 gradients), in R's dtype; zeros when there is no step or no batch."""
+    from .fused_block import _weight_grads
+
+    T, B, NH, G, DH = drhb.shape
+    if T == 0 or B == 0:
+        return dgx, torch.zeros_like(R), torch.zeros(NH, G, DH, dtype=R.dtype, device=R.device), ds0
+    dR, db = _weight_grads(drhb, states_in, tf32=dgx.dtype == torch.bfloat16)
+    return dgx, dR.to(R.dtype), db.to(R.dtype), ds0
+
+
 def aligned(t: Tensor) -> Tensor:
     """t contiguous with a 16-byte-aligned start (the kernels stream it with 16-byte cp.async)."""
     t = t.contiguous()

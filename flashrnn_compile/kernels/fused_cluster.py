@@ -205,8 +205,6 @@ def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, 
     if lib is None:
         _FAMILY.fallback("the alternating backward", reason)
         return alternating.backward(dh, dsT, gx, R, states_in, rhb, cell, reverse, {})
-    from .fused_block import _weight_grads
-
     T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
     (dh, dsT, gx, R, states_in, rhb), (dgx, ds0, drhb) = _variants.backward_operands(
         _FAMILY, dh, dsT, gx, R, states_in, rhb, POISON)
@@ -217,7 +215,4 @@ def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, 
                                    _stream(gx.device))
         if rc != 0:
             raise RuntimeError(f"flashrnn fused_cluster backward ({cell}): {lib.frnn_error().decode()}")
-    if T == 0 or B == 0:
-        return dgx, torch.zeros_like(R), torch.zeros(NH, G, DH, dtype=R.dtype, device=R.device), ds0
-    dR, db = _weight_grads(drhb, states_in, tf32=gx.dtype == torch.bfloat16)
-    return dgx, dR.to(R.dtype), db.to(R.dtype), ds0
+    return _variants.backward_results(dgx, drhb, states_in, ds0, R)

@@ -64,6 +64,12 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.frnn_check.restype = i
     lib.frnn_config.argtypes = [p]
     lib.frnn_error.restype = ctypes.c_char_p
+    if hasattr(lib, "frnn_backward"):  # a library built with FRNN_GRID_BWD=1
+        lib.frnn_backward.argtypes = [i, i, i, i, i] + [p] * 12
+        lib.frnn_backward.restype = i
+        lib.frnn_bwd_check.argtypes = [i, p]
+        lib.frnn_bwd_check.restype = i
+        lib.frnn_bwd_config.argtypes = [p]
 
 
 _FAMILY = _variants.Family("fused_grid", SOURCE, (8, "cp.async, bf16 MMAs and cooperative launches"), _bind)
@@ -181,15 +187,6 @@ def backward_defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str
     return defs
 
 
-def _bind_backward(lib: ctypes.CDLL) -> None:
-    p, i = ctypes.c_void_p, ctypes.c_int
-    lib.frnn_backward.argtypes = [i, i, i, i, i] + [p] * 12
-    lib.frnn_backward.restype = i
-    lib.frnn_bwd_check.argtypes = [i, p]
-    lib.frnn_bwd_check.restype = i
-    lib.frnn_bwd_config.argtypes = [p]
-
-
 _BWD_RESOLVED: Dict[tuple, tuple] = {}
 
 
@@ -210,7 +207,6 @@ def _resolve_backward_uncached(cell: str, gx: Tensor, params):
     fam_params = _FAMILY.params(cell, gx, params)
     defs = backward_defines(cell, gx.dtype, gx.shape[4], fam_params)
     lib = _FAMILY.library(defs)
-    _bind_backward(lib)
     out = (ctypes.c_int * 3)()  # smem bytes, K slices, drhb pieces
     lib.frnn_bwd_config(out)
     need, have = out[0], torch.cuda.get_device_properties(gx.device).shared_memory_per_block_optin
@@ -239,8 +235,6 @@ def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, 
     if handle is None:
         _FAMILY.fallback("the alternating backward", reason)
         return alternating.backward(dh, dsT, gx, R, states_in, rhb, cell, reverse, {})
-    from .fused_block import _weight_grads
-
     lib, _, gs, bt, hp = handle
     T, B, NH, G, DH = gx.shape  # gx [T, B, NH, G, DH]
     (dh, dsT, gx, R, states_in, rhb), (dgx, ds0, drhb) = _variants.backward_operands(
@@ -255,7 +249,4 @@ def backward(dh: Tensor, dsT: Tensor, gx: Tensor, R: Tensor, states_in: Tensor, 
                                    _ptr(flags), _stream(gx.device))
         if rc != 0:
             raise RuntimeError(f"flashrnn fused_grid backward ({cell}): {lib.frnn_error().decode()}")
-    if T == 0 or B == 0:
-        return dgx, torch.zeros_like(R), torch.zeros(NH, G, DH, dtype=R.dtype, device=R.device), ds0
-    dR, db = _weight_grads(drhb, states_in, tf32=gx.dtype == torch.bfloat16)
-    return dgx, dR.to(R.dtype), db.to(R.dtype), ds0
+    return _variants.backward_results(dgx, drhb, states_in, ds0, R)
