@@ -52,6 +52,7 @@
 
 #include "fused/fused_block.cuh"
 #include "fused/split_common.cuh"
+#include "fused/step_clock.cuh"
 
 #ifndef FRNN_CLUSTER_H_PIECES
 #define FRNN_CLUSTER_H_PIECES 1
@@ -83,6 +84,11 @@
 #ifndef FRNN_CLUSTER_ABLATE
 #define FRNN_CLUSTER_ABLATE 0
 #endif
+// timing probe (results stay right): 1 = lane 0 of every warp of the first cluster prints the mean
+// SM clocks a step spends in each phase of the forward's loop (split_common.cuh StepClock)
+#ifndef FRNN_CLUSTER_PROFILE
+#define FRNN_CLUSTER_PROFILE 0
+#endif
 
 namespace flashrnn {
 namespace fused_cluster {
@@ -95,6 +101,7 @@ using fused::cp_async_wait;
 using fused::split;
 using fused::to_op;
 using fused_split::StageCopy;
+using fused_split::StepClock;
 using fused_split::unit_pairs;
 using fused_split::load_pair_bias_states;
 using fused_split::store_pair_states;
@@ -357,12 +364,17 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   TIn* hout = static_cast<TIn*>(p.h);
   cluster_arrive();  // every block's buffers (and mbarriers) are initialised before any peer writes them
   cluster_wait();
+  // phases: 0 prefetch and copy-read wait, 1 the peers' h, 2 MMAs, 3 partial sums, 4 gx wait and
+  // barrier, 5 cell, 6 send (proxy fence, barrier, bulk copies)
+  StepClock<FRNN_CLUSTER_PROFILE != 0, 7> clk;
+  clk.start();
 
 #pragma unroll 1
   for (int step = 0; step < T; ++step) {
     const int t = t_first + dstep * step, cur = step & 1;
     prefetch(step + NS - 1);  // into the stage step - 1 used (every thread is past it)
     if (FRNN_CLUSTER_SYNC == 2 && tid < CS - 1) bulk_wait_read();  // the copies of step - 1 (and before) read their segment
+    clk.mark(0);
     {
       float acc[C::MTW][NT][4];
       if (FRNN_CLUSTER_ABLATE == 3) {
@@ -378,10 +390,12 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
         if (FRNN_CLUSTER_SYNC == 2 && step > 0) {  // every peer's h_{t-1} has landed (fill (step - 1) / 2 of buffer cur)
           fills.wait_and_rearm(cur, (step - 1) >> 1, tid);  // its next fill (h of step + 1) needs this block's h of `step`
         }
+        clk.mark(1);
         if (C::BY_SOURCE)
           gemm.template run<BT, C::XP, DHB, C::SEG>(a_smem, xs + C::xoff(cur, 0, 0, 0), 0, warp, lane, acc, [] {});
         else
           gemm.template run<BT, XF>(a_smem, xs + cur * HP * BT * XF, 0, warp, lane, acc, [] {});
+        clk.mark(2);
       }
       // partial sums of the warp's K slice: tile mt = gate j % G, rows gq, gq + 8 of unit group j / G,
       // columns 2 t4, 2 t4 + 1
@@ -396,8 +410,10 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
             red[((ks * G + g) * BT + n) * RP + u] = acc[mt][i][r];
           }
     }
+    clk.mark(3);
     cp_async_wait<NS - 1>();  // this thread's copies of stage `step` landed; the barrier shows them to all
     __syncthreads();
+    clk.mark(4);
     const Op* gxs = reinterpret_cast<const Op*>(ring + (step % NS) * C::STAGE);
     TIn* ht = hout + (size_t)t * BND;
     float* sit = p.states_in + (size_t)t * S * BND;  // (unused without save)
@@ -459,6 +475,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
         }
       }
     }
+    clk.mark(5);
     if (FRNN_CLUSTER_SYNC == 2) {
       // the block's new units (its segment of buffer nxt) to each peer's same segment: one bulk copy
       // per peer by lanes 0 .. CS - 2 of warp 0, after every thread's writes are visible to the copy
@@ -505,7 +522,9 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
       cluster_arrive();  // h_t is in every block (release), and this block is done with red and the ring stage
       cluster_wait();
     }
+    clk.mark(6);
   }
+  if (blockIdx.x < CS && blockIdx.y == 0) clk.report("fwd", rank, warp, lane, T);
   if (FRNN_CLUSTER_ABLATE == 2) {  // no block leaves while a peer may still write its buffers
     cluster_arrive();
     cluster_wait();
@@ -741,6 +760,10 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   cluster_arrive();  // every block of the cluster runs (its recv exists) before a peer stores into it
   cluster_wait();
   if (FRNN_CLUSTER_BWD_PREFETCH && T > 0) load_inputs(t_first);
+  // phases: 0 copy-read wait and the peers' partials, 1 cell, 2 next inputs issued and barrier,
+  // 3 MMAs, 4 partial-sum stores, 5 send (proxy fence, barrier, bulk copies)
+  StepClock<FRNN_CLUSTER_PROFILE != 0, 6> clk;
+  clk.start();
 
 #pragma unroll 1
   for (int step = 0; step < T; ++step) {
@@ -752,6 +775,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
         fills.wait_and_rearm((step - 1) & 1, (step - 1) >> 1, tid);
       }
     }
+    clk.mark(0);
 #pragma unroll
     for (int k = 0; k < PPT; ++k) {
       if (PPT * C::THREADS != NP && tid + k * C::THREADS >= NP) break;
@@ -798,8 +822,10 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
           *reinterpret_cast<uint32_t*>(xs + (hp * BT + n) * XK + g * DHB + u) = fused::pack2(pa[hp], pb[hp]);
       }
     }
+    clk.mark(1);
     if (FRNN_CLUSTER_BWD_PREFETCH && step + 1 < T) load_inputs(t + dstep);  // in flight during the MMAs and the barrier
     __syncthreads();  // X complete
+    clk.mark(2);
     float acc[MT][NT][4];
     if (FRNN_CLUSTER_BWD_ABLATE == 2) {
 #pragma unroll
@@ -811,6 +837,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     } else {
       gemm.template run<BT, XK>(a_smem, xs, 0, warp, lane, acc, [] {});
     }
+    clk.mark(3);
     const uint32_t boff = (uint32_t)((step & 1) * NSLOT * BT * RP * 4);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -826,6 +853,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
             st_cluster(dst[mt] + boff + (uint32_t)((n * RP + ul) * 4), __float_as_uint(acc[mt][i][r]));
           }
         }
+    clk.mark(4);
     if (C::BULK) {
       // each peer's chunk of the staging area into its recv[step & 1] at slots rank * BKS .., by
       // lanes 0 .. CS - 2 of warp 0, after every warp's writes are visible to the copy engine
@@ -838,7 +866,9 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
       cluster_arrive();  // the partials are in their owners (release), and this block is done with X and recv[step - 1]
       cluster_wait();
     }
+    clk.mark(5);
   }
+  if (blockIdx.x < CS && blockIdx.y == 0) clk.report("bwd", rank, warp, lane, T);
   if (FRNN_CLUSTER_BWD_ABLATE == 3) {  // no block leaves while a peer may still store into it
     cluster_arrive();
     cluster_wait();

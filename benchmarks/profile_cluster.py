@@ -1,0 +1,79 @@
+"""Where a fused_cluster forward step's time goes, phase by phase (SM clocks, FRNN_CLUSTER_PROFILE).
+
+    python benchmarks/profile_cluster.py [--prebuild h200]
+
+For each configuration: the planner's tiling built with PROFILE=1, one warm-up launch and one
+profiled launch (forward, then forward keeping states). Lane 0 of every warp of the first cluster
+prints one line: the mean clocks a step spends in each phase of fused_cluster.cuh's forward loop
+(0 prefetch and copy-read wait, 1 waiting for the peers' h, 2 MMAs, 3 partial-sum stores, 4 gx
+wait and block barrier, 5 cell, 6 send) and their sum; then forward + the own backward, whose
+lines (`bwd`) split its step: 0 the peers' partials, 1 cell, 2 next inputs and barrier, 3 MMAs,
+4 partial-sum stores, 5 send. The results of a profiled launch are the
+kernel's (the probe only reads the clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_alternating import core_inputs, recurrence  # noqa: E402
+
+from flashrnn_compile import planner, runtime  # noqa: E402
+
+CONFIGS = [("lstm", 1, 768, torch.bfloat16, 16, 1024), ("gru", 1, 768, torch.bfloat16, 16, 1024)]
+
+
+def profiled(cell, B, NH, DH, dtype, gpu=None):
+    chosen = planner.plan(cell, B, NH, DH, dtype, gpu=gpu, families=("fused_cluster",))
+    assert chosen.family == "fused_cluster", chosen.reason
+    return {**chosen.params, "PROFILE": 1}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--prebuild", default=None, metavar="GPU_PRESET")
+    a = p.parse_args()
+    if a.prebuild:
+        from flashrnn_compile import build
+        from flashrnn_compile.kernels import fused_cluster
+
+        for cell, NH, DH, dtype, B, T in CONFIGS:
+            prm = profiled(cell, B, NH, DH, dtype, a.prebuild)
+            build.ensure_variant(fused_cluster.SOURCE, fused_cluster.defines(cell, dtype, DH, prm))
+            build.ensure_variant(fused_cluster.SOURCE, fused_cluster.backward_defines(cell, dtype, DH, prm))
+        return
+    import flashrnn_compile  # noqa: F401  (registers torch.ops.flashrnn)
+
+    for cell, NH, DH, dtype, B, T in CONFIGS:
+        prm = profiled(cell, B, NH, DH, dtype)
+        plan = runtime.plan_json("fused_cluster", prm)
+        gx, R, b, s0 = core_inputs(cell, NH, DH, dtype, B, T)
+        for save in (False, True):
+            torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, save)
+            torch.cuda.synchronize()
+            print(f"=== {cell} {NH}x{DH} B{B} T{T} {dtype} save={save} params={prm}", flush=True)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            torch.ops.flashrnn.recurrence_fwd(gx, R, b, s0, cell, False, plan, save)
+            end.record()
+            end.synchronize()
+            print(f"=== end: {start.elapsed_time(end):.3f} ms (printf included)", flush=True)
+        # forward + the family's own backward (its lines: `bwd ...`)
+        leaves = [t.detach().requires_grad_(True) for t in (gx, R, b, s0)]
+        dh = torch.randn(T, B, NH, DH, device="cuda", dtype=dtype)
+        for rep in range(2):
+            if rep:
+                print(f"=== {cell} {NH}x{DH} B{B} T{T} {dtype} fwd+bwd params={prm}", flush=True)
+            h, _ = recurrence(*leaves, cell=cell, plan=plan)
+            torch.autograd.grad(h, leaves, dh)
+            torch.cuda.synchronize()
+        print("=== end", flush=True)
+
+
+if __name__ == "__main__":
+    main()
