@@ -1,7 +1,9 @@
 """Floor suite: the per-step cost of the synchronisation a persistent kernel pays every time step,
 with no math (csrc/bench/sync_floor.cu): __syncthreads() in one block, cluster.sync() plus one
 DSMEM read (clusters of 2, 8 and 16, 16 needing the non-portable size), and a cooperative
-grid.sync() plus one global read (8 blocks and one per SM).
+grid.sync() plus one global read (8 blocks and one per SM), and fused_cluster's own exchange: each
+block's segment sent to every peer by bulk copies completing on the peer's mbarrier (clusters of
+16; 896 bytes a block and step, the forward's at LSTM 1x768 B16, and 1 664, its backward's).
 
 Per-step cost = (t(2S) - t(S)) / S with t the median CUDA-event time of one launch running S
 steps, so the launch itself cancels. Each launch's result is checked (every participant must
@@ -24,7 +26,7 @@ THREADS = 256
 REASON_LEN = 512
 
 # (kind, size, steps S): size is threads per block, blocks per cluster, or blocks in the grid
-# (0 = one block per SM)
+# (0 = one block per SM); bulk: blocks per cluster, with BULK_SEG[steps-case] bytes a block
 CASES: List[Tuple[str, int, int]] = [
     ("block", THREADS, 20000),
     ("cluster", 2, 4000),
@@ -32,7 +34,12 @@ CASES: List[Tuple[str, int, int]] = [
     ("cluster", 16, 4000),
     ("grid", 8, 4000),
     ("grid", 0, 4000),
+    ("bulk", 16, 4000),
+    ("bulk16b", 16, 4000),
 ]
+# bytes each block sends every peer per step: fused_cluster's forward segment (h of 48 units x 8
+# columns, rows padded to 56) and its backward's partial sums (48 + 4 fp32 x 8 columns)
+BULK_SEG = {"bulk": 896, "bulk16b": 1664}
 
 
 def library(device) -> Tuple[Optional[ctypes.CDLL], Optional[str]]:
@@ -49,7 +56,7 @@ def library(device) -> Tuple[Optional[ctypes.CDLL], Optional[str]]:
     except build.BuildError as e:
         return None, f"building {SOURCE} failed: {e}"[:500]
     lib = ctypes.CDLL(str(path))
-    for name in ("floor_block", "floor_cluster", "floor_grid", "floor_sm_count"):
+    for name in ("floor_block", "floor_cluster", "floor_grid", "floor_bulk", "floor_sm_count"):
         getattr(lib, name).restype = ctypes.c_int
     return lib, None
 
@@ -63,7 +70,7 @@ def _launcher(lib: ctypes.CDLL, kind: str, size: int, steps: int, device) -> Tup
         if lib.floor_sm_count(ctypes.byref(sms)) != 0:
             raise RuntimeError("floor_sm_count failed")
         size = sms.value
-    n = size
+    n = size * THREADS if kind in BULK_SEG else size  # bulk: every thread of every block counts
     out = torch.full((n,), -7, dtype=torch.int32, device=device)  # [participants], poisoned
     buf = torch.zeros(2 * n, dtype=torch.int32, device=device)  # [2 * blocks] grid scratch
     optr, bptr = ctypes.c_void_p(out.data_ptr()), ctypes.c_void_p(buf.data_ptr())
@@ -73,6 +80,8 @@ def _launcher(lib: ctypes.CDLL, kind: str, size: int, steps: int, device) -> Tup
             rc = lib.floor_block(size, s, optr, stream, reason, REASON_LEN)
         elif kind == "cluster":
             rc = lib.floor_cluster(size, 32, s, optr, stream, reason, REASON_LEN)
+        elif kind in BULK_SEG:
+            rc = lib.floor_bulk(size, THREADS, s, BULK_SEG[kind], optr, stream, reason, REASON_LEN)
         else:
             rc = lib.floor_grid(size, 32, s, bptr, optr, stream, reason, REASON_LEN)
         return rc, reason.value.decode(errors="replace")
@@ -113,7 +122,9 @@ def measure_case(lib, kind: str, size: int, steps: int, device, timing: Dict[str
 def label(kind: str, size: int) -> str:
     return {"block": f"__syncthreads, 1 block of {size} threads",
             "cluster": f"cluster.sync + DSMEM read, cluster of {size}" + (" (non-portable)" if size > 8 else ""),
-            "grid": f"grid.sync + global read, {size} blocks (cooperative)"}[kind]
+            "grid": f"grid.sync + global read, {size} blocks (cooperative)",
+            "bulk": f"fused_cluster exchange, {BULK_SEG['bulk']} B to each peer, cluster of {size // THREADS}",
+            "bulk16b": f"fused_cluster exchange, {BULK_SEG['bulk16b']} B to each peer, cluster of {size // THREADS}"}[kind]
 
 
 def run(device, budget: common.Budget, env: Dict[str, Any], quick: bool = False) -> List[Dict[str, Any]]:

@@ -1,6 +1,9 @@
 // Per-step cost of the synchronisation a persistent RNN kernel pays once per time step, with no
 // math: __syncthreads() in one block, cluster.sync() plus one distributed-shared-memory read
-// (sm_90+), and a cooperative grid.sync() with one global read.
+// (sm_90+), a cooperative grid.sync() with one global read, and fused_cluster's own exchange
+// (sm_90+): each block's segment of h sent to every peer by bulk copies that complete on the
+// peer's mbarrier (fused_cluster.cuh FillBarriers / send_to_peers, the same code), no cluster
+// barrier.
 //
 // Built as a plain shared library by flashrnn_compile.build.ensure_variant("bench/sync_floor.cu")
 // and called through ctypes by benchmarks/suites/floor.py, which times the launches with CUDA
@@ -21,6 +24,8 @@
 
 #include <cstdio>
 #include <cstring>
+
+#include "fused/fused_cluster.cuh"
 
 namespace cg = cooperative_groups;
 
@@ -75,6 +80,45 @@ __global__ void grid_sync_kernel(int steps, volatile int* __restrict__ buf, int*
     if (threadIdx.x == 0) v = buf[(s & 1) * nb + (b + 1) % nb] + 1;
   }
   if (threadIdx.x == 0) out[b] = v;
+}
+
+// ---- one cluster: fused_cluster's exchange (bulk copies to the peers, one mbarrier a buffer) ----
+// Shared memory: h [2 buffers][CS source blocks][seg bytes] | 2 mbarriers. Per step every thread
+// writes v into its words of the block's own segment of buffer s & 1, the segment goes to every
+// peer (send_to_peers: proxy fence, block barrier, CS - 1 bulk copies), the block waits for that
+// buffer's fill and sets v = (the next block's published v) + 1. The copies' issuers wait for the
+// previous step's copies to have read the segment, and a block barrier follows, before it is
+// rewritten: fused_cluster's forward orders them the same way.
+template <int CS>
+__global__ void bulk_exchange_kernel(int steps, int seg, int* __restrict__ out) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace fc = flashrnn::fused_cluster;
+  extern __shared__ __align__(16) unsigned char sm[];
+  const int tid = threadIdx.x, rank = (int)fc::cluster_rank();
+  const uint32_t base = (uint32_t)__cvta_generic_to_shared(sm);
+  auto seg_at = [&](int buf, int src) { return base + (uint32_t)((buf * CS + src) * seg); };
+  const fc::FillBarriers fills{base + (uint32_t)(2 * CS * seg), (uint32_t)((CS - 1) * seg)};
+  fills.init(tid);
+  fc::cluster_arrive();  // every block's mbarriers are initialised before a peer's copy completes on them
+  fc::cluster_wait();
+  int v = 0;
+  for (int s = 0; s < steps; ++s) {
+    const int buf = s & 1;
+    if (tid < CS - 1) fc::bulk_wait_read();  // the copies of step s - 2 read this segment
+    __syncthreads();
+    int* own = reinterpret_cast<int*>(sm + (buf * CS + rank) * seg);
+    for (int i = tid; i < seg / 4; i += blockDim.x) own[i] = v;
+    fc::send_to_peers<CS>(true, tid, rank, (uint32_t)seg, fills, buf, [&](uint32_t) { return seg_at(buf, rank); },
+                          [&](uint32_t) { return seg_at(buf, rank); });
+    fills.wait_and_rearm(buf, s >> 1, tid);
+    v = reinterpret_cast<const int*>(sm + (buf * CS + (rank + 1) % CS) * seg)[tid % (seg / 4)] + 1;
+  }
+  if (tid < CS - 1) fc::bulk_wait_read();
+  // the re-arm after the last wait expects a fill that never comes: harmless (the block exits)
+  out[blockIdx.x * blockDim.x + tid] = v;
+#else
+  out[blockIdx.x * blockDim.x + threadIdx.x] = -1;  // never launched: the host refuses below sm_90
+#endif
 }
 
 void set_reason(char* reason, int len, const char* text) {
@@ -167,6 +211,39 @@ int floor_cluster(int cluster, int threads, int steps, int* out, void* stream, c
   cudaError_t err = cudaLaunchKernelEx(&cfg, cluster_sync_kernel, steps, out);
   if (err == cudaSuccess) err = cudaGetLastError();
   return err == cudaSuccess ? 0 : fail(err, reason, len, "cluster_sync_kernel launch");
+}
+
+// Launch fused_cluster's exchange chain: one cluster of `cluster` (2, 8 or 16) blocks of
+// `threads`, `steps` steps, `seg` bytes a block and step (a multiple of 16, at least 4 * threads
+// / ... any: each thread reads word tid % (seg / 4)); out[cluster * threads].
+int floor_bulk(int cluster, int threads, int steps, int seg, int* out, void* stream, char* reason, int len) {
+  int major = 0;
+  int rc = current_major(reason, len, &major);
+  if (rc != 0) return rc;
+  if (major < 9) {
+    set_reason(reason, len, "thread-block clusters and bulk copies need compute capability 9.0 or newer");
+    return -1;
+  }
+  if (seg < 16 || seg % 16 != 0) {
+    set_reason(reason, len, "seg: expected a positive multiple of 16 bytes");
+    return -1;
+  }
+  void (*kernel)(int, int, int*) = cluster == 2 ? bulk_exchange_kernel<2> : cluster == 8 ? bulk_exchange_kernel<8>
+                                 : cluster == 16 ? bulk_exchange_kernel<16> : nullptr;
+  if (kernel == nullptr) {
+    set_reason(reason, len, "cluster: expected 2, 8 or 16 blocks");
+    return -1;
+  }
+  const int smem = 2 * cluster * seg + 16;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err == cudaSuccess && cluster > 8) err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  if (err != cudaSuccess) return fail(err, reason, len, "bulk_exchange_kernel attributes");
+  cudaLaunchAttribute attr;
+  cudaLaunchConfig_t cfg = cluster_config(cluster, threads, static_cast<cudaStream_t>(stream), &attr);
+  cfg.dynamicSmemBytes = smem;
+  err = cudaLaunchKernelEx(&cfg, kernel, steps, seg, out);
+  if (err == cudaSuccess) err = cudaGetLastError();
+  return err == cudaSuccess ? 0 : fail(err, reason, len, "bulk_exchange_kernel launch");
 }
 
 // Launch the grid chain cooperatively: `blocks` blocks of `threads`, `steps` steps;
