@@ -52,7 +52,8 @@ ABLATIONS = [("SYNC 0: stores, one cluster barrier per step", {"SYNC": 0}),
              ("8 warps (KSLICES 2, R 46)", DENSE_8_WARPS),
              ("SYNC 0, no stores to peers", {"SYNC": 0, "ABLATE": 1}),
              ("SYNC 0, block barrier, not cluster", {"SYNC": 0, "ABLATE": 2}),
-             ("SYNC 0, no MMAs", {"SYNC": 0, "ABLATE": 3})]
+             ("SYNC 0, no MMAs", {"SYNC": 0, "ABLATE": 3}),
+             ("copies issued from every warp", {"SPREAD": 1})]
 # the planner's tilings before session 12's register model (one tiling for the forward and the
 # backward), against the planner's now (--ablate: forward and fwd+bwd with the own backward)
 PREVIOUS_PLANS = [
@@ -64,7 +65,8 @@ PREVIOUS_PLANS = [
 BWD_ABLATIONS = [("bwd: BWD_SYNC 0: stores, one cluster barrier per step", {"BWD_SYNC": 0}),
                  ("bwd: no MMAs", {"BWD_ABLATE": 2}),
                  ("bwd: BWD_SYNC 0, no stores to peers", {"BWD_SYNC": 0, "BWD_ABLATE": 1}),
-                 ("bwd: BWD_SYNC 0, block barrier, not cluster", {"BWD_SYNC": 0, "BWD_ABLATE": 3})]
+                 ("bwd: BWD_SYNC 0, block barrier, not cluster", {"BWD_SYNC": 0, "BWD_ABLATE": 3}),
+                 ("bwd: copies issued from every warp (forward too)", {"SPREAD": 1})]
 
 
 def variants(gpu: str):
@@ -162,16 +164,33 @@ def ablation_rows(reps):
     return rows
 
 
-def prebuild(gpu: str, jobs: int) -> None:
-    """Build every configuration of `variants(gpu)` into the variant cache, `jobs` at a time."""
+def ablate_variants(gpu: str):
+    """(forward, backward) lists of (cell, dtype, DH, params) that `--quick --ablate` runs on `gpu`."""
+    dense = planner.plan("lstm", 16, 1, 768, torch.bfloat16, gpu=gpu, families=("fused_cluster",)).params
+    fwd = [("lstm", torch.bfloat16, 768, dense)] + [("lstm", torch.bfloat16, 768, dict(p)) for p in EXPLICIT]
+    fwd += [("lstm", torch.bfloat16, 768, {**dense, **knob}) for _, knob in ABLATIONS]
+    bwd = [("lstm", torch.bfloat16, 768, {**dense, **knob}) for _, knob in [("", {})] + BWD_ABLATIONS]
+    for cell, NH, DH, old in PREVIOUS_PLANS:
+        now = planner.plan(cell, 16, NH, DH, torch.bfloat16, gpu=gpu, families=("fused_cluster",)).params
+        bwd += [(cell, torch.bfloat16, DH, old), (cell, torch.bfloat16, DH, now)]
+    return fwd + bwd, bwd
+
+
+def prebuild(gpu: str, jobs: int, scope: str = "all") -> None:
+    """Build every configuration of `variants(gpu)` (scope "all") or of ablate_variants(gpu)
+    (scope "ablate": the --quick --ablate rows only) into the variant cache, `jobs` at a time."""
     import time
     from concurrent.futures import ThreadPoolExecutor
 
     from flashrnn_compile import build
     from flashrnn_compile.kernels import fused_cluster
 
-    todo = [fused_cluster.defines(c, d, dh, dict(p)) for c, d, dh, p in variants(gpu)]
-    todo += [fused_cluster.backward_defines(c, d, dh, dict(p)) for c, d, dh, p in bwd_variants(gpu)]
+    if scope == "ablate":
+        fwd, bwd = ablate_variants(gpu)
+    else:
+        fwd, bwd = variants(gpu), bwd_variants(gpu)
+    todo = [fused_cluster.defines(c, d, dh, dict(p)) for c, d, dh, p in fwd]
+    todo += [fused_cluster.backward_defines(c, d, dh, dict(p)) for c, d, dh, p in bwd]
     start = time.time()
     with ThreadPoolExecutor(jobs) as pool:
         for defs, path in zip(todo, pool.map(lambda d: build.ensure_variant(fused_cluster.SOURCE, d), todo)):
@@ -213,10 +232,12 @@ def main():
     p.add_argument("--prebuild", default=None, metavar="GPU_PRESET", help="only build the variants the tests and "
                    "this benchmark need on that preset (e.g. h100-sxm) into the cache, then exit")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--prebuild-scope", default="all", choices=("all", "ablate"),
+                   help="with --prebuild: every variant, or only those of --quick --ablate")
     p.add_argument("--ablate", action="store_true", help="also the ABLATIONS rows (timing probes)")
     args = p.parse_args()
     if args.prebuild:
-        prebuild(args.prebuild, args.jobs)
+        prebuild(args.prebuild, args.jobs, args.prebuild_scope)
         return
     chosen = CONFIGS if args.configs is None else [CONFIGS[int(i)] for i in args.configs.split(",")]
     if args.quick:

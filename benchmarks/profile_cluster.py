@@ -1,6 +1,6 @@
 """Where a fused_cluster forward step's time goes, phase by phase (SM clocks, FRNN_CLUSTER_PROFILE).
 
-    python benchmarks/profile_cluster.py [--prebuild h200]
+    python benchmarks/profile_cluster.py [--knobs SPREAD=1,...] [--prebuild h200]
 
 For each configuration: the planner's tiling built with PROFILE=1, one warm-up launch and one
 profiled launch (forward, then forward keeping states). Lane 0 of every warp of the first cluster
@@ -28,29 +28,32 @@ from flashrnn_compile import planner, runtime  # noqa: E402
 CONFIGS = [("lstm", 1, 768, torch.bfloat16, 16, 1024), ("gru", 1, 768, torch.bfloat16, 16, 1024)]
 
 
-def profiled(cell, B, NH, DH, dtype, gpu=None):
+def profiled(cell, B, NH, DH, dtype, knobs, gpu=None):
     chosen = planner.plan(cell, B, NH, DH, dtype, gpu=gpu, families=("fused_cluster",))
-    assert chosen.family == "fused_cluster", chosen.reason
-    return {**chosen.params, "PROFILE": 1}
+    if chosen.family != "fused_cluster":
+        raise SystemExit(f"no fused_cluster plan for {cell} {NH}x{DH}: {chosen.reason}")
+    return {**chosen.params, **knobs, "PROFILE": 1}
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--prebuild", default=None, metavar="GPU_PRESET")
+    p.add_argument("--knobs", default="", help="more kernel switches, e.g. SPREAD=1 (fused_cluster.KNOBS)")
     a = p.parse_args()
+    knobs = {k: int(v) for k, v in (kv.split("=") for kv in a.knobs.split(",") if kv)}
     if a.prebuild:
         from flashrnn_compile import build
         from flashrnn_compile.kernels import fused_cluster
 
         for cell, NH, DH, dtype, B, T in CONFIGS:
-            prm = profiled(cell, B, NH, DH, dtype, a.prebuild)
+            prm = profiled(cell, B, NH, DH, dtype, knobs, a.prebuild)
             build.ensure_variant(fused_cluster.SOURCE, fused_cluster.defines(cell, dtype, DH, prm))
             build.ensure_variant(fused_cluster.SOURCE, fused_cluster.backward_defines(cell, dtype, DH, prm))
         return
     import flashrnn_compile  # noqa: F401  (registers torch.ops.flashrnn)
 
     for cell, NH, DH, dtype, B, T in CONFIGS:
-        prm = profiled(cell, B, NH, DH, dtype)
+        prm = profiled(cell, B, NH, DH, dtype, knobs)
         plan = runtime.plan_json("fused_cluster", prm)
         gx, R, b, s0 = core_inputs(cell, NH, DH, dtype, B, T)
         for save in (False, True):

@@ -1,9 +1,10 @@
 """Floor suite: the per-step cost of the synchronisation a persistent kernel pays every time step,
 with no math (csrc/bench/sync_floor.cu): __syncthreads() in one block, cluster.sync() plus one
-DSMEM read (clusters of 2, 8 and 16, 16 needing the non-portable size), and a cooperative
-grid.sync() plus one global read (8 blocks and one per SM), and fused_cluster's own exchange: each
-block's segment sent to every peer by bulk copies completing on the peer's mbarrier (clusters of
-16; 896 bytes a block and step, the forward's at LSTM 1x768 B16, and 1 664, its backward's).
+DSMEM read (clusters of 2, 8 and 16, 16 needing the non-portable size), a cooperative grid.sync()
+plus one global read (8 blocks and one per SM), and fused_cluster's own exchange: each block's
+segment sent to every peer by bulk copies completing on the peer's mbarrier (clusters of 16; 896
+bytes a block and step, the forward's at LSTM 1x768 B16, and 1 664, its backward's), with two
+alternatives (the copies issued from every warp; pull: remote arrivals, then DSMEM loads).
 
 Per-step cost = (t(2S) - t(S)) / S with t the median CUDA-event time of one launch running S
 steps, so the launch itself cancels. Each launch's result is checked (every participant must
@@ -35,11 +36,16 @@ CASES: List[Tuple[str, int, int]] = [
     ("grid", 8, 4000),
     ("grid", 0, 4000),
     ("bulk", 16, 4000),
-    ("bulk16b", 16, 4000),
+    ("bulk_b", 16, 4000),
+    ("bulk_spread", 16, 4000),
+    ("pull", 16, 4000),
 ]
-# bytes each block sends every peer per step: fused_cluster's forward segment (h of 48 units x 8
-# columns, rows padded to 56) and its backward's partial sums (48 + 4 fp32 x 8 columns)
-BULK_SEG = {"bulk": 896, "bulk16b": 1664}
+# exchange kinds: (bytes each block sends every peer per step, sync_floor.cu's MODE). 896: the
+# forward's segment at LSTM 1x768 B16 (h of 48 units x 8 columns, rows padded to 56); 1 664: the
+# backward's partial sums (48 + 4 fp32 x 8 columns)
+BULK_SEG = {"bulk": (896, 0), "bulk_b": (1664, 0), "bulk_spread": (896, 1), "pull": (896, 2)}
+BULK_WHAT = {0: "fused_cluster exchange (bulk copies by one warp)", 1: "bulk copies issued from every warp",
+             2: "pull: remote arrive, DSMEM loads"}
 
 
 def library(device) -> Tuple[Optional[ctypes.CDLL], Optional[str]]:
@@ -81,7 +87,7 @@ def _launcher(lib: ctypes.CDLL, kind: str, size: int, steps: int, device) -> Tup
         elif kind == "cluster":
             rc = lib.floor_cluster(size, 32, s, optr, stream, reason, REASON_LEN)
         elif kind in BULK_SEG:
-            rc = lib.floor_bulk(size, THREADS, s, BULK_SEG[kind], optr, stream, reason, REASON_LEN)
+            rc = lib.floor_bulk(size, THREADS, s, *BULK_SEG[kind], optr, stream, reason, REASON_LEN)
         else:
             rc = lib.floor_grid(size, 32, s, bptr, optr, stream, reason, REASON_LEN)
         return rc, reason.value.decode(errors="replace")
@@ -122,9 +128,8 @@ def measure_case(lib, kind: str, size: int, steps: int, device, timing: Dict[str
 def label(kind: str, size: int) -> str:
     return {"block": f"__syncthreads, 1 block of {size} threads",
             "cluster": f"cluster.sync + DSMEM read, cluster of {size}" + (" (non-portable)" if size > 8 else ""),
-            "grid": f"grid.sync + global read, {size} blocks (cooperative)",
-            "bulk": f"fused_cluster exchange, {BULK_SEG['bulk']} B to each peer, cluster of {size // THREADS}",
-            "bulk16b": f"fused_cluster exchange, {BULK_SEG['bulk16b']} B to each peer, cluster of {size // THREADS}"}[kind]
+            "grid": f"grid.sync + global read, {size} blocks (cooperative)"}.get(kind) or (
+        f"{BULK_WHAT[BULK_SEG[kind][1]]}, {BULK_SEG[kind][0]} B to each peer, cluster of {size // THREADS}")
 
 
 def run(device, budget: common.Budget, env: Dict[str, Any], quick: bool = False) -> List[Dict[str, Any]]:

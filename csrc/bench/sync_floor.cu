@@ -82,39 +82,82 @@ __global__ void grid_sync_kernel(int steps, volatile int* __restrict__ buf, int*
   if (threadIdx.x == 0) out[b] = v;
 }
 
-// ---- one cluster: fused_cluster's exchange (bulk copies to the peers, one mbarrier a buffer) ----
+// ---- one cluster: fused_cluster's exchange and two alternatives ------------------------------------
 // Shared memory: h [2 buffers][CS source blocks][seg bytes] | 2 mbarriers. Per step every thread
-// writes v into its words of the block's own segment of buffer s & 1, the segment goes to every
-// peer (send_to_peers: proxy fence, block barrier, CS - 1 bulk copies), the block waits for that
-// buffer's fill and sets v = (the next block's published v) + 1. The copies' issuers wait for the
-// previous step's copies to have read the segment, and a block barrier follows, before it is
-// rewritten: fused_cluster's forward orders them the same way.
-template <int CS>
+// writes v into its words of the block's own segment of buffer s & 1, the segment reaches every
+// peer, and the block sets v = (the next block's published v) + 1. MODE:
+//   0 fused_cluster's exchange (the kernel's code: send_to_peers, FillBarriers): a proxy fence, a
+//     block barrier, then lanes 0 .. CS - 2 of warp 0 each issue one bulk copy into a peer,
+//     completing its bytes on the peer's mbarrier of that buffer;
+//   1 the same copies issued by lane j / WARPS of warp j % WARPS (copy j), spread over the warps;
+//   2 pull: a block barrier, then thread j < CS - 1 arrives (release, cluster scope) on peer j's
+//     mbarrier of the buffer (CS - 1 arrivals complete it); every thread waits on its own (acquire,
+//     cluster scope) and reads the peers' segments with 16-byte distributed-shared-memory loads into
+//     its own buffer's slots; a block barrier ends the step.
+// Buffer reuse: a block rewrites its segment of buffer b two steps later, after every peer has
+// signalled (pull) or been sent (push) the step in between, which came after its reads of b.
+template <int CS, int MODE>
 __global__ void bulk_exchange_kernel(int steps, int seg, int* __restrict__ out) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace fc = flashrnn::fused_cluster;
   extern __shared__ __align__(16) unsigned char sm[];
-  const int tid = threadIdx.x, rank = (int)fc::cluster_rank();
-  const uint32_t base = (uint32_t)__cvta_generic_to_shared(sm);
+  const int tid = threadIdx.x, warps = blockDim.x / 32, rank = (int)fc::cluster_rank();
+  const uint32_t base = (uint32_t)__cvta_generic_to_shared(sm), mb = base + (uint32_t)(2 * CS * seg);
   auto seg_at = [&](int buf, int src) { return base + (uint32_t)((buf * CS + src) * seg); };
-  const fc::FillBarriers fills{base + (uint32_t)(2 * CS * seg), (uint32_t)((CS - 1) * seg)};
-  fills.init(tid);
-  fc::cluster_arrive();  // every block's mbarriers are initialised before a peer's copy completes on them
+  const fc::FillBarriers fills{mb, (uint32_t)((CS - 1) * seg)};
+  // the thread that issues copy j (MODE 0, 1): peer (rank + 1 + j) % CS
+  const int j = MODE == 1 ? (tid % 32) * warps + tid / 32 : tid;
+  const bool issuer = MODE != 2 && (MODE == 1 ? tid % 32 < (CS - 1 + warps - 1) / warps && j < CS - 1 : tid < CS - 1);
+  if (MODE == 2) {
+    if (tid == 0) {
+      fc::mbar_init(mb, CS - 1);
+      fc::mbar_init(mb + 8, CS - 1);
+      fc::mbar_init_fence();
+    }
+    __syncthreads();
+  } else {
+    fills.init(tid);
+  }
+  fc::cluster_arrive();  // every block's mbarriers are initialised before a peer completes or arrives on them
   fc::cluster_wait();
   int v = 0;
   for (int s = 0; s < steps; ++s) {
     const int buf = s & 1;
-    if (tid < CS - 1) fc::bulk_wait_read();  // the copies of step s - 2 read this segment
+    if (issuer) fc::bulk_wait_read();  // the copies of step s - 2 read this segment
     __syncthreads();
     int* own = reinterpret_cast<int*>(sm + (buf * CS + rank) * seg);
     for (int i = tid; i < seg / 4; i += blockDim.x) own[i] = v;
-    fc::send_to_peers<CS>(true, tid, rank, (uint32_t)seg, fills, buf, [&](uint32_t) { return seg_at(buf, rank); },
-                          [&](uint32_t) { return seg_at(buf, rank); });
-    fills.wait_and_rearm(buf, s >> 1, tid);
+    if (MODE == 2) {
+      __syncthreads();
+      if (tid < CS - 1) fc::mbar_arrive_remote(fc::map_rank(mb + 8 * buf, (uint32_t)((rank + 1 + tid) % CS)));
+      fc::mbar_wait(mb + 8 * buf, (uint32_t)(s >> 1) & 1u);
+      const int chunks = seg / 16;
+      for (int i = tid; i < (CS - 1) * chunks; i += blockDim.x) {
+        const int src = (rank + 1 + i / chunks) % CS;
+        const uint32_t off = seg_at(buf, src) + (uint32_t)((i % chunks) * 16);
+        uint4 w;
+        asm volatile("ld.shared::cluster.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(w.x), "=r"(w.y), "=r"(w.z), "=r"(w.w) : "r"(fc::map_rank(off, (uint32_t)src)) : "memory");
+        *reinterpret_cast<uint4*>(sm + (off - base)) = w;
+      }
+      __syncthreads();
+    } else {
+      fc::fence_proxy_async_smem();
+      __syncthreads();
+      if (issuer) {
+        const uint32_t d = (uint32_t)((rank + 1 + j) % CS);
+        fc::bulk_to_peer(fc::map_rank(seg_at(buf, rank), d), seg_at(buf, rank), (uint32_t)seg, fills.in_peer(buf, d));
+        fc::bulk_commit();
+      }
+      fills.wait_and_rearm(buf, s >> 1, tid);
+    }
     v = reinterpret_cast<const int*>(sm + (buf * CS + (rank + 1) % CS) * seg)[tid % (seg / 4)] + 1;
   }
-  if (tid < CS - 1) fc::bulk_wait_read();
-  // the re-arm after the last wait expects a fill that never comes: harmless (the block exits)
+  if (issuer) fc::bulk_wait_read();
+  // MODE 0, 1: the re-arm after the last wait expects a fill that never comes (harmless: the block
+  // exits). No block leaves while a peer may still read its shared memory (MODE 2) or copy into it.
+  fc::cluster_arrive();
+  fc::cluster_wait();
   out[blockIdx.x * blockDim.x + tid] = v;
 #else
   out[blockIdx.x * blockDim.x + threadIdx.x] = -1;  // never launched: the host refuses below sm_90
@@ -213,10 +256,11 @@ int floor_cluster(int cluster, int threads, int steps, int* out, void* stream, c
   return err == cudaSuccess ? 0 : fail(err, reason, len, "cluster_sync_kernel launch");
 }
 
-// Launch fused_cluster's exchange chain: one cluster of `cluster` (2, 8 or 16) blocks of
-// `threads`, `steps` steps, `seg` bytes a block and step (a multiple of 16, at least 4 * threads
-// / ... any: each thread reads word tid % (seg / 4)); out[cluster * threads].
-int floor_bulk(int cluster, int threads, int steps, int seg, int* out, void* stream, char* reason, int len) {
+// Launch the exchange chain `mode` (bulk_exchange_kernel's MODE: 0 fused_cluster's, 1 its copies
+// issued from every warp, 2 pull): one cluster of `cluster` (2, 8 or 16) blocks of `threads`
+// (a multiple of 32), `steps` steps, `seg` bytes a block and step (a multiple of 16);
+// out[cluster * threads].
+int floor_bulk(int cluster, int threads, int steps, int seg, int mode, int* out, void* stream, char* reason, int len) {
   int major = 0;
   int rc = current_major(reason, len, &major);
   if (rc != 0) return rc;
@@ -228,12 +272,16 @@ int floor_bulk(int cluster, int threads, int steps, int seg, int* out, void* str
     set_reason(reason, len, "seg: expected a positive multiple of 16 bytes");
     return -1;
   }
-  void (*kernel)(int, int, int*) = cluster == 2 ? bulk_exchange_kernel<2> : cluster == 8 ? bulk_exchange_kernel<8>
-                                 : cluster == 16 ? bulk_exchange_kernel<16> : nullptr;
-  if (kernel == nullptr) {
-    set_reason(reason, len, "cluster: expected 2, 8 or 16 blocks");
+  using K = void (*)(int, int, int*);
+  const K kernels[3][3] = {{bulk_exchange_kernel<2, 0>, bulk_exchange_kernel<8, 0>, bulk_exchange_kernel<16, 0>},
+                           {bulk_exchange_kernel<2, 1>, bulk_exchange_kernel<8, 1>, bulk_exchange_kernel<16, 1>},
+                           {bulk_exchange_kernel<2, 2>, bulk_exchange_kernel<8, 2>, bulk_exchange_kernel<16, 2>}};
+  const int ci = cluster == 2 ? 0 : cluster == 8 ? 1 : cluster == 16 ? 2 : -1;
+  if (ci < 0 || mode < 0 || mode > 2 || threads % 32 != 0) {
+    set_reason(reason, len, "cluster: expected 2, 8 or 16 blocks; mode: 0, 1 or 2; threads: a multiple of 32");
     return -1;
   }
+  const K kernel = kernels[mode][ci];
   const int smem = 2 * cluster * seg + 16;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err == cudaSuccess && cluster > 8) err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
