@@ -52,8 +52,7 @@ ABLATIONS = [("SYNC 0: stores, one cluster barrier per step", {"SYNC": 0}),
              ("8 warps (KSLICES 2, R 46)", DENSE_8_WARPS),
              ("SYNC 0, no stores to peers", {"SYNC": 0, "ABLATE": 1}),
              ("SYNC 0, block barrier, not cluster", {"SYNC": 0, "ABLATE": 2}),
-             ("SYNC 0, no MMAs", {"SYNC": 0, "ABLATE": 3}),
-             ("copies issued from every warp", {"SPREAD": 1})]
+             ("SYNC 0, no MMAs", {"SYNC": 0, "ABLATE": 3})]
 # the planner's tilings before session 12's register model (one tiling for the forward and the
 # backward), against the planner's now (--ablate: forward and fwd+bwd with the own backward)
 PREVIOUS_PLANS = [
@@ -65,8 +64,7 @@ PREVIOUS_PLANS = [
 BWD_ABLATIONS = [("bwd: BWD_SYNC 0: stores, one cluster barrier per step", {"BWD_SYNC": 0}),
                  ("bwd: no MMAs", {"BWD_ABLATE": 2}),
                  ("bwd: BWD_SYNC 0, no stores to peers", {"BWD_SYNC": 0, "BWD_ABLATE": 1}),
-                 ("bwd: BWD_SYNC 0, block barrier, not cluster", {"BWD_SYNC": 0, "BWD_ABLATE": 3}),
-                 ("bwd: copies issued from every warp (forward too)", {"SPREAD": 1})]
+                 ("bwd: BWD_SYNC 0, block barrier, not cluster", {"BWD_SYNC": 0, "BWD_ABLATE": 3})]
 
 
 def variants(gpu: str):

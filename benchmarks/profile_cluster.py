@@ -1,6 +1,6 @@
 """Where a fused_cluster forward step's time goes, phase by phase (SM clocks, FRNN_CLUSTER_PROFILE).
 
-    python benchmarks/profile_cluster.py [--knobs SPREAD=1,...] [--prebuild h200]
+    python benchmarks/profile_cluster.py [--knobs SYNC=0,...] [--prebuild h200]
 
 For each configuration: the planner's tiling built with PROFILE=1, one warm-up launch and one
 profiled launch (forward, then forward keeping states). Lane 0 of every warp of the first cluster
@@ -38,7 +38,7 @@ def profiled(cell, B, NH, DH, dtype, knobs, gpu=None):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--prebuild", default=None, metavar="GPU_PRESET")
-    p.add_argument("--knobs", default="", help="more kernel switches, e.g. SPREAD=1 (fused_cluster.KNOBS)")
+    p.add_argument("--knobs", default="", help="more kernel switches, e.g. SYNC=0 (fused_cluster.KNOBS)")
     a = p.parse_args()
     knobs = {k: int(v) for k, v in (kv.split("=") for kv in a.knobs.split(",") if kv)}
     if a.prebuild:

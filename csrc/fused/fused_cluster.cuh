@@ -89,11 +89,6 @@
 #ifndef FRNN_CLUSTER_PROFILE
 #define FRNN_CLUSTER_PROFILE 0
 #endif
-// 1: a step's bulk copies are issued by lane j / WARPS of warp j % WARPS (copy j), spread over the
-// warps; 0: by lanes 0 .. CS - 2 of warp 0
-#ifndef FRNN_CLUSTER_SPREAD
-#define FRNN_CLUSTER_SPREAD 0
-#endif
 
 namespace flashrnn {
 namespace fused_cluster {
@@ -267,28 +262,18 @@ struct FillBarriers {
   __device__ uint32_t in_peer(int buf, uint32_t rank) const { return map_rank(base + 8 * buf, rank); }
 };
 
-// The thread that issues a step's copy j (to peer rank + 1 + j, j < CS - 1), or -1: lane j of
-// warp 0, or with FRNN_CLUSTER_SPREAD=1 lane j / WARPS of warp j % WARPS (the copies issued from
-// every warp). Its issuers also wait for their copies to have read their sources.
-template <int CS>
-__device__ __forceinline__ int copy_of(int tid, int warps) {
-  const int lane = tid & 31, j = FRNN_CLUSTER_SPREAD ? lane * warps + (tid >> 5) : tid;
-  return j < CS - 1 ? j : -1;
-}
-
 // after every thread's shared-memory writes of the step: make them visible to the copy engine,
-// barrier, then (when `send`) the threads of copy_of each issue one bulk copy of `bytes` to peer
-// d = rank + 1 + j (mod CS), from src(d) (this block's shared-window address) to the place that
-// dst(d) names in d's shared memory, completing on d's mbarrier of buffer `buf`. The addresses are
-// computed by the sending threads only.
+// barrier, then (when `send`) lanes 0 .. CS - 2 of warp 0 each issue one bulk copy of `bytes` to
+// peer d = rank + 1 + lane (mod CS), from src(d) (this block's shared-window address) to the place
+// that dst(d) names in d's shared memory, completing on d's mbarrier of buffer `buf`. The addresses
+// are computed by the sending lanes only.
 template <int CS, typename Src, typename Dst>
 __device__ __forceinline__ void send_to_peers(bool send, int tid, int rank, uint32_t bytes, const FillBarriers& fb, int buf,
                                               Src src, Dst dst) {
   fence_proxy_async_smem();
   __syncthreads();
-  const int j = copy_of<CS>(tid, blockDim.x >> 5);
-  if (send && j >= 0) {
-    const uint32_t d = (uint32_t)((rank + 1 + j) % CS);
+  if (send && tid < CS - 1) {
+    const uint32_t d = (uint32_t)((rank + 1 + tid) % CS);
     bulk_to_peer(map_rank(dst(d), d), src(d), bytes, fb.in_peer(buf, d));
     bulk_commit();
   }
@@ -383,13 +368,12 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   // barrier, 5 cell, 6 send (proxy fence, barrier, bulk copies)
   StepClock<FRNN_CLUSTER_PROFILE != 0, 7> clk;
   clk.start();
-  const bool issuer = copy_of<CS>(tid, WARPS) >= 0;  // this thread issues one of the step's copies
 
 #pragma unroll 1
   for (int step = 0; step < T; ++step) {
     const int t = t_first + dstep * step, cur = step & 1;
     prefetch(step + NS - 1);  // into the stage step - 1 used (every thread is past it)
-    if (FRNN_CLUSTER_SYNC == 2 && issuer) bulk_wait_read();  // the copies of step - 1 (and before) read their segment
+    if (FRNN_CLUSTER_SYNC == 2 && tid < CS - 1) bulk_wait_read();  // the copies of step - 1 (and before) read their segment
     clk.mark(0);
     {
       float acc[C::MTW][NT][4];
@@ -546,7 +530,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
     cluster_wait();
   }
   cp_async_wait<0>();
-  if (FRNN_CLUSTER_SYNC == 2 && issuer) bulk_wait_read();  // no copy still reads this block's shared memory
+  if (FRNN_CLUSTER_SYNC == 2 && tid < CS - 1) bulk_wait_read();  // no copy still reads this block's shared memory
   TIn* sT = static_cast<TIn*>(p.sT);
   store_pair_states<TIn, PPT, S>(sT, DH, NH, nh, BND, bt0, u0, pn, pu, pok, st);
 #else
@@ -780,14 +764,13 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   // 3 MMAs, 4 partial-sum stores, 5 send (proxy fence, barrier, bulk copies)
   StepClock<FRNN_CLUSTER_PROFILE != 0, 6> clk;
   clk.start();
-  const bool issuer = copy_of<CS>(tid, WARPS) >= 0;  // this thread issues one of the step's copies
 
 #pragma unroll 1
   for (int step = 0; step < T; ++step) {
     const int t = t_first + dstep * step;
     if (!FRNN_CLUSTER_BWD_PREFETCH) load_inputs(t);
     if (C::BULK) {
-      if (issuer) bulk_wait_read();  // the copies of step - 1 read the staging area (rewritten after the next block barrier)
+      if (tid < CS - 1) bulk_wait_read();  // the copies of step - 1 read the staging area (rewritten after the next block barrier)
       if (step > 0) {  // the peers' partials of step - 1 are in recv[(step - 1) & 1] (its fill (step - 1) / 2)
         fills.wait_and_rearm((step - 1) & 1, (step - 1) >> 1, tid);
       }
@@ -891,7 +874,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     cluster_wait();
   }
   if (C::BULK) {
-    if (issuer) bulk_wait_read();  // no copy still reads this block's shared memory
+    if (tid < CS - 1) bulk_wait_read();  // no copy still reads this block's shared memory
     if (T > 0) fills.wait((T - 1) & 1, (T - 1) >> 1);  // the last step's partials
   }
   TIn* ds0 = static_cast<TIn*>(p.ds0);

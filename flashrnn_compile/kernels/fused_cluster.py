@@ -47,7 +47,7 @@ DTYPE_CODES = {torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
 TAKES = tuple(DTYPE_CODES)
 PARAMS = ("CLUSTER_SIZE", "WARPS", "BATCH_TILE", "R_REG_TILES")
 KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1, 2), "ABLATE": (0, 1, 2, 3), "BWD_ABLATE": (0, 1, 2, 3), "BWD_SYNC": (0, 2),
-         "KSLICES": tuple(range(1, 33)), "PROFILE": (0, 1), "SPREAD": (0, 1)}  # test and timing switches (defines)
+         "KSLICES": tuple(range(1, 33)), "PROFILE": (0, 1)}  # test and timing switches (defines)
 
 
 def _bind(lib: ctypes.CDLL) -> None:
