@@ -1,6 +1,7 @@
 """Where a fused_cluster forward step's time goes, phase by phase (SM clocks, FRNN_CLUSTER_PROFILE).
 
     python benchmarks/profile_cluster.py [--knobs SYNC=0,...] [--prebuild h200]
+    python benchmarks/profile_cluster.py --summarize LOG    the means over the blocks, per warp (markdown)
 
 For each configuration: the planner's tiling built with PROFILE=1, one warm-up launch and one
 profiled launch (forward, then forward keeping states). Lane 0 of every warp of the first cluster
@@ -15,7 +16,10 @@ kernel's (the probe only reads the clock).
 from __future__ import annotations
 
 import argparse
+import collections
 import os
+import re
+import statistics
 import sys
 
 import torch
@@ -35,11 +39,42 @@ def profiled(cell, B, NH, DH, dtype, knobs, gpu=None):
     return {**chosen.params, **knobs, "PROFILE": 1}
 
 
+def summarize(path: str) -> str:
+    """Markdown tables of a profile log: per section and kernel, each warp's mean clocks a step per
+    phase over the blocks that printed, and their sum."""
+    sec, data = None, collections.defaultdict(list)
+    with open(path) as f:
+        for line in f:
+            if line.startswith("=== end"):
+                sec = None
+            elif line.startswith("==="):
+                sec = line.split(" params")[0][4:].strip()
+            else:
+                m = re.match(r"(fwd|bwd) block (\d+) warp (\d+): (.*) \| (\d+)", line)
+                if m and sec:
+                    data[(sec, m.group(1))].append((int(m.group(3)), [int(v) for v in m.group(4).split()], int(m.group(5))))
+    out = []
+    for (name, kernel), rows in data.items():
+        n = 7 if kernel == "fwd" else 6
+        out += [f"{name}, {kernel} ({len({r[0] for r in rows})} warps, {len(rows)} lines)", "",
+                "| warp | " + " | ".join(f"phase {i}" for i in range(n)) + " | step |", "|---" * (n + 2) + "|"]
+        for w in sorted({r[0] for r in rows}):
+            rr = [r for r in rows if r[0] == w]
+            cells = [str(round(statistics.mean(r[1][i] for r in rr))) for i in range(n)]
+            out.append(f"| {w} | " + " | ".join(cells) + f" | {round(statistics.mean(r[2] for r in rr))} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--prebuild", default=None, metavar="GPU_PRESET")
+    p.add_argument("--summarize", default=None, metavar="LOG", help="print the tables of a profile log, then exit")
     p.add_argument("--knobs", default="", help="more kernel switches, e.g. SYNC=0 (fused_cluster.KNOBS)")
     a = p.parse_args()
+    if a.summarize:
+        print(summarize(a.summarize))
+        return
     knobs = {k: int(v) for k, v in (kv.split("=") for kv in a.knobs.split(",") if kv)}
     if a.prebuild:
         from flashrnn_compile import build

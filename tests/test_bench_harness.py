@@ -226,3 +226,28 @@ def test_fused_limits_finds_the_edge(monkeypatch, tmp_path):
     assert why.startswith("fused_block: impossible")
     none, why = fl.largest("lstm", 16, torch.bfloat16, "a100-80gb", "fused_cluster", 512)
     assert none is None and why.startswith("fused_cluster: impossible")
+
+
+def test_profile_summary_means_each_warp_over_the_blocks(tmp_path):
+    """profile_cluster --summarize: per section and kernel, each warp's phase means over the blocks
+    that printed (lines outside a section, e.g. a warm-up launch's, are left out)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import profile_cluster
+
+    log = tmp_path / "profile.log"
+    log.write_text("fwd block 0 warp 0: 9 9 9 9 9 9 9 0 | 63\n"  # warm-up: before any section
+                   "=== lstm 1x768 save=False params={}\n"
+                   "fwd block 0 warp 0: 10 20 30 40 50 60 70 0 | 280\n"
+                   "fwd block 1 warp 0: 30 20 10 40 50 60 70 0 | 280\n"
+                   "fwd block 1 warp 1: 1 2 3 4 5 6 7 0 | 28\n"
+                   "=== end: 1.0 ms\n"
+                   "=== lstm 1x768 fwd+bwd params={}\n"
+                   "bwd block 0 warp 2: 5 5 5 5 5 5 0 0 | 30\n"
+                   "=== end\n")
+    text = profile_cluster.summarize(str(log))
+    assert "lstm 1x768 save=False, fwd (2 warps, 3 lines)" in text
+    assert "| 0 | 20 | 20 | 20 | 40 | 50 | 60 | 70 | 280 |" in text
+    assert "| 1 | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 28 |" in text
+    assert "lstm 1x768 fwd+bwd, bwd (1 warps, 1 lines)" in text
+    assert "| 2 | 5 | 5 | 5 | 5 | 5 | 5 | 30 |" in text
+    assert "| 9 |" not in text and "63" not in text
