@@ -52,9 +52,7 @@ ABLATIONS = [("SYNC 0: stores, one cluster barrier per step", {"SYNC": 0}),
              ("8 warps (KSLICES 2, R 46)", DENSE_8_WARPS),
              ("SYNC 0, no stores to peers", {"SYNC": 0, "ABLATE": 1}),
              ("SYNC 0, block barrier, not cluster", {"SYNC": 0, "ABLATE": 2}),
-             ("SYNC 0, no MMAs", {"SYNC": 0, "ABLATE": 3}),
-             ("SYNC 4: per-source waits, sources in arrival order", {"SYNC": 4}),
-             ("SYNC 4, R 32", {"SYNC": 4, "R_REG_TILES": 32})]
+             ("SYNC 0, no MMAs", {"SYNC": 0, "ABLATE": 3})]
 # the planner's tilings before session 12's register model (one tiling for the forward and the
 # backward), against the planner's now (--ablate: forward and fwd+bwd with the own backward)
 PREVIOUS_PLANS = [
@@ -62,9 +60,6 @@ PREVIOUS_PLANS = [
     ("gru", 1, 768, {"CLUSTER_SIZE": 12, "WARPS": 12, "BATCH_TILE": 8, "R_REG_TILES": 26}),
     ("lstm", 2, 512, {"CLUSTER_SIZE": 8, "WARPS": 8, "BATCH_TILE": 8, "R_REG_TILES": 45}),
 ]
-# --ablate: the planner's tilings with the forward's SYNC 4 against SYNC 2 (the default), fwd+bwd
-# with the own backward
-SYNC4_PLANS = [("lstm", 1, 768), ("gru", 1, 768), ("lstm", 2, 512)]
 # the same for the family's own backward kernel (fwd+bwd timed; the forward is the kernel's)
 BWD_ABLATIONS = [("bwd: BWD_SYNC 0: stores, one cluster barrier per step", {"BWD_SYNC": 0}),
                  ("bwd: no MMAs", {"BWD_ABLATE": 2}),
@@ -98,7 +93,7 @@ def variants(gpu: str):
             for i in (0, 2, 3):
                 prm = {**t.BWD_EXPLICIT[i][3], "BWD_SYNC": k}
                 out.add((cell, torch.bfloat16, t.BWD_EXPLICIT[i][1], tuple(sorted(prm.items()))))
-    for knob, planned in [(k, t.EXCHANGE_PLANNED) for k in t.EXCHANGE_PLANNED_KNOBS] + [(k, t.BWD_EXCHANGE_PLANNED) for k in t.BWD_EXCHANGE_KNOBS]:
+    for knob, planned in [(k, t.EXCHANGE_PLANNED) for k in t.EXCHANGE_KNOBS] + [(k, t.BWD_EXCHANGE_PLANNED) for k in t.BWD_EXCHANGE_KNOBS]:
         for cell in sorted({c for c, _, _ in planned}):
             for dtype in t.DTYPES:
                 prm = planner.plan(cell, 16, 1, 768, dtype, gpu=gpu, families=("fused_cluster",)).params
@@ -157,13 +152,6 @@ def ablation_rows(reps):
             prm = {**chosen.params, **knob}
             r = ours(runtime.plan_json("fused_cluster", prm), "lstm", 1, 768, torch.bfloat16, 16, 1024, reps)
             rows.append(dict(system=f"ablate: {name}", params=knob, **base, **r))
-    for cell, NH, DH in SYNC4_PLANS:
-        now = planner.plan(cell, 16, NH, DH, torch.bfloat16, families=("fused_cluster",)).params
-        for name, prm in (("SYNC 2", now), ("SYNC 4", {**now, "SYNC": 4}), ("SYNC 2 again", now)):
-            with cluster_bwd(True):
-                r = ours(runtime.plan_json("fused_cluster", prm), cell, NH, DH, torch.bfloat16, 16, 1024, reps)
-            rows.append(dict(system=f"sync: {name}, own bwd", params=prm, cell=cell, heads=f"{NH}x{DH}", dtype="bf16",
-                             B=16, T=1024, **r))
     for cell, NH, DH, old in PREVIOUS_PLANS:
         now = planner.plan(cell, 16, NH, DH, torch.bfloat16, families=("fused_cluster",)).params
         for name, prm in (("planner now", now), ("planner before", old)):
@@ -183,9 +171,6 @@ def ablate_variants(gpu: str):
     for cell, NH, DH, old in PREVIOUS_PLANS:
         now = planner.plan(cell, 16, NH, DH, torch.bfloat16, gpu=gpu, families=("fused_cluster",)).params
         bwd += [(cell, torch.bfloat16, DH, old), (cell, torch.bfloat16, DH, now)]
-    for cell, NH, DH in SYNC4_PLANS:
-        now = planner.plan(cell, 16, NH, DH, torch.bfloat16, gpu=gpu, families=("fused_cluster",)).params
-        bwd += [(cell, torch.bfloat16, DH, now), (cell, torch.bfloat16, DH, {**now, "SYNC": 4})]
     return fwd + bwd, bwd
 
 

@@ -79,10 +79,7 @@ def test_defines_of_a_plan():
     ("lstm", torch.bfloat16, 64, {**P, "R_REG_TILES": -1}, "R_REG_TILES=-1"),
     ("lstm", torch.bfloat16, 64, {**P, "H_PIECES": 3}, "H_PIECES=3"),
     ("lstm", torch.bfloat16, 64, {**P, "ABLATE": 7}, "ABLATE=7"),
-    ("lstm", torch.bfloat16, 64, {**P, "SYNC": 3}, "SYNC=3"),
-    # SYNC 4: 3 K slices cannot take whole source blocks of a cluster of 16
-    ("lstm", torch.bfloat16, 768, {"CLUSTER_SIZE": 16, "WARPS": 12, "BATCH_TILE": 8, "R_REG_TILES": 20, "KSLICES": 3,
-                                   "SYNC": 4}, "SYNC=4 .* KSLICES=3 must divide CLUSTER_SIZE=16"),
+    ("lstm", torch.bfloat16, 64, {**P, "SYNC": 4}, "SYNC=4"),  # tried in session 14, slower: removed
 ])
 def test_configurations_the_kernel_cannot_take_are_clear_errors(cell, dtype, DH, params, match):
     with pytest.raises(ValueError, match=match):

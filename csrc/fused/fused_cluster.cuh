@@ -69,11 +69,6 @@
 // block ([2][CS][HP][BT][DHB + 8]), each block's new units sent by CS - 1 bulk copies (the copy
 // engine, cp.async.bulk shared::cta -> shared::cluster) that complete bytes on one mbarrier per h
 // buffer of the receiver; no thread stores into a peer and no cluster barrier per step
-// 4: SYNC 2's bulk copies, each completing on an mbarrier of its own (h buffer, source block) at
-// the receiver, whose warps wait per source right before the k-tiles of that source and multiply
-// the sources in the order their copies arrive (the own block's first, then rank - 1, rank - 2, ..;
-// K slice ks of KS takes every KS-th of them): the MMAs on the first sources overlap the copies
-// of the later ones
 #ifndef FRNN_CLUSTER_SYNC
 #define FRNN_CLUSTER_SYNC 2
 #endif
@@ -142,12 +137,7 @@ struct Config {
   static constexpr int RP = DHB + 4;   // red row (fp32)
   // SYNC 2: h by source block, xs [2][CS][HP][BT][XP] (XP / 2 words = 4 mod 8: conflict-free B
   // fragments); one source's rows are one contiguous bulk copy of SEG_BYTES
-  static constexpr bool BY_SOURCE = FRNN_CLUSTER_SYNC == 2 || FRNN_CLUSTER_SYNC == 4;
-  static constexpr bool BULK = BY_SOURCE;                        // the exchange is bulk copies
-  static constexpr bool PER_SOURCE = FRNN_CLUSTER_SYNC == 4;     // one mbarrier per (buffer, source)
-  static constexpr int TPS = DHB / 16;                           // k-tiles of one source block's units
-  static_assert(!PER_SOURCE || (CS % KS == 0 && KTW == TPS * (CS / KS)),
-                "SYNC 4: the K slices take whole source blocks (KSLICES divides CLUSTER_SIZE)");
+  static constexpr bool BY_SOURCE = FRNN_CLUSTER_SYNC == 2;
   static constexpr int XP = DHB + 8;
   static constexpr int SEG = HP * BT * XP;  // elements of one source block's h
   static constexpr int SEG_BYTES = SEG * (int)sizeof(Op);
@@ -166,7 +156,7 @@ struct Config {
   // SYNC 1: mbarriers [2][CS] (h buffer, source block) after the ring; SYNC 2: [2] (h buffer)
   static constexpr size_t MB_OFF = RING_OFF + NS * STAGE;
   static constexpr int TPP = THREADS / CS;  // SYNC 1: threads sending to one peer (and arriving on its mbarrier)
-  static constexpr int NMB = FRNN_CLUSTER_SYNC == 1 || PER_SOURCE ? 2 * CS : FRNN_CLUSTER_SYNC == 2 ? 2 : 0;
+  static constexpr int NMB = FRNN_CLUSTER_SYNC == 1 ? 2 * CS : FRNN_CLUSTER_SYNC == 2 ? 2 : 0;
   __host__ __device__ static constexpr size_t smem() { return MB_OFF + NMB * 8; }
 };
 
@@ -272,44 +262,19 @@ struct FillBarriers {
   __device__ uint32_t in_peer(int buf, uint32_t rank) const { return map_rank(base + 8 * buf, rank); }
 };
 
-// SYNC 4: one mbarrier per (receive buffer, source block), [2][CS] 8 bytes apart from `base`; a
-// phase is one fill of that buffer from that source: the arrival of the thread that re-arms it,
-// expecting `bytes`, and the source's bulk copy of them. The own block's are never armed.
-struct SourceFills {
-  uint32_t base, bytes;
-  int cs;
-  __device__ uint32_t at(int buf, int src) const { return base + 8u * (uint32_t)(buf * cs + src); }
-  // thread 0 initialises all 2 * CS, a block barrier, then arms every peer's for its first fill
-  // (before the cluster barrier that lets a peer send)
-  __device__ void init(int tid, int rank) const {
-    if (tid == 0) {
-      for (int i = 0; i < 2 * cs; ++i) mbar_init(base + 8u * (uint32_t)i, 1);
-      mbar_init_fence();
-    }
-    __syncthreads();
-    if (tid == 0)
-      for (int i = 0; i < 2 * cs; ++i)
-        if (i % cs != rank) mbar_arrive_expect_tx(base + 8u * (uint32_t)i, bytes);
-  }
-  // fill `fill` of buffer `buf` from block `src` has landed
-  __device__ void wait(int buf, int src, int fill) const { mbar_wait_cta(at(buf, src), (uint32_t)fill & 1u); }
-  // arm (buf, src) for its next fill: by one thread that waited for the last one (the next fill
-  // needs this block's h of the step after every warp's waits, so no phase completes unseen)
-  __device__ void rearm(int buf, int src) const { mbar_arrive_expect_tx(at(buf, src), bytes); }
-};
-
 // after every thread's shared-memory writes of the step: make them visible to the copy engine,
 // barrier, then (when `send`) lanes 0 .. CS - 2 of warp 0 each issue one bulk copy of `bytes` to
 // peer d = rank + 1 + lane (mod CS), from src(d) (this block's shared-window address) to the place
-// that dst(d) names in d's shared memory, completing on the mbarrier mbar(d) names there (a
-// shared::cluster address). The addresses are computed by the sending lanes only.
-template <int CS, typename Src, typename Dst, typename Mb>
-__device__ __forceinline__ void send_to_peers(bool send, int tid, int rank, uint32_t bytes, Src src, Dst dst, Mb mbar) {
+// that dst(d) names in d's shared memory, completing on d's mbarrier of buffer `buf`. The addresses
+// are computed by the sending lanes only.
+template <int CS, typename Src, typename Dst>
+__device__ __forceinline__ void send_to_peers(bool send, int tid, int rank, uint32_t bytes, const FillBarriers& fb, int buf,
+                                              Src src, Dst dst) {
   fence_proxy_async_smem();
   __syncthreads();
   if (send && tid < CS - 1) {
     const uint32_t d = (uint32_t)((rank + 1 + tid) % CS);
-    bulk_to_peer(map_rank(dst(d), d), src(d), bytes, mbar(d));
+    bulk_to_peer(map_rank(dst(d), d), src(d), bytes, fb.in_peer(buf, d));
     bulk_commit();
   }
 }
@@ -360,17 +325,11 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
 #pragma unroll 1
   for (int s = 0; s < NS - 1; ++s) prefetch(s);
 
-  // SYNC 4: the warp's local k-tile kt multiplies source block src(kt / TPS) = rank - (ks + (kt /
-  // TPS) KS) (mod CS), its k-tile kt % TPS: the sources in the order their copies arrive
-  auto src_of = [=](int i) { return (rank - (ks + i * C::KS) % CS + CS) % CS; };
-  auto kmap = [=](int kt) { return src_of(kt / C::TPS) * C::TPS + kt % C::TPS; };
   typename C::Gemm gemm;  // tile mt = block tile j = mgr * MTW + mt: gate j % G of unit group j / G, k-tiles ks * KTW ..
-  auto r_at = [&](int mt, int r, int k) {
+  gemm.load([&](int mt, int r, int k) {
     const int j = mgr * C::MTW + mt;
     return In<TIn>::load(R[((size_t)(j % G) * DH + u0 + (j / G) * 16 + r) * DH + k]);
-  };
-  if constexpr (C::PER_SOURCE) gemm.load(r_at, a_smem, warp, lane, 0, kmap);
-  else gemm.load(r_at, a_smem, warp, lane, ks * C::KTW);
+  }, a_smem, warp, lane, ks * C::KTW);
 
   // h0 of all DH units into buffer 0 (every block reads all of s0[0] of its batch tile itself)
   const TIn* s0 = static_cast<const TIn*>(p.s0);
@@ -400,8 +359,6 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   // armed for their first fill here, and each again right after thread 0 has waited for a fill
   const FillBarriers fills{mb_s, (uint32_t)((CS - 1) * C::SEG_BYTES)};
   if (FRNN_CLUSTER_SYNC == 2) fills.init(tid);
-  const SourceFills sfills{mb_s, (uint32_t)C::SEG_BYTES, CS};
-  if (C::PER_SOURCE) sfills.init(tid, rank);
   // SYNC 1: the k-slice's source blocks (whose units its k-tiles read)
   const int src0 = ks * C::KTW * 16 / DHB, src1 = ((ks + 1) * C::KTW * 16 - 1) / DHB;
   TIn* hout = static_cast<TIn*>(p.h);
@@ -416,7 +373,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
   for (int step = 0; step < T; ++step) {
     const int t = t_first + dstep * step, cur = step & 1;
     prefetch(step + NS - 1);  // into the stage step - 1 used (every thread is past it)
-    if (C::BULK && tid < CS - 1) bulk_wait_read();  // the copies of step - 1 (and before) read their segment
+    if (FRNN_CLUSTER_SYNC == 2 && tid < CS - 1) bulk_wait_read();  // the copies of step - 1 (and before) read their segment
     clk.mark(0);
     {
       float acc[C::MTW][NT][4];
@@ -434,17 +391,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
           fills.wait_and_rearm(cur, (step - 1) >> 1, tid);  // its next fill (h of step + 1) needs this block's h of `step`
         }
         clk.mark(1);
-        if constexpr (C::PER_SOURCE) {
-          // before the k-tiles of source block src (not this one's): its h_{t-1} has landed (fill
-          // (step - 1) / 2 of buffer cur); lane 0 of the K slice's first warp re-arms it
-          auto wait = [&](int kt) {
-            if (step == 0 || kt % C::TPS != 0 || (ks + (kt / C::TPS) * C::KS) % CS == 0) return;
-            const int src = src_of(kt / C::TPS);
-            sfills.wait(cur, src, (step - 1) >> 1);
-            if (lane == 0 && mgr == 0) sfills.rearm(cur, src);
-          };
-          gemm.template run<BT, C::XP, DHB, C::SEG>(a_smem, xs + C::xoff(cur, 0, 0, 0), 0, warp, lane, acc, [] {}, kmap, wait);
-        } else if (C::BY_SOURCE)
+        if (C::BY_SOURCE)
           gemm.template run<BT, C::XP, DHB, C::SEG>(a_smem, xs + C::xoff(cur, 0, 0, 0), 0, warp, lane, acc, [] {});
         else
           gemm.template run<BT, XF>(a_smem, xs + cur * HP * BT * XF, 0, warp, lane, acc, [] {});
@@ -529,15 +476,13 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
       }
     }
     clk.mark(5);
-    if (C::BULK) {
+    if (FRNN_CLUSTER_SYNC == 2) {
       // the block's new units (its segment of buffer nxt) to each peer's same segment: one bulk copy
       // per peer by lanes 0 .. CS - 2 of warp 0, after every thread's writes are visible to the copy
       // engine; the copies of step - 2 read that segment before this step's cell rewrote it (their
       // issuers waited for that at this step's start, before the block barrier after the MMAs)
       auto seg = [&](uint32_t) { return xs_s + (uint32_t)(C::xoff(nxt, 0, 0, u0) * sizeof(Op)); };
-      send_to_peers<CS>(step + 1 < T, tid, rank, (uint32_t)C::SEG_BYTES, seg, seg, [&](uint32_t d) {
-        return C::PER_SOURCE ? map_rank(sfills.at(nxt, rank), d) : fills.in_peer(nxt, d);  // SYNC 4: d's (nxt, this block)
-      });
+      send_to_peers<CS>(step + 1 < T, tid, rank, (uint32_t)C::SEG_BYTES, fills, nxt, seg, seg);
     } else if (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0) {
       // TPP threads per receiving block copy the block's new units (HP x BT rows of DHB units, staged
       // in its own buffer) in 16-byte chunks, then each arrives on the receiver's mbarrier of
@@ -569,7 +514,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
         st_cluster16(map_rank(xs_s + off, (uint32_t)peer), v);
       }
     }
-    if (C::BULK || (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0)) {
+    if (FRNN_CLUSTER_SYNC == 2 || (FRNN_CLUSTER_SYNC == 1 && FRNN_CLUSTER_ABLATE == 0)) {
       // no cluster barrier: receivers wait on their mbarriers
     } else if (FRNN_CLUSTER_ABLATE == 2) {
       __syncthreads();
@@ -585,7 +530,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1) forward_kernel(FwdArgs p) {
     cluster_wait();
   }
   cp_async_wait<0>();
-  if (C::BULK && tid < CS - 1) bulk_wait_read();  // no copy still reads this block's shared memory
+  if (FRNN_CLUSTER_SYNC == 2 && tid < CS - 1) bulk_wait_read();  // no copy still reads this block's shared memory
   TIn* sT = static_cast<TIn*>(p.sT);
   store_pair_states<TIn, PPT, S>(sT, DH, NH, nh, BND, bt0, u0, pn, pu, pok, st);
 #else
@@ -912,10 +857,9 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     if (C::BULK) {
       // each peer's chunk of the staging area into its recv[step & 1] at slots rank * BKS .., by
       // lanes 0 .. CS - 2 of warp 0, after every warp's writes are visible to the copy engine
-      send_to_peers<CS>(true, tid, rank, (uint32_t)(C::CHUNK * 4),
+      send_to_peers<CS>(true, tid, rank, (uint32_t)(C::CHUNK * 4), fills, step & 1,
                         [&](uint32_t d) { return stage_s + d * (uint32_t)(C::CHUNK * 4); },
-                        [&](uint32_t) { return recv_s + boff + (uint32_t)(rank * C::BKS * BT * RP * 4); },
-                        [&](uint32_t d) { return fills.in_peer(step & 1, d); });
+                        [&](uint32_t) { return recv_s + boff + (uint32_t)(rank * C::BKS * BT * RP * 4); });
     } else if (FRNN_CLUSTER_BWD_ABLATE == 3) {
       __syncthreads();
     } else {

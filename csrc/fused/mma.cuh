@@ -8,8 +8,6 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
-#include <type_traits>
-
 namespace flashrnn {
 namespace fused {
 
@@ -123,14 +121,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// WarpGemm's default k-tile order (the warp's k-tiles kt0 .. kt0 + KT - 1) and no wait before a
-// k-tile's B fragments; a caller may pass its own: kmap(kt) -> the k-tile (of all KTT) that local
-// k-tile kt multiplies, wait(kt) before local k-tile kt's B fragments are read
-struct KContig {};
-struct NoWait {
-  __device__ void operator()(int) const {}
-};
-
 // One warp's share of a step's GEMM: acc[MT][NTW][4] = A_w[MT*16, K] @ X[K, its n-tiles] over the
 // warp's KT k-tiles kt0 .. kt0 + KT - 1 of the KTT in all (KT = KTT unless a warp pair splits K;
 // the second warp of an odd split has one k-tile less: kt0 + kt >= KTT is skipped).
@@ -168,25 +158,17 @@ struct WarpGemm {
         }
   }
 
-  // the k-tile of all KTT that local k-tile kt multiplies (KContig: kt0 + kt)
-  template <typename KM>
-  __device__ __forceinline__ int ktile(const KM& kmap, int kt) const {
-    if constexpr (std::is_same<KM, KContig>::value) return kt0 + kt;
-    else return kmap(kt);
-  }
-
   // a(mt, r, k): element (row r of tile mt, column k of all K) of the warp's A, as float; once,
-  // before the loop; kt0_: the warp's first k-tile; kmap: another k-tile order (run() must get
-  // the same)
-  template <typename F, typename KM = KContig>
-  __device__ void load(F a, uint32_t* a_smem, int warp, int lane, int kt0_ = 0, KM kmap = KM()) {
+  // before the loop; kt0_: the warp's first k-tile
+  template <typename F>
+  __device__ void load(F a, uint32_t* a_smem, int warp, int lane, int kt0_ = 0) {
     kt0 = kt0_;
     const int gq = lane >> 2, t4 = lane & 3;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
       for (int kt = 0; kt < KT; ++kt) {
-        const int f = mt * KT + kt, k0 = ktile(kmap, kt) * 16;
+        const int f = mt * KT + kt, k0 = (kt0 + kt) * 16;
         const bool in = !GUARD || kt0 + kt < KTT;
         const int rows[8] = {gq, gq, gq + 8, gq + 8, gq, gq, gq + 8, gq + 8};
         const int cols[8] = {2 * t4, 2 * t4 + 1, 2 * t4, 2 * t4 + 1, 2 * t4 + 8, 2 * t4 + 9, 2 * t4 + 8, 2 * t4 + 9};
@@ -205,11 +187,10 @@ struct WarpGemm {
 
   // xs: this step's X [HP][BT][XK]; nt0: the warp's first n-tile. SEG > 0: X is cut along K into
   // segments of SEG columns (a multiple of 16), SEGS elements apart, each [HP][BT][XK]
-  // `between()` runs after the fragment loads are issued and before the MMAs (work for the wait);
-  // kmap: load()'s k-tile order; wait(kt) runs before local k-tile kt's B fragments are loaded
-  template <int BT, int XK, int SEG = 0, int SEGS = 0, typename F, typename KM = KContig, typename W = NoWait>
+  // `between()` runs after the fragment loads are issued and before the MMAs (work for the wait)
+  template <int BT, int XK, int SEG = 0, int SEGS = 0, typename F>
   __device__ void run(const uint32_t* a_smem, const Op* xs, int nt0, int warp, int lane, float (&acc)[MT][NTW][4],
-                      F between, KM kmap = KM(), W wait = W()) const {
+                      F between) const {
     const int gq = lane >> 2, t4 = lane & 3;
     const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);
     float part[KS][MT][NTW][4];
@@ -226,12 +207,11 @@ struct WarpGemm {
     // BRING k-tiles: all of them, loaded up front)
     uint32_t bfr[BD][HP][NTW][2];
     auto load_b = [&](int kt) {
-      wait(kt);
-      const int k0 = ktile(kmap, kt) * 16;
 #pragma unroll
       for (int hp = 0; hp < HP; ++hp)
 #pragma unroll
         for (int i = 0; i < NTW; ++i) {
+          const int k0 = (kt0 + kt) * 16;
           const int kseg = SEG > 0 ? (k0 / (SEG > 0 ? SEG : 1)) * SEGS + k0 % (SEG > 0 ? SEG : 1) : k0;
           const int base = ((hp * BT + (nt0 + i) * 8 + gq) * XK + kseg) / 2 + t4;
           bfr[kt % BD][hp][i][0] = xw[base];

@@ -46,7 +46,7 @@ SOURCE = "fused/fused_cluster.cu"
 DTYPE_CODES = {torch.bfloat16: 1, torch.float16: 2}  # the kernel's FRNN_DTYPE
 TAKES = tuple(DTYPE_CODES)
 PARAMS = ("CLUSTER_SIZE", "WARPS", "BATCH_TILE", "R_REG_TILES")
-KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1, 2, 4), "ABLATE": (0, 1, 2, 3), "BWD_ABLATE": (0, 1, 2, 3), "BWD_SYNC": (0, 2),
+KNOBS = {"H_PIECES": (1, 2), "VEC": (0, 1), "SYNC": (0, 1, 2), "ABLATE": (0, 1, 2, 3), "BWD_ABLATE": (0, 1, 2, 3), "BWD_SYNC": (0, 2),
          "KSLICES": tuple(range(1, 33)), "PROFILE": (0, 1)}  # test and timing switches (defines)
 
 
@@ -79,10 +79,8 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
     stores its unit pair into every peer; default 1: 16-byte copies of the block's staged units),
     SYNC (0: stores into the peers and one cluster barrier per step; 1: mbarriers per source block
     that the storing threads arrive on; default 2: bulk copies of each block's new units into its
-    peers, completing on one mbarrier per h buffer; 4: the same copies, each completing on an
-    mbarrier per source block, the warps waiting per source and multiplying the sources in their
-    arrival order: the K slices must take whole source blocks, KSLICES dividing CLUSTER_SIZE),
-    PROFILE (1: the step's phase clocks printed by the first cluster; results unchanged), ABLATE (1..3: timing probes that skip part of a
+    peers, completing on one mbarrier per h buffer), PROFILE (1: the first cluster prints the
+    clocks a step spends in each phase; results unchanged), ABLATE (1..3: timing probes that skip part of a
     step, with SYNC 0; the results are wrong), BWD_ABLATE (1..3: the same for the backward kernel: no
     distributed-shared-memory stores, no MMAs, a block barrier), BWD_SYNC (0: the backward's partial
     sums stored into their owners and one cluster barrier per step; default 2: carried by bulk
@@ -92,15 +90,8 @@ def defines(cell: str, dtype: torch.dtype, DH: int, params) -> Dict[str, object]
     spec = get_cell(cell)
     if dtype not in TAKES:
         raise ValueError(f"fused_cluster: dtype: expected bfloat16 or float16, got {dtype}")
-    defs = _variants.split_defines("fused_cluster", spec.functor, DTYPE_CODES[dtype], DH, params, PARAMS, KNOBS,
+    return _variants.split_defines("fused_cluster", spec.functor, DTYPE_CODES[dtype], DH, params, PARAMS, KNOBS,
                                    "FRNN_CLUSTER_", (2, 16), "16 blocks per cluster", gates=spec.num_gates)
-    if int(params.get("SYNC", 2)) == 4:  # the kernel's static_assert, as an error that names the knob
-        cs, warps = int(params["CLUSTER_SIZE"]), int(params["WARPS"])
-        slices = int(params["KSLICES"]) if "KSLICES" in params else warps // (DH // cs // 16)
-        if cs % slices != 0:
-            raise ValueError(f"fused_cluster: SYNC=4 needs K slices of whole source blocks: KSLICES={slices} "
-                             f"must divide CLUSTER_SIZE={cs}")
-    return defs
 
 
 def config(lib: ctypes.CDLL) -> Tuple[int, ...]:

@@ -82,9 +82,6 @@ EXCHANGE_TILINGS = sorted({(c, i) for c in CELLS for i in (2,)} | {("lstm", i) f
 EXCHANGE_CASES = [(c, *EXPLICIT[i][:3], {**EXPLICIT[i][3], **k}, 17, r) for k in EXCHANGE_KNOBS
                   for c, i in EXCHANGE_TILINGS for r in (False, True)]
 EXCHANGE_PLANNED = [("lstm", 17, False), ("lstm", 17, True), ("gru", 17, False)] + ([("lstm", 1024, False)] if LONG else [])
-# SYNC 4 (per-source waits, the sources in arrival order) needs K slices of whole source blocks:
-# tested on the planner's tilings only
-EXCHANGE_PLANNED_KNOBS = EXCHANGE_KNOBS + ({"SYNC": 4},)
 
 
 def _over_tilings(cases, marked=None):
@@ -127,7 +124,7 @@ def test_exchange_variants_match_float64_reference(cell, NH, DH, B, params, T, r
     assert_tiling_matches_float64("fused_cluster", params, "cluster-exchange", cell, NH, DH, B, T, reverse, DTYPES)
 
 
-@pytest.mark.parametrize("knob", EXCHANGE_PLANNED_KNOBS, ids=lambda k: ",".join(f"{a}{v}" for a, v in k.items()))
+@pytest.mark.parametrize("knob", EXCHANGE_KNOBS, ids=lambda k: ",".join(f"{a}{v}" for a, v in k.items()))
 @pytest.mark.parametrize("cell,T,reverse", EXCHANGE_PLANNED, ids=lambda v: str(v))
 def test_exchange_variants_planned_match_float64_reference(knob, cell, T, reverse):
     def plan(dtype):
