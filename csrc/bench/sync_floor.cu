@@ -218,17 +218,27 @@ int floor_block(int threads, int steps, int* out, void* stream, char* reason, in
   return err == cudaSuccess ? 0 : fail(err, reason, len, "block_sync_kernel launch");
 }
 
-// How many clusters of `cluster` blocks (`threads` each) can be resident at once; 0 with a
-// reason when the device or the size cannot take them (non-portable sizes > 8 are requested).
-int floor_cluster_capacity(int cluster, int threads, int* clusters, char* reason, int len) {
-  *clusters = 0;
+// 0 on a device of compute capability 9.0 or newer, else an error code with `what` needs it as
+// the reason
+int need_sm90(char* reason, int len, const char* what) {
   int major = 0;
   int rc = current_major(reason, len, &major);
   if (rc != 0) return rc;
   if (major < 9) {
-    set_reason(reason, len, "thread-block clusters need compute capability 9.0 or newer");
+    char text[160];
+    std::snprintf(text, sizeof(text), "%s need compute capability 9.0 or newer", what);
+    set_reason(reason, len, text);
     return -1;
   }
+  return 0;
+}
+
+// How many clusters of `cluster` blocks (`threads` each) can be resident at once; 0 with a
+// reason when the device or the size cannot take them (non-portable sizes > 8 are requested).
+int floor_cluster_capacity(int cluster, int threads, int* clusters, char* reason, int len) {
+  *clusters = 0;
+  int rc = need_sm90(reason, len, "thread-block clusters");
+  if (rc != 0) return rc;
   if (cluster > 8) {
     cudaError_t err = cudaFuncSetAttribute(cluster_sync_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     if (err != cudaSuccess) return fail(err, reason, len, "non-portable cluster size refused");
@@ -261,13 +271,8 @@ int floor_cluster(int cluster, int threads, int steps, int* out, void* stream, c
 // (a multiple of 32), `steps` steps, `seg` bytes a block and step (a multiple of 16);
 // out[cluster * threads].
 int floor_bulk(int cluster, int threads, int steps, int seg, int mode, int* out, void* stream, char* reason, int len) {
-  int major = 0;
-  int rc = current_major(reason, len, &major);
+  int rc = need_sm90(reason, len, "thread-block clusters and bulk copies");
   if (rc != 0) return rc;
-  if (major < 9) {
-    set_reason(reason, len, "thread-block clusters and bulk copies need compute capability 9.0 or newer");
-    return -1;
-  }
   if (seg < 16 || seg % 16 != 0) {
     set_reason(reason, len, "seg: expected a positive multiple of 16 bytes");
     return -1;
