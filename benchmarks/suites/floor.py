@@ -27,7 +27,7 @@ THREADS = 256
 REASON_LEN = 512
 
 # (kind, size, steps S): size is threads per block, blocks per cluster, or blocks in the grid
-# (0 = one block per SM); bulk: blocks per cluster, with BULK_SEG[steps-case] bytes a block
+# (0 = one block per SM); for the exchange kinds of BULK_SEG, blocks per cluster
 CASES: List[Tuple[str, int, int]] = [
     ("block", THREADS, 20000),
     ("cluster", 2, 4000),

@@ -85,7 +85,8 @@
 #define FRNN_CLUSTER_ABLATE 0
 #endif
 // timing probe (results stay right): 1 = lane 0 of every warp of the first cluster prints the mean
-// SM clocks a step spends in each phase of the forward's loop (split_common.cuh StepClock)
+// SM clocks a step spends in each phase of the forward's and the backward's loops (step_clock.cuh
+// StepClock; benchmarks/profile_cluster.py)
 #ifndef FRNN_CLUSTER_PROFILE
 #define FRNN_CLUSTER_PROFILE 0
 #endif
