@@ -105,6 +105,7 @@ using fused_split::StageCopy;
 using fused_split::StepClock;
 using fused_split::unit_pairs;
 using fused_split::load_pair_bias_states;
+using fused_split::load_pair_states;
 using fused_split::store_pair_states;
 using fused_split::unpack2f;
 
@@ -690,36 +691,13 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
   float ds[PPT][2][S];
   int pn[PPT], pu[PPT];
   bool pok[PPT];
-  const TIn* dsT = static_cast<const TIn*>(p.dsT);
   unit_pairs<PPT, C::THREADS, DHB>(tid, NP, nb, pn, pu, pok);
-#pragma unroll
-  for (int k = 0; k < PPT; ++k) {
-#pragma unroll
-    for (int j = 0; j < 2; ++j)
-#pragma unroll
-      for (int s = 0; s < S; ++s)
-        ds[k][j][s] = pok[k] ? In<TIn>::load(dsT[(size_t)s * BND + ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k] + j]) : 0.0f;
-  }
+  load_pair_states<TIn, PPT, S>(static_cast<const TIn*>(p.dsT), DH, NH, nh, BND, bt0, u0, pn, pu, pok, ds);
   // a step's inputs of the thread's pairs, loaded one step ahead (zeros past the batch)
-  uint32_t igx[PPT][G], idh[PPT];
-  float2 irh[PPT][G], ist[PPT][S];
-  const TIn* gxp = static_cast<const TIn*>(p.gx);
-  const TIn* dhp = static_cast<const TIn*>(p.dh);
+  fused_split::PairStepInputs<TIn, Cell, PPT> in;
   auto load_inputs = [&](int t) {
-#pragma unroll
-    for (int k = 0; k < PPT; ++k) {
-      const size_t so = ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k];
-      const size_t go = (size_t)t * GBND + ((size_t)(bt0 + pn[k]) * NH + nh) * G * DH + u0 + pu[k];
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        igx[k][g] = pok[k] ? *reinterpret_cast<const uint32_t*>(gxp + go + (size_t)g * DH) : 0u;
-        irh[k][g] = pok[k] ? *reinterpret_cast<const float2*>(p.rhb + go + (size_t)g * DH) : make_float2(0.0f, 0.0f);
-      }
-#pragma unroll
-      for (int s = 0; s < S; ++s)
-        ist[k][s] = pok[k] ? *reinterpret_cast<const float2*>(p.states_in + ((size_t)t * S + s) * BND + so) : make_float2(0.0f, 0.0f);
-      idh[k] = pok[k] ? *reinterpret_cast<const uint32_t*>(dhp + (size_t)t * BND + so) : 0u;
-    }
+    in.load(static_cast<const TIn*>(p.gx), static_cast<const TIn*>(p.dh), p.rhb, p.states_in, t, GBND, BND, DH, NH, nh,
+            bt0, u0, pn, pu, pok);
   };
   // dh_rec of pair k from the partials in recv buffer `buf`
   auto dh_rec = [&](int k, int buf) {
@@ -782,26 +760,10 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
       if (PPT * C::THREADS != NP && tid + k * C::THREADS >= NP) break;
       const int n = pn[k], u = pu[k];
       const float2 rec = step > 0 ? dh_rec(k, (step - 1) & 1) : make_float2(0.0f, 0.0f);
-      const float2 dhv = unpack2f<TIn>(idh[k]);
       float dg[2][G], dr[2][G];
+      in.template cell<M>(k, rec, ds[k], dg, dr);
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        float gxv[G], rhv[G], sv[S], dsn[S], dsi[S];
-#pragma unroll
-        for (int g = 0; g < G; ++g) {
-          const float2 x = unpack2f<TIn>(igx[k][g]);
-          gxv[g] = j ? x.y : x.x;
-          rhv[g] = j ? irh[k][g].y : irh[k][g].x;
-        }
-#pragma unroll
-        for (int s = 0; s < S; ++s) {
-          sv[s] = j ? ist[k][s].y : ist[k][s].x;
-          dsn[s] = ds[k][j][s];
-        }
-        dsn[0] += (j ? rec.y : rec.x) + (j ? dhv.y : dhv.x);
-        Cell::template backward<M>(gxv, rhv, sv, dsn, dg[j], dr[j], dsi);
-#pragma unroll
-        for (int s = 0; s < S; ++s) ds[k][j][s] = dsi[s];
 #pragma unroll
         for (int g = 0; g < G; ++g) dr[j][g] = pok[k] ? dr[j][g] : 0.0f;  // past the batch: nothing into X
       }
@@ -878,18 +840,14 @@ __global__ void __launch_bounds__(32 * WARPS, 1) backward_kernel(BwdArgs p) {
     if (tid < CS - 1) bulk_wait_read();  // no copy still reads this block's shared memory
     if (T > 0) fills.wait((T - 1) & 1, (T - 1) >> 1);  // the last step's partials
   }
-  TIn* ds0 = static_cast<TIn*>(p.ds0);
 #pragma unroll
-  for (int k = 0; k < PPT; ++k) {
+  for (int k = 0; k < PPT; ++k) {  // ds0 = ds, with the dh_rec of the state before the first step on h
     if (!pok[k]) continue;
     const float2 rec = T > 0 ? dh_rec(k, (T - 1) & 1) : make_float2(0.0f, 0.0f);
     ds[k][0][0] += rec.x;
     ds[k][1][0] += rec.y;
-#pragma unroll
-    for (int s = 0; s < S; ++s)
-      *reinterpret_cast<uint32_t*>(ds0 + (size_t)s * BND + ((size_t)(bt0 + pn[k]) * NH + nh) * DH + u0 + pu[k]) =
-          fused::pack2(In<TIn>::store(ds[k][0][s]), In<TIn>::store(ds[k][1][s]));
   }
+  store_pair_states<TIn, PPT, S>(static_cast<TIn*>(p.ds0), DH, NH, nh, BND, bt0, u0, pn, pu, pok, ds);
 #else
   __trap();  // thread-block clusters need sm_90
 #endif
